@@ -1,0 +1,78 @@
+"""Every span and metric name this project writes, in one place.
+
+GenAI names follow the current OpenTelemetry semantic conventions; the extras live in their own
+namespaces (`model.*`, `gpu.*`, `inference.*`) so they never collide with a future `gen_ai.*` key.
+"""
+
+# GenAI semantic conventions
+OPERATION_NAME = "gen_ai.operation.name"
+PROVIDER_NAME = "gen_ai.provider.name"
+REQUEST_MODEL = "gen_ai.request.model"
+REQUEST_MAX_TOKENS = "gen_ai.request.max_tokens"
+REQUEST_TEMPERATURE = "gen_ai.request.temperature"
+REQUEST_TOP_P = "gen_ai.request.top_p"
+REQUEST_TOP_K = "gen_ai.request.top_k"
+REQUEST_SEED = "gen_ai.request.seed"
+REQUEST_STREAM = "gen_ai.request.stream"
+REQUEST_CHOICE_COUNT = "gen_ai.request.choice.count"
+REQUEST_STOP_SEQUENCES = "gen_ai.request.stop_sequences"
+REQUEST_FREQUENCY_PENALTY = "gen_ai.request.frequency_penalty"
+REQUEST_PRESENCE_PENALTY = "gen_ai.request.presence_penalty"
+RESPONSE_ID = "gen_ai.response.id"
+RESPONSE_MODEL = "gen_ai.response.model"
+RESPONSE_FINISH_REASONS = "gen_ai.response.finish_reasons"
+RESPONSE_TIME_TO_FIRST_CHUNK = "gen_ai.response.time_to_first_chunk"
+USAGE_INPUT_TOKENS = "gen_ai.usage.input_tokens"
+USAGE_OUTPUT_TOKENS = "gen_ai.usage.output_tokens"
+USAGE_CACHE_READ_INPUT_TOKENS = "gen_ai.usage.cache_read.input_tokens"
+TOKEN_TYPE = "gen_ai.token.type"
+INPUT_MESSAGES = "gen_ai.input.messages"
+OUTPUT_MESSAGES = "gen_ai.output.messages"
+EMBEDDINGS_DIMENSION_COUNT = "gen_ai.embeddings.dimension.count"
+ERROR_TYPE = "error.type"
+SERVER_ADDRESS = "server.address"
+SERVER_PORT = "server.port"
+
+# The span event that carries content when capture mode is EVENT_ONLY or SPAN_AND_EVENT.
+CONTENT_EVENT = "gen_ai.client.inference.operation.details"
+
+# Operation names (gen_ai.operation.name well-known values)
+OP_CHAT = "chat"
+OP_TEXT_COMPLETION = "text_completion"
+OP_EMBEDDINGS = "embeddings"
+OP_GENERATE_CONTENT = "generate_content"
+
+# Throughput and latency derived per request (not part of the GenAI conventions)
+TIME_PER_OUTPUT_TOKEN = "inference.time_per_output_token"
+OUTPUT_TOKENS_PER_SECOND = "inference.output_tokens_per_second"
+STREAM_COMPLETED = "inference.stream.completed"
+
+# Framework
+MODEL_FRAMEWORK = "model.framework"
+MODEL_FRAMEWORK_VERSION = "model.framework.version"
+MODEL_ENGINE = "model.engine"
+MODEL_ENGINE_VERSION = "model.engine.version"
+MODEL_DTYPE = "model.dtype"
+MODEL_DEVICE = "model.device"
+MODEL_QUANTIZATION = "model.quantization"
+MODEL_ARCHITECTURE = "model.architecture"
+
+# GPU memory (bytes)
+GPU_INDEX = "gpu.index"
+GPU_NAME = "gpu.name"
+GPU_MEMORY_USED = "gpu.memory.used"
+GPU_MEMORY_TOTAL = "gpu.memory.total"
+GPU_TORCH_ALLOCATED = "gpu.torch.memory.allocated"
+GPU_TORCH_RESERVED = "gpu.torch.memory.reserved"
+GPU_TORCH_PEAK = "gpu.torch.memory.peak"
+
+# Hugging Face specifics
+HF_PIPELINE_TASK = "huggingface.pipeline.task"
+HF_PIPELINE_INPUTS = "huggingface.pipeline.inputs"
+HF_NUM_BEAMS = "huggingface.generation.num_beams"
+HF_DO_SAMPLE = "huggingface.generation.do_sample"
+
+# Metric instruments
+METRIC_OPERATION_DURATION = "gen_ai.client.operation.duration"
+METRIC_TOKEN_USAGE = "gen_ai.client.token.usage"
+METRIC_TIME_TO_FIRST_CHUNK = "gen_ai.client.operation.time_to_first_chunk"

@@ -1,0 +1,150 @@
+"""GPU memory for a request, read without synchronising the device.
+
+Two sources: the torch caching allocator (allocated / reserved / peak; host-side counters, no
+device sync) and NVML (device-wide used / total, as `nvidia-smi` shows). NVML calls take tens of
+microseconds and can block on a busy driver, so a daemon thread refreshes them into a cache and
+the request path only reads the cache.
+
+`GpuMemorySource` is the seam: tests inject a fake source; production uses `TorchNvmlSource`.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from typing import Protocol
+
+from . import attributes as A
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DeviceMemory:
+    name: str
+    used: int
+    total: int
+
+
+class GpuMemorySource(Protocol):
+    """Where GPU memory numbers come from (one CUDA device index at a time)."""
+
+    def allocated(self, index: int) -> int: ...
+    def reserved(self, index: int) -> int: ...
+    def peak(self, index: int) -> int: ...
+    def reset_peak(self, index: int) -> None: ...
+    def device_memory(self, index: int) -> DeviceMemory | None: ...
+
+
+class TorchNvmlSource:
+    """torch.cuda allocator counters plus an NVML reading refreshed off the request path."""
+
+    def __init__(self, poll_interval_s: float = 1.0) -> None:
+        self._poll_interval_s = poll_interval_s
+        self._cache: dict[int, DeviceMemory] = {}
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._nvml_failed = False
+
+    def allocated(self, index: int) -> int:
+        import torch
+
+        return int(torch.cuda.memory_allocated(index))
+
+    def reserved(self, index: int) -> int:
+        import torch
+
+        return int(torch.cuda.memory_reserved(index))
+
+    def peak(self, index: int) -> int:
+        import torch
+
+        return int(torch.cuda.max_memory_allocated(index))
+
+    def reset_peak(self, index: int) -> None:
+        import torch
+
+        torch.cuda.reset_peak_memory_stats(index)
+
+    def device_memory(self, index: int) -> DeviceMemory | None:
+        if self._thread is None and not self._nvml_failed:
+            self._start_poller()
+        return self._cache.get(index)
+
+    def _start_poller(self) -> None:
+        with self._lock:
+            if self._thread is not None or self._nvml_failed:
+                return
+            try:
+                import pynvml
+
+                pynvml.nvmlInit()
+            except Exception as exc:  # no nvidia-ml-py, no driver, no GPU: no NVML attributes
+                logger.debug("NVML unavailable, GPU device memory not recorded: %s", exc)
+                self._nvml_failed = True
+                return
+            self._thread = threading.Thread(
+                target=self._poll, args=(pynvml,), name="traceai-nvml-poller", daemon=True
+            )
+            self._thread.start()
+
+    def _poll(self, pynvml) -> None:  # pragma: no cover - needs a GPU
+        while True:
+            try:
+                for index in range(pynvml.nvmlDeviceGetCount()):
+                    handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+                    info = pynvml.nvmlDeviceGetMemoryInfo(handle)
+                    name = pynvml.nvmlDeviceGetName(handle)
+                    if isinstance(name, bytes):
+                        name = name.decode()
+                    self._cache[index] = DeviceMemory(name=name, used=int(info.used), total=int(info.total))
+            except Exception as exc:
+                logger.debug("NVML read failed: %s", exc)
+            time.sleep(self._poll_interval_s)
+
+
+class GpuMonitor:
+    """Per-request GPU memory attributes for requests that run on a CUDA device.
+
+    The request's peak comes from the allocator's peak counter, reset when a request starts on an
+    idle device; with overlapping requests on one device it is the peak of the whole busy period,
+    an upper bound of each request's own peak.
+    """
+
+    def __init__(self, source: GpuMemorySource) -> None:
+        self.source = source
+        self._in_flight: dict[int, int] = {}
+        self._lock = threading.Lock()
+
+    def begin(self, index: int) -> None:
+        try:
+            with self._lock:
+                busy = self._in_flight.get(index, 0)
+                self._in_flight[index] = busy + 1
+                if busy == 0:
+                    self.source.reset_peak(index)
+        except Exception as exc:
+            logger.debug("GPU peak reset failed: %s", exc)
+
+    def end(self, index: int) -> dict[str, object]:
+        with self._lock:
+            self._in_flight[index] = max(0, self._in_flight.get(index, 1) - 1)
+        attrs: dict[str, object] = {A.GPU_INDEX: index}
+        try:
+            attrs[A.GPU_TORCH_ALLOCATED] = self.source.allocated(index)
+            attrs[A.GPU_TORCH_RESERVED] = self.source.reserved(index)
+            attrs[A.GPU_TORCH_PEAK] = self.source.peak(index)
+        except Exception as exc:
+            logger.debug("torch GPU memory read failed: %s", exc)
+        try:
+            device = self.source.device_memory(index)
+        except Exception as exc:
+            logger.debug("device memory read failed: %s", exc)
+            device = None
+        if device is not None:
+            attrs[A.GPU_NAME] = device.name
+            attrs[A.GPU_MEMORY_USED] = device.used
+            attrs[A.GPU_MEMORY_TOTAL] = device.total
+        return attrs

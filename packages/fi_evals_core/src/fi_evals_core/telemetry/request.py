@@ -1,0 +1,207 @@
+"""One generation request: its span, its clock, and the numbers derived when it ends.
+
+Instrumentors create a `RequestSpan` at the patched boundary, feed it what the engine reports
+(first token, usage, finish reasons, content) and end it exactly once, from whichever path gets
+there first: completion, exception, stream close, cancellation or garbage collection.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import TYPE_CHECKING, Any, Sequence
+
+from opentelemetry.trace import Span, Status, StatusCode
+
+from . import attributes as A
+
+if TYPE_CHECKING:
+    from .runtime import TelemetryRuntime
+
+logger = logging.getLogger(__name__)
+
+# Attributes copied from the span onto every metric point (the GenAI metric attribute set).
+_METRIC_KEYS = (A.OPERATION_NAME, A.PROVIDER_NAME, A.REQUEST_MODEL, A.SERVER_ADDRESS, A.SERVER_PORT)
+
+
+class RequestSpan:
+    __slots__ = (
+        "runtime",
+        "span",
+        "_metric_attrs",
+        "_start_wall_ns",
+        "_start_ns",
+        "_first_token_ns",
+        "_input_tokens",
+        "_output_tokens",
+        "_decode_steps",
+        "_gpu_index",
+        "_response_model",
+        "_event_attrs",
+        "_frozen",
+        "_record_metrics",
+        "_ended",
+        "_lock",
+    )
+
+    def __init__(
+        self,
+        runtime: "TelemetryRuntime",
+        span: Span,
+        start_attributes: dict[str, Any],
+        start_wall_ns: int,
+        start_ns: int,
+        gpu_index: int | None,
+        record_metrics: bool = True,
+    ) -> None:
+        self.runtime = runtime
+        self.span = span
+        self._metric_attrs = {k: start_attributes[k] for k in _METRIC_KEYS if k in start_attributes}
+        self._start_wall_ns = start_wall_ns
+        self._start_ns = start_ns
+        self._first_token_ns: int | None = None
+        self._input_tokens: int | None = None
+        self._output_tokens: int | None = None
+        self._decode_steps: int | None = None
+        self._gpu_index = gpu_index
+        self._response_model: str | None = None
+        self._event_attrs: dict[str, str] | None = None
+        self._frozen: dict[str, Any] | None = None
+        self._record_metrics = record_metrics
+        self._ended = False
+        self._lock = threading.Lock()
+
+    @property
+    def ended(self) -> bool:
+        return self._ended
+
+    def mark_first_token(self, now_ns: int | None = None) -> None:
+        """The first output token (or streamed chunk) is available to the caller; first call wins."""
+        if self._first_token_ns is None:
+            self._first_token_ns = time.perf_counter_ns() if now_ns is None else now_ns
+
+    def set_attribute(self, key: str, value: Any) -> None:
+        if value is not None and not self._ended:
+            self.span.set_attribute(key, value)
+
+    def set_usage(
+        self,
+        input_tokens: int | None = None,
+        output_tokens: int | None = None,
+        cache_read_input_tokens: int | None = None,
+        decode_steps: int | None = None,
+    ) -> None:
+        """Real token counts only; `None` means unknown and is left out (never written as 0)."""
+        if input_tokens is not None:
+            self._input_tokens = int(input_tokens)
+            self.set_attribute(A.USAGE_INPUT_TOKENS, self._input_tokens)
+        if output_tokens is not None:
+            self._output_tokens = int(output_tokens)
+            self.set_attribute(A.USAGE_OUTPUT_TOKENS, self._output_tokens)
+        if cache_read_input_tokens is not None:
+            self.set_attribute(A.USAGE_CACHE_READ_INPUT_TOKENS, int(cache_read_input_tokens))
+        if decode_steps is not None:
+            self._decode_steps = int(decode_steps)
+
+    def set_response(
+        self,
+        response_id: str | None = None,
+        model: str | None = None,
+        finish_reasons: Sequence[str] | None = None,
+    ) -> None:
+        self.set_attribute(A.RESPONSE_ID, response_id)
+        if model:
+            self._response_model = model
+            self.set_attribute(A.RESPONSE_MODEL, model)
+        if finish_reasons:
+            self.set_attribute(A.RESPONSE_FINISH_REASONS, [str(r) for r in finish_reasons])
+
+    def record_content(self, input_json: str | None = None, output_json: str | None = None) -> None:
+        """GenAI message JSON, placed where the capture mode says (span, event, or nowhere)."""
+        mode = self.runtime.content.mode
+        if not mode.enabled:
+            return
+        for key, value in ((A.INPUT_MESSAGES, input_json), (A.OUTPUT_MESSAGES, output_json)):
+            if value is None:
+                continue
+            if mode.on_span:
+                self.set_attribute(key, value)
+            if mode.on_event:
+                if self._event_attrs is None:
+                    self._event_attrs = {}
+                self._event_attrs[key] = value
+
+    def freeze_end_state(self, end_ns: int) -> None:
+        """Read what belongs to the end instant (GPU memory) now, for an `end()` that comes later."""
+        if self._gpu_index is not None and self.runtime.gpu is not None and self._frozen is None:
+            self._frozen = self.runtime.gpu.end(self._gpu_index)
+
+    def end(
+        self,
+        error: BaseException | None = None,
+        *,
+        end_ns: int | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> None:
+        """End the span once: derive latency figures, add GPU memory, record metrics."""
+        with self._lock:
+            if self._ended:
+                return
+            self._ended = True
+        try:
+            self._finish(error, time.perf_counter_ns() if end_ns is None else end_ns, extra)
+        except Exception:  # telemetry must never break the caller
+            logger.debug("failed to finish request span", exc_info=True)
+            try:
+                self.span.end()
+            except Exception:
+                pass
+
+    def _finish(self, error: BaseException | None, end_ns: int, extra: dict[str, Any] | None) -> None:
+        span = self.span
+        runtime = self.runtime
+        attrs: dict[str, Any] = dict(extra) if extra else {}
+        duration_s = max(0, end_ns - self._start_ns) / 1e9
+        ttft_s = None
+        if self._first_token_ns is not None:
+            ttft_s = max(0, self._first_token_ns - self._start_ns) / 1e9
+            attrs[A.RESPONSE_TIME_TO_FIRST_CHUNK] = ttft_s
+            steps = self._decode_steps if self._decode_steps is not None else self._output_tokens
+            if steps is not None and steps > 1:
+                attrs[A.TIME_PER_OUTPUT_TOKEN] = max(0, end_ns - self._first_token_ns) / 1e9 / (steps - 1)
+        if self._output_tokens is not None and duration_s > 0:
+            attrs[A.OUTPUT_TOKENS_PER_SECOND] = self._output_tokens / duration_s
+        if self._frozen is not None:
+            attrs.update(self._frozen)
+        elif self._gpu_index is not None and runtime.gpu is not None:
+            attrs.update(runtime.gpu.end(self._gpu_index))
+        metric_attrs = self._metric_attrs
+        if self._response_model:
+            metric_attrs = {**metric_attrs, A.RESPONSE_MODEL: self._response_model}
+        if error is not None:
+            error_type = _error_type(error)
+            attrs[A.ERROR_TYPE] = error_type
+            metric_attrs = {**metric_attrs, A.ERROR_TYPE: error_type}
+            span.set_status(Status(StatusCode.ERROR, str(error)[:500] or error_type))
+        span.set_attributes(attrs)
+        if self._event_attrs:
+            span.add_event(A.CONTENT_EVENT, self._event_attrs)
+        span.end(end_time=self._start_wall_ns + (end_ns - self._start_ns))
+        if not self._record_metrics:
+            return
+
+        metrics = runtime.metrics
+        metrics.operation_duration.record(duration_s, metric_attrs)
+        if self._input_tokens is not None:
+            metrics.token_usage.record(self._input_tokens, {**metric_attrs, A.TOKEN_TYPE: "input"})
+        if self._output_tokens is not None:
+            metrics.token_usage.record(self._output_tokens, {**metric_attrs, A.TOKEN_TYPE: "output"})
+        if ttft_s is not None:
+            metrics.time_to_first_chunk.record(ttft_s, metric_attrs)
+
+
+def _error_type(error: BaseException) -> str:
+    cls = type(error)
+    module = cls.__module__
+    return cls.__qualname__ if module in ("builtins", None) else f"{module}.{cls.__qualname__}"

@@ -1,0 +1,75 @@
+"""What an instrumentor holds while instrumented: tracer, instruments, content policy, GPU monitor."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from opentelemetry import context as otel_context
+from opentelemetry import metrics as otel_metrics
+from opentelemetry import trace
+from opentelemetry.metrics import MeterProvider
+from opentelemetry.trace import SpanKind, TracerProvider
+
+from .config import TelemetryConfig, get_config
+from .content import ContentPolicy
+from .gpu import GpuMemorySource, GpuMonitor, TorchNvmlSource
+from .metrics import GenAIMetrics
+from .request import RequestSpan
+
+_default_gpu_source: GpuMemorySource | None = None
+
+
+def set_gpu_memory_source(source: GpuMemorySource | None) -> None:
+    """Replace where GPU memory numbers come from for runtimes created afterwards (None: torch+NVML)."""
+    global _default_gpu_source
+    _default_gpu_source = source
+
+
+class TelemetryRuntime:
+    def __init__(
+        self,
+        scope_name: str,
+        scope_version: str,
+        *,
+        tracer_provider: TracerProvider | None = None,
+        meter_provider: MeterProvider | None = None,
+        config: TelemetryConfig | None = None,
+        gpu_source: GpuMemorySource | None = None,
+    ) -> None:
+        self.config = config or get_config()
+        self.tracer = trace.get_tracer(scope_name, scope_version, tracer_provider=tracer_provider)
+        meter = otel_metrics.get_meter(scope_name, scope_version, meter_provider=meter_provider)
+        self.metrics = GenAIMetrics(meter)
+        self.content = ContentPolicy(self.config.capture_content, self.config.max_content_length)
+        self._gpu_source = gpu_source or _default_gpu_source
+        self.gpu: GpuMonitor | None = None
+
+    def _gpu_monitor(self) -> GpuMonitor:
+        if self.gpu is None:
+            self.gpu = GpuMonitor(self._gpu_source or TorchNvmlSource(self.config.gpu_poll_interval_s))
+        return self.gpu
+
+    def start(
+        self,
+        name: str,
+        attributes: dict[str, Any],
+        *,
+        kind: SpanKind = SpanKind.CLIENT,
+        context: otel_context.Context | None = None,
+        gpu_index: int | None = None,
+        metrics: bool = True,
+    ) -> RequestSpan:
+        """Start a request span now; `attributes` are given at start so samplers can see them.
+
+        `metrics=False` for spans that only group others (a pipeline call), so durations and
+        tokens are recorded once, by the request span itself.
+        """
+        start_wall_ns = time.time_ns()
+        start_ns = time.perf_counter_ns()
+        span = self.tracer.start_span(
+            name, context=context, kind=kind, attributes=attributes, start_time=start_wall_ns
+        )
+        if gpu_index is not None:
+            self._gpu_monitor().begin(gpu_index)
+        return RequestSpan(self, span, attributes, start_wall_ns, start_ns, gpu_index, metrics)
