@@ -20,7 +20,7 @@ pip=(.venv/bin/python -m pip install --disable-pip-version-check -q)
 "${pip[@]}" "torch==${TORCH_VERSION:-2.13.0}" 2>&1 | grep -v '^WARNING: Location' || true
 packages=(-e packages/fi_evals_core -e "packages/traceai_huggingface[transformers,hub]" -e packages/traceai_vllm)
 if [ "$what" = test ]; then
-  packages=(-e "packages/fi_evals_core[otlp]" -e "packages/traceai_huggingface[transformers,hub]"
+  packages=(-e "packages/fi_evals_core[otlp,gpu]" -e "packages/traceai_huggingface[transformers,hub]"
             -e packages/traceai_vllm -r requirements-test.txt)
 fi
 "${pip[@]}" "${packages[@]}" "torch==${TORCH_VERSION:-2.13.0}" 2>&1 | grep -v '^WARNING: Location' || true

@@ -1,0 +1,118 @@
+"""Shared fixtures: tiny local models, and an instrumented telemetry pipeline per test.
+
+The SDK's in-memory exporter and metric reader are real OpenTelemetry components: spans go
+through the same processor path as in production. The OTLP wire path is covered separately
+against a real collector (test_otlp_export.py).
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+from dataclasses import dataclass
+
+import pytest
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from fi_evals_core.telemetry import ContentCapture, TelemetryConfig
+from tests.support.tiny_models import build_gpt2, build_llama, build_t5
+
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+HF_SCOPE = "traceai_huggingface"
+
+
+@pytest.fixture(scope="session")
+def model_dirs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("models")
+    return {
+        "gpt2": build_gpt2(root / "gpt2"),
+        "llama": build_llama(root / "llama"),
+        "t5": build_t5(root / "t5"),
+    }
+
+
+@pytest.fixture(scope="session")
+def gpt2(model_dirs):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    return AutoModelForCausalLM.from_pretrained(model_dirs["gpt2"]), AutoTokenizer.from_pretrained(model_dirs["gpt2"])
+
+
+@pytest.fixture(scope="session")
+def llama(model_dirs):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    return AutoModelForCausalLM.from_pretrained(model_dirs["llama"]), AutoTokenizer.from_pretrained(model_dirs["llama"])
+
+
+@pytest.fixture(scope="session")
+def t5(model_dirs):
+    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+
+    return AutoModelForSeq2SeqLM.from_pretrained(model_dirs["t5"]), AutoTokenizer.from_pretrained(model_dirs["t5"])
+
+
+@dataclass
+class Captured:
+    exporter: InMemorySpanExporter
+    reader: InMemoryMetricReader
+    tracer_provider: TracerProvider
+
+    def spans(self, scope: str = HF_SCOPE) -> list[ReadableSpan]:
+        gc.collect()
+        return [s for s in self.exporter.get_finished_spans() if s.instrumentation_scope.name == scope]
+
+    def metric_points(self, name: str) -> list:
+        data = self.reader.get_metrics_data()
+        points = []
+        for rm in data.resource_metrics if data else []:
+            for sm in rm.scope_metrics:
+                for metric in sm.metrics:
+                    if metric.name == name:
+                        points.extend(metric.data.data_points)
+        return points
+
+
+def _instrumented(capture: ContentCapture = ContentCapture.NO_CONTENT, max_len: int = 8192):
+    from traceai_huggingface import HuggingFaceInstrumentor
+
+    exporter = InMemorySpanExporter()
+    tracer_provider = TracerProvider()
+    tracer_provider.add_span_processor(SimpleSpanProcessor(exporter))
+    reader = InMemoryMetricReader()
+    meter_provider = MeterProvider(metric_readers=[reader])
+    instrumentor = HuggingFaceInstrumentor()
+    instrumentor.instrument(
+        tracer_provider=tracer_provider,
+        meter_provider=meter_provider,
+        config=TelemetryConfig(capture_content=capture, max_content_length=max_len),
+    )
+    return instrumentor, Captured(exporter, reader, tracer_provider)
+
+
+@pytest.fixture
+def telemetry():
+    instrumentor, captured = _instrumented()
+    yield captured
+    instrumentor.uninstrument()
+
+
+@pytest.fixture
+def instrument_with():
+    """Instrument with a chosen content-capture mode: `captured = instrument_with(mode, max_len)`."""
+    started = []
+
+    def start(capture: ContentCapture, max_len: int = 8192) -> Captured:
+        instrumentor, captured = _instrumented(capture, max_len)
+        started.append(instrumentor)
+        return captured
+
+    yield start
+    for instrumentor in started:
+        instrumentor.uninstrument()

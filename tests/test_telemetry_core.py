@@ -1,0 +1,343 @@
+"""The shared telemetry core: configuration, JSONL default, request spans, GPU seam, streams, patching."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import json
+import logging
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from fi_evals_core.telemetry import (
+    ConfigError,
+    ContentCapture,
+    DeviceMemory,
+    ObservedAsyncStream,
+    ObservedStream,
+    Patcher,
+    TelemetryConfig,
+    TelemetryRuntime,
+    strip_credentials,
+)
+from fi_evals_core.telemetry import attributes as A
+from fi_evals_core.telemetry.gpu import TorchNvmlSource
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+# -- configuration -------------------------------------------------------------------------
+
+def test_defaults_need_no_server():
+    config = TelemetryConfig.from_env({})
+    assert config.traces_exporter == "jsonl"
+    assert config.metrics_exporter == "none"
+    assert config.capture_content is ContentCapture.NO_CONTENT
+    assert config.traces_file == Path("traceai-traces.jsonl")
+
+
+def test_endpoint_selects_otlp_and_derives_http_signal_paths():
+    config = TelemetryConfig.from_env({
+        "OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4318/",
+        "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
+        "OTEL_EXPORTER_OTLP_HEADERS": "Authorization=Bearer%20abc,x-team=ml",
+        "OTEL_SERVICE_NAME": "svc",
+        "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
+        "OTEL_TRACES_SAMPLER_ARG": "0.25",
+    })
+    assert config.traces_exporter == "otlp" and config.metrics_exporter == "otlp"
+    assert config.otlp_traces_endpoint == "http://127.0.0.1:4318/v1/traces"
+    assert config.otlp_metrics_endpoint == "http://127.0.0.1:4318/v1/metrics"
+    assert config.otlp_headers == {"authorization": "Bearer abc", "x-team": "ml"}
+    assert "Bearer" not in repr(config)  # credentials stay out of reprs and logs
+    assert config.service_name == "svc"
+    assert config.sampler_arg == 0.25
+
+
+@pytest.mark.parametrize(
+    "env, variable, accepted",
+    [
+        ({"OTEL_EXPORTER_OTLP_PROTOCOL": "http/json"}, "OTEL_EXPORTER_OTLP_PROTOCOL", "grpc, http/protobuf"),
+        ({"OTEL_EXPORTER_OTLP_ENDPOINT": "localhost:4317"}, "OTEL_EXPORTER_OTLP_ENDPOINT", "http://"),
+        ({"OTEL_TRACES_SAMPLER": "sometimes"}, "OTEL_TRACES_SAMPLER", "traceidratio"),
+        ({"OTEL_TRACES_SAMPLER": "traceidratio", "OTEL_TRACES_SAMPLER_ARG": "1.5"},
+         "OTEL_TRACES_SAMPLER_ARG", "<= 1.0"),
+        ({"OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT": "yes"},
+         "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT", "SPAN_AND_EVENT"),
+        ({"TRACEAI_MAX_CONTENT_LENGTH": "-3"}, "TRACEAI_MAX_CONTENT_LENGTH", "integer >= 1"),
+        ({"TRACEAI_GPU_POLL_INTERVAL": "fast"}, "TRACEAI_GPU_POLL_INTERVAL", "number"),
+        ({"OTEL_TRACES_EXPORTER": "otlp"}, "OTEL_TRACES_EXPORTER", "OTEL_EXPORTER_OTLP_ENDPOINT"),
+        ({"OTEL_EXPORTER_OTLP_HEADERS": "novalue"}, "OTEL_EXPORTER_OTLP_HEADERS", "key=value"),
+    ],
+)
+def test_bad_values_name_the_variable_and_what_it_accepts(env, variable, accepted):
+    with pytest.raises(ConfigError) as err:
+        TelemetryConfig.from_env(env)
+    assert err.value.variable == variable
+    assert variable in str(err.value) and accepted in str(err.value)
+
+
+def test_header_values_never_echoed_in_errors():
+    with pytest.raises(ConfigError) as err:
+        TelemetryConfig.from_env({"OTEL_EXPORTER_OTLP_HEADERS": "Bearer-secret-token"})
+    assert "secret" not in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "raw, mode",
+    [("true", ContentCapture.SPAN_ONLY), ("FALSE", ContentCapture.NO_CONTENT),
+     ("span_and_event", ContentCapture.SPAN_AND_EVENT), ("EVENT_ONLY", ContentCapture.EVENT_ONLY),
+     ("NO_CONTENT", ContentCapture.NO_CONTENT)],
+)
+def test_content_capture_values(raw, mode):
+    env = {"OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT": raw}
+    assert TelemetryConfig.from_env(env).capture_content is mode
+
+
+def test_strip_credentials():
+    assert strip_credentials("https://user:hf_secret@host:8443/path?token=x") == "https://host:8443/path"
+
+
+# -- register() and the JSONL default ----------------------------------------------------------
+
+def test_register_writes_jsonl_by_default_and_instruments_installed_engines(tmp_path, model_dirs):
+    """A fresh process, configured only by the environment, as a user would run it."""
+    traces = tmp_path / "spans.jsonl"
+    script = textwrap.dedent(f"""
+        from fi_evals_core import register
+        telemetry = register()
+        assert "huggingface" in telemetry.instrumentors, telemetry.instrumentors
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+        model = AutoModelForCausalLM.from_pretrained({str(model_dirs["gpt2"])!r})
+        tok = AutoTokenizer.from_pretrained({str(model_dirs["gpt2"])!r})
+        enc = tok("hello", return_tensors="pt")
+        model.generate(**enc, max_new_tokens=3)
+        print("PROMPT_TOKENS", enc["input_ids"].shape[1])
+        telemetry.shutdown()
+        print("DEST", telemetry.destination)
+    """)
+    env = {"PATH": "/usr/bin:/bin", "TRACEAI_TRACES_FILE": str(traces), "OTEL_SERVICE_NAME": "jsonl-test",
+           "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert f"DEST {traces}" in proc.stdout
+    records = [json.loads(line) for line in traces.read_text().splitlines()]
+    (record,) = [r for r in records if r["scope"]["name"] == "traceai_huggingface"]
+    assert record["attributes"][A.USAGE_OUTPUT_TOKENS] == 3
+    prompt_tokens = int(proc.stdout.split("PROMPT_TOKENS ")[1].split()[0])
+    assert record["attributes"][A.USAGE_INPUT_TOKENS] == prompt_tokens
+    assert record["resource"]["service.name"] == "jsonl-test"
+    assert len(record["trace_id"]) == 32 and record["end_time_unix_nano"] > record["start_time_unix_nano"]
+
+
+def test_bad_environment_fails_register_with_a_clear_error(tmp_path):
+    env = {"PATH": "/usr/bin:/bin", "OTEL_EXPORTER_OTLP_PROTOCOL": "carrier-pigeon"}
+    proc = subprocess.run([sys.executable, "-c", "from fi_evals_core import register; register()"],
+                          env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode != 0
+    assert "OTEL_EXPORTER_OTLP_PROTOCOL='carrier-pigeon' is not valid" in proc.stderr
+
+
+# -- request spans -------------------------------------------------------------------------------
+
+@pytest.fixture
+def runtime_and_spans():
+    exporter = InMemorySpanExporter()
+    tracer_provider = TracerProvider()
+    tracer_provider.add_span_processor(SimpleSpanProcessor(exporter))
+    reader = InMemoryMetricReader()
+    runtime = TelemetryRuntime("test", "0", tracer_provider=tracer_provider,
+                               meter_provider=MeterProvider(metric_readers=[reader]), config=TelemetryConfig())
+    return runtime, exporter, reader
+
+
+def test_request_span_ends_once_and_leaves_unknown_counts_out(runtime_and_spans):
+    runtime, exporter, reader = runtime_and_spans
+    request = runtime.start("chat m", {A.OPERATION_NAME: "chat", A.PROVIDER_NAME: "p", A.REQUEST_MODEL: "m"})
+    request.set_usage(output_tokens=None, input_tokens=None)
+    request.end(RuntimeError("boom"))
+    request.end()
+    (span,) = exporter.get_finished_spans()
+    assert A.USAGE_INPUT_TOKENS not in span.attributes and A.USAGE_OUTPUT_TOKENS not in span.attributes
+    assert span.attributes[A.ERROR_TYPE] == "RuntimeError"
+    (point,) = [p for rm in reader.get_metrics_data().resource_metrics for sm in rm.scope_metrics
+                for m in sm.metrics for p in m.data.data_points]
+    assert point.count == 1 and point.attributes[A.ERROR_TYPE] == "RuntimeError"
+
+
+class FakeGpu:
+    """A GPU memory source standing in for torch.cuda + NVML (no GPU on this machine)."""
+
+    def __init__(self):
+        self.resets = 0
+        self.allocated_bytes = 1_000
+
+    def allocated(self, index):
+        return self.allocated_bytes
+
+    def reserved(self, index):
+        return 4_000
+
+    def peak(self, index):
+        return 3_000
+
+    def reset_peak(self, index):
+        self.resets += 1
+
+    def device_memory(self, index):
+        return DeviceMemory(name="Fake H100", used=50 * 2**30, total=80 * 2**30)
+
+
+def test_gpu_attributes_from_the_memory_source(runtime_and_spans):
+    runtime, exporter, _ = runtime_and_spans
+    fake = FakeGpu()
+    runtime._gpu_source = fake
+    first = runtime.start("a", {A.OPERATION_NAME: "chat"}, gpu_index=0)
+    second = runtime.start("b", {A.OPERATION_NAME: "chat"}, gpu_index=0)  # overlaps: no second reset
+    first.end()
+    fake.allocated_bytes = 2_000
+    second.freeze_end_state(0)  # read at the end instant, ended later (deferred finish)
+    fake.allocated_bytes = 9_999
+    second.end()
+    assert fake.resets == 1
+    a, b = exporter.get_finished_spans()
+    assert a.attributes[A.GPU_TORCH_ALLOCATED] == 1_000
+    assert b.attributes[A.GPU_TORCH_ALLOCATED] == 2_000
+    assert a.attributes[A.GPU_TORCH_PEAK] == 3_000 and a.attributes[A.GPU_TORCH_RESERVED] == 4_000
+    assert a.attributes[A.GPU_NAME] == "Fake H100" and a.attributes[A.GPU_MEMORY_TOTAL] == 80 * 2**30
+    third = runtime.start("c", {A.OPERATION_NAME: "chat"}, gpu_index=0)  # device idle again: reset
+    third.end()
+    assert fake.resets == 2
+
+
+def test_real_nvml_source_without_gpu_gives_nothing_and_no_error():
+    import pynvml  # nvidia-ml-py, installed by the test environment
+    with pytest.raises(pynvml.NVMLError):
+        pynvml.nvmlInit()  # really no GPU / driver here
+    source = TorchNvmlSource(poll_interval_s=0.05)
+    assert source.device_memory(0) is None
+    assert source.device_memory(0) is None
+
+
+# -- streams ------------------------------------------------------------------------------------------
+
+class Recorder:
+    def __init__(self):
+        self.chunks, self.ends = [], []
+
+    def on_chunk(self, chunk):
+        self.chunks.append(chunk)
+
+    def on_end(self, error, completed):
+        self.ends.append((error, completed))
+
+
+def test_stream_exhausted_closed_broken_and_dropped():
+    done = Recorder()
+    assert list(ObservedStream(iter([1, 2, 3]), done)) == [1, 2, 3]
+    assert done.chunks == [1, 2, 3] and done.ends == [(None, True)]
+
+    closed = Recorder()
+    stream = ObservedStream((i for i in range(5)), closed)
+    next(stream)
+    stream.close()
+    stream.close()
+    assert closed.ends == [(None, False)]
+
+    broken = Recorder()
+    for _ in ObservedStream((i for i in range(5)), broken):
+        break
+    gc.collect()
+    assert broken.ends == [(None, False)]
+
+    never = Recorder()
+    ObservedStream((i for i in range(5)), never)
+    gc.collect()
+    assert never.ends == [(None, False)]
+
+    def failing():
+        yield 1
+        raise KeyError("x")
+
+    failed = Recorder()
+    with pytest.raises(KeyError):
+        list(ObservedStream(failing(), failed))
+    assert isinstance(failed.ends[0][0], KeyError) and len(failed.ends) == 1
+
+
+def test_async_stream_cancelled_and_aclosed():
+    async def slow():
+        for i in range(100):
+            await asyncio.sleep(0.01)
+            yield i
+
+    async def consume(stream):
+        async for _ in stream:
+            pass
+
+    async def main():
+        cancelled = Recorder()
+        task = asyncio.create_task(consume(ObservedAsyncStream(slow(), cancelled)))
+        await asyncio.sleep(0.05)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert isinstance(cancelled.ends[0][0], asyncio.CancelledError)
+
+        closed = Recorder()
+        stream = ObservedAsyncStream(slow(), closed)
+        await stream.__anext__()
+        await stream.aclose()
+        assert closed.ends == [(None, False)]
+
+        done = Recorder()
+        assert [x async for x in ObservedAsyncStream(slow(), done)][-1] == 99
+        assert done.ends == [(None, True)]
+
+    asyncio.run(main())
+
+
+# -- patching ------------------------------------------------------------------------------------------
+
+def test_missing_target_is_logged_once_and_the_module_left_alone(caplog):
+    import json as target_module
+
+    before = target_module.dumps
+    patcher = Patcher("test-owner")
+    patcher.add("json", "no_such_function", lambda w, i, a, k: w(*a, **k))
+    patcher.add("json", "dumps", lambda w, i, a, k: "patched")
+    with caplog.at_level(logging.WARNING):
+        patcher.apply()
+    try:
+        assert patcher.missing == ["json.no_such_function"]
+        assert "json.no_such_function not found" in caplog.text
+        assert target_module.dumps({}) == "patched"
+    finally:
+        patcher.remove()
+    assert target_module.dumps is before
+
+
+def test_patching_waits_for_the_import(tmp_path, monkeypatch):
+    (tmp_path / "late_module.py").write_text("def f():\n    return 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    patcher = Patcher("test-owner")
+    patcher.add("late_module", "f", lambda w, i, a, k: w(*a, **k) + 41)
+    patcher.apply()
+    try:
+        assert "late_module" not in sys.modules
+        import late_module
+
+        assert late_module.f() == 42
+    finally:
+        patcher.remove()
+        sys.modules.pop("late_module", None)
+    assert late_module.f() == 1
