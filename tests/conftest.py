@@ -116,3 +116,29 @@ def instrument_with():
     yield start
     for instrumentor in started:
         instrumentor.uninstrument()
+
+
+@pytest.fixture(scope="session")
+def hf_server(model_dirs):
+    """A real HTTP server on 127.0.0.1 speaking TGI and OpenAI chat, backed by the tiny Llama."""
+    from tests.support.hf_server import HFServer
+
+    with HFServer(model_dirs["llama"], model_id="tiny-llama") as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def collector(tmp_path_factory):
+    """The real rotel OTLP collector (gRPC and HTTP receivers) on free 127.0.0.1 ports."""
+    from tests.support.collector import RotelCollector
+
+    with RotelCollector(tmp_path_factory.mktemp("rotel")) as running:
+        yield running
+
+
+@pytest.fixture
+def hub_online(monkeypatch):
+    """HF_HUB_OFFLINE (read once at import) blocks InferenceClient even on 127.0.0.1: lift it."""
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)

@@ -205,7 +205,7 @@ def test_gpu_attributes_from_the_memory_source(runtime_and_spans):
     second = runtime.start("b", {A.OPERATION_NAME: "chat"}, gpu_index=0)  # overlaps: no second reset
     first.end()
     fake.allocated_bytes = 2_000
-    second.freeze_end_state(0)  # read at the end instant, ended later (deferred finish)
+    second.freeze_end_state()  # read at the end instant, ended later (deferred finish)
     fake.allocated_bytes = 9_999
     second.end()
     assert fake.resets == 1
@@ -341,3 +341,22 @@ def test_patching_waits_for_the_import(tmp_path, monkeypatch):
         patcher.remove()
         sys.modules.pop("late_module", None)
     assert late_module.f() == 1
+
+
+def test_zero_code_with_opentelemetry_instrument(tmp_path, model_dirs):
+    """`opentelemetry-instrument` finds the instrumentor through its entry point: no code change."""
+    app = tmp_path / "app.py"
+    app.write_text(textwrap.dedent(f"""
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+        model = AutoModelForCausalLM.from_pretrained({str(model_dirs["gpt2"])!r})
+        tok = AutoTokenizer.from_pretrained({str(model_dirs["gpt2"])!r})
+        model.generate(**tok("zero code", return_tensors="pt"), max_new_tokens=4)
+    """))
+    bindir = Path(sys.executable).parent
+    env = {"PATH": f"{bindir}:/usr/bin:/bin", "OTEL_TRACES_EXPORTER": "console", "OTEL_METRICS_EXPORTER": "none",
+           "OTEL_LOGS_EXPORTER": "none", "HF_HUB_OFFLINE": "1", "OTEL_SERVICE_NAME": "zero-code"}
+    proc = subprocess.run([str(bindir / "opentelemetry-instrument"), sys.executable, str(app)],
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert '"gen_ai.usage.output_tokens": 4' in proc.stdout
+    assert '"service.name": "zero-code"' in proc.stdout

@@ -54,6 +54,7 @@ class HuggingFaceInstrumentor(BaseInstrumentor):
         for module, cls, make_wrapper in _HUB_CLIENTS:
             for method in ("text_generation", "chat_completion", "feature_extraction"):
                 patcher.add(module, f"{cls}.{method}", make_wrapper(runtime, method))
+            patcher.add(module, f"{cls}._inner_post", _hub.inject_trace_context)
         patcher.apply()
         self._patcher = patcher
 

@@ -11,7 +11,7 @@ import contextvars
 import logging
 from typing import Any
 
-from opentelemetry import trace
+from opentelemetry import propagate, trace
 from opentelemetry.instrumentation.utils import is_instrumentation_enabled
 from opentelemetry.trace import SpanKind
 
@@ -281,3 +281,18 @@ def _finish(call: _Call, result: Any) -> None:
     except Exception:
         logger.debug("could not read an InferenceClient response", exc_info=True)
     call.request.end()
+
+
+def inject_trace_context(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
+    """Send `traceparent` (and any configured propagator's headers) with the HTTP request, so the
+    server's spans join the client span's trace. Only inside one of our spans: the current span is
+    then the client call's span."""
+    if _in_call.get() and is_instrumentation_enabled():
+        try:
+            params = args[0] if args else kwargs["request_parameters"]
+            carrier = dict(params.headers or {})
+            propagate.inject(carrier)
+            params.headers = carrier  # a new dict: the client's own headers stay untouched
+        except Exception:
+            logger.debug("could not inject trace context", exc_info=True)
+    return wrapped(*args, **kwargs)

@@ -179,7 +179,7 @@ class GenerateCall:
             self._count_and_end(sequences, end_ns)
         else:
             # Reading counts back from the GPU would synchronise the caller: do it off the request path.
-            self.request.freeze_end_state(end_ns)
+            self.request.freeze_end_state()
             deferred_finisher().submit(lambda: self._count_and_end(sequences, end_ns))
 
     def _count_and_end(self, sequences: Any, end_ns: int) -> None:

@@ -132,7 +132,7 @@ class RequestSpan:
                     self._event_attrs = {}
                 self._event_attrs[key] = value
 
-    def freeze_end_state(self, end_ns: int) -> None:
+    def freeze_end_state(self) -> None:
         """Read what belongs to the end instant (GPU memory) now, for an `end()` that comes later."""
         if self._gpu_index is not None and self.runtime.gpu is not None and self._frozen is None:
             self._frozen = self.runtime.gpu.end(self._gpu_index)

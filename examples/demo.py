@@ -1,0 +1,106 @@
+"""Demo: instrumented Hugging Face generation, one line of set-up, a table per request.
+
+    python examples/demo.py                      # a tiny RANDOM-WEIGHT model built locally, spans to a JSONL file
+    python examples/demo.py --model gpt2         # a real model (hub id or local path)
+    OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:4317 python examples/demo.py   # spans to your collector
+
+The one line that matters is `register()`; everything after it is ordinary transformers code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import threading
+from pathlib import Path
+
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from fi_evals_core import register
+from fi_evals_core.telemetry import attributes as A
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", help="hub id or local path of a causal LM (default: a tiny random model)")
+    parser.add_argument("--max-new-tokens", type=int, default=24)
+    args = parser.parse_args()
+
+    telemetry = register(service_name="traceai-demo")  # <- the one line
+    shown = InMemorySpanExporter()  # a second, in-process copy of the spans, only to print the table
+    telemetry.tracer_provider.add_span_processor(SimpleSpanProcessor(shown))
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TextIteratorStreamer, pipeline
+
+    if args.model:
+        source, label = args.model, args.model
+    else:
+        from tests.support.tiny_models import build_llama
+
+        source = build_llama(Path(tempfile.mkdtemp(prefix="traceai-demo-")) / "tiny-llama")
+        label = "tiny Llama with RANDOM weights (built locally; its text is gibberish, its tokens are real)"
+    print(f"model: {label}")
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    model = AutoModelForCausalLM.from_pretrained(source)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "left"
+    n = args.max_new_tokens
+
+    # 1. plain generate on a padded batch of two prompts
+    batch = tokenizer(["The quick brown fox", "Observability for model serving means"], return_tensors="pt",
+                      padding=True)
+    model.generate(**batch, max_new_tokens=n, do_sample=False)
+    # 2. streamed: generate in a thread, text consumed here as it arrives
+    streamer = TextIteratorStreamer(tokenizer, skip_prompt=True)
+    single = tokenizer("Streaming tokens one by one", return_tensors="pt")
+    worker = threading.Thread(target=model.generate, kwargs=dict(**single, max_new_tokens=n, streamer=streamer))
+    worker.start()
+    streamed = "".join(streamer)
+    worker.join()
+    # 3. a text-generation pipeline (one pipeline span parenting its generate span)
+    generator = pipeline("text-generation", model=model, tokenizer=tokenizer)
+    generator("A pipeline call", max_new_tokens=n, do_sample=False)
+
+    telemetry.force_flush()
+    spans = sorted(shown.get_finished_spans(), key=lambda s: s.start_time)
+    spans = [s for s in spans if s.instrumentation_scope.name == "traceai_huggingface"]
+    print(f"\nstreamed {len(streamed)} characters\n")
+    print(_table(spans))
+    print(f"\n{len(spans)} spans went to {telemetry.destination}")
+    telemetry.shutdown()
+    return 0
+
+
+def _table(spans) -> str:
+    header = ("span", "tokens in", "tokens out", "TTFT ms", "tokens/s", "GPU memory", "framework")
+    rows = [header]
+    for span in spans:
+        a = span.attributes
+        gpu = (f"{a[A.GPU_TORCH_ALLOCATED] / 2**20:.0f} MiB alloc" if A.GPU_TORCH_ALLOCATED in a else "no GPU")
+        framework = " ".join(str(a[k]) for k in (A.MODEL_FRAMEWORK, A.MODEL_FRAMEWORK_VERSION, A.MODEL_DTYPE,
+                                                  A.MODEL_DEVICE) if k in a)
+        ttft = a.get(A.RESPONSE_TIME_TO_FIRST_CHUNK)
+        tps = a.get(A.OUTPUT_TOKENS_PER_SECOND)
+        model = str(a.get(A.REQUEST_MODEL, ""))
+        rows.append((
+            span.name.replace(model, Path(model).name if "/" in model else model)[:44],
+            str(a.get(A.USAGE_INPUT_TOKENS, "-")),
+            str(a.get(A.USAGE_OUTPUT_TOKENS, "-")),
+            f"{ttft * 1000:.1f}" if ttft is not None else "-",
+            f"{tps:.0f}" if tps is not None else "-",
+            gpu if span.name.startswith("text_completion") else "-",
+            framework or "-",
+        ))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,24 @@
+"""The README's first command: the demo runs offline and says where its spans went."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_demo_runs_on_the_embedded_default(tmp_path):
+    traces = tmp_path / "demo.jsonl"
+    env = {"PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1", "TRACEAI_TRACES_FILE": str(traces)}
+    proc = subprocess.run([sys.executable, str(REPO / "examples" / "demo.py"), "--max-new-tokens", "6"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "RANDOM weights" in proc.stdout
+    assert "no GPU" in proc.stdout and "pytorch" in proc.stdout
+    assert f"4 spans went to {traces}" in proc.stdout
+    names = [json.loads(line)["name"] for line in traces.read_text().splitlines()]
+    assert sum(n.startswith("text_completion") for n in names) == 3
+    assert sum(n.startswith("pipeline text-generation") for n in names) == 1
