@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 
 import pytest
 import torch
@@ -296,3 +297,26 @@ def test_generate_span_is_current_inside_generate(telemetry, gpt2):
     assert seen and set(seen) == {span.context.span_id}
     assert otel_context.get_current() == otel_context.get_current()  # nothing left attached
     assert trace.get_current_span().get_span_context().is_valid is False
+
+
+def test_deferred_counting_path_used_for_accelerator_outputs(telemetry, gpt2, monkeypatch):
+    """On a GPU the ids are counted on a background thread; force that path on the CPU."""
+    from traceai_huggingface import _transformers
+
+    calls = []
+    monkeypatch.setattr(_transformers, "needs_deferred_count", lambda seqs: calls.append(seqs.shape) or True)
+    model, tok = gpt2
+    enc = tok(["deferred", "counting path"], return_tensors="pt", padding=True)
+    _transformers.deferred_finisher().submit(lambda: time.sleep(0.3))  # keep the finisher busy
+    out = model.generate(**enc, max_new_tokens=6)
+    returned_at = time.time_ns()
+    assert telemetry.spans() == []  # not ended on the caller's thread
+    assert calls == [tuple(out.shape)]
+    assert _transformers.deferred_finisher().drain(timeout_s=10)
+    (span,) = telemetry.spans()
+    width = enc["input_ids"].shape[1]
+    assert span.attributes[A.USAGE_OUTPUT_TOKENS] == sum(real_lengths(out[:, width:], tok.eos_token_id,
+                                                                      tok.pad_token_id))
+    assert span.attributes[A.USAGE_INPUT_TOKENS] == int(enc["attention_mask"].sum())
+    # the end time is the instant generate returned, not when the background thread got to it
+    assert span.end_time <= returned_at + 2_000_000

@@ -175,7 +175,7 @@ class GenerateCall:
         if not _is_tensor(sequences) or sequences.dim() != 2:
             self.request.end(end_ns=end_ns)
             return
-        if sequences.device.type == "cpu":
+        if not needs_deferred_count(sequences):
             self._count_and_end(sequences, end_ns)
         else:
             # Reading counts back from the GPU would synchronise the caller: do it off the request path.
@@ -243,6 +243,11 @@ class GenerateCall:
         lengths_list = values[:rows]
         reasons = ["stop" if s else "length" for s in values[rows : 2 * rows]]
         return (values[2 * rows] if input_count is not None else None), lengths_list, reasons, width
+
+
+def needs_deferred_count(sequences: Any) -> bool:
+    """Counting reads ids back to the host: on an accelerator that would synchronise the caller."""
+    return sequences.device.type != "cpu"
 
 
 def _is_tensor(value: Any) -> bool:
