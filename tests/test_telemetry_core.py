@@ -360,3 +360,22 @@ def test_zero_code_with_opentelemetry_instrument(tmp_path, model_dirs):
     assert proc.returncode == 0, proc.stderr
     assert '"gen_ai.usage.output_tokens": 4' in proc.stdout
     assert '"service.name": "zero-code"' in proc.stdout
+
+
+@pytest.mark.parametrize("sampler, arg, expected", [("always_off", None, 0), ("traceidratio", "1.0", 3),
+                                                     ("parentbased_traceidratio", "0", 0)])
+def test_sampler_from_the_environment(tmp_path, gpt2, sampler, arg, expected):
+    from fi_evals_core import register
+
+    env = {"TRACEAI_TRACES_FILE": str(tmp_path / "s.jsonl"), "OTEL_TRACES_SAMPLER": sampler}
+    if arg is not None:
+        env["OTEL_TRACES_SAMPLER_ARG"] = arg
+    telemetry = register(config=TelemetryConfig.from_env(env), set_global=False)
+    model, tok = gpt2
+    enc = tok("sampled?", return_tensors="pt")
+    for _ in range(3):
+        model.generate(**enc, max_new_tokens=2)
+    telemetry.shutdown()
+    path = tmp_path / "s.jsonl"
+    lines = path.read_text().splitlines() if path.exists() else []
+    assert len(lines) == expected
