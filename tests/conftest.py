@@ -18,7 +18,7 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from fi_evals_core.telemetry import ContentCapture, TelemetryConfig
+from fi_evals_core.telemetry import ContentCapture, TelemetryConfig, drain
 from tests.support.tiny_models import build_gpt2, build_llama, build_t5
 
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
@@ -66,9 +66,15 @@ class Captured:
 
     def spans(self, scope: str = HF_SCOPE) -> list[ReadableSpan]:
         gc.collect()
+        assert drain(10)  # spans are finished on the telemetry worker
         return [s for s in self.exporter.get_finished_spans() if s.instrumentation_scope.name == scope]
 
+    def clear(self) -> None:
+        assert drain(10)
+        self.exporter.clear()
+
     def metric_points(self, name: str) -> list:
+        assert drain(10)
         data = self.reader.get_metrics_data()
         points = []
         for rm in data.resource_metrics if data else []:

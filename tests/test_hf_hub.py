@@ -15,7 +15,7 @@ from huggingface_hub import AsyncInferenceClient, InferenceClient
 from huggingface_hub.errors import HfHubHTTPError
 from opentelemetry.trace import SpanKind, StatusCode
 
-from fi_evals_core.telemetry import ContentCapture
+from fi_evals_core.telemetry import ContentCapture, drain
 from fi_evals_core.telemetry import attributes as A
 
 pytestmark = pytest.mark.usefixtures("hub_online")
@@ -164,6 +164,7 @@ def test_stream_closed_explicitly(telemetry, client):
     stream = client.chat_completion(MESSAGES, max_tokens=10, stream=True)
     next(iter(stream))
     stream.close()
+    assert drain(10)
     assert len(telemetry.exporter.get_finished_spans()) == 1  # ended at close, not at GC
 
 
@@ -237,6 +238,7 @@ def test_async_stream_aclose(telemetry, async_client):
         stream = await async_client.chat_completion(MESSAGES, max_tokens=10, stream=True)
         await stream.__anext__()
         await stream.aclose()
+        assert drain(10)
         return len(telemetry.exporter.get_finished_spans())
 
     assert asyncio.run(main()) == 1

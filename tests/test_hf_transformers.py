@@ -42,7 +42,7 @@ def test_batched_greedy_counts_each_sequence_real_tokens(telemetry, llama):
     # Make the model stop early on row 0: its 3rd generated token becomes EOS.
     width = enc["input_ids"].shape[1]
     eos = int(probe[0, width + 2])
-    telemetry.exporter.clear()
+    telemetry.clear()
 
     out = model.generate(**enc, max_new_tokens=10, eos_token_id=eos, pad_token_id=tok.pad_token_id)
     (span,) = telemetry.spans()
@@ -82,8 +82,24 @@ def test_metrics_record_duration_tokens_and_ttfc(telemetry, gpt2):
     usage = {p.attributes[A.TOKEN_TYPE]: p for p in telemetry.metric_points(A.METRIC_TOKEN_USAGE)}
     assert usage["input"].sum == 2 * enc["input_ids"].shape[1]
     assert usage["output"].count == 2
+    assert telemetry.metric_points(A.METRIC_TIME_TO_FIRST_CHUNK) == []  # defined for streamed responses
+    model.generate(**enc, max_new_tokens=5, streamer=TextStreamer(tok))
     (ttfc,) = telemetry.metric_points(A.METRIC_TIME_TO_FIRST_CHUNK)
-    assert ttfc.count == 2
+    assert ttfc.count == 1
+
+
+def test_device_and_dtype_changes_are_noticed(telemetry, model_dirs):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(model_dirs["gpt2"])
+    tok = AutoTokenizer.from_pretrained(model_dirs["gpt2"])
+    enc = tok("dtype", return_tensors="pt")
+    model.generate(**enc, max_new_tokens=2)
+    model.to(torch.bfloat16)
+    model.generate(**enc, max_new_tokens=2)
+    first, second = sorted(telemetry.spans(), key=lambda s: s.start_time)
+    assert first.attributes[A.MODEL_DTYPE] == "float32"
+    assert second.attributes[A.MODEL_DTYPE] == "bfloat16"
 
 
 def test_same_seed_same_tokens_with_and_without_instrumentation(gpt2, instrument_with):
@@ -201,7 +217,7 @@ def test_pipeline_batch_and_chat_input(telemetry, llama):
     assert len(pipe) == 1 and len(gens) == 2
     assert pipe[0].attributes[A.HF_PIPELINE_INPUTS] == 2
     assert all(g.parent.span_id == pipe[0].context.span_id for g in gens)
-    telemetry.exporter.clear()
+    telemetry.clear()
     generator([{"role": "user", "content": "hi there"}], max_new_tokens=3, do_sample=False)
     assert len(telemetry.spans()) == 2
 
@@ -278,45 +294,36 @@ def test_instrument_is_idempotent_and_uninstrument_restores(gpt2):
     assert HuggingFaceInstrumentor().is_instrumented_by_opentelemetry is False
 
 
-def test_generate_span_is_current_inside_generate(telemetry, gpt2):
-    """Work done inside generate (a logits processor here) sees the generate span as its parent."""
+def test_generate_span_joins_the_callers_trace(telemetry, gpt2):
+    """The span is created off the request path, but under the span that was current at the call."""
     from opentelemetry import trace
-    from transformers import LogitsProcessor, LogitsProcessorList
-
-    seen = []
-
-    class Probe(LogitsProcessor):
-        def __call__(self, input_ids, scores):
-            seen.append(trace.get_current_span().get_span_context().span_id)
-            return scores
 
     model, tok = gpt2
     enc = tok("context", return_tensors="pt")
-    model.generate(**enc, max_new_tokens=2, logits_processor=LogitsProcessorList([Probe()]))
+    tracer = telemetry.tracer_provider.get_tracer("app")
+    with tracer.start_as_current_span("handle request") as outer:
+        model.generate(**enc, max_new_tokens=2)
     (span,) = telemetry.spans()
-    assert seen and set(seen) == {span.context.span_id}
-    assert otel_context.get_current() == otel_context.get_current()  # nothing left attached
-    assert trace.get_current_span().get_span_context().is_valid is False
+    assert span.parent.span_id == outer.get_span_context().span_id
+    assert span.context.trace_id == outer.get_span_context().trace_id
+    assert trace.get_current_span().get_span_context().is_valid is False  # nothing left attached
 
 
-def test_deferred_counting_path_used_for_accelerator_outputs(telemetry, gpt2, monkeypatch):
-    """On a GPU the ids are counted on a background thread; force that path on the CPU."""
-    from traceai_huggingface import _transformers
+def test_counting_and_span_end_happen_off_the_request_path(telemetry, gpt2):
+    """generate returns before its span is finished; the span still ends when generate returned."""
+    from fi_evals_core.telemetry import get_worker
 
-    calls = []
-    monkeypatch.setattr(_transformers, "needs_deferred_count", lambda seqs: calls.append(seqs.shape) or True)
     model, tok = gpt2
     enc = tok(["deferred", "counting path"], return_tensors="pt", padding=True)
-    _transformers.deferred_finisher().submit(lambda: time.sleep(0.3))  # keep the finisher busy
+    get_worker().submit(lambda: time.sleep(0.3))  # keep the telemetry worker busy
     out = model.generate(**enc, max_new_tokens=6)
     returned_at = time.time_ns()
-    assert telemetry.spans() == []  # not ended on the caller's thread
-    assert calls == [tuple(out.shape)]
-    assert _transformers.deferred_finisher().drain(timeout_s=10)
-    (span,) = telemetry.spans()
+    assert telemetry.exporter.get_finished_spans() == ()  # not finished on the caller's thread
+    (span,) = telemetry.spans()  # drains the worker
     width = enc["input_ids"].shape[1]
     assert span.attributes[A.USAGE_OUTPUT_TOKENS] == sum(real_lengths(out[:, width:], tok.eos_token_id,
                                                                       tok.pad_token_id))
     assert span.attributes[A.USAGE_INPUT_TOKENS] == int(enc["attention_mask"].sum())
-    # the end time is the instant generate returned, not when the background thread got to it
+    assert span.attributes[A.MODEL_FRAMEWORK] == "pytorch"
+    # the end time is the instant generate returned, not when the worker got to it
     assert span.end_time <= returned_at + 2_000_000

@@ -9,6 +9,7 @@ import logging
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -27,6 +28,8 @@ from fi_evals_core.telemetry import (
     Patcher,
     TelemetryConfig,
     TelemetryRuntime,
+    drain,
+    get_worker,
     strip_credentials,
 )
 from fi_evals_core.telemetry import attributes as A
@@ -166,6 +169,7 @@ def test_request_span_ends_once_and_leaves_unknown_counts_out(runtime_and_spans)
     request.set_usage(output_tokens=None, input_tokens=None)
     request.end(RuntimeError("boom"))
     request.end()
+    assert drain(10)
     (span,) = exporter.get_finished_spans()
     assert A.USAGE_INPUT_TOKENS not in span.attributes and A.USAGE_OUTPUT_TOKENS not in span.attributes
     assert span.attributes[A.ERROR_TYPE] == "RuntimeError"
@@ -203,11 +207,13 @@ def test_gpu_attributes_from_the_memory_source(runtime_and_spans):
     runtime._gpu_source = fake
     first = runtime.start("a", {A.OPERATION_NAME: "chat"}, gpu_index=0)
     second = runtime.start("b", {A.OPERATION_NAME: "chat"}, gpu_index=0)  # overlaps: no second reset
+    get_worker().submit(lambda: time.sleep(0.2))  # the worker is busy: spans finish later
     first.end()
     fake.allocated_bytes = 2_000
-    second.freeze_end_state()  # read at the end instant, ended later (deferred finish)
-    fake.allocated_bytes = 9_999
     second.end()
+    fake.allocated_bytes = 9_999  # after the end instant: must not show
+    assert exporter.get_finished_spans() == ()
+    assert drain(10)
     assert fake.resets == 1
     a, b = exporter.get_finished_spans()
     assert a.attributes[A.GPU_TORCH_ALLOCATED] == 1_000
@@ -216,6 +222,7 @@ def test_gpu_attributes_from_the_memory_source(runtime_and_spans):
     assert a.attributes[A.GPU_NAME] == "Fake H100" and a.attributes[A.GPU_MEMORY_TOTAL] == 80 * 2**30
     third = runtime.start("c", {A.OPERATION_NAME: "chat"}, gpu_index=0)  # device idle again: reset
     third.end()
+    assert drain(10)
     assert fake.resets == 2
 
 
@@ -379,3 +386,23 @@ def test_sampler_from_the_environment(tmp_path, gpt2, sampler, arg, expected):
     path = tmp_path / "s.jsonl"
     lines = path.read_text().splitlines() if path.exists() else []
     assert len(lines) == expected
+
+
+def test_provider_force_flush_includes_requests_that_just_ended(gpt2):
+    """A user's own provider: its force_flush() must not miss a span still queued on the worker."""
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+    from traceai_huggingface import HuggingFaceInstrumentor
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(BatchSpanProcessor(exporter, schedule_delay_millis=60_000))
+    instrumentor = HuggingFaceInstrumentor()
+    instrumentor.instrument(tracer_provider=provider, meter_provider=MeterProvider(), config=TelemetryConfig())
+    try:
+        get_worker().submit(lambda: time.sleep(0.2))  # the worker is busy when the call returns
+        model, tok = gpt2
+        model.generate(**tok("flush me", return_tensors="pt"), max_new_tokens=2)
+        assert provider.force_flush(10_000)
+        assert [s.name.split()[0] for s in exporter.get_finished_spans()] == ["text_completion"]
+    finally:
+        instrumentor.uninstrument()

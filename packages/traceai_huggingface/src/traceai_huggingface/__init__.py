@@ -12,7 +12,7 @@ from typing import Any, Collection
 
 from opentelemetry.instrumentation.instrumentor import BaseInstrumentor
 
-from fi_evals_core.telemetry import Patcher, TelemetryRuntime
+from fi_evals_core.telemetry import Patcher, TelemetryRuntime, drain
 
 from . import _hub, _transformers
 from .package import _instruments
@@ -63,5 +63,4 @@ class HuggingFaceInstrumentor(BaseInstrumentor):
         if patcher is not None:
             patcher.remove()
             self._patcher = None
-        if _transformers._finisher is not None:
-            _transformers._finisher.drain()
+        drain()  # finish the spans of calls that already returned

@@ -85,6 +85,7 @@ class _Call:
         name = f"{operation} {model}" if model else operation
         self.request: RequestSpan = runtime.start(name, attrs, kind=SpanKind.CLIENT)
         self.texts: list[str] = []
+        self.keep_text = runtime.content.enabled
         self.chunks = 0
         self.finish_reasons: list[str] = []
         self.details_tokens: int | None = None
@@ -150,10 +151,11 @@ class _Call:
                 if piece:
                     request.mark_first_token()
                     self.chunks += 1
-                    index = getattr(choice, "index", 0) or 0
-                    while len(self.texts) <= index:
-                        self.texts.append("")
-                    self.texts[index] += piece
+                    if self.keep_text:
+                        index = getattr(choice, "index", 0) or 0
+                        while len(self.texts) <= index:
+                            self.texts.append("")
+                        self.texts[index] += piece
                 if getattr(choice, "finish_reason", None):
                     self.finish_reasons.append(choice.finish_reason)
             usage = getattr(chunk, "usage", None)
@@ -166,10 +168,11 @@ class _Call:
             request.mark_first_token()
             self.chunks += 1
             if isinstance(chunk, str):
-                self.texts = [(self.texts[0] if self.texts else "") + chunk]
+                if self.keep_text:
+                    self.texts = [(self.texts[0] if self.texts else "") + chunk]
                 return
             token = getattr(chunk, "token", None)
-            if token is not None and not getattr(token, "special", False):
+            if self.keep_text and token is not None and not getattr(token, "special", False):
                 self.texts = [(self.texts[0] if self.texts else "") + (token.text or "")]
             details = getattr(chunk, "details", None)
             if details is not None:
@@ -276,11 +279,7 @@ def async_client_wrapper(runtime: TelemetryRuntime, method: str):
 
 
 def _finish(call: _Call, result: Any) -> None:
-    try:
-        call.on_response(result)
-    except Exception:
-        logger.debug("could not read an InferenceClient response", exc_info=True)
-    call.request.end()
+    call.request.end(finalize=lambda request: call.on_response(result))
 
 
 def inject_trace_context(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextvars
 import logging
-import queue
 import threading
 import time
 import weakref
@@ -32,10 +31,16 @@ _in_pipeline: contextvars.ContextVar[bool] = contextvars.ContextVar("traceai_hf_
 
 
 class _ModelInfo:
-    __slots__ = ("name", "device", "gpu_index", "is_encoder_decoder", "static")
+    __slots__ = ("name", "device", "dtype", "probe", "gpu_index", "is_encoder_decoder", "static", "framework")
 
-    def __init__(self, model: Any, device: Any) -> None:
+    def __init__(self, model: Any) -> None:
         import transformers
+
+        # One of the model's own parameters: `.to()` / `.half()` change it in place, so reading
+        # its device and dtype tells cheaply whether these attributes are still current.
+        self.probe = next(iter(model.parameters()), None) if hasattr(model, "parameters") else None
+        device = getattr(model, "device", None)
+        self.dtype = getattr(self.probe, "dtype", None)
 
         config = getattr(model, "config", None)
         self.name = str(getattr(model, "name_or_path", "") or getattr(config, "_name_or_path", "") or
@@ -49,30 +54,26 @@ class _ModelInfo:
         self.is_encoder_decoder = bool(getattr(config, "is_encoder_decoder", False))
         quant = getattr(config, "quantization_config", None)
         quant_method = quant.get("quant_method") if isinstance(quant, dict) else getattr(quant, "quant_method", None)
-        self.static = {
-            A.OPERATION_NAME: A.OP_TEXT_COMPLETION,
-            A.PROVIDER_NAME: PROVIDER,
-            A.REQUEST_MODEL: self.name,
-            **torch_framework_attributes(
+        self.static = {A.OPERATION_NAME: A.OP_TEXT_COMPLETION, A.PROVIDER_NAME: PROVIDER, A.REQUEST_MODEL: self.name}
+        self.framework = torch_framework_attributes(
                 engine="transformers",
                 engine_version=transformers.__version__,
-                dtype=getattr(model, "dtype", None),
+                dtype=getattr(model, "dtype", self.dtype),
                 device=device,
                 quantization=str(getattr(quant_method, "value", quant_method)) if quant_method else None,
                 architecture=type(model).__name__,
-            ),
-        }
+            )
 
 
 _model_infos: "weakref.WeakKeyDictionary[Any, _ModelInfo]" = weakref.WeakKeyDictionary()
 
 
 def model_info(model: Any) -> _ModelInfo:
-    """Static attributes of a model, recomputed only when it moves to another device."""
-    device = getattr(model, "device", None)
+    """Static attributes of a model, recomputed only when it moves to another device or dtype."""
     info = _model_infos.get(model)
-    if info is None or info.device != device:
-        info = _ModelInfo(model, device)
+    probe = info.probe if info is not None else None
+    if info is None or (probe is not None and (probe.device != info.device or probe.dtype != info.dtype)):
+        info = _ModelInfo(model)
         try:
             _model_infos[model] = info
         except TypeError:  # not weak-referenceable: compute every time
@@ -80,38 +81,27 @@ def model_info(model: Any) -> _ModelInfo:
     return info
 
 
-_marker_class: Any = None
+class FirstTokenClock:
+    """Notes when the first new token's logits exist: right after generate's first forward pass
+    (the prefill). A forward hook on the model that removes itself on first use, so decoding
+    steps run hook-free; forwards from other threads sharing the model are ignored."""
 
+    __slots__ = ("request", "thread", "handle")
 
-def _first_token_marker(request: RequestSpan) -> Any:
-    """A stopping criterion that never stops: it notes when the first new token exists.
+    def __init__(self, model: Any, request: RequestSpan) -> None:
+        self.request = request
+        self.thread = threading.get_ident()
+        self.handle = model.register_forward_hook(self)
 
-    generate calls its stopping criteria right after each decoding step, in every decoding mode
-    (greedy, sampling, beam search, assisted), so the first call is the first token's time.
-    """
-    global _marker_class
-    if _marker_class is None:
-        from transformers import StoppingCriteria
+    def __call__(self, module: Any, args: Any, output: Any) -> None:
+        if threading.get_ident() == self.thread:
+            self.request.mark_first_token()
+            self.remove()
 
-        class FirstTokenMarker(StoppingCriteria):
-            def __init__(self, request: RequestSpan) -> None:
-                self.request = request
-                self.never: Any = None
-
-            def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
-                never = self.never
-                if never is None or never.shape[0] != input_ids.shape[0] or never.device != input_ids.device:
-                    import torch
-
-                    self.request.mark_first_token()
-                    never = self.never = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
-                return never
-
-        _marker_class = FirstTokenMarker
-    return _marker_class(request)
-
-
-_STOPPING_CRITERIA_POS = 3  # generate(inputs, generation_config, logits_processor, stopping_criteria, ...)
+    def remove(self) -> None:
+        handle, self.handle = self.handle, None
+        if handle is not None:
+            handle.remove()
 
 
 class GenerateCall:
@@ -134,120 +124,107 @@ class GenerateCall:
         max_new = param("max_new_tokens")
         if max_new is not None:
             attrs[A.REQUEST_MAX_TOKENS] = int(max_new)
-        do_sample = bool(param("do_sample"))
-        attrs[A.HF_DO_SAMPLE] = do_sample
-        if do_sample:
+        # Decoding mode: greedy single-beam is the default and leaves these out.
+        if param("do_sample"):
+            attrs[A.HF_DO_SAMPLE] = True
             for key, name in ((A.REQUEST_TEMPERATURE, "temperature"), (A.REQUEST_TOP_P, "top_p"), (A.REQUEST_TOP_K, "top_k")):
                 value = param(name)
                 if value is not None:
                     attrs[key] = value
         num_beams = param("num_beams") or 1
-        attrs[A.HF_NUM_BEAMS] = int(num_beams)
+        if num_beams != 1:
+            attrs[A.HF_NUM_BEAMS] = int(num_beams)
         n = param("num_return_sequences") or 1
         if n != 1:
             attrs[A.REQUEST_CHOICE_COUNT] = int(n)
         if kwargs.get("streamer") is not None:
             attrs[A.REQUEST_STREAM] = True
         self.request = runtime.start(
-            f"{A.OP_TEXT_COMPLETION} {info.name}", attrs, kind=SpanKind.INTERNAL, gpu_index=info.gpu_index
+            f"{A.OP_TEXT_COMPLETION} {info.name}", attrs, kind=SpanKind.INTERNAL, gpu_index=info.gpu_index,
+            late_attributes=info.framework, defer_span=True,
         )
         self.input_ids = args[0] if args else kwargs.get("inputs", kwargs.get("input_ids"))
         self.attention_mask = kwargs.get("attention_mask")
         self.decoder_input_ids = kwargs.get("decoder_input_ids")
-        self.args = args
-        # The first-token clock: a stopping criterion that never stops. Continuous batching
-        # (cache_implementation="paged") and custom generate functions refuse extra criteria.
+        # Continuous batching (cache_implementation="paged") and custom generate functions do not
+        # run the model's forward in this thread: no first-token clock for them.
+        self.clock: FirstTokenClock | None = None
         if kwargs.get("cache_implementation") != "paged" and kwargs.get("custom_generate") is None:
-            from transformers import StoppingCriteriaList
-
-            if len(args) > _STOPPING_CRITERIA_POS:
-                user = args[_STOPPING_CRITERIA_POS]
-                merged = StoppingCriteriaList([*(user or []), _first_token_marker(self.request)])
-                self.args = (*args[:_STOPPING_CRITERIA_POS], merged, *args[_STOPPING_CRITERIA_POS + 1 :])
-            else:
-                user = kwargs.get("stopping_criteria")
-                merged = StoppingCriteriaList([*(user or []), _first_token_marker(self.request)])
-                self.kwargs = {**kwargs, "stopping_criteria": merged}
+            self.clock = FirstTokenClock(model, self.request)
 
     def finish(self, output: Any) -> None:
         end_ns = time.perf_counter_ns()
+        self.release()
         sequences = output if _is_tensor(output) else getattr(output, "sequences", None)
         if not _is_tensor(sequences) or sequences.dim() != 2:
             self.request.end(end_ns=end_ns)
             return
-        if not needs_deferred_count(sequences):
-            self._count_and_end(sequences, end_ns)
-        else:
-            # Reading counts back from the GPU would synchronise the caller: do it off the request path.
-            self.request.freeze_end_state()
-            deferred_finisher().submit(lambda: self._count_and_end(sequences, end_ns))
+        ready = None
+        if sequences.device.type == "cuda":
+            import torch
 
-    def _count_and_end(self, sequences: Any, end_ns: int) -> None:
-        try:
-            counts = self._count(sequences)
-        except Exception:
-            logger.debug("token counting failed", exc_info=True)
-            counts = None
+            ready = torch.cuda.Event()
+            ready.record()  # marks the ids as computed on this stream; no host wait
+        self.request.end(end_ns=end_ns, finalize=lambda request: self._count_usage(sequences, ready))
+
+    def release(self) -> None:
+        if self.clock is not None:
+            self.clock.remove()
+
+    def _count_usage(self, sequences: Any, ready: Any) -> None:
+        """On the telemetry worker: the device-to-host read of the ids waits there, not in the caller."""
+        if ready is not None:
+            ready.synchronize()
+        counts = self._count(sequences)
         if counts is not None:
             input_tokens, lengths, reasons, steps = counts
             self.request.set_usage(input_tokens=input_tokens, output_tokens=sum(lengths), decode_steps=steps)
             self.request.set_response(finish_reasons=reasons)
-        self.request.end(end_ns=end_ns)
 
     def _count(self, sequences: Any) -> tuple[int | None, list[int], list[str], int] | None:
-        import torch
-
+        """Real tokens per returned sequence: up to and including its first EOS, without the padding
+        that fills sequences which stopped early. One device-to-host copy of the new ids."""
         pad = self.param("pad_token_id")
         eos = self.param("eos_token_id")
-        eos_ids = [] if eos is None else ([int(e) for e in eos] if isinstance(eos, (list, tuple)) else
-                                          [int(e) for e in eos.flatten().tolist()] if _is_tensor(eos) else [int(eos)])
+        eos_ids = set() if eos is None else (
+            {int(e) for e in eos.flatten().tolist()} if _is_tensor(eos) else
+            {int(e) for e in eos} if isinstance(eos, (list, tuple, set)) else {int(eos)})
+        pad = None if pad is None else int(pad.item() if _is_tensor(pad) else pad)
         inputs = self.input_ids if _is_tensor(self.input_ids) else None
         if self.info.is_encoder_decoder:
             prefix = self.decoder_input_ids.shape[-1] if _is_tensor(self.decoder_input_ids) else 1
-        elif inputs is not None and inputs.dim() == 2 and inputs.dtype in (torch.long, torch.int):
+        elif inputs is not None and inputs.dim() == 2 and not inputs.is_floating_point():
             prefix = inputs.shape[-1]
         else:
             prefix = 0  # inputs_embeds only: the output holds just the new tokens
-        generated = sequences[:, prefix:]
-        width = generated.shape[1]
+        rows = sequences[:, prefix:].tolist()
+        width = len(rows[0]) if rows else 0
         if width == 0:
             return None
-        positions = torch.arange(1, width + 1, device=generated.device)
-        lengths = torch.full((generated.shape[0],), width, device=generated.device, dtype=torch.long)
-        if eos_ids:
-            is_eos = torch.isin(generated, torch.tensor(eos_ids, device=generated.device))
-            first_eos = torch.where(is_eos, positions, width + 1).min(dim=1).values
-            lengths = torch.minimum(lengths, first_eos)
-        if pad is not None and int(pad) not in eos_ids:
-            # sequences stopped early (stop strings, EOS) are right-padded with pad_token_id
-            real = generated != int(pad)
-            last_real = torch.where(real, positions, 0).max(dim=1).values
-            lengths = torch.minimum(lengths, last_real)
-        stopped = (lengths < width) | (
-            torch.isin(generated[:, -1], torch.tensor(eos_ids, device=generated.device)) if eos_ids
-            else torch.zeros_like(lengths, dtype=torch.bool)
-        )
-        parts = [lengths, stopped.long()]
+        strip_pad = pad is not None and pad not in eos_ids
+        lengths, reasons = [], []
+        for row in rows:
+            n = width
+            for eos_id in eos_ids:  # list.index scans in C
+                try:
+                    n = row.index(eos_id, 0, n) + 1
+                except ValueError:
+                    pass
+            if strip_pad:
+                while n and row[n - 1] == pad:
+                    n -= 1
+            lengths.append(n)
+            reasons.append("stop" if n < width or (n and row[n - 1] in eos_ids) else "length")
         input_count = None
         if inputs is not None and inputs.dim() == 2:
             mask = self.attention_mask
             if _is_tensor(mask) and mask.shape == inputs.shape:
-                input_count = mask.sum().reshape(1).to(generated.device, torch.long)
-            elif pad is not None and int(pad) not in eos_ids:
-                input_count = (inputs != int(pad)).sum().reshape(1).to(generated.device, torch.long)
+                input_count = int(mask.sum())
+            elif strip_pad:
+                input_count = int((inputs != pad).sum())
             else:
-                input_count = torch.tensor([inputs.numel()], device=generated.device)
-            parts.append(input_count)
-        values = torch.cat(parts).tolist()  # the one device-to-host read
-        rows = generated.shape[0]
-        lengths_list = values[:rows]
-        reasons = ["stop" if s else "length" for s in values[rows : 2 * rows]]
-        return (values[2 * rows] if input_count is not None else None), lengths_list, reasons, width
-
-
-def needs_deferred_count(sequences: Any) -> bool:
-    """Counting reads ids back to the host: on an accelerator that would synchronise the caller."""
-    return sequences.device.type != "cpu"
+                input_count = inputs.numel()
+        return input_count, lengths, reasons, width
 
 
 def _is_tensor(value: Any) -> bool:
@@ -265,10 +242,9 @@ def generate_wrapper(runtime: TelemetryRuntime):
             return wrapped(*args, **kwargs)
         token = _in_generate.set(True)
         try:
-            with trace.use_span(call.request.span, end_on_exit=False, record_exception=False,
-                                set_status_on_exception=False):
-                output = wrapped(*call.args, **call.kwargs)
+            output = wrapped(*args, **kwargs)
         except BaseException as exc:
+            call.release()
             call.request.end(exc)
             raise
         finally:
@@ -318,12 +294,11 @@ def pipeline_wrapper(runtime: TelemetryRuntime):
             raise
         finally:
             _in_pipeline.reset(token)
-        try:
-            if runtime.content.enabled:
-                request.record_content(output_json=runtime.content.completions(_generated_texts(result)))
-        except Exception:
-            logger.debug("could not record pipeline output", exc_info=True)
-        request.end()
+        if runtime.content.enabled:
+            request.end(finalize=lambda r: r.record_content(
+                output_json=runtime.content.completions(_generated_texts(result))))
+        else:
+            request.end()
         return result
 
     return wrapper
@@ -355,46 +330,3 @@ def _generated_texts(result: Any) -> list[str]:
             if text is not None:
                 texts.append(str(text))
     return texts
-
-
-class DeferredFinisher:
-    """One daemon thread that finishes spans whose numbers need a device-to-host read."""
-
-    def __init__(self) -> None:
-        self._queue: "queue.SimpleQueue[Any]" = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._run, name="traceai-hf-finisher", daemon=True)
-        self._pending = 0
-        self._idle = threading.Condition()
-        self._thread.start()
-
-    def submit(self, job: Any) -> None:
-        with self._idle:
-            self._pending += 1
-        self._queue.put(job)
-
-    def drain(self, timeout_s: float = 5.0) -> bool:
-        with self._idle:
-            return self._idle.wait_for(lambda: self._pending == 0, timeout_s)
-
-    def _run(self) -> None:
-        while True:
-            job = self._queue.get()
-            try:
-                job()
-            except Exception:
-                logger.debug("deferred span finish failed", exc_info=True)
-            with self._idle:
-                self._pending -= 1
-                self._idle.notify_all()
-
-
-_finisher: DeferredFinisher | None = None
-_finisher_lock = threading.Lock()
-
-
-def deferred_finisher() -> DeferredFinisher:
-    global _finisher
-    with _finisher_lock:
-        if _finisher is None:
-            _finisher = DeferredFinisher()
-        return _finisher

@@ -11,6 +11,7 @@ from .request import RequestSpan
 from .runtime import TelemetryRuntime, set_gpu_memory_source
 from .setup import Telemetry, register
 from .streams import ObservedAsyncStream, ObservedStream, StreamObserver
+from .worker import drain, get_worker
 
 __all__ = [
     "ConfigError",
@@ -29,6 +30,8 @@ __all__ = [
     "TelemetryConfig",
     "TelemetryRuntime",
     "attributes",
+    "drain",
+    "get_worker",
     "get_config",
     "register",
     "set_config",

@@ -2,7 +2,8 @@
 
 Instrumentors create a `RequestSpan` at the patched boundary, feed it what the engine reports
 (first token, usage, finish reasons, content) and end it exactly once, from whichever path gets
-there first: completion, exception, stream close, cancellation or garbage collection.
+there first: completion, exception, stream close, cancellation or garbage collection. Ending
+notes the instant; the span is finished on the telemetry worker (worker.py).
 """
 
 from __future__ import annotations
@@ -10,11 +11,12 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from opentelemetry.trace import Span, Status, StatusCode
 
 from . import attributes as A
+from .worker import get_worker
 
 if TYPE_CHECKING:
     from .runtime import TelemetryRuntime
@@ -39,8 +41,11 @@ class RequestSpan:
         "_gpu_index",
         "_response_model",
         "_event_attrs",
+        "_attrs",
         "_frozen",
+        "_deferred_start",
         "_record_metrics",
+        "_streamed",
         "_ended",
         "_lock",
     )
@@ -48,7 +53,7 @@ class RequestSpan:
     def __init__(
         self,
         runtime: "TelemetryRuntime",
-        span: Span,
+        span: Span | None,
         start_attributes: dict[str, Any],
         start_wall_ns: int,
         start_ns: int,
@@ -67,8 +72,11 @@ class RequestSpan:
         self._gpu_index = gpu_index
         self._response_model: str | None = None
         self._event_attrs: dict[str, str] | None = None
+        self._attrs: dict[str, Any] = {}
         self._frozen: dict[str, Any] | None = None
+        self._deferred_start: tuple | None = None  # (name, kind, parent context, attributes)
         self._record_metrics = record_metrics
+        self._streamed = bool(start_attributes.get(A.REQUEST_STREAM))
         self._ended = False
         self._lock = threading.Lock()
 
@@ -82,8 +90,9 @@ class RequestSpan:
             self._first_token_ns = time.perf_counter_ns() if now_ns is None else now_ns
 
     def set_attribute(self, key: str, value: Any) -> None:
-        if value is not None and not self._ended:
-            self.span.set_attribute(key, value)
+        """Kept until the span is finished (one validated write instead of many)."""
+        if value is not None:
+            self._attrs[key] = value
 
     def set_usage(
         self,
@@ -132,36 +141,64 @@ class RequestSpan:
                     self._event_attrs = {}
                 self._event_attrs[key] = value
 
-    def freeze_end_state(self) -> None:
-        """Read what belongs to the end instant (GPU memory) now, for an `end()` that comes later."""
-        if self._gpu_index is not None and self.runtime.gpu is not None and self._frozen is None:
-            self._frozen = self.runtime.gpu.end(self._gpu_index)
-
     def end(
         self,
         error: BaseException | None = None,
         *,
         end_ns: int | None = None,
         extra: dict[str, Any] | None = None,
+        finalize: Callable[["RequestSpan"], None] | None = None,
     ) -> None:
-        """End the span once: derive latency figures, add GPU memory, record metrics."""
+        """End the request now; the span itself is finished on the telemetry worker.
+
+        The caller's cost is noting the instant and the GPU allocator counters (host-side, no
+        device sync); `finalize` (e.g. counting tokens) runs on the worker before the span ends.
+        """
+        end_ns = time.perf_counter_ns() if end_ns is None else end_ns
         with self._lock:
             if self._ended:
                 return
             self._ended = True
         try:
-            self._finish(error, time.perf_counter_ns() if end_ns is None else end_ns, extra)
+            if self._gpu_index is not None and self.runtime.gpu is not None:
+                self._frozen = self.runtime.gpu.end(self._gpu_index)
+            if extra:
+                self._attrs.update(extra)
+            worker = get_worker()
+            if worker.on_worker_thread:
+                self._finish_safely(error, end_ns, finalize)
+            else:
+                worker.submit(lambda: self._finish_safely(error, end_ns, finalize))
         except Exception:  # telemetry must never break the caller
+            logger.debug("failed to end request span", exc_info=True)
+
+    def _finish_safely(
+        self, error: BaseException | None, end_ns: int, finalize: Callable[["RequestSpan"], None] | None
+    ) -> None:
+        if finalize is not None:
+            try:
+                finalize(self)
+            except Exception:
+                logger.debug("request finalizer failed", exc_info=True)
+        try:
+            self._finish(error, end_ns)
+        except Exception:
             logger.debug("failed to finish request span", exc_info=True)
             try:
-                self.span.end()
+                if self.span is not None:
+                    self.span.end()
             except Exception:
                 pass
 
-    def _finish(self, error: BaseException | None, end_ns: int, extra: dict[str, Any] | None) -> None:
+    def _finish(self, error: BaseException | None, end_ns: int) -> None:
         span = self.span
+        if span is None and self._deferred_start is not None:
+            name, kind, parent, start_attrs = self._deferred_start
+            span = self.span = self.runtime.tracer.start_span(
+                name, context=parent, kind=kind, attributes=start_attrs, start_time=self._start_wall_ns
+            )
         runtime = self.runtime
-        attrs: dict[str, Any] = dict(extra) if extra else {}
+        attrs = self._attrs
         duration_s = max(0, end_ns - self._start_ns) / 1e9
         ttft_s = None
         if self._first_token_ns is not None:
@@ -174,8 +211,6 @@ class RequestSpan:
             attrs[A.OUTPUT_TOKENS_PER_SECOND] = self._output_tokens / duration_s
         if self._frozen is not None:
             attrs.update(self._frozen)
-        elif self._gpu_index is not None and runtime.gpu is not None:
-            attrs.update(runtime.gpu.end(self._gpu_index))
         metric_attrs = self._metric_attrs
         if self._response_model:
             metric_attrs = {**metric_attrs, A.RESPONSE_MODEL: self._response_model}
@@ -197,7 +232,7 @@ class RequestSpan:
             metrics.token_usage.record(self._input_tokens, {**metric_attrs, A.TOKEN_TYPE: "input"})
         if self._output_tokens is not None:
             metrics.token_usage.record(self._output_tokens, {**metric_attrs, A.TOKEN_TYPE: "output"})
-        if ttft_s is not None:
+        if ttft_s is not None and self._streamed:  # the conventions define it for streamed responses
             metrics.time_to_first_chunk.record(ttft_s, metric_attrs)
 
 

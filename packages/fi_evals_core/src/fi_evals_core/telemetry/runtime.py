@@ -59,17 +59,34 @@ class TelemetryRuntime:
         context: otel_context.Context | None = None,
         gpu_index: int | None = None,
         metrics: bool = True,
+        late_attributes: dict[str, Any] | None = None,
+        defer_span: bool = False,
     ) -> RequestSpan:
         """Start a request span now; `attributes` are given at start so samplers can see them.
 
         `metrics=False` for spans that only group others (a pipeline call), so durations and
-        tokens are recorded once, by the request span itself.
+        tokens are recorded once, by the request span itself. `late_attributes` (e.g. the
+        framework's) are written when the span is finished, off the request path.
+
+        `defer_span=True` creates the SDK span only when the request is finished, on the
+        telemetry worker, with the same parent, start time and start attributes: the request path
+        then pays for no span at all. Only for leaf spans: nothing can be parented under it while
+        the request runs (`request.span` is None until then).
         """
         start_wall_ns = time.time_ns()
         start_ns = time.perf_counter_ns()
-        span = self.tracer.start_span(
-            name, context=context, kind=kind, attributes=attributes, start_time=start_wall_ns
-        )
+        if defer_span:
+            span = None
+        else:
+            span = self.tracer.start_span(
+                name, context=context, kind=kind, attributes=attributes, start_time=start_wall_ns
+            )
         if gpu_index is not None:
             self._gpu_monitor().begin(gpu_index)
-        return RequestSpan(self, span, attributes, start_wall_ns, start_ns, gpu_index, metrics)
+        request = RequestSpan(self, span, attributes, start_wall_ns, start_ns, gpu_index, metrics)
+        if defer_span:
+            parent = context if context is not None else otel_context.get_current()
+            request._deferred_start = (name, kind, parent, attributes)
+        if late_attributes:
+            request._attrs.update(late_attributes)
+        return request

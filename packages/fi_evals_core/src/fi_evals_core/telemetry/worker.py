@@ -1,0 +1,109 @@
+"""One background thread that finishes request spans off the request path.
+
+Ending a span costs more than starting it: derived latency figures, attribute validation, the
+span processor hand-off, four metric records, and for local generation the reading of token ids
+(a device-to-host copy on a GPU). The request path only notes the end instant and queues the rest
+here, where it runs in batches. `drain()` runs what is queued and waits: the SDK providers'
+`force_flush()` / `shutdown()` call it first (hooked below), and it runs at interpreter exit.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import threading
+from collections import deque
+from typing import Callable
+
+import wrapt
+
+logger = logging.getLogger(__name__)
+
+
+class TelemetryWorker:
+    """Runs queued jobs in batches: it wakes at most every `interval_s` (or when `max_batch` jobs
+    wait, or on `drain()`), so the finishing code runs back to back with warm caches and takes the
+    GIL from the serving thread once per batch rather than once per request."""
+
+    def __init__(self, interval_s: float = 0.1, max_batch: int = 512) -> None:
+        self.interval_s = interval_s
+        self.max_batch = max_batch
+        self._jobs: deque[Callable[[], None]] = deque()
+        self._pending = 0
+        self._cond = threading.Condition()
+        self._flush_requested = False
+        self._thread = threading.Thread(target=self._run, name="traceai-telemetry", daemon=True)
+        self._thread.start()
+
+    @property
+    def on_worker_thread(self) -> bool:
+        return threading.current_thread() is self._thread
+
+    def submit(self, job: Callable[[], None]) -> None:
+        self._jobs.append(job)  # deque.append is atomic: no lock on the request path
+        if len(self._jobs) >= self.max_batch:
+            with self._cond:
+                self._flush_requested = True
+                self._cond.notify_all()
+
+    def drain(self, timeout_s: float = 10.0) -> bool:
+        """Run every queued job now and wait for them; False if `timeout_s` passed first."""
+        if self.on_worker_thread:
+            return True
+        with self._cond:
+            self._flush_requested = True
+            self._cond.notify_all()
+            return self._cond.wait_for(lambda: not self._jobs and self._pending == 0, timeout_s)
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                self._cond.wait_for(lambda: self._flush_requested, self.interval_s)
+                self._flush_requested = False
+                self._pending = len(self._jobs)
+            for _ in range(self._pending):
+                job = self._jobs.popleft()
+                try:
+                    job()
+                except Exception:
+                    logger.debug("telemetry job failed", exc_info=True)
+            with self._cond:
+                self._pending = 0
+                self._cond.notify_all()
+
+
+_worker: TelemetryWorker | None = None
+_worker_lock = threading.Lock()
+
+
+def get_worker() -> TelemetryWorker:
+    global _worker
+    if _worker is None:
+        with _worker_lock:
+            if _worker is None:
+                _install_flush_hooks()
+                _worker = TelemetryWorker()
+                atexit.register(_worker.drain, 5.0)
+    return _worker
+
+
+def _drain_first(wrapped: Callable, instance: object, args: tuple, kwargs: dict) -> object:
+    drain()
+    return wrapped(*args, **kwargs)
+
+
+def _install_flush_hooks() -> None:
+    """Make the SDK providers' own `force_flush()` / `shutdown()` drain the queue first, so code
+    that flushes its providers (tests, serverless handlers, exit hooks) never misses a request
+    that ended a moment before. Installed once, with the worker; harmless when nothing is queued."""
+    for module, cls in (("opentelemetry.sdk.trace", "TracerProvider"), ("opentelemetry.sdk.metrics", "MeterProvider")):
+        for method in ("force_flush", "shutdown"):
+            try:
+                wrapt.wrap_function_wrapper(module, f"{cls}.{method}", _drain_first)
+            except Exception:
+                logger.debug("could not hook %s.%s.%s", module, cls, method, exc_info=True)
+
+
+def drain(timeout_s: float = 10.0) -> bool:
+    """Finish every request span that has ended but is still queued (no-op if none ever was)."""
+    return _worker.drain(timeout_s) if _worker is not None else True
