@@ -16,7 +16,6 @@ import time
 import weakref
 from typing import Any
 
-from opentelemetry import trace
 from opentelemetry.instrumentation.utils import is_instrumentation_enabled
 from opentelemetry.trace import SpanKind
 
@@ -84,24 +83,49 @@ def model_info(model: Any) -> _ModelInfo:
 class FirstTokenClock:
     """Notes when the first new token's logits exist: right after generate's first forward pass
     (the prefill). A forward hook on the model that removes itself on first use, so decoding
-    steps run hook-free; forwards from other threads sharing the model are ignored."""
+    steps run hook-free; forwards from other threads sharing the model are ignored.
 
-    __slots__ = ("request", "thread", "handle")
+    On a CUDA device the host returns from a forward before the kernels ran, so the host clock
+    would read too early: there the hook records a CUDA event instead (no host wait), and the
+    telemetry worker later reads the device time between the call's start event and it.
+    """
 
-    def __init__(self, model: Any, request: RequestSpan) -> None:
+    __slots__ = ("request", "thread", "handle", "start_event", "first_event")
+
+    def __init__(self, model: Any, request: RequestSpan, cuda: bool) -> None:
         self.request = request
         self.thread = threading.get_ident()
+        self.start_event = self.first_event = None
+        if cuda:
+            import torch
+
+            self.start_event = torch.cuda.Event(enable_timing=True)
+            self.start_event.record()
         self.handle = model.register_forward_hook(self)
 
     def __call__(self, module: Any, args: Any, output: Any) -> None:
-        if threading.get_ident() == self.thread:
+        if threading.get_ident() != self.thread:
+            return
+        if self.start_event is not None:
+            import torch
+
+            self.first_event = torch.cuda.Event(enable_timing=True)
+            self.first_event.record()
+        else:
             self.request.mark_first_token()
-            self.remove()
+        self.remove()
 
     def remove(self) -> None:
         handle, self.handle = self.handle, None
         if handle is not None:
             handle.remove()
+
+    def resolve_device_time(self) -> None:
+        """On the worker: turn the CUDA events into the first-token instant (waits for the event)."""
+        if self.first_event is not None:
+            self.first_event.synchronize()
+            ms = self.start_event.elapsed_time(self.first_event)
+            self.request.mark_first_token(self.request.start_ns + int(ms * 1e6))
 
 
 class GenerateCall:
@@ -150,7 +174,7 @@ class GenerateCall:
         # run the model's forward in this thread: no first-token clock for them.
         self.clock: FirstTokenClock | None = None
         if kwargs.get("cache_implementation") != "paged" and kwargs.get("custom_generate") is None:
-            self.clock = FirstTokenClock(model, self.request)
+            self.clock = FirstTokenClock(model, self.request, cuda=info.gpu_index is not None)
 
     def finish(self, output: Any) -> None:
         end_ns = time.perf_counter_ns()
@@ -175,6 +199,8 @@ class GenerateCall:
         """On the telemetry worker: the device-to-host read of the ids waits there, not in the caller."""
         if ready is not None:
             ready.synchronize()
+        if self.clock is not None:
+            self.clock.resolve_device_time()
         counts = self._count(sequences)
         if counts is not None:
             input_tokens, lengths, reasons, steps = counts
@@ -278,7 +304,8 @@ def pipeline_wrapper(runtime: TelemetryRuntime):
                 A.HF_PIPELINE_TASK: task,
                 A.HF_PIPELINE_INPUTS: batch,
             }
-            request = runtime.start(f"pipeline {task} {info.name}", attrs, kind=SpanKind.INTERNAL, metrics=False)
+            request = runtime.start(f"pipeline {task} {info.name}", attrs, kind=SpanKind.INTERNAL, metrics=False,
+                                    defer_span=True)
             if runtime.content.enabled:
                 request.record_content(input_json=_pipeline_input_json(runtime, inputs, chat))
         except Exception:
@@ -286,8 +313,7 @@ def pipeline_wrapper(runtime: TelemetryRuntime):
             return wrapped(*args, **kwargs)
         token = _in_pipeline.set(True)
         try:
-            with trace.use_span(request.span, end_on_exit=False, record_exception=False,
-                                set_status_on_exception=False):
+            with runtime.enclosing(request):
                 result = wrapped(*args, **kwargs)
         except BaseException as exc:
             request.end(exc)

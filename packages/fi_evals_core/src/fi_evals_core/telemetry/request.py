@@ -13,6 +13,7 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
+from opentelemetry import trace
 from opentelemetry.trace import Span, Status, StatusCode
 
 from . import attributes as A
@@ -74,11 +75,17 @@ class RequestSpan:
         self._event_attrs: dict[str, str] | None = None
         self._attrs: dict[str, Any] = {}
         self._frozen: dict[str, Any] | None = None
-        self._deferred_start: tuple | None = None  # (name, kind, parent context, attributes)
+        # (name, kind, parent context or parent RequestSpan, attributes) for a span created at finish
+        self._deferred_start: tuple | None = None
         self._record_metrics = record_metrics
         self._streamed = bool(start_attributes.get(A.REQUEST_STREAM))
         self._ended = False
         self._lock = threading.Lock()
+
+    @property
+    def start_ns(self) -> int:
+        """The request's start on the `time.perf_counter_ns()` clock."""
+        return self._start_ns
 
     @property
     def ended(self) -> bool:
@@ -190,13 +197,20 @@ class RequestSpan:
             except Exception:
                 pass
 
-    def _finish(self, error: BaseException | None, end_ns: int) -> None:
-        span = self.span
-        if span is None and self._deferred_start is not None:
+    def ensure_span(self) -> Span:
+        """The SDK span, created now (with the recorded start time) if its creation was deferred.
+        A deferred child calls this on its deferred parent, so the parent exists first."""
+        if self.span is None and self._deferred_start is not None:
             name, kind, parent, start_attrs = self._deferred_start
-            span = self.span = self.runtime.tracer.start_span(
+            if isinstance(parent, RequestSpan):
+                parent = trace.set_span_in_context(parent.ensure_span())
+            self.span = self.runtime.tracer.start_span(
                 name, context=parent, kind=kind, attributes=start_attrs, start_time=self._start_wall_ns
             )
+        return self.span
+
+    def _finish(self, error: BaseException | None, end_ns: int) -> None:
+        span = self.ensure_span()
         runtime = self.runtime
         attrs = self._attrs
         duration_s = max(0, end_ns - self._start_ns) / 1e9

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import time
-from typing import Any
+from typing import Any, Iterator
 
 from opentelemetry import context as otel_context
 from opentelemetry import metrics as otel_metrics
@@ -18,6 +20,11 @@ from .metrics import GenAIMetrics
 from .request import RequestSpan
 
 _default_gpu_source: GpuMemorySource | None = None
+# The request whose span is deferred and which encloses the current call (a pipeline call):
+# requests started inside it become its children when their spans are created.
+_deferred_parent: contextvars.ContextVar[RequestSpan | None] = contextvars.ContextVar(
+    "traceai_deferred_parent", default=None
+)
 
 
 def set_gpu_memory_source(source: GpuMemorySource | None) -> None:
@@ -50,6 +57,15 @@ class TelemetryRuntime:
             self.gpu = GpuMonitor(self._gpu_source or TorchNvmlSource(self.config.gpu_poll_interval_s))
         return self.gpu
 
+    @contextlib.contextmanager
+    def enclosing(self, request: RequestSpan) -> Iterator[None]:
+        """Make deferred `request` the parent of the requests started in this block."""
+        token = _deferred_parent.set(request)
+        try:
+            yield
+        finally:
+            _deferred_parent.reset(token)
+
     def start(
         self,
         name: str,
@@ -70,8 +86,8 @@ class TelemetryRuntime:
 
         `defer_span=True` creates the SDK span only when the request is finished, on the
         telemetry worker, with the same parent, start time and start attributes: the request path
-        then pays for no span at all. Only for leaf spans: nothing can be parented under it while
-        the request runs (`request.span` is None until then).
+        then pays for no span at all. `request.span` is None until then; requests started within
+        `runtime.enclosing(request)` become its children, other spans cannot.
         """
         start_wall_ns = time.time_ns()
         start_ns = time.perf_counter_ns()
@@ -85,7 +101,7 @@ class TelemetryRuntime:
             self._gpu_monitor().begin(gpu_index)
         request = RequestSpan(self, span, attributes, start_wall_ns, start_ns, gpu_index, metrics)
         if defer_span:
-            parent = context if context is not None else otel_context.get_current()
+            parent = context or _deferred_parent.get() or otel_context.get_current()
             request._deferred_start = (name, kind, parent, attributes)
         if late_attributes:
             request._attrs.update(late_attributes)
