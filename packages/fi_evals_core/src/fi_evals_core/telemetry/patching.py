@@ -39,8 +39,12 @@ def _on_import(module: Any) -> None:
 
 
 class Patcher:
-    def __init__(self, owner: str) -> None:
+    """`strict_modules`: modules whose targets work only together (a request span started by one
+    hook is ended by another): if any of them is missing, none in that module is wrapped."""
+
+    def __init__(self, owner: str, strict_modules: set[str] | frozenset[str] = frozenset()) -> None:
         self.owner = owner
+        self.strict_modules = frozenset(strict_modules)
         self._targets: list[Target] = []
         self._applied: list[tuple[Any, str]] = []
         self.missing: list[str] = []
@@ -72,6 +76,8 @@ class Patcher:
             self._applied.clear()
 
     def _apply_module(self, module: Any) -> None:
+        resolved = []
+        missing = []
         for target in self._targets:
             if target.module != module.__name__:
                 continue
@@ -80,16 +86,24 @@ class Patcher:
             try:
                 for part in path:
                     parent = getattr(parent, part)
-                original = getattr(parent, attr)
+                getattr(parent, attr)
             except AttributeError:
                 if not target.optional:
-                    where = f"{target.module}.{target.name}"
-                    self.missing.append(where)
-                    logger.warning("%s: %s not found; it is left uninstrumented", self.owner, where)
+                    missing.append(f"{target.module}.{target.name}")
                 continue
-            if isinstance(original, wrapt.FunctionWrapper) and any(
-                p is parent and a == attr for p, a in self._applied
-            ):
+            resolved.append((parent, attr, target))
+        if missing:
+            self.missing.extend(missing)
+            strict = module.__name__ in self.strict_modules
+            logger.warning(
+                "%s: %s not found (this version of the library moved it); %s",
+                self.owner, ", ".join(missing),
+                f"{module.__name__} is left untouched" if strict else "it is left uninstrumented",
+            )
+            if strict:
+                return
+        for parent, attr, target in resolved:
+            if any(p is parent and a == attr for p, a in self._applied):
                 continue  # already ours
             wrapt.wrap_function_wrapper(parent, attr, target.wrapper)
             self._applied.append((parent, attr))

