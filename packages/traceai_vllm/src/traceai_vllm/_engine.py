@@ -36,6 +36,28 @@ current_operation: contextvars.ContextVar[str | None] = contextvars.ContextVar(
 )
 
 
+# The trace context an API request arrived with. AsyncLLM.add_request drops `trace_headers` unless
+# vLLM's own tracing is configured; this keeps them for the request span either way.
+incoming_trace_headers: contextvars.ContextVar[Any] = contextvars.ContextVar(
+    "traceai_vllm_trace_headers", default=None
+)
+_TRACE_HEADERS_POSITION = 6  # AsyncLLM.add_request(request_id, prompt, params, arrival_time,
+#                              lora_request, tokenization_kwargs, trace_headers, ...)
+
+
+async def async_add_request_wrapper(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
+    headers = kwargs.get("trace_headers")
+    if headers is None and len(args) > _TRACE_HEADERS_POSITION:
+        headers = args[_TRACE_HEADERS_POSITION]
+    if not headers:
+        return await wrapped(*args, **kwargs)
+    token = incoming_trace_headers.set(headers)
+    try:
+        return await wrapped(*args, **kwargs)
+    finally:
+        incoming_trace_headers.reset(token)
+
+
 class EngineInfo:
     """What a request span says about the engine that serves it, computed once per engine."""
 
@@ -152,7 +174,7 @@ class RequestTracker:
                 attrs[A.REQUEST_STOP_SEQUENCES] = [stop] if isinstance(stop, str) else list(stop)
             if n != 1:
                 attrs[A.REQUEST_CHOICE_COUNT] = n
-        headers = getattr(request, "trace_headers", None)
+        headers = getattr(request, "trace_headers", None) or incoming_trace_headers.get()
         context = propagate.extract(headers) if headers else None
         span = self.runtime.start(
             f"{operation} {info.model}", attrs, kind=SpanKind.SERVER if headers else SpanKind.INTERNAL,

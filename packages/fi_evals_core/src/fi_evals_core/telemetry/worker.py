@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import atexit
 import logging
+import os
 import threading
 from collections import deque
 from typing import Callable
@@ -83,8 +84,18 @@ def get_worker() -> TelemetryWorker:
             if _worker is None:
                 _install_flush_hooks()
                 _worker = TelemetryWorker()
-                atexit.register(_worker.drain, 5.0)
     return _worker
+
+
+def _forget_worker_after_fork() -> None:
+    """A forked child has no worker thread (threads do not survive fork): start a new one on use.
+    The SDK's batch span processor and periodic metric reader restart their own threads likewise."""
+    global _worker
+    _worker = None
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_worker_after_fork)
 
 
 def _drain_first(wrapped: Callable, instance: object, args: tuple, kwargs: dict) -> object:
@@ -107,3 +118,6 @@ def _install_flush_hooks() -> None:
 def drain(timeout_s: float = 10.0) -> bool:
     """Finish every request span that has ended but is still queued (no-op if none ever was)."""
     return _worker.drain(timeout_s) if _worker is not None else True
+
+
+atexit.register(drain, 5.0)

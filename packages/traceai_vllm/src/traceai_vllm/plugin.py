@@ -1,0 +1,46 @@
+"""Zero-code: vLLM's `vllm.general_plugins` entry point, loaded in every vLLM process.
+
+With `TRACEAI_VLLM_AUTO=1` in the environment, each process (API server, EngineCore, workers)
+builds its own tracer and meter providers from the standard OTEL_* variables (`register()`) and
+instruments vLLM; request spans come from the process that runs the output processor (the API
+server / front-end). Without the variable, loading the plugin is one environment lookup.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+
+logger = logging.getLogger(__name__)
+
+AUTO_VARIABLE = "TRACEAI_VLLM_AUTO"
+_lock = threading.Lock()
+_telemetry = None
+
+
+def enabled() -> bool:
+    value = (os.environ.get(AUTO_VARIABLE) or "").strip().lower()
+    if value in ("", "0", "false", "no", "off"):
+        return False
+    if value in ("1", "true", "yes", "on"):
+        return True
+    logger.warning("%s=%r is not valid: accepted values are 1/0, true/false, yes/no, on/off; "
+                   "traceai stays off", AUTO_VARIABLE, value)
+    return False
+
+
+def load() -> None:
+    """The `vllm.general_plugins` hook; vLLM calls it once per process."""
+    global _telemetry
+    if not enabled():
+        return
+    with _lock:
+        if _telemetry is not None:
+            return
+        try:
+            from fi_evals_core import register
+
+            _telemetry = register(service_name=os.environ.get("OTEL_SERVICE_NAME") or "vllm")
+        except Exception:  # a telemetry problem must never stop the server
+            logger.warning("traceai: could not enable vLLM instrumentation", exc_info=True)

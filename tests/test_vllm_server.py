@@ -1,0 +1,119 @@
+"""Zero code, real server: vLLM's OpenAI server in its default multi-process mode, traceai enabled
+only by `TRACEAI_VLLM_AUTO=1` (the `vllm.general_plugins` entry point), spans to a real collector.
+
+The client is an instrumented `InferenceClient` in this process: its span and the server's request
+span must share one trace, with the server span's parent the client span.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+
+from fi_evals_core.telemetry import attributes as A
+
+SERVER_ARGS = ["--dtype", "float32", "--enforce-eager", "--max-model-len", "256", "--max-num-seqs", "4",
+               "--kv-cache-memory-bytes", str(64 * 2**20)]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def vllm_server(model_dirs, collector, tmp_path_factory):
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "VLLM_", "TRACEAI_"))}
+    env.update({
+        "TRACEAI_VLLM_AUTO": "1",
+        "OTEL_EXPORTER_OTLP_ENDPOINT": collector.grpc_endpoint,
+        "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc",
+        "OTEL_SERVICE_NAME": "vllm-server-under-test",
+        "OTEL_BSP_SCHEDULE_DELAY": "200",
+        "HF_HUB_OFFLINE": "1",
+    })
+    log = (tmp_path_factory.mktemp("vllm-server") / "server.log").open("w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "vllm.entrypoints.launchers.api_server.entry", "--model", str(model_dirs["llama"]),
+         "--served-model-name", "tiny-llama", "--host", "127.0.0.1", "--port", str(port), *SERVER_ARGS],
+        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    base_url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 240
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"vLLM server exited with {proc.returncode}: see {log.name}")
+            try:
+                with urllib.request.urlopen(f"{base_url}/health", timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"vLLM server not ready after 240 s: see {log.name}")
+            time.sleep(0.5)
+        yield base_url
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)  # the server, its EngineCore and workers
+            proc.wait(timeout=30)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+        log.close()
+
+
+def _server_spans(collector, count: int):
+    return collector.wait_for_spans(
+        lambda s: s["scope_name"] == "traceai_vllm" and s["resource_attributes"].get("service.name")
+        == "vllm-server-under-test", count=count, timeout=30)
+
+
+def test_server_request_span_joins_the_client_trace(vllm_server, collector, telemetry, hub_online):
+    from huggingface_hub import InferenceClient
+
+    collector.clear()
+    client = InferenceClient(base_url=vllm_server)
+    out = client.chat_completion([{"role": "user", "content": "Say something."}], model="tiny-llama",
+                                 max_tokens=6, seed=1)
+    (client_span,) = telemetry.spans()
+    (server_span,) = _server_spans(collector, 1)
+    assert server_span["trace_id"] == format(client_span.context.trace_id, "032x")
+    assert server_span["parent_span_id"] == format(client_span.context.span_id, "016x")
+    assert server_span["kind"] == "SERVER"
+    a = server_span["attributes"]
+    assert a[A.USAGE_INPUT_TOKENS] == out.usage.prompt_tokens
+    assert a[A.USAGE_OUTPUT_TOKENS] == out.usage.completion_tokens
+    assert a[A.REQUEST_MODEL] == "tiny-llama"
+    assert a[A.REQUEST_MAX_TOKENS] == 6
+    # the server keeps request stats (its default): vLLM's own breakdown is on the span
+    for key in (A.VLLM_QUEUE_TIME, A.VLLM_PREFILL_TIME, A.VLLM_DECODE_TIME, A.VLLM_TIME_TO_FIRST_TOKEN):
+        assert a[key] >= 0
+    assert a[A.MODEL_ENGINE] == "vllm" and a[A.MODEL_FRAMEWORK] == "pytorch"
+
+
+def test_client_disconnect_mid_stream_ends_the_server_span_as_aborted(vllm_server, collector, hub_online):
+    from huggingface_hub import InferenceClient
+
+    collector.clear()
+    client = InferenceClient(base_url=vllm_server)  # kept: the client owns the response stream
+    stream = client.chat_completion(
+        [{"role": "user", "content": "Talk for a long time."}], model="tiny-llama", max_tokens=200,
+        stream=True, extra_body={"ignore_eos": True})
+    for i, _ in enumerate(stream):
+        if i == 2:
+            break
+    stream.close()
+    client.close()  # the HTTP connection goes; vLLM aborts the request
+    (server_span,) = _server_spans(collector, 1)
+    assert list(server_span["attributes"][A.RESPONSE_FINISH_REASONS]) == ["abort"]
