@@ -211,3 +211,99 @@ def test_missing_internals_leave_vllm_untouched():
     assert len(warnings) == 1
     assert "vllm.v1.engine.output_processor.OutputProcessor.abort_requests" in warnings[0]
     assert "left untouched" in warnings[0]
+
+
+def test_server_metrics_and_kv_cache_usage(vllm):
+    from vllm import SamplingParams
+
+    llm, capture, _ = vllm
+    outputs = llm.generate(["metrics please", "and here"], SamplingParams(max_tokens=5, ignore_eos=True))
+    spans = capture.spans("text_completion")
+    assert all(0.0 <= s.attributes[A.VLLM_KV_CACHE_USAGE] <= 1.0 for s in spans)
+    assert drain(10)
+    points = {}
+    for rm in capture.reader.get_metrics_data().resource_metrics:
+        for sm in rm.scope_metrics:
+            for metric in sm.metrics:
+                points.setdefault(metric.name, []).extend(metric.data.data_points)
+    for name in (A.METRIC_SERVER_REQUEST_DURATION, A.METRIC_SERVER_TIME_TO_FIRST_TOKEN,
+                 A.METRIC_SERVER_TIME_PER_OUTPUT_TOKEN):
+        assert sum(p.count for p in points[name]) >= 2, name
+    output = [p for p in points[A.METRIC_TOKEN_USAGE] if p.attributes[A.TOKEN_TYPE] == "output"]
+    assert sum(p.sum for p in output) >= sum(len(o.outputs[0].token_ids) for o in outputs)
+    assert A.METRIC_OPERATION_DURATION not in points  # the engine is the server side
+
+
+def test_async_llm_finished_and_cancelled_requests(vllm_setup, model_dirs):
+    """AsyncLLM (its EngineCore in another process): a finished request, and a consumer task that
+    is cancelled mid-stream (vLLM aborts the request): each ends its span exactly once."""
+    import asyncio
+
+    from vllm import SamplingParams
+    from vllm.engine.arg_utils import AsyncEngineArgs
+    from vllm.v1.engine.async_llm import AsyncLLM
+
+    _, capture, instrumentor = vllm_setup
+    capture.clear()
+
+    async def main():
+        engine = AsyncLLM.from_engine_args(
+            AsyncEngineArgs(model=str(model_dirs["llama"]), disable_log_stats=False, **ENGINE_ARGS))
+        try:
+            final = None
+            async for out in engine.generate("async prompt", SamplingParams(max_tokens=6, ignore_eos=True),
+                                             request_id="async-done"):
+                final = out
+
+            async def consume():
+                async for _ in engine.generate("cancel me", SamplingParams(max_tokens=200, ignore_eos=True),
+                                               request_id="async-cancelled"):
+                    await asyncio.sleep(0.01)
+
+            task = asyncio.create_task(consume())
+            await asyncio.sleep(0.3)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            await asyncio.sleep(0.2)
+            return final
+        finally:
+            engine.shutdown()
+
+    final = asyncio.run(main())
+    spans = {s.attributes[A.RESPONSE_ID]: s for s in capture.spans("text_completion")}
+    assert set(spans) == {"async-done", "async-cancelled"}
+    done = spans["async-done"].attributes
+    assert done[A.USAGE_OUTPUT_TOKENS] == len(final.outputs[0].token_ids) == 6
+    assert done[A.VLLM_PREFILL_TIME] >= 0
+    assert list(spans["async-cancelled"].attributes[A.RESPONSE_FINISH_REASONS]) == ["abort"]
+    assert len(instrumentor.tracker) == 0
+
+
+def test_offline_llm_in_multiprocess_mode_with_register(tmp_path, model_dirs):
+    """vLLM's default multi-process mode (EngineCore in its own process), set up by register()."""
+    traces = tmp_path / "spans.jsonl"
+    script = textwrap.dedent(f"""
+        from fi_evals_core import register
+        telemetry = register()
+        from vllm import LLM, SamplingParams
+        if __name__ == "__main__":
+            llm = LLM(model={str(model_dirs["llama"])!r}, **{ENGINE_ARGS!r})
+            outs = llm.generate(["multi process", "two"], SamplingParams(max_tokens=4, ignore_eos=True))
+            print("OUT_TOKENS", sum(len(o.outputs[0].token_ids) for o in outs))
+            telemetry.shutdown()
+    """)
+    app = tmp_path / "app.py"
+    app.write_text(script)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "VLLM_", "TRACEAI_"))}
+    env.update({"TRACEAI_TRACES_FILE": str(traces), "HF_HUB_OFFLINE": "1", "VLLM_ENABLE_V1_MULTIPROCESSING": "1"})
+    proc = subprocess.run([sys.executable, str(app)], env=env, capture_output=True, text=True, timeout=300,
+                          cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    import json
+
+    records = [json.loads(line) for line in traces.read_text().splitlines()]
+    requests = [r for r in records if r["scope"]["name"] == "traceai_vllm" and r["name"].startswith("text_completion")]
+    assert len(requests) == 2
+    assert sum(r["attributes"][A.USAGE_OUTPUT_TOKENS] for r in requests) == 8
+    assert "OUT_TOKENS 8" in proc.stdout

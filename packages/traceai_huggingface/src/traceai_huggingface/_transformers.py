@@ -304,7 +304,7 @@ def pipeline_wrapper(runtime: TelemetryRuntime):
                 A.HF_PIPELINE_TASK: task,
                 A.HF_PIPELINE_INPUTS: batch,
             }
-            request = runtime.start(f"pipeline {task} {info.name}", attrs, kind=SpanKind.INTERNAL, metrics=False,
+            request = runtime.start(f"pipeline {task} {info.name}", attrs, kind=SpanKind.INTERNAL, metrics=None,
                                     defer_span=True)
             if runtime.content.enabled:
                 request.record_content(input_json=_pipeline_input_json(runtime, inputs, chat))

@@ -128,6 +128,7 @@ class RequestTracker:
         self.runtime = runtime
         self.by_request: dict[str, Tracked] = {}
         self.by_parent: dict[str, Tracked] = {}
+        self.kv_cache_usage: float | None = None  # the scheduler's latest figure (stats logging on)
 
     def __len__(self) -> int:
         return len(self.by_request) + len(self.by_parent)
@@ -179,7 +180,7 @@ class RequestTracker:
         span = self.runtime.start(
             f"{operation} {info.model}", attrs, kind=SpanKind.SERVER if headers else SpanKind.INTERNAL,
             context=context, late_attributes=info.framework, defer_span=True,
-            start_wall_ns=int(request.arrival_time * 1e9),
+            start_wall_ns=int(request.arrival_time * 1e9), metrics="server",
         )
         span.set_attribute(A.RESPONSE_ID, getattr(request, "external_req_id", None) or request_id)
         tracked = Tracked(span, n)
@@ -259,7 +260,16 @@ class RequestTracker:
                 request.set_attribute(key, value)
             request.use_engine_latency(timing[A.VLLM_TIME_TO_FIRST_TOKEN], timing[A.VLLM_DECODE_TIME])
         request.set_usage(decode_steps=tracked.max_output_tokens or None)
+        request.set_attribute(A.VLLM_KV_CACHE_USAGE, self.kv_cache_usage)
         request.end(error, end_ns=now)
+
+    def scheduler_stats_wrapper(self, wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
+        """Keep the KV-cache usage the scheduler reports each step (one attribute read)."""
+        stats = args[0] if args else kwargs.get("scheduler_stats")
+        usage = getattr(stats, "kv_cache_usage", None)
+        if usage is not None:
+            self.kv_cache_usage = float(usage)
+        return wrapped(*args, **kwargs)
 
     # -- abort_requests / propagate_error -----------------------------------------------------
     def abort_wrapper(self, wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:

@@ -34,7 +34,7 @@ def batch_wrapper(runtime: TelemetryRuntime, method: str, operation: str):
             batch = runtime.start(
                 f"LLM.{method} {model}",
                 {A.PROVIDER_NAME: PROVIDER, A.REQUEST_MODEL: model},
-                kind=SpanKind.INTERNAL, metrics=False, defer_span=True,
+                kind=SpanKind.INTERNAL, metrics=None, defer_span=True,
             )
         except Exception:
             logger.debug("could not start a vLLM batch span", exc_info=True)

@@ -61,7 +61,7 @@ class RequestSpan:
         start_wall_ns: int,
         start_ns: int,
         gpu_index: int | None,
-        record_metrics: bool = True,
+        metrics: str | None = "client",
     ) -> None:
         self.runtime = runtime
         self.span = span
@@ -81,7 +81,7 @@ class RequestSpan:
         self._deferred_start: tuple | None = None
         self._engine_ttft_s: float | None = None
         self._engine_decode_s: float | None = None
-        self._record_metrics = record_metrics
+        self._record_metrics = metrics  # "client", "server" (the GenAI histograms of that side) or None
         self._streamed = bool(start_attributes.get(A.REQUEST_STREAM))
         self._ended = False
         self._lock = threading.Lock()
@@ -224,7 +224,7 @@ class RequestSpan:
         runtime = self.runtime
         attrs = self._attrs
         duration_s = max(0, end_ns - self._start_ns) / 1e9
-        ttft_s = decode_s = None
+        ttft_s = decode_s = tpot_s = None
         if self._engine_ttft_s is not None:
             ttft_s, decode_s = self._engine_ttft_s, self._engine_decode_s
         elif self._first_token_ns is not None:
@@ -234,7 +234,7 @@ class RequestSpan:
             attrs[A.RESPONSE_TIME_TO_FIRST_CHUNK] = ttft_s
             steps = self._decode_steps if self._decode_steps is not None else self._output_tokens
             if decode_s is not None and steps is not None and steps > 1:
-                attrs[A.TIME_PER_OUTPUT_TOKEN] = decode_s / (steps - 1)
+                tpot_s = attrs[A.TIME_PER_OUTPUT_TOKEN] = decode_s / (steps - 1)
         if self._output_tokens is not None and duration_s > 0:
             attrs[A.OUTPUT_TOKENS_PER_SECOND] = self._output_tokens / duration_s
         if self._frozen is not None:
@@ -255,13 +255,20 @@ class RequestSpan:
             return
 
         metrics = runtime.metrics
-        metrics.operation_duration.record(duration_s, metric_attrs)
+        if self._record_metrics == "server":
+            metrics.server_request_duration.record(duration_s, metric_attrs)
+            if ttft_s is not None:
+                metrics.server_time_to_first_token.record(ttft_s, metric_attrs)
+            if tpot_s is not None:
+                metrics.server_time_per_output_token.record(tpot_s, metric_attrs)
+        else:
+            metrics.operation_duration.record(duration_s, metric_attrs)
+            if ttft_s is not None and self._streamed:  # the conventions define it for streamed responses
+                metrics.time_to_first_chunk.record(ttft_s, metric_attrs)
         if self._input_tokens is not None:
             metrics.token_usage.record(self._input_tokens, {**metric_attrs, A.TOKEN_TYPE: "input"})
         if self._output_tokens is not None:
             metrics.token_usage.record(self._output_tokens, {**metric_attrs, A.TOKEN_TYPE: "output"})
-        if ttft_s is not None and self._streamed:  # the conventions define it for streamed responses
-            metrics.time_to_first_chunk.record(ttft_s, metric_attrs)
 
 
 def _error_type(error: BaseException) -> str:

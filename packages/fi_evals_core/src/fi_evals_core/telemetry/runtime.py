@@ -74,15 +74,17 @@ class TelemetryRuntime:
         kind: SpanKind = SpanKind.CLIENT,
         context: otel_context.Context | None = None,
         gpu_index: int | None = None,
-        metrics: bool = True,
+        metrics: str | None = "client",
         late_attributes: dict[str, Any] | None = None,
         defer_span: bool = False,
         start_wall_ns: int | None = None,
     ) -> RequestSpan:
         """Start a request span now; `attributes` are given at start so samplers can see them.
 
-        `metrics=False` for spans that only group others (a pipeline call), so durations and
-        tokens are recorded once, by the request span itself. `late_attributes` (e.g. the
+        `metrics`: which GenAI histograms the request feeds, "client" (operation duration, time
+        to first chunk) or "server" (request duration, time to first token, time per output
+        token), both with token usage; None for spans that only group others (a pipeline call),
+        so durations and tokens are recorded once, by the request span itself. `late_attributes` (e.g. the
         framework's) are written when the span is finished, off the request path.
 
         `start_wall_ns` backdates the start to when the request arrived (e.g. vLLM's
