@@ -255,13 +255,15 @@ def test_async_llm_finished_and_cancelled_requests(vllm_setup, model_dirs):
                                              request_id="async-done"):
                 final = out
 
+            started = asyncio.Event()
+
             async def consume():
-                async for _ in engine.generate("cancel me", SamplingParams(max_tokens=200, ignore_eos=True),
+                async for _ in engine.generate("cancel me", SamplingParams(max_tokens=240, ignore_eos=True),
                                                request_id="async-cancelled"):
-                    await asyncio.sleep(0.01)
+                    started.set()
 
             task = asyncio.create_task(consume())
-            await asyncio.sleep(0.3)
+            await started.wait()  # the first tokens arrived; 240 take far longer
             task.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await task
