@@ -10,6 +10,8 @@ The one line that matters is `register()`; everything after it is ordinary trans
 from __future__ import annotations
 
 import argparse
+import importlib.util
+import os
 import sys
 import tempfile
 import threading
@@ -28,6 +30,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", help="hub id or local path of a causal LM (default: a tiny random model)")
     parser.add_argument("--max-new-tokens", type=int, default=24)
+    parser.add_argument("--no-vllm", action="store_true", help="skip the vLLM part even if vLLM is installed")
     args = parser.parse_args()
 
     telemetry = register(service_name="traceai-demo")  # <- the one line
@@ -66,14 +69,29 @@ def main() -> int:
     generator = pipeline("text-generation", model=model, tokenizer=tokenizer)
     generator("A pipeline call", max_new_tokens=n, do_sample=False)
 
+    # 4. vLLM, when it is installed: the same model served by an in-process engine
+    if not args.no_vllm and importlib.util.find_spec("vllm") is not None:
+        _run_vllm(source, n)
+
     telemetry.force_flush()
     spans = sorted(shown.get_finished_spans(), key=lambda s: s.start_time)
-    spans = [s for s in spans if s.instrumentation_scope.name == "traceai_huggingface"]
+    spans = [s for s in spans if s.instrumentation_scope.name in ("traceai_huggingface", "traceai_vllm")]
     print(f"\nstreamed {len(streamed)} characters\n")
     print(_table(spans))
     print(f"\n{len(spans)} spans went to {telemetry.destination}")
     telemetry.shutdown()
     return 0
+
+
+def _run_vllm(source, max_tokens: int) -> None:
+    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # one process for a demo
+    from vllm import LLM, SamplingParams
+
+    print("vLLM is installed: serving the same model with an in-process vLLM engine (float32, CPU-safe settings)")
+    llm = LLM(model=str(source), dtype="float32", enforce_eager=True, max_model_len=256, max_num_seqs=4,
+              kv_cache_memory_bytes=64 * 2**20, disable_log_stats=False)
+    llm.generate(["The quick brown fox", "Serving with vLLM"], SamplingParams(max_tokens=max_tokens, ignore_eos=True),
+                 use_tqdm=False)
 
 
 def _table(spans) -> str:
@@ -93,7 +111,7 @@ def _table(spans) -> str:
             str(a.get(A.USAGE_OUTPUT_TOKENS, "-")),
             f"{ttft * 1000:.1f}" if ttft is not None else "-",
             f"{tps:.0f}" if tps is not None else "-",
-            gpu if span.name.startswith("text_completion") else "-",
+            gpu if span.name.startswith("text_completion") and A.MODEL_DEVICE in a else "-",
             framework or "-",
         ))
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]

@@ -18,7 +18,12 @@ def test_demo_runs_on_the_embedded_default(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "RANDOM weights" in proc.stdout
     assert "no GPU" in proc.stdout and "pytorch" in proc.stdout
-    assert f"4 spans went to {traces}" in proc.stdout
-    names = [json.loads(line)["name"] for line in traces.read_text().splitlines()]
+    assert "vLLM is installed" in proc.stdout
+    records = [json.loads(line) for line in traces.read_text().splitlines()]
+    ours = [r for r in records if r["scope"]["name"].startswith("traceai_")]
+    assert f"{len(ours)} spans went to {traces}" in proc.stdout
+    names = [r["name"] for r in ours if r["scope"]["name"] == "traceai_huggingface"]
     assert sum(n.startswith("text_completion") for n in names) == 3
     assert sum(n.startswith("pipeline text-generation") for n in names) == 1
+    vllm_requests = [r for r in ours if r["scope"]["name"] == "traceai_vllm" and r["name"].startswith("text_completion")]
+    assert [r["attributes"]["gen_ai.usage.output_tokens"] for r in vllm_requests] == [6, 6]
