@@ -406,3 +406,20 @@ def test_provider_force_flush_includes_requests_that_just_ended(gpt2):
         assert [s.name.split()[0] for s in exporter.get_finished_spans()] == ["text_completion"]
     finally:
         instrumentor.uninstrument()
+
+
+def test_gpu_memory_gauges_read_the_source_at_collection_time():
+    from fi_evals_core.telemetry.gpu import register_gpu_memory_gauges
+
+    reader = InMemoryMetricReader()
+    provider = MeterProvider(metric_readers=[reader])
+    meter = provider.get_meter("gpu-test")
+    assert register_gpu_memory_gauges(meter) is False  # no GPU here: nothing registered
+    fake = FakeGpu()
+    assert register_gpu_memory_gauges(meter, fake, device_count=2) is True
+    fake.allocated_bytes = 12_345
+    values = {(m.name, p.attributes[A.GPU_INDEX]): p.value
+              for rm in reader.get_metrics_data().resource_metrics for sm in rm.scope_metrics
+              for m in sm.metrics for p in m.data.data_points}
+    assert values[(A.GPU_TORCH_ALLOCATED, 0)] == 12_345 and values[(A.GPU_TORCH_ALLOCATED, 1)] == 12_345
+    assert values[(A.GPU_TORCH_RESERVED, 1)] == 4_000

@@ -309,3 +309,24 @@ def test_offline_llm_in_multiprocess_mode_with_register(tmp_path, model_dirs):
     assert len(requests) == 2
     assert sum(r["attributes"][A.USAGE_OUTPUT_TOKENS] for r in requests) == 8
     assert "OUT_TOKENS 8" in proc.stdout
+
+
+@pytest.mark.parametrize("value, expect_on", [("", False), ("maybe", False), ("1", True)])
+def test_plugin_is_inert_unless_enabled(tmp_path, value, expect_on):
+    """vLLM loads the plugin in every process; without TRACEAI_VLLM_AUTO it does nothing at all."""
+    script = textwrap.dedent("""
+        import wrapt
+        from vllm.plugins import load_general_plugins
+        load_general_plugins()
+        from vllm.v1.engine.output_processor import OutputProcessor
+        import traceai_vllm.plugin as plugin
+        wrapped = isinstance(OutputProcessor.__dict__["add_request"], wrapt.FunctionWrapper)
+        print("STATE", plugin._telemetry is not None, wrapped)
+    """)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "TRACEAI_"))}
+    env.update({"TRACEAI_VLLM_AUTO": value, "TRACEAI_TRACES_FILE": str(tmp_path / "t.jsonl"), "HF_HUB_OFFLINE": "1"})
+    proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"STATE {expect_on} {expect_on}" in proc.stdout
+    if value == "maybe":
+        assert "TRACEAI_VLLM_AUTO='maybe' is not valid" in proc.stderr

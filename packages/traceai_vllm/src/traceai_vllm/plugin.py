@@ -42,5 +42,10 @@ def load() -> None:
             from fi_evals_core import register
 
             _telemetry = register(service_name=os.environ.get("OTEL_SERVICE_NAME") or "vllm")
+            # In the processes that hold the model (EngineCore, workers; all of them in-process):
+            # the torch allocator per device, as gauges read at metric collection time.
+            from fi_evals_core.telemetry.gpu import register_gpu_memory_gauges
+
+            register_gpu_memory_gauges(_telemetry.meter_provider.get_meter("traceai_vllm.gpu"))
         except Exception:  # a telemetry problem must never stop the server
             logger.warning("traceai: could not enable vLLM instrumentation", exc_info=True)

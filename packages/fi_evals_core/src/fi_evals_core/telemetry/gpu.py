@@ -14,7 +14,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from . import attributes as A
 
@@ -148,3 +148,41 @@ class GpuMonitor:
             attrs[A.GPU_MEMORY_USED] = device.used
             attrs[A.GPU_MEMORY_TOTAL] = device.total
         return attrs
+
+
+def register_gpu_memory_gauges(meter: Any, source: GpuMemorySource | None = None,
+                               device_count: int | None = None) -> bool:
+    """Observable gauges of the torch allocator per CUDA device (`gpu.index`), read when metrics
+    are collected, never on a request path. For processes that hold a model but serve no request
+    spans (vLLM's EngineCore and workers). Returns False (and registers nothing) without a GPU."""
+    if device_count is None:
+        try:
+            import torch
+
+            device_count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        except Exception:
+            device_count = 0
+    if not device_count:
+        return False
+    source = source or TorchNvmlSource()
+    indices = range(device_count)
+
+    def reader(read: Any) -> Any:
+        def callback(options: Any) -> list:
+            from opentelemetry.metrics import Observation
+
+            out = []
+            for index in indices:
+                try:
+                    out.append(Observation(read(index), {A.GPU_INDEX: index}))
+                except Exception:
+                    logger.debug("GPU memory gauge read failed", exc_info=True)
+            return out
+
+        return callback
+
+    meter.create_observable_gauge(A.GPU_TORCH_ALLOCATED, [reader(source.allocated)], unit="By",
+                                  description="Memory held by tensors (torch caching allocator)")
+    meter.create_observable_gauge(A.GPU_TORCH_RESERVED, [reader(source.reserved)], unit="By",
+                                  description="Memory reserved by the torch caching allocator")
+    return True
