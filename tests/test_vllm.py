@@ -330,3 +330,25 @@ def test_plugin_is_inert_unless_enabled(tmp_path, value, expect_on):
     assert f"STATE {expect_on} {expect_on}" in proc.stdout
     if value == "maybe":
         assert "TRACEAI_VLLM_AUTO='maybe' is not valid" in proc.stderr
+
+
+def test_pooling_embed_requests(vllm_setup, model_dirs):
+    """The tiny Llama converted to an embedding model: one embeddings span per input, no output tokens."""
+    from vllm import LLM
+
+    _, capture, instrumentor = vllm_setup
+    capture.clear()
+    embedder = LLM(model=str(model_dirs["llama"]), runner="pooling", convert="embed", **ENGINE_ARGS)
+    outputs = embedder.embed(["embed this", "and this one"], use_tqdm=False)
+    spans = capture.spans("embeddings")
+    assert len(spans) == 2
+    by_id = {s.attributes[A.RESPONSE_ID]: s.attributes for s in spans}
+    for out in outputs:
+        a = by_id[out.request_id]
+        assert a[A.OPERATION_NAME] == "embeddings"
+        assert a[A.USAGE_INPUT_TOKENS] == len(out.prompt_token_ids)
+        assert A.USAGE_OUTPUT_TOKENS not in a
+        assert a[A.EMBEDDINGS_DIMENSION_COUNT] == len(out.outputs.embedding)
+    (batch,) = capture.spans("LLM.embed")
+    assert batch.attributes[A.VLLM_BATCH_REQUESTS] == 2
+    assert len(instrumentor.tracker) == 0

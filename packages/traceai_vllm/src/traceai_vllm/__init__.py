@@ -59,6 +59,10 @@ class VLLMInstrumentor(BaseInstrumentor):
         patcher.add("vllm.entrypoints.llm", "LLM.generate",
                     _offline.batch_wrapper(runtime, "generate", A.OP_TEXT_COMPLETION))
         patcher.add("vllm.entrypoints.llm", "LLM.chat", _offline.batch_wrapper(runtime, "chat", A.OP_CHAT))
+        for method, operation in (("embed", A.OP_EMBEDDINGS), ("encode", "encode"), ("classify", "classify"),
+                                  ("score", "score")):
+            patcher.add("vllm.entrypoints.pooling.offline", f"PoolingOfflineMixin.{method}",
+                        _offline.batch_wrapper(runtime, method, operation), optional=True)
         patcher.apply()
         self._patcher = patcher
 

@@ -220,6 +220,9 @@ class RequestTracker:
                 tracked.request.mark_first_token(now)
             if state is None or output.request_id in states:
                 continue  # still running
+            pooled = getattr(output, "pooling_output", None)
+            if pooled is not None and getattr(pooled, "dim", None) is not None and pooled.dim() >= 1:
+                tracked.request.set_attribute(A.EMBEDDINGS_DIMENSION_COUNT, int(pooled.shape[-1]))
             reason = output.finish_reason
             self._finish_child(output.request_id, tracked, state,
                                str(reason) if reason is not None else "stop", now)

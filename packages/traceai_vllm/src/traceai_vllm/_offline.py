@@ -58,11 +58,13 @@ def batch_wrapper(runtime: TelemetryRuntime, method: str, operation: str):
 
 def _totals(batch: RequestSpan, outputs: Any, end_ns: int) -> None:
     outputs = list(outputs or ())
-    input_tokens = sum(len(getattr(o, "prompt_token_ids", None) or ()) for o in outputs)
-    output_tokens = sum(len(c.token_ids) for o in outputs for c in (getattr(o, "outputs", None) or ())
-                        if hasattr(c, "token_ids"))
     batch.set_attribute(A.VLLM_BATCH_REQUESTS, len(outputs))
-    batch.set_attribute(A.VLLM_BATCH_INPUT_TOKENS, input_tokens)
+    batch.set_attribute(A.VLLM_BATCH_INPUT_TOKENS,
+                        sum(len(getattr(o, "prompt_token_ids", None) or ()) for o in outputs))
+    completions = [c for o in outputs if isinstance(getattr(o, "outputs", None), list) for c in o.outputs]
+    if not completions:
+        return  # pooling: no generated tokens
+    output_tokens = sum(len(c.token_ids) for c in completions)
     batch.set_attribute(A.VLLM_BATCH_OUTPUT_TOKENS, output_tokens)
     duration_s = (end_ns - batch.start_ns) / 1e9
     if duration_s > 0:
