@@ -352,3 +352,50 @@ def test_pooling_embed_requests(vllm_setup, model_dirs):
     (batch,) = capture.spans("LLM.embed")
     assert batch.attributes[A.VLLM_BATCH_REQUESTS] == 2
     assert len(instrumentor.tracker) == 0
+
+
+def test_breakdown_equals_vllms_own_tracing_spans(tmp_path, model_dirs, collector):
+    """One engine with vLLM's own tracing on (its `llm_request` spans to the real collector) and
+    traceai on: for every request, queue, prefill, decode and TTFT agree. In a subprocess: vLLM's
+    tracer writes OTEL_EXPORTER_OTLP_TRACES_ENDPOINT into its process environment."""
+    import json
+
+    collector.clear()
+    script = textwrap.dedent(f"""
+        import json
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+        from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+        from fi_evals_core.telemetry import drain
+        from traceai_vllm import VLLMInstrumentor
+        exporter = InMemorySpanExporter()
+        provider = TracerProvider()
+        provider.add_span_processor(SimpleSpanProcessor(exporter))
+        VLLMInstrumentor().instrument(tracer_provider=provider)
+        from vllm import LLM, SamplingParams
+        llm = LLM(model={str(model_dirs["llama"])!r}, disable_log_stats=False,
+                  otlp_traces_endpoint={collector.grpc_endpoint!r}, **{ENGINE_ARGS!r})
+        llm.generate(["compare me", "and me as well", "third"], SamplingParams(max_tokens=7, ignore_eos=True))
+        drain()
+        for span in exporter.get_finished_spans():
+            if span.name.startswith("text_completion"):
+                print("OURS", json.dumps(dict(span.attributes)))
+    """)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "VLLM_", "TRACEAI_"))}
+    env.update({"HF_HUB_OFFLINE": "1", "VLLM_ENABLE_V1_MULTIPROCESSING": "0"})
+    proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ours = {a[A.RESPONSE_ID]: a for a in (json.loads(line[5:]) for line in proc.stdout.splitlines()
+                                          if line.startswith("OURS "))}
+    theirs = {s["attributes"]["gen_ai.request.id"]: s["attributes"]
+              for s in collector.wait_for_spans(lambda s: s["name"] == "llm_request", count=3, timeout=30)}
+    assert set(ours) == set(theirs) and len(ours) == 3
+    for request_id, a in ours.items():
+        v = theirs[request_id]
+        assert a[A.VLLM_QUEUE_TIME] == pytest.approx(v["gen_ai.latency.time_in_queue"], abs=1e-9)
+        assert a[A.VLLM_PREFILL_TIME] == pytest.approx(v["gen_ai.latency.time_in_model_prefill"], abs=1e-9)
+        assert a[A.VLLM_DECODE_TIME] == pytest.approx(v["gen_ai.latency.time_in_model_decode"], abs=1e-9)
+        assert a[A.VLLM_INFERENCE_TIME] == pytest.approx(v["gen_ai.latency.time_in_model_inference"], abs=1e-9)
+        assert a[A.VLLM_TIME_TO_FIRST_TOKEN] == pytest.approx(v["gen_ai.latency.time_to_first_token"], abs=1e-9)
+        assert a[A.USAGE_INPUT_TOKENS] == v["gen_ai.usage.prompt_tokens"]
+        assert a[A.USAGE_OUTPUT_TOKENS] == v["gen_ai.usage.completion_tokens"] == 7
