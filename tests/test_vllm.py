@@ -399,3 +399,18 @@ def test_breakdown_equals_vllms_own_tracing_spans(tmp_path, model_dirs, collecto
         assert a[A.VLLM_TIME_TO_FIRST_TOKEN] == pytest.approx(v["gen_ai.latency.time_to_first_token"], abs=1e-9)
         assert a[A.USAGE_INPUT_TOKENS] == v["gen_ai.usage.prompt_tokens"]
         assert a[A.USAGE_OUTPUT_TOKENS] == v["gen_ai.usage.completion_tokens"] == 7
+
+
+def test_request_refused_by_the_engine_gets_an_error_span(vllm):
+    from vllm import SamplingParams
+
+    llm, capture, instrumentor = vllm
+    with pytest.raises(Exception) as err:
+        llm.llm_engine.add_request("too-long", {"prompt_token_ids": list(range(10, 410))},
+                                   SamplingParams(max_tokens=3))
+    assert "max_model_len" in str(err.value) or "256" in str(err.value)
+    (span,) = capture.spans("text_completion")
+    assert span.status.status_code is StatusCode.ERROR
+    assert span.attributes[A.ERROR_TYPE] == f"{type(err.value).__module__}.{type(err.value).__qualname__}"
+    assert span.attributes[A.RESPONSE_ID] == "too-long"
+    assert len(instrumentor.tracker) == 0

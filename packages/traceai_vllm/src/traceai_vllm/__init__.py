@@ -53,6 +53,10 @@ class VLLMInstrumentor(BaseInstrumentor):
         patcher.add(_OUTPUT_PROCESSOR, "OutputProcessor.abort_requests", tracker.abort_wrapper)
         patcher.add(_OUTPUT_PROCESSOR, "OutputProcessor.propagate_error", tracker.propagate_error_wrapper)
         patcher.add(_OUTPUT_PROCESSOR, "OutputProcessor.update_scheduler_stats", tracker.scheduler_stats_wrapper)
+        patcher.add("vllm.v1.engine.input_processor", "InputProcessor.process_inputs",
+                    tracker.process_inputs_wrapper)
+        patcher.add("vllm.v1.engine.input_processor", "InputProcessor.process_inputs_async",
+                    tracker.process_inputs_async_wrapper, optional=True)
         patcher.add("vllm.v1.engine.llm_engine", "LLMEngine.__init__", _engine.engine_init_wrapper)
         patcher.add("vllm.v1.engine.async_llm", "AsyncLLM.__init__", _engine.engine_init_wrapper)
         patcher.add("vllm.v1.engine.async_llm", "AsyncLLM.add_request", _engine.async_add_request_wrapper)

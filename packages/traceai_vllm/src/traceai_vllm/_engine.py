@@ -274,6 +274,47 @@ class RequestTracker:
             self.kv_cache_usage = float(usage)
         return wrapped(*args, **kwargs)
 
+    # -- requests the engine refuses (InputProcessor) --------------------------------------------
+    def _rejected(self, processor: Any, args: tuple, kwargs: dict, error: BaseException) -> None:
+        """A request refused before it reached the output processor (e.g. a prompt longer than
+        max_model_len) still gets its span: started and ended now, status ERROR, `error.type`."""
+        try:
+            model_config = getattr(processor, "model_config", None)
+            model = str(getattr(model_config, "served_model_name", None) or getattr(model_config, "model", "")
+                        or "unknown")
+            params = args[2] if len(args) > 2 else kwargs.get("params")
+            sampling = hasattr(params, "max_tokens")
+            operation = current_operation.get() or (A.OP_TEXT_COMPLETION if sampling else A.OP_EMBEDDINGS)
+            attrs: dict[str, Any] = {A.OPERATION_NAME: operation, A.PROVIDER_NAME: PROVIDER, A.REQUEST_MODEL: model}
+            if sampling and getattr(params, "max_tokens", None) is not None:
+                attrs[A.REQUEST_MAX_TOKENS] = params.max_tokens
+            headers = kwargs.get("trace_headers") or incoming_trace_headers.get()
+            span = self.runtime.start(
+                f"{operation} {model}", attrs, kind=SpanKind.SERVER if headers else SpanKind.INTERNAL,
+                context=propagate.extract(headers) if headers else None, defer_span=True, metrics="server",
+            )
+            request_id = args[0] if args else kwargs.get("request_id")
+            span.set_attribute(A.RESPONSE_ID, str(request_id) if request_id is not None else None)
+            span.end(error)
+        except Exception:
+            logger.debug("could not record a refused vLLM request", exc_info=True)
+
+    def process_inputs_wrapper(self, wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
+        try:
+            return wrapped(*args, **kwargs)
+        except Exception as exc:
+            if is_instrumentation_enabled():
+                self._rejected(instance, args, kwargs, exc)
+            raise
+
+    async def process_inputs_async_wrapper(self, wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
+        try:
+            return await wrapped(*args, **kwargs)
+        except Exception as exc:
+            if is_instrumentation_enabled():
+                self._rejected(instance, args, kwargs, exc)
+            raise
+
     # -- abort_requests / propagate_error -----------------------------------------------------
     def abort_wrapper(self, wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
         states = instance.request_states
