@@ -414,3 +414,24 @@ def test_request_refused_by_the_engine_gets_an_error_span(vllm):
     assert span.attributes[A.ERROR_TYPE] == f"{type(err.value).__module__}.{type(err.value).__qualname__}"
     assert span.attributes[A.RESPONSE_ID] == "too-long"
     assert len(instrumentor.tracker) == 0
+
+
+def test_stop_string_found_by_the_front_end_ends_the_span(vllm):
+    """A stop string is matched by vLLM's detokenizer in the front-end: the engine output carries
+    no finish reason, the request just leaves the output processor. The span must still end."""
+    from vllm import SamplingParams
+
+    llm, capture, instrumentor = vllm
+    prompt = "the quick brown fox"
+    (probe,) = llm.generate([prompt], SamplingParams(max_tokens=12, temperature=0.0, ignore_eos=True))
+    text = probe.outputs[0].text
+    stop = next((text[i:i + 2] for i in range(2, len(text) - 1) if text[i:i + 2].strip()), None)
+    assert stop, f"no usable stop string in {text!r}"
+    capture.clear()
+    (out,) = llm.generate([prompt], SamplingParams(max_tokens=12, temperature=0.0, ignore_eos=True, stop=[stop]))
+    assert out.outputs[0].finish_reason == "stop"
+    (span,) = capture.spans("text_completion")
+    assert list(span.attributes[A.RESPONSE_FINISH_REASONS]) == ["stop"]
+    assert span.attributes[A.USAGE_OUTPUT_TOKENS] == len(out.outputs[0].token_ids) < 12
+    assert list(span.attributes[A.REQUEST_STOP_SEQUENCES]) == [stop]
+    assert len(instrumentor.tracker) == 0

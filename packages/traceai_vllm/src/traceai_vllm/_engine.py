@@ -126,12 +126,13 @@ class RequestTracker:
 
     def __init__(self, runtime: TelemetryRuntime) -> None:
         self.runtime = runtime
-        self.by_request: dict[str, Tracked] = {}
+        self.by_request: dict[str, tuple[Tracked, Any]] = {}  # request id -> (span state, RequestState)
         self.by_parent: dict[str, Tracked] = {}
+        self.awaiting_first: set[str] = set()  # request ids whose first token has not been seen
         self.kv_cache_usage: float | None = None  # the scheduler's latest figure (stats logging on)
 
     def __len__(self) -> int:
-        return len(self.by_request) + len(self.by_parent)
+        return len(self.by_request) + len(self.by_parent) + len(self.awaiting_first)
 
     # -- add_request ------------------------------------------------------------------------
     def add_request_wrapper(self, wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
@@ -148,10 +149,12 @@ class RequestTracker:
         request_id = request.request_id
         if request_id in self.by_request or request_id not in processor.request_states:
             return  # a streaming-input update of a known request, or not accepted
+        state = processor.request_states[request_id]
         if parent_req is not None:
             tracked = self.by_parent.get(parent_req.request_id)
             if tracked is not None:
-                self.by_request[request_id] = tracked
+                self.by_request[request_id] = (tracked, state)
+                self.awaiting_first.add(request_id)
                 return
         info = engine_infos.get(processor) or _fallback_info(processor)
         sampling = getattr(request, "sampling_params", None)
@@ -187,49 +190,65 @@ class RequestTracker:
         prompt_ids = getattr(request, "prompt_token_ids", None)
         if prompt_ids is not None:
             tracked.input_tokens = len(prompt_ids)
-        self.by_request[request_id] = tracked
+        self.by_request[request_id] = (tracked, state)
+        self.awaiting_first.add(request_id)
         if parent_req is not None:
             self.by_parent[parent_req.request_id] = tracked
 
     # -- process_outputs ----------------------------------------------------------------------
     def process_outputs_wrapper(self, wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
-        by_request = self.by_request
-        if not by_request:
+        """Per engine step. Only outputs that matter are looked at: a request's first tokens and
+        its last output. A request that a stop string finishes in the front-end has no finish
+        reason in its engine output; the drop in `request_states` tells it happened."""
+        if not self.by_request:
             return wrapped(*args, **kwargs)
         outputs = args[0] if args else kwargs.get("engine_core_outputs", ())
+        awaiting = self.awaiting_first
+        interesting = [o for o in outputs if o.finish_reason is not None or o.request_id in awaiting]
         states = instance.request_states
-        watched = []
-        for output in outputs:  # one dict lookup per request in the step
-            tracked = by_request.get(output.request_id)
-            if tracked is not None:
-                watched.append((output, tracked, states.get(output.request_id)))
+        before = len(states)
         result = wrapped(*args, **kwargs)
-        if watched:
-            try:
-                self._after_step(instance, watched)
-            except Exception:
-                logger.debug("could not read a vLLM step", exc_info=True)
+        try:
+            self._after_step(states, outputs, interesting, before - len(states))
+        except Exception:
+            logger.debug("could not read a vLLM step", exc_info=True)
         return result
 
-    def _after_step(self, processor: Any, watched: list) -> None:
+    def _after_step(self, states: dict, outputs: Any, interesting: list, finished: int) -> None:
         now = time.perf_counter_ns()
-        states = processor.request_states
-        for output, tracked, state in watched:
-            if not tracked.first_token and output.new_token_ids:
-                tracked.first_token = True
+        by_request = self.by_request
+        awaiting = self.awaiting_first
+        seen_finished = 0
+        for output in interesting:
+            request_id = output.request_id
+            done = request_id not in states
+            seen_finished += done
+            entry = by_request.get(request_id)
+            if entry is None:
+                continue
+            tracked, state = entry
+            if request_id in awaiting and output.new_token_ids:
+                awaiting.discard(request_id)
                 tracked.request.mark_first_token(now)
-            if state is None or output.request_id in states:
-                continue  # still running
-            pooled = getattr(output, "pooling_output", None)
-            if pooled is not None and getattr(pooled, "dim", None) is not None and pooled.dim() >= 1:
-                tracked.request.set_attribute(A.EMBEDDINGS_DIMENSION_COUNT, int(pooled.shape[-1]))
-            reason = output.finish_reason
-            self._finish_child(output.request_id, tracked, state,
-                               str(reason) if reason is not None else "stop", now)
+            if done:
+                self._finish_output(output, tracked, state, now)
+        if finished > seen_finished:  # stop strings: finished in the front-end this step
+            for output in outputs:
+                entry = by_request.get(output.request_id)
+                if entry is not None and output.request_id not in states:
+                    self._finish_output(output, entry[0], entry[1], now)
+
+    def _finish_output(self, output: Any, tracked: Tracked, state: Any, now: int) -> None:
+        pooled = getattr(output, "pooling_output", None)
+        if pooled is not None and getattr(pooled, "dim", None) is not None and pooled.dim() >= 1:
+            tracked.request.set_attribute(A.EMBEDDINGS_DIMENSION_COUNT, int(pooled.shape[-1]))
+        reason = output.finish_reason
+        self._finish_child(output.request_id, tracked, state, str(reason) if reason is not None else "stop", now)
 
     def _finish_child(self, request_id: str, tracked: Tracked, state: Any, reason: str, now: int,
                       error: BaseException | None = None) -> None:
         self.by_request.pop(request_id, None)
+        self.awaiting_first.discard(request_id)
         detokenizer = getattr(state, "detokenizer", None)
         if detokenizer is not None:
             produced = detokenizer.num_output_tokens()
@@ -246,6 +265,7 @@ class RequestTracker:
             self.by_parent.pop(parent.request_id, None)
             for child_id in list(getattr(parent, "child_requests", ()) or ()):
                 self.by_request.pop(child_id, None)
+                self.awaiting_first.discard(child_id)
         self._end(tracked, state, now, error)
 
     def _end(self, tracked: Tracked, state: Any, now: int, error: BaseException | None) -> None:
@@ -317,16 +337,14 @@ class RequestTracker:
 
     # -- abort_requests / propagate_error -----------------------------------------------------
     def abort_wrapper(self, wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
-        states = instance.request_states
-        before = {rid: states.get(rid) for rid in list(self.by_request)} if self.by_request else {}
         aborted = wrapped(*args, **kwargs)
-        if before:
+        if self.by_request and aborted:
             now = time.perf_counter_ns()
             try:
-                for request_id in aborted or ():
-                    tracked = self.by_request.get(request_id)
-                    if tracked is not None:
-                        self._finish_child(request_id, tracked, before.get(request_id), "abort", now)
+                for request_id in aborted:
+                    entry = self.by_request.get(request_id)
+                    if entry is not None:
+                        self._finish_child(request_id, entry[0], entry[1], "abort", now)
             except Exception:
                 logger.debug("could not end aborted vLLM spans", exc_info=True)
         return aborted
@@ -334,11 +352,9 @@ class RequestTracker:
     def propagate_error_wrapper(self, wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
         error = args[0] if args else kwargs.get("e")
         now = time.perf_counter_ns()
-        states = dict(instance.request_states)
         try:
-            for request_id, tracked in list(self.by_request.items()):
-                if request_id in states:
-                    self._finish_child(request_id, tracked, states[request_id], "error", now, error)
+            for request_id, (tracked, state) in list(self.by_request.items()):
+                self._finish_child(request_id, tracked, state, "error", now, error)
         except Exception:
             logger.debug("could not end failed vLLM spans", exc_info=True)
         return wrapped(*args, **kwargs)
