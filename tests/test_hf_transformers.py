@@ -9,7 +9,6 @@ import time
 import pytest
 import torch
 import wrapt
-from opentelemetry import context as otel_context
 from opentelemetry.instrumentation.utils import suppress_instrumentation
 from opentelemetry.trace import StatusCode
 from transformers import GenerationMixin, TextIteratorStreamer, TextStreamer, pipeline, set_seed
