@@ -332,26 +332,51 @@ def test_plugin_is_inert_unless_enabled(tmp_path, value, expect_on):
         assert "TRACEAI_VLLM_AUTO='maybe' is not valid" in proc.stderr
 
 
-def test_pooling_embed_requests(vllm_setup, model_dirs):
-    """The tiny Llama converted to an embedding model: one embeddings span per input, no output tokens."""
-    from vllm import LLM
+def test_pooling_embed_requests(model_dirs):
+    """The tiny Llama converted to an embedding model: one embeddings span per input, no output
+    tokens. In a subprocess: a second in-process engine resets vLLM's process-wide parallel state."""
+    import json
 
-    _, capture, instrumentor = vllm_setup
-    capture.clear()
-    embedder = LLM(model=str(model_dirs["llama"]), runner="pooling", convert="embed", **ENGINE_ARGS)
-    outputs = embedder.embed(["embed this", "and this one"], use_tqdm=False)
-    spans = capture.spans("embeddings")
-    assert len(spans) == 2
-    by_id = {s.attributes[A.RESPONSE_ID]: s.attributes for s in spans}
-    for out in outputs:
-        a = by_id[out.request_id]
+    script = textwrap.dedent(f"""
+        import json
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+        from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+        from fi_evals_core.telemetry import drain
+        from traceai_vllm import VLLMInstrumentor
+        exporter = InMemorySpanExporter()
+        provider = TracerProvider()
+        provider.add_span_processor(SimpleSpanProcessor(exporter))
+        instrumentor = VLLMInstrumentor()
+        instrumentor.instrument(tracer_provider=provider)
+        from vllm import LLM
+        embedder = LLM(model={str(model_dirs["llama"])!r}, runner="pooling", convert="embed", **{ENGINE_ARGS!r})
+        outputs = embedder.embed(["embed this", "and this one"], use_tqdm=False)
+        drain()
+        print("TRACKER", len(instrumentor.tracker))
+        for out in outputs:
+            print("OUT", json.dumps([out.request_id, len(out.prompt_token_ids), len(out.outputs.embedding)]))
+        for span in exporter.get_finished_spans():
+            print("SPAN", json.dumps([span.name, dict(span.attributes)]))
+    """)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "VLLM_", "TRACEAI_"))}
+    env.update({"HF_HUB_OFFLINE": "1", "VLLM_ENABLE_V1_MULTIPROCESSING": "0"})
+    proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = proc.stdout.splitlines()
+    outputs = [json.loads(line[4:]) for line in lines if line.startswith("OUT ")]
+    spans = [json.loads(line[5:]) for line in lines if line.startswith("SPAN ")]
+    requests = {a[A.RESPONSE_ID]: a for name, a in spans if name.startswith("embeddings")}
+    assert len(requests) == 2 and len(outputs) == 2
+    for request_id, prompt_len, dimension in outputs:
+        a = requests[request_id]
         assert a[A.OPERATION_NAME] == "embeddings"
-        assert a[A.USAGE_INPUT_TOKENS] == len(out.prompt_token_ids)
+        assert a[A.USAGE_INPUT_TOKENS] == prompt_len
         assert A.USAGE_OUTPUT_TOKENS not in a
-        assert a[A.EMBEDDINGS_DIMENSION_COUNT] == len(out.outputs.embedding)
-    (batch,) = capture.spans("LLM.embed")
-    assert batch.attributes[A.VLLM_BATCH_REQUESTS] == 2
-    assert len(instrumentor.tracker) == 0
+        assert a[A.EMBEDDINGS_DIMENSION_COUNT] == dimension
+    (batch,) = [a for name, a in spans if name.startswith("LLM.embed")]
+    assert batch[A.VLLM_BATCH_REQUESTS] == 2
+    assert "TRACKER 0" in lines
 
 
 def test_breakdown_equals_vllms_own_tracing_spans(tmp_path, model_dirs, collector):
