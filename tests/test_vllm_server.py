@@ -91,6 +91,8 @@ def test_server_request_span_joins_the_client_trace(vllm_server, collector, tele
     assert server_span["trace_id"] == format(client_span.context.trace_id, "032x")
     assert server_span["parent_span_id"] == format(client_span.context.span_id, "016x")
     assert server_span["kind"] == "SERVER"
+    assert server_span["name"] == "chat tiny-llama"  # the chat route's requests are chat operations
+    assert server_span["attributes"][A.RESPONSE_ID] == out.id
     a = server_span["attributes"]
     assert a[A.USAGE_INPUT_TOKENS] == out.usage.prompt_tokens
     assert a[A.USAGE_OUTPUT_TOKENS] == out.usage.completion_tokens

@@ -58,6 +58,13 @@ async def async_add_request_wrapper(wrapped: Any, instance: Any, args: tuple, kw
         incoming_trace_headers.reset(token)
 
 
+def _operation_for(external_id: Any, sampling: Any) -> str:
+    """Pooling requests are embeddings; the OpenAI server names chat requests `chatcmpl-...`."""
+    if sampling is None:
+        return A.OP_EMBEDDINGS
+    return A.OP_CHAT if str(external_id).startswith("chatcmpl-") else A.OP_TEXT_COMPLETION
+
+
 class EngineInfo:
     """What a request span says about the engine that serves it, computed once per engine."""
 
@@ -159,7 +166,8 @@ class RequestTracker:
         info = engine_infos.get(processor) or _fallback_info(processor)
         sampling = getattr(request, "sampling_params", None)
         n = int(getattr(getattr(parent_req, "sampling_params", None), "n", None) or 1)
-        operation = current_operation.get() or (A.OP_TEXT_COMPLETION if sampling is not None else A.OP_EMBEDDINGS)
+        external_id = getattr(request, "external_req_id", None) or request_id
+        operation = current_operation.get() or _operation_for(external_id, sampling)
         attrs: dict[str, Any] = {A.OPERATION_NAME: operation, A.PROVIDER_NAME: PROVIDER, A.REQUEST_MODEL: info.model}
         if sampling is not None:
             for key, value in (
@@ -185,7 +193,7 @@ class RequestTracker:
             context=context, late_attributes=info.framework, defer_span=True,
             start_wall_ns=int(request.arrival_time * 1e9), metrics="server",
         )
-        span.set_attribute(A.RESPONSE_ID, getattr(request, "external_req_id", None) or request_id)
+        span.set_attribute(A.RESPONSE_ID, external_id)
         tracked = Tracked(span, n)
         prompt_ids = getattr(request, "prompt_token_ids", None)
         if prompt_ids is not None:
