@@ -8,11 +8,9 @@ or, for every installed engine at once, `from fi_evals_core import register; reg
 
 from __future__ import annotations
 
-from typing import Any, Collection
+from typing import Collection
 
-from opentelemetry.instrumentation.instrumentor import BaseInstrumentor
-
-from fi_evals_core.telemetry import Patcher, TelemetryRuntime, drain
+from fi_evals_core.telemetry import Patcher, PatchingInstrumentor, TelemetryRuntime
 
 from . import _hub, _transformers
 from .package import _instruments
@@ -31,21 +29,17 @@ _PIPELINES = (
 )
 
 
-class HuggingFaceInstrumentor(BaseInstrumentor):
+class HuggingFaceInstrumentor(PatchingInstrumentor):
     """Spans for `generate`, text-generation pipelines and (Async)InferenceClient calls."""
+
+    scope_name = __name__
+    scope_version = __version__
+    owner = "traceai-huggingface"
 
     def instrumentation_dependencies(self) -> Collection[str]:
         return _instruments
 
-    def _instrument(self, **kwargs: Any) -> None:
-        self.runtime = runtime = TelemetryRuntime(
-            __name__,
-            __version__,
-            tracer_provider=kwargs.get("tracer_provider"),
-            meter_provider=kwargs.get("meter_provider"),
-            config=kwargs.get("config"),
-        )
-        patcher = Patcher("traceai-huggingface")
+    def add_targets(self, patcher: Patcher, runtime: TelemetryRuntime) -> None:
         patcher.add("transformers.generation.utils", "GenerationMixin.generate",
                     _transformers.generate_wrapper(runtime))
         pipeline = _transformers.pipeline_wrapper(runtime)
@@ -55,12 +49,3 @@ class HuggingFaceInstrumentor(BaseInstrumentor):
             for method in ("text_generation", "chat_completion", "feature_extraction"):
                 patcher.add(module, f"{cls}.{method}", make_wrapper(runtime, method))
             patcher.add(module, f"{cls}._inner_post", _hub.inject_trace_context)
-        patcher.apply()
-        self._patcher = patcher
-
-    def _uninstrument(self, **kwargs: Any) -> None:
-        patcher = getattr(self, "_patcher", None)
-        if patcher is not None:
-            patcher.remove()
-            self._patcher = None
-        drain()  # finish the spans of calls that already returned

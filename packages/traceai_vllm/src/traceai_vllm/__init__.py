@@ -9,12 +9,10 @@ or `from fi_evals_core import register; register()` for every installed engine.
 from __future__ import annotations
 
 import importlib.util
-from typing import Any, Collection
+from typing import Collection
 
 from opentelemetry.instrumentation.dependencies import DependencyConflict
-from opentelemetry.instrumentation.instrumentor import BaseInstrumentor
-
-from fi_evals_core.telemetry import Patcher, TelemetryRuntime, drain
+from fi_evals_core.telemetry import Patcher, PatchingInstrumentor, TelemetryRuntime
 from fi_evals_core.telemetry import attributes as A
 
 from . import _engine, _offline
@@ -26,8 +24,14 @@ __all__ = ["VLLMInstrumentor", "__version__"]
 _OUTPUT_PROCESSOR = "vllm.v1.engine.output_processor"
 
 
-class VLLMInstrumentor(BaseInstrumentor):
+class VLLMInstrumentor(PatchingInstrumentor):
     """Spans for every vLLM request (LLM, LLMEngine, AsyncLLM, OpenAI server) and LLM batches."""
+
+    scope_name = __name__
+    scope_version = __version__
+    owner = "traceai-vllm"
+    # the output processor's hooks start and end the same spans: all of them or none
+    strict_modules = frozenset({_OUTPUT_PROCESSOR})
 
     def instrumentation_dependencies(self) -> Collection[str]:
         return _instruments
@@ -38,16 +42,8 @@ class VLLMInstrumentor(BaseInstrumentor):
             return DependencyConflict(SUPPORTED, None)
         return None
 
-    def _instrument(self, **kwargs: Any) -> None:
-        runtime = TelemetryRuntime(
-            __name__,
-            __version__,
-            tracer_provider=kwargs.get("tracer_provider"),
-            meter_provider=kwargs.get("meter_provider"),
-            config=kwargs.get("config"),
-        )
+    def add_targets(self, patcher: Patcher, runtime: TelemetryRuntime) -> None:
         self.tracker = tracker = _engine.RequestTracker(runtime)
-        patcher = Patcher("traceai-vllm", strict_modules={_OUTPUT_PROCESSOR})
         patcher.add(_OUTPUT_PROCESSOR, "OutputProcessor.add_request", tracker.add_request_wrapper)
         patcher.add(_OUTPUT_PROCESSOR, "OutputProcessor.process_outputs", tracker.process_outputs_wrapper)
         patcher.add(_OUTPUT_PROCESSOR, "OutputProcessor.abort_requests", tracker.abort_wrapper)
@@ -67,12 +63,3 @@ class VLLMInstrumentor(BaseInstrumentor):
                                   ("score", "score")):
             patcher.add("vllm.entrypoints.pooling.offline", f"PoolingOfflineMixin.{method}",
                         _offline.batch_wrapper(runtime, method, operation), optional=True)
-        patcher.apply()
-        self._patcher = patcher
-
-    def _uninstrument(self, **kwargs: Any) -> None:
-        patcher = getattr(self, "_patcher", None)
-        if patcher is not None:
-            patcher.remove()
-            self._patcher = None
-        drain()

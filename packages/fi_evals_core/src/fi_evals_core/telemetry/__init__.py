@@ -6,6 +6,7 @@ from .content import ContentPolicy, strip_credentials
 from .exporters import JsonlSpanExporter
 from .framework import torch_framework_attributes
 from .gpu import DeviceMemory, GpuMemorySource, GpuMonitor
+from .instrumentor import PatchingInstrumentor
 from .patching import Patcher
 from .request import RequestSpan
 from .runtime import TelemetryRuntime, set_gpu_memory_source
@@ -24,6 +25,7 @@ __all__ = [
     "ObservedAsyncStream",
     "ObservedStream",
     "Patcher",
+    "PatchingInstrumentor",
     "RequestSpan",
     "StreamObserver",
     "Telemetry",
