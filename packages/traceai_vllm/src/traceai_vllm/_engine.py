@@ -68,7 +68,7 @@ def _operation_for(external_id: Any, sampling: Any) -> str:
 class EngineInfo:
     """What a request span says about the engine that serves it, computed once per engine."""
 
-    __slots__ = ("model", "framework", "__weakref__")
+    __slots__ = ("model", "framework", "gpu_index", "__weakref__")
 
     def __init__(self, engine: Any) -> None:
         import vllm
@@ -86,6 +86,13 @@ class EngineInfo:
             device=device,
             quantization=getattr(model_config, "quantization", None),
         )
+        # GPU memory belongs on the span only where this process holds the model: an in-process
+        # engine core on a CUDA device (the multi-process EngineCore exports gauges instead).
+        self.gpu_index = None
+        if device == "cuda" and type(getattr(engine, "engine_core", None)).__name__ == "InprocClient":
+            import torch
+
+            self.gpu_index = torch.cuda.current_device()
         for key, value in (
             (A.VLLM_TENSOR_PARALLEL_SIZE, getattr(parallel, "tensor_parallel_size", None)),
             (A.VLLM_PIPELINE_PARALLEL_SIZE, getattr(parallel, "pipeline_parallel_size", None)),
@@ -104,6 +111,7 @@ def _fallback_info(output_processor: Any) -> EngineInfo:
     tokenizer = getattr(output_processor, "tokenizer", None)
     info.model = str(getattr(tokenizer, "name_or_path", "") or "unknown")
     info.framework = {}
+    info.gpu_index = None
     engine_infos[output_processor] = info
     return info
 
@@ -191,7 +199,7 @@ class RequestTracker:
         span = self.runtime.start(
             f"{operation} {info.model}", attrs, kind=SpanKind.SERVER if headers else SpanKind.INTERNAL,
             context=context, late_attributes=info.framework, defer_span=True,
-            start_wall_ns=int(request.arrival_time * 1e9), metrics="server",
+            start_wall_ns=int(request.arrival_time * 1e9), metrics="server", gpu_index=info.gpu_index,
         )
         span.set_attribute(A.RESPONSE_ID, external_id)
         tracked = Tracked(span, n)
