@@ -332,9 +332,9 @@ def test_plugin_is_inert_unless_enabled(tmp_path, value, expect_on):
         assert "TRACEAI_VLLM_AUTO='maybe' is not valid" in proc.stderr
 
 
-def test_pooling_embed_requests(model_dirs):
-    """The tiny Llama converted to an embedding model: one embeddings span per input, no output
-    tokens. In a subprocess: a second in-process engine resets vLLM's process-wide parallel state."""
+def test_pooling_embed_and_classify_requests(model_dirs):
+    """The tiny Llama converted to an embedding model (one embeddings span per input, no output
+    tokens), then to a classifier. In a subprocess: a second in-process engine resets vLLM's process-wide parallel state."""
     import json
 
     script = textwrap.dedent(f"""
@@ -352,10 +352,14 @@ def test_pooling_embed_requests(model_dirs):
         from vllm import LLM
         embedder = LLM(model={str(model_dirs["llama"])!r}, runner="pooling", convert="embed", **{ENGINE_ARGS!r})
         outputs = embedder.embed(["embed this", "and this one"], use_tqdm=False)
+        del embedder  # one in-process engine at a time
+        classifier = LLM(model={str(model_dirs["llama"])!r}, runner="pooling", convert="classify", **{ENGINE_ARGS!r})
+        classified = classifier.classify(["classify me"], use_tqdm=False)
         drain()
         print("TRACKER", len(instrumentor.tracker))
         for out in outputs:
             print("OUT", json.dumps([out.request_id, len(out.prompt_token_ids), len(out.outputs.embedding)]))
+        print("CLASSIFIED", json.dumps([classified[0].request_id, len(classified[0].prompt_token_ids)]))
         for span in exporter.get_finished_spans():
             print("SPAN", json.dumps([span.name, dict(span.attributes)]))
     """)
@@ -376,6 +380,12 @@ def test_pooling_embed_requests(model_dirs):
         assert a[A.EMBEDDINGS_DIMENSION_COUNT] == dimension
     (batch,) = [a for name, a in spans if name.startswith("LLM.embed")]
     assert batch[A.VLLM_BATCH_REQUESTS] == 2
+    # LLM.classify: its requests are "classify" operations under an LLM.classify batch span
+    ((request_id, prompt_len),) = [json.loads(line[11:]) for line in lines if line.startswith("CLASSIFIED ")]
+    (classify,) = [a for name, a in spans if name.startswith("classify")]
+    assert classify[A.OPERATION_NAME] == "classify" and classify[A.RESPONSE_ID] == request_id
+    assert classify[A.USAGE_INPUT_TOKENS] == prompt_len
+    assert [a[A.VLLM_BATCH_REQUESTS] for name, a in spans if name.startswith("LLM.classify")] == [1]
     assert "TRACKER 0" in lines
 
 
