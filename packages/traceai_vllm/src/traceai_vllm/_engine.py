@@ -58,6 +58,30 @@ async def async_add_request_wrapper(wrapped: Any, instance: Any, args: tuple, kw
         incoming_trace_headers.reset(token)
 
 
+def start_attributes(operation: str, model: str, sampling: Any, n: int = 1) -> dict[str, Any]:
+    """What a request span says at its start: operation, provider, model, sampling parameters."""
+    attrs: dict[str, Any] = {A.OPERATION_NAME: operation, A.PROVIDER_NAME: PROVIDER, A.REQUEST_MODEL: model}
+    if sampling is None:
+        return attrs
+    for key, value in (
+        (A.REQUEST_MAX_TOKENS, getattr(sampling, "max_tokens", None)),
+        (A.REQUEST_TEMPERATURE, getattr(sampling, "temperature", None)),
+        (A.REQUEST_TOP_P, getattr(sampling, "top_p", None)),
+        (A.REQUEST_SEED, getattr(sampling, "seed", None)),
+    ):
+        if value is not None:
+            attrs[key] = value
+    top_k = getattr(sampling, "top_k", None)
+    if top_k is not None and top_k > 0:
+        attrs[A.REQUEST_TOP_K] = top_k
+    stop = getattr(sampling, "stop", None)
+    if stop:
+        attrs[A.REQUEST_STOP_SEQUENCES] = [stop] if isinstance(stop, str) else list(stop)
+    if n != 1:
+        attrs[A.REQUEST_CHOICE_COUNT] = n
+    return attrs
+
+
 def _operation_for(external_id: Any, sampling: Any) -> str:
     """Pooling requests are embeddings; the OpenAI server names chat requests `chatcmpl-...`."""
     if sampling is None:
@@ -119,8 +143,7 @@ def _fallback_info(output_processor: Any) -> EngineInfo:
 class Tracked:
     """One traced request: its span and, for `n > 1`, its children's results so far."""
 
-    __slots__ = ("request", "pending", "reasons", "output_tokens", "max_output_tokens", "input_tokens",
-                 "first_token")
+    __slots__ = ("request", "pending", "reasons", "output_tokens", "max_output_tokens", "input_tokens")
 
     def __init__(self, request: RequestSpan, n: int) -> None:
         self.request = request
@@ -129,7 +152,6 @@ class Tracked:
         self.output_tokens = 0
         self.max_output_tokens = 0
         self.input_tokens: int | None = None
-        self.first_token = False
 
 
 class RequestTracker:
@@ -176,24 +198,7 @@ class RequestTracker:
         n = int(getattr(getattr(parent_req, "sampling_params", None), "n", None) or 1)
         external_id = getattr(request, "external_req_id", None) or request_id
         operation = current_operation.get() or _operation_for(external_id, sampling)
-        attrs: dict[str, Any] = {A.OPERATION_NAME: operation, A.PROVIDER_NAME: PROVIDER, A.REQUEST_MODEL: info.model}
-        if sampling is not None:
-            for key, value in (
-                (A.REQUEST_MAX_TOKENS, getattr(sampling, "max_tokens", None)),
-                (A.REQUEST_TEMPERATURE, getattr(sampling, "temperature", None)),
-                (A.REQUEST_TOP_P, getattr(sampling, "top_p", None)),
-                (A.REQUEST_SEED, getattr(sampling, "seed", None)),
-            ):
-                if value is not None:
-                    attrs[key] = value
-            top_k = getattr(sampling, "top_k", None)
-            if top_k is not None and top_k > 0:
-                attrs[A.REQUEST_TOP_K] = top_k
-            stop = getattr(sampling, "stop", None)
-            if stop:
-                attrs[A.REQUEST_STOP_SEQUENCES] = [stop] if isinstance(stop, str) else list(stop)
-            if n != 1:
-                attrs[A.REQUEST_CHOICE_COUNT] = n
+        attrs = start_attributes(operation, info.model, sampling, n)
         headers = getattr(request, "trace_headers", None) or incoming_trace_headers.get()
         context = propagate.extract(headers) if headers else None
         span = self.runtime.start(
@@ -319,17 +324,15 @@ class RequestTracker:
             model = str(getattr(model_config, "served_model_name", None) or getattr(model_config, "model", "")
                         or "unknown")
             params = args[2] if len(args) > 2 else kwargs.get("params")
-            sampling = hasattr(params, "max_tokens")
-            operation = current_operation.get() or (A.OP_TEXT_COMPLETION if sampling else A.OP_EMBEDDINGS)
-            attrs: dict[str, Any] = {A.OPERATION_NAME: operation, A.PROVIDER_NAME: PROVIDER, A.REQUEST_MODEL: model}
-            if sampling and getattr(params, "max_tokens", None) is not None:
-                attrs[A.REQUEST_MAX_TOKENS] = params.max_tokens
+            sampling = params if hasattr(params, "max_tokens") else None
+            request_id = args[0] if args else kwargs.get("request_id")
+            operation = current_operation.get() or _operation_for(request_id, sampling)
+            attrs = start_attributes(operation, model, sampling)
             headers = kwargs.get("trace_headers") or incoming_trace_headers.get()
             span = self.runtime.start(
                 f"{operation} {model}", attrs, kind=SpanKind.SERVER if headers else SpanKind.INTERNAL,
                 context=propagate.extract(headers) if headers else None, defer_span=True, metrics="server",
             )
-            request_id = args[0] if args else kwargs.get("request_id")
             span.set_attribute(A.RESPONSE_ID, str(request_id) if request_id is not None else None)
             span.end(error)
         except Exception:

@@ -40,7 +40,6 @@ CONTENT_EVENT = "gen_ai.client.inference.operation.details"
 OP_CHAT = "chat"
 OP_TEXT_COMPLETION = "text_completion"
 OP_EMBEDDINGS = "embeddings"
-OP_GENERATE_CONTENT = "generate_content"
 
 # Throughput and latency derived per request (not part of the GenAI conventions)
 TIME_PER_OUTPUT_TOKEN = "inference.time_per_output_token"

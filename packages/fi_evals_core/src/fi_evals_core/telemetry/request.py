@@ -43,11 +43,11 @@ class RequestSpan:
         "_response_model",
         "_event_attrs",
         "_attrs",
-        "_frozen",
+        "_gpu_at_end",
         "_deferred_start",
         "_engine_ttft_s",
         "_engine_decode_s",
-        "_record_metrics",
+        "_metrics_role",
         "_streamed",
         "_ended",
         "_lock",
@@ -76,12 +76,12 @@ class RequestSpan:
         self._response_model: str | None = None
         self._event_attrs: dict[str, str] | None = None
         self._attrs: dict[str, Any] = {}
-        self._frozen: dict[str, Any] | None = None
+        self._gpu_at_end: dict[str, Any] | None = None  # GPU memory read at the end instant
         # (name, kind, parent context or parent RequestSpan, attributes) for a span created at finish
         self._deferred_start: tuple | None = None
         self._engine_ttft_s: float | None = None
         self._engine_decode_s: float | None = None
-        self._record_metrics = metrics  # "client", "server" (the GenAI histograms of that side) or None
+        self._metrics_role = metrics  # "client", "server" (the GenAI histograms of that side) or None
         self._streamed = bool(start_attributes.get(A.REQUEST_STREAM))
         self._ended = False
         self._lock = threading.Lock()
@@ -90,10 +90,6 @@ class RequestSpan:
     def start_ns(self) -> int:
         """The request's start on the `time.perf_counter_ns()` clock."""
         return self._start_ns
-
-    @property
-    def ended(self) -> bool:
-        return self._ended
 
     def mark_first_token(self, now_ns: int | None = None) -> None:
         """The first output token (or streamed chunk) is available to the caller; first call wins."""
@@ -178,7 +174,7 @@ class RequestSpan:
             self._ended = True
         try:
             if self._gpu_index is not None and self.runtime.gpu is not None:
-                self._frozen = self.runtime.gpu.end(self._gpu_index)
+                self._gpu_at_end = self.runtime.gpu.end(self._gpu_index)
             if extra:
                 self._attrs.update(extra)
             worker = get_worker()
@@ -237,8 +233,8 @@ class RequestSpan:
                 tpot_s = attrs[A.TIME_PER_OUTPUT_TOKEN] = decode_s / (steps - 1)
         if self._output_tokens is not None and duration_s > 0:
             attrs[A.OUTPUT_TOKENS_PER_SECOND] = self._output_tokens / duration_s
-        if self._frozen is not None:
-            attrs.update(self._frozen)
+        if self._gpu_at_end is not None:
+            attrs.update(self._gpu_at_end)
         metric_attrs = self._metric_attrs
         if self._response_model:
             metric_attrs = {**metric_attrs, A.RESPONSE_MODEL: self._response_model}
@@ -251,11 +247,11 @@ class RequestSpan:
         if self._event_attrs:
             span.add_event(A.CONTENT_EVENT, self._event_attrs)
         span.end(end_time=self._start_wall_ns + (end_ns - self._start_ns))
-        if not self._record_metrics:
+        if not self._metrics_role:
             return
 
         metrics = runtime.metrics
-        if self._record_metrics == "server":
+        if self._metrics_role == "server":
             metrics.server_request_duration.record(duration_s, metric_attrs)
             if ttft_s is not None:
                 metrics.server_time_to_first_token.record(ttft_s, metric_attrs)
