@@ -198,7 +198,7 @@ class _Call:
     def _record_output(self, texts: list[str], reasons: list[Any]) -> None:
         content = self.runtime.content
         if content.enabled:
-            self.request.record_content(output_json=content.completions(texts, [r for r in reasons]))
+            self.request.record_content(output_json=content.completions(texts, reasons))
 
 
 def _tgi_reason(reason: Any) -> str:

@@ -3,8 +3,8 @@
 `generate` is the boundary every local generation crosses (pipelines, custom loops, most
 model-specific `generate` overrides that call `super()`), so it owns the request span and the
 token counts; a pipeline span only parents it and carries the text. Counting happens on the
-returned ids (real tokens per sequence: prompt padding and post-EOS padding excluded). When the
-ids live on a GPU, counting waits for a background thread so the caller never synchronises.
+returned ids (real tokens per sequence: prompt padding and post-EOS padding excluded), on the
+telemetry worker, so reading GPU ids back never synchronises the caller.
 """
 
 from __future__ import annotations
@@ -136,8 +136,6 @@ class GenerateCall:
         gen_config = kwargs.get("generation_config") or (args[1] if len(args) > 1 else None) or getattr(
             model, "generation_config", None
         )
-        self.gen_config = gen_config
-        self.kwargs = kwargs
 
         def param(name: str) -> Any:
             value = kwargs.get(name)
