@@ -1,0 +1,24 @@
+"""NLI evaluators: score completions against references or retrieved context.
+
+Importing this package is light; torch and transformers load with the first scorer.
+"""
+
+from .config import DEFAULT_MODEL, EvalsConfig
+from .evaluators import (
+    EVALUATORS,
+    Evaluator,
+    FactualConsistency,
+    Faithfulness,
+    Groundedness,
+    TaskCompletion,
+    evaluator_class,
+)
+from .labels import LabelError, LabelScheme
+from .result import Chunk, ClaimResult, EvalResult
+from .scorer import ClaimEvidence, NLIScorer, ScoreRequest, shared_scorer
+
+__all__ = [
+    "DEFAULT_MODEL", "EVALUATORS", "Chunk", "ClaimEvidence", "ClaimResult", "EvalResult",
+    "EvalsConfig", "Evaluator", "FactualConsistency", "Faithfulness", "Groundedness", "LabelError",
+    "LabelScheme", "NLIScorer", "ScoreRequest", "TaskCompletion", "evaluator_class", "shared_scorer",
+]

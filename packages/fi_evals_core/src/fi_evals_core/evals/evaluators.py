@@ -1,0 +1,304 @@
+"""The four evaluators. Each turns its inputs into claims and premises, lets the shared NLI scorer
+score every (chunk, claim) pair, and reads a verdict from the evidence in its own way:
+
+| evaluator | claims from | premise | score | passes when |
+| --- | --- | --- | --- | --- |
+| `FactualConsistency` | response | reference | mean over claims of the best chunk's support | score >= threshold and no claim contradicted |
+| `Faithfulness` | response | context passages | share of claims whose support >= `claim_threshold` | score >= threshold |
+| `Groundedness` | response | context passages | the weakest claim's support | score >= threshold |
+| `TaskCompletion` | expected output (given) / response (not) | response / task | mean support of the expected claims by the response / 1 - strongest contradiction of the task | score >= threshold |
+
+A claim is "contradicted" when its strongest contradiction over the chunks is at least 0.5 and
+above its best support (3-way checkpoints only). `Faithfulness` counts claims (a response with one
+unsupported claim out of four scores 0.75 whatever the probabilities); `Groundedness` is as strong
+as its weakest claim and says which passage grounds each claim.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, ClassVar, Iterable, Mapping, Sequence
+
+from .result import ClaimResult, EvalResult
+from .scorer import ClaimEvidence, NLIScorer, ScoreRequest, shared_scorer
+from .text import has_words, split_claims
+
+CONTRADICTED = 0.5
+_QUOTE = 160
+
+
+@dataclass
+class Task:
+    """What one item asks the scorer, plus how to read the answer."""
+
+    claims: list[str]
+    premises: list[str]
+    mode: str = ""
+
+
+def require_text(name: str, value: Any) -> str:
+    if value is None:
+        raise ValueError(f"{name} is None: expected a non-empty string")
+    if not isinstance(value, str):
+        raise ValueError(f"{name} must be a string, got {type(value).__name__}")
+    if not value.strip():
+        raise ValueError(f"{name} is empty")
+    if not has_words(value):
+        raise ValueError(f"{name} has no letters or digits to check: {value[:40]!r}")
+    return value
+
+
+def require_passages(name: str, value: Any) -> list[str]:
+    if isinstance(value, str) or value is None:
+        return [require_text(name, value)]
+    if not isinstance(value, (list, tuple)):
+        raise ValueError(f"{name} must be a string or a list of strings, got {type(value).__name__}")
+    if not value:
+        raise ValueError(f"{name} is an empty list")
+    return [require_text(f"{name}[{i}]", passage) for i, passage in enumerate(value)]
+
+
+def quote(text: str) -> str:
+    text = " ".join(text.split())
+    return f'"{text}"' if len(text) <= _QUOTE else f'"{text[:_QUOTE - 1]}…"'
+
+
+def claim_result(evidence: ClaimEvidence) -> ClaimResult:
+    if not evidence.support:
+        return ClaimResult(evidence.claim, 0.0, None, None)
+    best = evidence.best()
+    if not evidence.contradiction:
+        return ClaimResult(evidence.claim, evidence.support[best], None, evidence.chunks[best])
+    worst = max(range(len(evidence.contradiction)), key=evidence.contradiction.__getitem__)
+    return ClaimResult(evidence.claim, evidence.support[best], evidence.contradiction[worst],
+                       evidence.chunks[best], evidence.chunks[worst])
+
+
+def is_contradicted(claim: ClaimResult) -> bool:
+    return claim.contradiction is not None and claim.contradiction >= CONTRADICTED and claim.contradiction > claim.support
+
+
+class Evaluator:
+    """Base: input checks, batching through the scorer, error results for bad items."""
+
+    name: ClassVar[str]
+    required: ClassVar[tuple[str, ...]]
+    optional: ClassVar[tuple[str, ...]] = ()
+    default_threshold: ClassVar[float] = 0.5
+
+    def __init__(self, *, threshold: float | None = None, scorer: NLIScorer | None = None,
+                 model: str | None = None, device: str | None = None) -> None:
+        threshold = self.default_threshold if threshold is None else threshold
+        if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 <= threshold <= 1:
+            raise ValueError(f"threshold must be a number from 0 to 1, got {threshold!r}")
+        self.threshold = float(threshold)
+        self._scorer = scorer
+        self._model = model
+        self._device = device
+
+    @property
+    def scorer(self) -> NLIScorer:
+        """The scorer given, else the process's shared one for FI_EVALS_MODEL (loaded on first use)."""
+        if self._scorer is None:
+            self._scorer = shared_scorer(self._model, self._device)
+        return self._scorer
+
+    @property
+    def inputs(self) -> tuple[str, ...]:
+        return self.required + self.optional
+
+    def evaluate(self, **inputs: Any) -> EvalResult:
+        """Score one item. Bad input raises `ValueError` naming the argument."""
+        task = self.prepare(inputs)
+        return self.judge_task(task, self.scorer.score([ScoreRequest(task.claims, task.premises)])[0])
+
+    def evaluate_batch(self, items: Iterable[Mapping[str, Any]],
+                       on_pairs_done: Callable[[int], None] | None = None) -> list[EvalResult]:
+        """Score many items in one batched pass; a bad item gets an error result of its own."""
+        prepared: list[Task | EvalResult] = []
+        for item in items:
+            try:
+                prepared.append(self.prepare(item))
+            except (ValueError, TypeError) as exc:
+                prepared.append(EvalResult.from_error(self.name, exc, self.threshold))
+        tasks = [(i, t) for i, t in enumerate(prepared) if isinstance(t, Task)]
+        requests = [ScoreRequest(t.claims, t.premises) for _, t in tasks]
+        try:
+            evidence = self.scorer.score(requests, on_pairs_done)
+        except Exception:  # noqa: BLE001 - find the item that fails, score the rest
+            evidence = [self._score_alone(r) for r in requests]
+        results: list[EvalResult] = [r for r in prepared]  # type: ignore[misc]
+        for (index, task), item_evidence in zip(tasks, evidence):
+            if isinstance(item_evidence, BaseException):
+                results[index] = EvalResult.from_error(self.name, item_evidence, self.threshold)
+            else:
+                results[index] = self.judge_task(task, item_evidence)
+        return results
+
+    def _score_alone(self, request: ScoreRequest) -> list[ClaimEvidence] | BaseException:
+        try:
+            return self.scorer.score([request])[0]
+        except Exception as exc:  # noqa: BLE001 - becomes this item's error result
+            return exc
+
+    def prepare(self, inputs: Mapping[str, Any]) -> Task:
+        unknown = sorted(set(inputs) - set(self.inputs))
+        if unknown:
+            raise TypeError(f"{type(self).__name__} got unexpected input(s) {', '.join(unknown)}; "
+                            f"it takes {', '.join(self.inputs)}")
+        for name in self.required:
+            if name not in inputs:
+                raise ValueError(f"{name} is missing: {type(self).__name__} needs {', '.join(self.required)}")
+        return self._prepare(**inputs)
+
+    def _prepare(self, **inputs: Any) -> Task:
+        raise NotImplementedError
+
+    def judge_task(self, task: Task, evidence: Sequence[ClaimEvidence]) -> EvalResult:
+        return self.judge(evidence)
+
+    def judge(self, evidence: Sequence[ClaimEvidence]) -> EvalResult:
+        """The verdict from the evidence: the seam where tests inject probability tables."""
+        raise NotImplementedError
+
+    def _result(self, score: float, passed: bool, reason: str, claims: list[ClaimResult]) -> EvalResult:
+        return EvalResult(self.name, score, passed, reason, self.threshold, claims)
+
+
+class FactualConsistency(Evaluator):
+    """Does the response agree with a reference, and contradict none of it?"""
+
+    name = "factual_consistency"
+    required = ("response", "reference")
+
+    def _prepare(self, response: Any = None, reference: Any = None) -> Task:
+        claims = [c.text for c in split_claims(require_text("response", response))]
+        return Task(claims, [require_text("reference", reference)])
+
+    def judge(self, evidence: Sequence[ClaimEvidence]) -> EvalResult:
+        claims = [claim_result(e) for e in evidence]
+        score = sum(c.support for c in claims) / len(claims)
+        contradicted = [c for c in claims if is_contradicted(c)]
+        passed = score >= self.threshold and not contradicted
+        if contradicted:
+            worst = max(contradicted, key=lambda c: c.contradiction or 0.0)
+            reason = (f"{len(contradicted)} of {len(claims)} claims contradicted by the reference; "
+                      f"strongest: {quote(worst.claim)} (contradiction {worst.contradiction:.2f}"
+                      f"{_against(worst)})")
+        else:
+            weakest = min(claims, key=lambda c: c.support)
+            reason = (f"mean support {score:.2f} over {len(claims)} claims; least supported: "
+                      f"{quote(weakest.claim)} (support {weakest.support:.2f}{_by(weakest)})")
+        return self._result(score, passed, reason, claims)
+
+
+class Faithfulness(Evaluator):
+    """What share of the response's claims does the retrieved context support?"""
+
+    name = "faithfulness"
+    required = ("response", "context")
+    default_threshold = 0.75
+
+    def __init__(self, *, claim_threshold: float = 0.5, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        if not 0 <= claim_threshold <= 1:
+            raise ValueError(f"claim_threshold must be from 0 to 1, got {claim_threshold!r}")
+        self.claim_threshold = claim_threshold
+
+    def _prepare(self, response: Any = None, context: Any = None) -> Task:
+        claims = [c.text for c in split_claims(require_text("response", response))]
+        return Task(claims, require_passages("context", context))
+
+    def judge(self, evidence: Sequence[ClaimEvidence]) -> EvalResult:
+        claims = [claim_result(e) for e in evidence]
+        unsupported = [c for c in claims if c.support < self.claim_threshold]
+        score = (len(claims) - len(unsupported)) / len(claims)
+        reason = f"{len(claims) - len(unsupported)} of {len(claims)} claims supported by the context"
+        if unsupported:
+            weakest = min(unsupported, key=lambda c: c.support)
+            reason += f"; unsupported: {quote(weakest.claim)} (support {weakest.support:.2f}{_by(weakest)})"
+        return self._result(score, score >= self.threshold, reason, claims)
+
+
+class Groundedness(Evaluator):
+    """Is every claim of the response grounded in some passage? As strong as its weakest claim."""
+
+    name = "groundedness"
+    required = ("response", "context")
+
+    def _prepare(self, response: Any = None, context: Any = None) -> Task:
+        claims = [c.text for c in split_claims(require_text("response", response))]
+        return Task(claims, require_passages("context", context))
+
+    def judge(self, evidence: Sequence[ClaimEvidence]) -> EvalResult:
+        claims = [claim_result(e) for e in evidence]
+        weakest = min(claims, key=lambda c: c.support)
+        passage = f", best passage {weakest.evidence.passage}" if weakest.evidence else ""
+        reason = (f"weakest of {len(claims)} claims: {quote(weakest.claim)} "
+                  f"(support {weakest.support:.2f}{passage}{_by(weakest)})")
+        return self._result(weakest.support, weakest.support >= self.threshold, reason, claims)
+
+
+class TaskCompletion(Evaluator):
+    """Did the response do what was asked?
+
+    With `expected` (a reference answer): how much of it the response entails — each expected
+    claim is checked against the response, and the score is their mean support (a recall, the
+    reverse direction of `FactualConsistency`). Without: whether the response goes against the
+    task — 1 minus the strongest contradiction between the task and any response claim; this
+    needs a 3-way checkpoint and catches answers that ignore explicit instructions, not wrong ones.
+    """
+
+    name = "task_completion"
+    required = ("task", "response")
+    optional = ("expected",)
+
+    def _prepare(self, task: Any = None, response: Any = None, expected: Any = None) -> Task:
+        require_text("task", task)
+        response = require_text("response", response)
+        if expected is not None:
+            claims = [c.text for c in split_claims(require_text("expected", expected))]
+            return Task(claims, [response], mode="expected")
+        if self.scorer.labels.contradiction is None:
+            raise ValueError("expected is missing: without an expected output TaskCompletion needs a "
+                             "3-way NLI checkpoint (this one has no contradiction class)")
+        return Task([c.text for c in split_claims(response)], [task], mode="task")
+
+    def judge_task(self, task: Task, evidence: Sequence[ClaimEvidence]) -> EvalResult:
+        return self.judge(evidence, against_expected=task.mode == "expected")
+
+    def judge(self, evidence: Sequence[ClaimEvidence], *, against_expected: bool = True) -> EvalResult:
+        claims = [claim_result(e) for e in evidence]
+        if against_expected:
+            score = sum(c.support for c in claims) / len(claims)
+            weakest = min(claims, key=lambda c: c.support)
+            reason = (f"the response covers the expected answer with mean support {score:.2f}; "
+                      f"least covered: {quote(weakest.claim)} (support {weakest.support:.2f})")
+        else:
+            worst = max(claims, key=lambda c: c.contradiction or 0.0)
+            score = 1.0 - (worst.contradiction or 0.0)
+            reason = (f"no expected output given; strongest conflict with the task: {quote(worst.claim)} "
+                      f"(contradiction {worst.contradiction or 0.0:.2f})")
+        return self._result(score, score >= self.threshold, reason, claims)
+
+
+def _by(claim: ClaimResult) -> str:
+    return f"; best premise span: {quote(claim.evidence.text)}" if claim.evidence else ""
+
+
+def _against(claim: ClaimResult) -> str:
+    return f"; against: {quote(claim.contradicting.text)}" if claim.contradicting else ""
+
+
+EVALUATORS: dict[str, type[Evaluator]] = {
+    cls.name: cls for cls in (FactualConsistency, Faithfulness, Groundedness, TaskCompletion)
+}
+
+
+def evaluator_class(name: str) -> type[Evaluator]:
+    """Look an evaluator up by its name (`factual_consistency`) or class name (`FactualConsistency`)."""
+    key = name.strip()
+    for cls in EVALUATORS.values():
+        if key in (cls.name, cls.__name__):
+            return cls
+    raise ValueError(f"unknown evaluator {name!r}: choose from {', '.join(EVALUATORS)}")

@@ -1,0 +1,286 @@
+"""The NLI scorer: every (premise chunk, claim) pair of a call scored in one batched pass.
+
+Why this shape: NLI models see at most ~512 tokens, references are longer, and responses hold
+several claims. So a premise is cut at sentence boundaries into chunks that fit beside the longest
+claim of its request (with one sentence of overlap, so a fact that straddles a boundary is seen
+whole once), each claim is paired with every chunk, and all pairs of all requests of a call are
+sorted by length and run in dynamically padded batches under `torch.inference_mode` — one forward
+pass per pair, no pass repeated. Per claim, the evaluators then take the best chunk (MiniCheck,
+AlignScore) and aggregate over claims.
+
+Only the current batch's tensors live at once, so a 100,000-word reference is scored whole in
+bounded memory: what grows with its length is the list of chunk offsets.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable, Sequence
+
+from .config import EvalsConfig, parse_device
+from .labels import LabelScheme
+from .result import Chunk
+from .text import split_sentences
+
+if TYPE_CHECKING:  # torch and transformers come with the `nli` extra
+    import torch
+
+DEFAULT_CHUNK_TOKENS = 400  # MiniCheck's chunk size
+DEFAULT_BATCH_SIZE = 8
+
+
+@dataclass(frozen=True)
+class ScoreRequest:
+    """Claims to check against premises (one string, or several passages)."""
+
+    claims: Sequence[str]
+    premises: Sequence[str]
+
+
+@dataclass
+class ClaimEvidence:
+    """The model's view of one claim: its probabilities against every chunk of the premises."""
+
+    claim: str
+    chunks: list[Chunk]
+    support: list[float]
+    contradiction: list[float] | None  # None for 2-way checkpoints
+
+    def best(self) -> int:
+        """Index of the chunk that supports the claim most (first on ties)."""
+        return max(range(len(self.support)), key=self.support.__getitem__)
+
+
+@dataclass
+class _Pair:
+    request: int
+    claim: int
+    chunk: int
+    length: int  # estimated tokens, for sorting
+
+
+class NLIScorer:
+    """Scores claims against premises with a sequence-classification checkpoint."""
+
+    def __init__(self, model: Any, tokenizer: Any, *, labels: LabelScheme | None = None,
+                 batch_size: int = DEFAULT_BATCH_SIZE, chunk_tokens: int = DEFAULT_CHUNK_TOKENS,
+                 max_length: int | None = None, name: str = "") -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        if chunk_tokens < 16:
+            raise ValueError(f"chunk_tokens must be at least 16, got {chunk_tokens}")
+        self.model = model
+        self.tokenizer = tokenizer
+        self.name = name or getattr(model.config, "_name_or_path", "") or model.config.model_type
+        self.labels = labels or LabelScheme.from_config(model.config.id2label, self.name)
+        self.batch_size = batch_size
+        self.chunk_tokens = chunk_tokens
+        self.max_length = max_length or model_max_length(model.config, tokenizer)
+        self.special_tokens = tokenizer.num_special_tokens_to_add(pair=True)
+        # Claims are capped so a chunk keeps at least half of the window.
+        self.max_claim_tokens = max(8, (self.max_length - self.special_tokens) // 2)
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str | None = None, *, device: str | None = None,
+                        dtype: str | None = None, labels: Sequence[str] | None = None,
+                        **kwargs: Any) -> "NLIScorer":
+        """Load a checkpoint by hub id or local path; unset arguments come from FI_EVALS_*."""
+        import torch
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        config = EvalsConfig.from_env()
+        name = name_or_path or config.model
+        target = resolve_device(parse_device(device or config.device))
+        torch_dtype = resolve_dtype(dtype or config.dtype, target)
+        tokenizer = AutoTokenizer.from_pretrained(name)
+        model = AutoModelForSequenceClassification.from_pretrained(name, dtype=torch_dtype)
+        model.eval().to(target)
+        scheme = LabelScheme.from_config(model.config.id2label, name,
+                                         labels if labels is not None else config.labels)
+        return cls(model, tokenizer, labels=scheme, name=name, **kwargs)
+
+    @property
+    def device(self) -> "torch.device":
+        return next(self.model.parameters()).device
+
+    # -- chunking -------------------------------------------------------------------------------
+
+    def token_lengths(self, texts: Sequence[str]) -> list[int]:
+        if not texts:
+            return []
+        ids = self.tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+        return [len(x) for x in ids]
+
+    def truncate_claim(self, claim: str, length: int) -> str:
+        """A claim longer than `max_claim_tokens` keeps its first `max_claim_tokens` tokens."""
+        if length <= self.max_claim_tokens:
+            return claim
+        enc = self.tokenizer(claim, add_special_tokens=False, return_offsets_mapping=True)
+        return claim[: enc["offset_mapping"][self.max_claim_tokens - 1][1]]
+
+    def chunk(self, premises: Sequence[str], budget: int) -> list[Chunk]:
+        """Cut each passage into chunks of at most `budget` tokens at sentence boundaries."""
+        return [chunk for chunk, _ in self._chunk_with_lengths(premises, budget)]
+
+    def _chunk_with_lengths(self, premises: Sequence[str], budget: int) -> list[tuple[Chunk, int]]:
+        chunks: list[tuple[Chunk, int]] = []
+        for index, passage in enumerate(premises):
+            sentences = split_sentences(passage)
+            if not sentences:
+                continue
+            lengths = self.token_lengths([s.text for s in sentences])
+            pieces: list[tuple[int, int, int]] = []  # (start, end, tokens) units no longer than budget
+            for sentence, length in zip(sentences, lengths):
+                if length <= budget:
+                    pieces.append((sentence.start, sentence.end, length))
+                else:
+                    pieces.extend(self._split_long(passage, sentence.start, sentence.end, budget))
+            chunks.extend((Chunk(passage[s:e], index, s, e), n) for s, e, n in _pack(pieces, budget))
+        return chunks
+
+    def _split_long(self, passage: str, start: int, end: int, budget: int) -> list[tuple[int, int, int]]:
+        """A sentence longer than the budget becomes token windows cut between words where possible
+        (a cut inside a word would re-tokenize differently and could overflow the budget)."""
+        offsets = self.tokenizer(passage[start:end], add_special_tokens=False,
+                                 return_offsets_mapping=True)["offset_mapping"]
+        windows = []
+        first = 0
+        while first < len(offsets):
+            last = min(first + budget, len(offsets))
+            cut = last
+            while cut < len(offsets) and cut > first + budget // 2 and offsets[cut][0] == offsets[cut - 1][1]:
+                cut -= 1  # no whitespace between token cut-1 and cut: same word
+            if cut < len(offsets) and offsets[cut][0] == offsets[cut - 1][1]:
+                cut = last  # one word longer than half the budget: cut it anyway
+            windows.append((start + offsets[first][0], start + offsets[cut - 1][1], cut - first))
+            first = cut
+        return windows
+
+    # -- scoring --------------------------------------------------------------------------------
+
+    def score(self, requests: Sequence[ScoreRequest],
+              on_pairs_done: Callable[[int], None] | None = None) -> list[list[ClaimEvidence]]:
+        """Evidence for every claim of every request; all pairs go through one sorted batch queue."""
+        claim_texts: list[list[str]] = []
+        chunk_lists: list[list[Chunk]] = []
+        pairs: list[_Pair] = []
+        all_claims = [c for r in requests for c in r.claims]
+        all_lengths = iter(self.token_lengths(all_claims))
+        for r_index, request in enumerate(requests):
+            lengths = [next(all_lengths) for _ in request.claims]
+            claims = [self.truncate_claim(c, n) for c, n in zip(request.claims, lengths)]
+            lengths = [min(n, self.max_claim_tokens) for n in lengths]
+            budget = self.max_length - self.special_tokens - max(lengths, default=0)
+            sized = self._chunk_with_lengths(request.premises, max(8, min(self.chunk_tokens, budget)))
+            chunks = [chunk for chunk, _ in sized]
+            claim_texts.append(claims)
+            chunk_lists.append(chunks)
+            for c_index, claim_len in enumerate(lengths):
+                for k_index, (_, chunk_len) in enumerate(sized):
+                    pairs.append(_Pair(r_index, c_index, k_index, chunk_len + claim_len))
+
+        support = [[[0.0] * len(chunks) for _ in claims] for claims, chunks in zip(claim_texts, chunk_lists)]
+        contra = [[[0.0] * len(chunks) for _ in claims] for claims, chunks in zip(claim_texts, chunk_lists)]
+        pairs.sort(key=lambda p: p.length)
+        for first in range(0, len(pairs), self.batch_size):
+            batch = pairs[first:first + self.batch_size]
+            sup, con = self.score_pairs([chunk_lists[p.request][p.chunk].text for p in batch],
+                                        [claim_texts[p.request][p.claim] for p in batch])
+            for i, p in enumerate(batch):
+                support[p.request][p.claim][p.chunk] = sup[i]
+                if con is not None:
+                    contra[p.request][p.claim][p.chunk] = con[i]
+            if on_pairs_done is not None:
+                on_pairs_done(len(batch))
+
+        three_way = self.labels.contradiction is not None
+        return [
+            [ClaimEvidence(claim, chunk_lists[r], support[r][c], contra[r][c] if three_way else None)
+             for c, claim in enumerate(claim_texts[r])]
+            for r in range(len(requests))
+        ]
+
+    def score_pairs(self, premises: Sequence[str], hypotheses: Sequence[str]
+                    ) -> tuple[list[float], list[float] | None]:
+        """Support (and contradiction) probabilities of one padded batch of pairs."""
+        import torch
+
+        enc = self.tokenizer(list(premises), list(hypotheses), padding=True, truncation="only_first",
+                             max_length=self.max_length, return_tensors="pt")
+        enc = {k: v.to(self.device) for k, v in enc.items()}
+        with torch.inference_mode():
+            logits = self.model(**enc).logits
+        probs = torch.softmax(logits.float(), dim=-1).cpu()
+        support = probs[:, self.labels.support].tolist()
+        if self.labels.contradiction is None:
+            return support, None
+        return support, probs[:, self.labels.contradiction].tolist()
+
+
+def _pack(pieces: list[tuple[int, int, int]], budget: int) -> list[tuple[int, int, int]]:
+    """Greedy packing of consecutive pieces into windows of at most `budget` tokens.
+
+    Each window after the first starts with the previous window's last piece when that still
+    leaves room for a new one (one sentence of overlap); the windows together cover every piece.
+    """
+    windows: list[tuple[int, int, int]] = []
+    i = 0
+    while i < len(pieces):
+        used, j = 0, i
+        while j < len(pieces) and used + pieces[j][2] <= budget:
+            used += pieces[j][2]
+            j += 1
+        j = max(j, i + 1)  # a piece alone always fits (pieces are at most `budget`)
+        windows.append((pieces[i][0], pieces[j - 1][1], sum(p[2] for p in pieces[i:j])))
+        if j >= len(pieces):
+            break
+        overlap = j - 1 if j - 1 > i and pieces[j - 1][2] + pieces[j][2] <= budget else j
+        i = overlap
+    return windows
+
+
+def model_max_length(config: Any, tokenizer: Any) -> int:
+    """The longest input the checkpoint takes: its position table (less RoBERTa's offset) or tokenizer cap."""
+    limits = []
+    positions = getattr(config, "max_position_embeddings", None)
+    if positions:
+        if "roberta" in config.model_type or config.model_type in ("camembert", "xlm-roberta"):
+            positions -= (config.pad_token_id or 0) + 1
+        limits.append(positions)
+    cap = getattr(tokenizer, "model_max_length", None)
+    if cap and cap < 1_000_000:
+        limits.append(cap)
+    return min(limits) if limits else 512
+
+
+def resolve_device(device: str) -> str:
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def resolve_dtype(dtype: str, device: str) -> "torch.dtype":
+    import torch
+
+    if dtype == "auto":
+        return torch.bfloat16 if device.startswith("cuda") and torch.cuda.is_bf16_supported() else torch.float32
+    return getattr(torch, dtype)
+
+
+_shared: dict[tuple, NLIScorer] = {}
+_shared_lock = threading.Lock()
+
+
+def shared_scorer(model: str | None = None, device: str | None = None,
+                  dtype: str | None = None, labels: Sequence[str] | None = None) -> NLIScorer:
+    """One loaded scorer per (model, device, dtype, labels) per process: evaluators share weights."""
+    config = EvalsConfig.from_env()
+    key = (model or config.model, device or config.device, dtype or config.dtype,
+           tuple(labels) if labels else config.labels)
+    with _shared_lock:
+        if key not in _shared:
+            _shared[key] = NLIScorer.from_pretrained(key[0], device=key[1], dtype=key[2], labels=key[3])
+        return _shared[key]
