@@ -148,3 +148,20 @@ def hub_online(monkeypatch):
     import huggingface_hub.constants
 
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+
+
+@pytest.fixture(scope="session")
+def nli_checkpoint(tmp_path_factory):
+    """Factory: a tiny random NLI checkpoint of a family and label order, built once per session."""
+    from tests.support.tiny_nli import NLI_LABELS, build_nli_checkpoint
+
+    built: dict[tuple, str] = {}
+
+    def get(family: str = "bert", labels: tuple[str, ...] = NLI_LABELS, **kwargs) -> str:
+        key = (family, tuple(labels), tuple(sorted(kwargs.items())))
+        if key not in built:
+            path = tmp_path_factory.mktemp(f"nli-{family}")
+            built[key] = str(build_nli_checkpoint(path, family, labels, **kwargs))
+        return built[key]
+
+    return get
