@@ -1,0 +1,689 @@
+"""`fi-evals report`: one self-contained HTML file from one or more results files.
+
+The page has no external resources: inline CSS, charts drawn here as inline SVG, no scripts.
+It holds, in order:
+
+- a summary table per evaluation x checkpoint: rows, scored, passed, pass rate (and its change
+  against the first checkpoint), mean score, errors;
+- a grouped bar chart of pass rate per checkpoint, by evaluation, and for each `by` column one
+  per evaluation with the column's cohorts as groups (cohorts with most rows first);
+- a score histogram (10 bins from 0 to 1, share of the scored rows) per evaluation and checkpoint;
+- per evaluation the lowest-scoring items with their reason and least-supported claim,
+  and the rows that could not be scored.
+
+Input is the results format of CONTRACT.md: one JSON object per row with the row's own columns,
+`checkpoint`, and per evaluation N the columns `N.score`, `N.passed`, `N.label`, `N.reason`,
+`N.error_type`, `N.claims`. Evaluations are found by the `.score` suffix. A row's checkpoint is
+its `checkpoint` value, else its file's stem. `.parquet` files are read when pyarrow is installed.
+
+Pass rate = passed / rows with a verdict (`N.passed` true or false); rows that errored or were
+not scored count as errors and are left out of the rate and the mean score.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from html import escape
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+__all__ = ["PALETTE", "load_rows", "write_report"]
+
+# One colour per checkpoint, in order: Okabe-Ito's (safe for colour-blind readers) come first.
+# Okabe-Ito first, then a few more that stay apart from them; beyond that the colours repeat.
+PALETTE = ("#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#8C6D31", "#5D5D5D",
+           "#7570B3", "#66A61E", "#E7298A", "#17BECF")
+MISSING = "(missing)"
+MAX_COHORTS = 30
+BINS = 10
+
+
+# --------------------------------------------------------------------------------------------
+# input
+
+
+def _clean(value: Any) -> Any:
+    """NaN (pandas' missing value) reads as None."""
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    return value
+
+
+def load_rows(paths: Iterable[str | Path]) -> list[dict[str, Any]]:
+    """All rows of the results files, each with `checkpoint` set (its value, else the file's stem)."""
+    from .dataset import Dataset  # reads JSONL or Parquet (claims parsed back from JSON text)
+
+    out: list[dict[str, Any]] = []
+    for p in paths:
+        path = Path(p)
+        if not path.is_file():
+            raise ValueError(f"results file not found: {path}")
+        for row in Dataset.from_results(path).results:
+            row = {k: _clean(v) for k, v in row.items()}
+            ckpt = row.get("checkpoint")
+            row["checkpoint"] = str(ckpt) if ckpt not in (None, "") else path.stem
+            out.append(row)
+    return out
+
+
+def _evaluations(rows: Sequence[dict[str, Any]]) -> list[str]:
+    names: dict[str, None] = {}
+    for row in rows:
+        for key in row:
+            if key.endswith(".score") and len(key) > len(".score"):
+                names.setdefault(key[: -len(".score")], None)
+    return list(names)
+
+
+def _score(row: dict[str, Any], ev: str) -> float | None:
+    value = row.get(f"{ev}.score")
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value)
+
+
+def _passed(row: dict[str, Any], ev: str) -> bool | None:
+    value = row.get(f"{ev}.passed")
+    return value if isinstance(value, bool) else None
+
+
+def _is_error(row: dict[str, Any], ev: str) -> bool:
+    return bool(row.get(f"{ev}.error_type")) or (f"{ev}.score" in row and _score(row, ev) is None)
+
+
+def _cohort(value: Any) -> str:
+    if value is None:
+        return MISSING
+    if isinstance(value, (list, dict)):
+        return json.dumps(value, ensure_ascii=False, sort_keys=True)
+    return str(value)
+
+
+# --------------------------------------------------------------------------------------------
+# statistics
+
+
+@dataclass
+class Stats:
+    rows: int = 0
+    passed: int = 0
+    judged: int = 0  # rows with a verdict
+    errors: int = 0
+    scores: list[float] = field(default_factory=list)
+
+    def add(self, row: dict[str, Any], ev: str) -> None:
+        if f"{ev}.score" not in row:
+            return
+        self.rows += 1
+        verdict = _passed(row, ev)
+        if verdict is not None:
+            self.judged += 1
+            self.passed += verdict
+        if _is_error(row, ev):
+            self.errors += 1
+        score = _score(row, ev)
+        if score is not None:
+            self.scores.append(score)
+
+    @property
+    def pass_rate(self) -> float | None:
+        return self.passed / self.judged if self.judged else None
+
+    @property
+    def mean(self) -> float | None:
+        return sum(self.scores) / len(self.scores) if self.scores else None
+
+
+def _stats(rows: Iterable[dict[str, Any]], ev: str) -> Stats:
+    st = Stats()
+    for row in rows:
+        st.add(row, ev)
+    return st
+
+
+def _pct(x: float | None) -> str:
+    return "–" if x is None else f"{100 * x:.1f}%"
+
+
+def _num(x: float | None, digits: int = 3) -> str:
+    return "–" if x is None else f"{x:.{digits}f}"
+
+
+def _short(text: str, limit: int) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
+
+
+def _middle(text: str, limit: int) -> str:
+    """Shortened in the middle: checkpoint names differ at the end (`org/model-step-1000`)."""
+    text = str(text)
+    if len(text) <= limit:
+        return text
+    tail = (limit - 1) * 3 // 5
+    return text[: limit - 1 - tail] + "…" + text[-tail:]
+
+
+# --------------------------------------------------------------------------------------------
+# SVG charts
+
+
+def _attr(value: Any) -> str:
+    return escape(str(value), quote=True)
+
+
+CHAR_W = 7.4  # rough width of a character at the charts' 13px
+
+
+def _legend(checkpoints: Sequence[str], colours: dict[str, str], x0: float, y0: float, width: float):
+    """Swatch + name per checkpoint, wrapped into rows within `width`.
+
+    Returns the SVG parts, the number of rows and the width used.
+    """
+    parts, x, y, rows, used = [], x0, y0, 1, 0.0
+    for ck in checkpoints:
+        label = _middle(ck, 32)
+        w = 17 + CHAR_W * len(label) + 20
+        if x > x0 and x + w > x0 + width:
+            x, y, rows = x0, y + 20, rows + 1
+        parts.append(
+            f'<g><title>{escape(ck)}</title>'
+            f'<rect x="{x:.1f}" y="{y - 10:.1f}" width="12" height="12" rx="2" fill="{colours[ck]}"/>'
+            f'<text x="{x + 17:.1f}" y="{y:.1f}" class="legend">{escape(label)}</text></g>'
+        )
+        x += w
+        used = max(used, x - 20 - x0)
+    return parts, rows, used
+
+
+def _bar_chart(
+    title: str,
+    groups: Sequence[tuple[str, dict[str, Stats]]],
+    checkpoints: Sequence[str],
+    colours: dict[str, str],
+    x_label: str,
+    chart_id: str,
+) -> str:
+    """Grouped bars: one group per entry of `groups`, one bar per checkpoint, height = pass rate."""
+    n_ck = len(checkpoints)
+    bar_w = 30 if n_ck <= 3 else 22 if n_ck <= 6 else 14
+    gap = 28
+    group_w = n_ck * bar_w + (n_ck - 1) * 3
+    left, right, bottom = 64, 20, 62
+    plot_h = 220
+    plot_w = max(len(groups) * (group_w + gap), 360)
+    legend, legend_rows, legend_w = _legend(checkpoints, colours, left, 24, 880)
+    top = 34 + 20 * legend_rows
+    width = left + max(plot_w, legend_w) + right
+    height = top + plot_h + bottom
+    slot = plot_w / max(len(groups), 1)
+    out = [
+        f'<svg width="{width:.0f}" height="{height}" '
+        f'viewBox="0 0 {width:.0f} {height}" role="img" aria-labelledby="{chart_id}-t {chart_id}-d">',
+        f'<title id="{chart_id}-t">{escape(title)}</title>',
+        f'<desc id="{chart_id}-d">Pass rate per checkpoint ({escape(", ".join(checkpoints))}) '
+        f"for each {escape(x_label)}; hover a bar for its value and counts.</desc>",
+    ]
+    out += legend
+    for tick in range(0, 101, 25):
+        y = top + plot_h * (1 - tick / 100)
+        out.append(f'<line x1="{left}" x2="{left + plot_w:.1f}" y1="{y:.1f}" y2="{y:.1f}" '
+                   f'class="{"axis" if tick == 0 else "grid"}"/>')
+        out.append(f'<text x="{left - 8}" y="{y + 4:.1f}" class="tick" text-anchor="end">{tick}%</text>')
+    out.append(f'<text transform="translate(16 {top + plot_h / 2:.0f}) rotate(-90)" class="axis-label" '
+               f'text-anchor="middle">Pass rate</text>')
+    out.append(f'<text x="{left + plot_w / 2:.0f}" y="{height - 10}" class="axis-label" '
+               f'text-anchor="middle">{escape(x_label)}</text>')
+    max_chars = max(4, int((slot - 6) / CHAR_W))
+    for gi, (group, per_ck) in enumerate(groups):
+        gx = left + gi * slot + (slot - group_w) / 2
+        for ci, ck in enumerate(checkpoints):
+            st = per_ck.get(ck)
+            x = gx + ci * (bar_w + 3)
+            if st is None or st.pass_rate is None:
+                out.append(f'<text x="{x + bar_w / 2:.1f}" y="{top + plot_h - 4:.1f}" class="na" '
+                           f'text-anchor="middle">–</text>')
+                continue
+            rate = st.pass_rate
+            h = max(plot_h * rate, 1.0)
+            y = top + plot_h - h
+            tip = f"{ck} · {group}: pass rate {_pct(rate)} ({st.passed}/{st.judged} passed"
+            tip += f", {st.errors} errors)" if st.errors else ")"
+            out.append(
+                f'<rect x="{x:.1f}" y="{y:.1f}" width="{bar_w}" height="{h:.1f}" fill="{colours[ck]}" '
+                f'shape-rendering="crispEdges"><title>{escape(tip)}</title></rect>'
+            )
+            if bar_w >= 22:
+                out.append(f'<text x="{x + bar_w / 2:.1f}" y="{y - 5:.1f}" class="value" '
+                           f'text-anchor="middle">{100 * rate:.0f}</text>')
+        label = _short(group, max_chars)
+        n = sum(st.rows for st in per_ck.values())
+        out.append(f'<text x="{left + (gi + 0.5) * slot:.1f}" y="{top + plot_h + 18}" class="group" '
+                   f'text-anchor="middle"><title>{escape(group)}</title>{escape(label)}</text>')
+        out.append(f'<text x="{left + (gi + 0.5) * slot:.1f}" y="{top + plot_h + 33}" class="count" '
+                   f'text-anchor="middle">n={n}</text>')
+    out.append("</svg>")
+    return "".join(out)
+
+
+def _bin_counts(scores: Sequence[float]) -> list[int]:
+    """Rows per score bin [0, 0.1), ..., [0.9, 1.0]; scores outside 0..1 go to the end bins."""
+    counts = [0] * BINS
+    for score in scores:
+        counts[min(BINS - 1, max(0, int(score * BINS)))] += 1
+    return counts
+
+
+def _histogram(ev: str, ck: str, st: Stats, colour: str, y_max: float, chart_id: str) -> str:
+    """Share of the scored rows per score bin [0, 0.1), ..., [0.9, 1.0]."""
+    counts = _bin_counts(st.scores)
+    total = len(st.scores)
+    left, right, top, bottom = 44, 12, 12, 40
+    plot_w, plot_h = 250, 120
+    width, height = left + plot_w + right, top + plot_h + bottom
+    bw = plot_w / BINS
+    title = f"Score distribution of {ev} for checkpoint {ck}"
+    out = [
+        f'<svg width="{width}" height="{height}" '
+        f'viewBox="0 0 {width} {height}" class="hist" role="img" aria-labelledby="{chart_id}-t">',
+        f'<title id="{chart_id}-t">{escape(title)}: {total} scored rows in {BINS} bins from 0 to 1</title>',
+    ]
+    for frac in (0, 0.5, 1):
+        y = top + plot_h * (1 - frac)
+        out.append(f'<line x1="{left}" x2="{left + plot_w}" y1="{y:.1f}" y2="{y:.1f}" '
+                   f'class="{"axis" if frac == 0 else "grid"}"/>')
+        out.append(f'<text x="{left - 6}" y="{y + 4:.1f}" class="tick" text-anchor="end">'
+                   f'{100 * frac * y_max:.0f}%</text>')
+    for i, c in enumerate(counts):
+        lo, hi = i / BINS, (i + 1) / BINS
+        share = c / total if total else 0.0
+        bracket = "]" if i == BINS - 1 else ")"
+        tip = f"{ck}, {ev}: score {lo:.1f}–{hi:.1f}{bracket}: {c} rows ({_pct(share)})"
+        h = plot_h * share / y_max if y_max else 0.0
+        out.append(
+            f'<rect x="{left + i * bw + 1:.1f}" y="{top + plot_h - h:.1f}" width="{bw - 2:.1f}" '
+            f'height="{max(h, 0):.1f}" fill="{colour}" shape-rendering="crispEdges">'
+            f"<title>{escape(tip)}</title></rect>"
+        )
+    for i in range(0, BINS + 1, 2):
+        x = left + i * bw
+        out.append(f'<text x="{x:.1f}" y="{top + plot_h + 15}" class="tick" text-anchor="middle">'
+                   f"{i / BINS:.1f}</text>")
+    if st.mean is not None:
+        x = left + plot_w * min(max(st.mean, 0.0), 1.0)
+        out.append(f'<line x1="{x:.1f}" x2="{x:.1f}" y1="{top}" y2="{top + plot_h}" class="mean">'
+                   f"<title>mean score {st.mean:.3f}</title></line>")
+    out.append(f'<text x="{left + plot_w / 2}" y="{height - 6}" class="axis-label" text-anchor="middle">'
+               f"Score (dashed line: mean)</text>")
+    out.append("</svg>")
+    return "".join(out)
+
+
+# --------------------------------------------------------------------------------------------
+# HTML
+
+
+CSS = """
+:root { --fg:#1d2433; --muted:#5b6475; --line:#e3e6ec; --bg:#f6f7f9; --card:#fff;
+  --bad:#b42318; --good:#067647; }
+* { box-sizing: border-box; }
+body { margin:0; background:var(--bg); color:var(--fg);
+  font: 15px/1.5 system-ui, -apple-system, "Segoe UI", "Liberation Sans", "DejaVu Sans", Arial, sans-serif; }
+main { max-width: 1160px; margin: 0 auto; padding: 28px 32px 48px; }
+header h1 { font-size: 26px; margin: 0 0 4px; letter-spacing: -0.01em; }
+header p { margin: 0; color: var(--muted); }
+h2 { font-size: 19px; margin: 36px 0 6px; }
+h3 { font-size: 15px; margin: 18px 0 8px; }
+p.note { color: var(--muted); margin: 0 0 12px; font-size: 14px; }
+section.card, .card { background: var(--card); border: 1px solid var(--line); border-radius: 10px;
+  padding: 16px 20px; margin: 12px 0; }
+.chips { display: flex; flex-wrap: wrap; gap: 8px; margin-top: 14px; }
+.chip { background: var(--card); border: 1px solid var(--line); border-radius: 999px; padding: 3px 12px;
+  font-size: 13px; color: var(--muted); }
+.chip b { color: var(--fg); }
+.swatch { display:inline-block; width:11px; height:11px; border-radius:2px; margin-right:6px;
+  vertical-align:-1px; }
+table { border-collapse: collapse; width: 100%; font-size: 14px; }
+th, td { text-align: left; padding: 7px 10px; border-bottom: 1px solid var(--line); vertical-align: top; }
+th { font-weight: 600; color: var(--muted); font-size: 12.5px; text-transform: uppercase;
+  letter-spacing: .04em; }
+td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
+tr.first-of-eval td { border-top: 2px solid #d5d9e0; }
+.rate { display: inline-flex; align-items: center; gap: 8px; justify-content: flex-end; }
+.meter { display:inline-block; width: 70px; height: 8px; background: #eceef2; border-radius: 4px;
+  overflow: hidden; }
+caption { text-align: left; caption-side: bottom; padding-top: 8px; }
+.meter span { display:block; height: 100%; }
+.up { color: var(--good); } .down { color: var(--bad); } .err { color: var(--bad); font-weight: 600; }
+.muted { color: var(--muted); }
+.scroll { overflow-x: auto; }
+.grid { display: grid; grid-template-columns: repeat(auto-fill, minmax(320px, 1fr)); gap: 12px; }
+.grid .card { margin: 0; padding: 12px 14px; }
+.grid h4 { margin: 0 0 2px; font-size: 14px; }
+.grid .stat { color: var(--muted); font-size: 13px; margin-bottom: 4px; }
+svg { display: block; overflow: visible; }
+svg.hist { width: 100%; height: auto; max-width: 420px; }
+.charts { display: flex; flex-wrap: wrap; gap: 8px 40px; }
+figure { margin: 0; min-width: 0; max-width: 100%; }
+figcaption { font-weight: 600; font-size: 14px; margin: 2px 0 4px; }
+.card > h3:first-child { margin-top: 2px; }
+td.ev { border-bottom: 1px solid var(--line); }
+svg text { font-family: inherit; fill: var(--fg); }
+svg .tick, svg .count { font-size: 11.5px; fill: var(--muted); }
+svg .axis-label { font-size: 12.5px; fill: var(--muted); }
+svg .legend, svg .group { font-size: 13px; }
+svg .value { font-size: 11px; fill: var(--fg); }
+svg .na { font-size: 12px; fill: var(--muted); }
+svg line.grid { stroke: #eceef2; stroke-width: 1; }
+svg line.axis { stroke: #9aa1ae; stroke-width: 1; }
+svg line.mean { stroke: var(--fg); stroke-width: 1.5; stroke-dasharray: 4 3; }
+td.reason { max-width: 420px; }
+td.claim { max-width: 300px; }
+.claim q { font-style: italic; }
+.small { font-size: 12.5px; color: var(--muted); }
+details summary { cursor: pointer; color: var(--muted); font-size: 12.5px; }
+details pre { white-space: pre-wrap; word-break: break-word; font-size: 12px; background: var(--bg);
+  padding: 8px; border-radius: 6px; margin: 6px 0 0; max-width: 560px; }
+code { font-size: 13px; }
+"""
+
+
+def _meter(rate: float | None, colour: str) -> str:
+    if rate is None:
+        return ""
+    bar = f'<span style="width:{100 * rate:.1f}%;background:{colour}"></span>'
+    return f'<span class="meter" aria-hidden="true">{bar}</span>'
+
+
+def _summary(rows_by_ck: dict[str, list[dict]], evals: list[str], colours: dict[str, str]) -> str:
+    checkpoints = list(rows_by_ck)
+    out = [
+        '<table id="summary"><caption class="small">'
+        "Pass rate = passed / rows with a verdict; errors are rows the evaluation could not score. "
+        f"Δ is the change in pass rate against the first checkpoint ({escape(checkpoints[0])}).</caption>",
+        "<thead><tr><th>Evaluation</th><th>Checkpoint</th><th class=num>Rows</th><th class=num>Passed</th>"
+        "<th class=num>Pass rate</th><th class=num>Δ pass rate</th><th class=num>Mean score</th>"
+        "<th class=num>Errors</th></tr></thead><tbody>",
+    ]
+    for ev in evals:
+        stats = [(ck, st) for ck in checkpoints if (st := _stats(rows_by_ck[ck], ev)).rows]
+        base = stats[0][1].pass_rate if stats and stats[0][0] == checkpoints[0] else None
+        for i, (ck, st) in enumerate(stats):
+            if ck == checkpoints[0] or base is None or st.pass_rate is None:
+                delta = '<span class="muted">–</span>'
+            else:
+                d = st.pass_rate - base
+                cls = "down" if d < 0 else "up" if d > 0 else "muted"
+                sign = "+" if d > 0 else "−" if d < 0 else "±"
+                delta = f'<span class="{cls}">{sign}{100 * abs(d):.1f} pt</span>'
+            first = ' class="first-of-eval"' if i == 0 else ""
+            name = f'<td rowspan="{len(stats)}" class="ev"><code>{escape(ev)}</code></td>' if i == 0 else ""
+            err = f'<span class="err">{st.errors}</span>' if st.errors else "0"
+            out.append(
+                f'<tr{first} data-evaluation="{_attr(ev)}" data-checkpoint="{_attr(ck)}">'
+                f"{name}"
+                f"<td>{_swatch(colours[ck])}{escape(ck)}</td>"
+                f'<td class="num" data-col="rows">{st.rows}</td>'
+                f'<td class="num" data-col="passed">{st.passed}/{st.judged}</td>'
+                f'<td class="num" data-col="pass_rate"><span class="rate">{_meter(st.pass_rate, colours[ck])}'
+                f"<span>{_pct(st.pass_rate)}</span></span></td>"
+                f'<td class="num" data-col="delta">{delta}</td>'
+                f'<td class="num" data-col="mean_score">{_num(st.mean)}</td>'
+                f'<td class="num" data-col="errors">{err}</td></tr>'
+            )
+    out.append("</tbody></table>")
+    return "".join(out)
+
+
+def _least_supported(claims: Any) -> dict[str, Any] | None:
+    if isinstance(claims, str):
+        try:
+            claims = json.loads(claims)
+        except json.JSONDecodeError:
+            return None
+    if not isinstance(claims, list):
+        return None
+    scored = [c for c in claims if isinstance(c, dict) and isinstance(c.get("support"), (int, float))]
+    return min(scored, key=lambda c: c["support"]) if scored else None
+
+
+def _claim_cell(claim: dict[str, Any] | None) -> str:
+    if claim is None:
+        return '<span class="muted">–</span>'
+    text = f'<q>{escape(_short(claim.get("claim", ""), 220))}</q>'
+    meta = f'support {float(claim["support"]):.2f}'
+    if isinstance(claim.get("contradiction"), (int, float)):
+        meta += f', contradiction {float(claim["contradiction"]):.2f}'
+    evidence = claim.get("evidence")
+    ev_text = evidence.get("text") if isinstance(evidence, dict) else None
+    out = f'{text}<div class="small">{meta}</div>'
+    if ev_text:
+        out += f'<div class="small">best evidence: “{escape(_short(ev_text, 160))}”</div>'
+    return out
+
+
+def _row_details(row: dict[str, Any], evals: list[str]) -> str:
+    """The row's own columns (not the evaluation outputs), collapsed."""
+    prefixes = tuple(f"{ev}." for ev in evals)
+    own = {k: v for k, v in row.items() if k != "checkpoint" and not k.startswith(prefixes)}
+    if not own:
+        return ""
+    lines = []
+    for k, v in own.items():
+        text = v if isinstance(v, str) else json.dumps(v, ensure_ascii=False, default=str)
+        lines.append(f"{k}: {_short(text, 600)}")
+    return f"<details><summary>row</summary><pre>{escape(chr(10).join(lines))}</pre></details>"
+
+
+ID_COLUMNS = ("id", "item_id", "row_id", "uid", "example_id")
+
+
+def _row_refs(rows_by_ck: dict[str, list[dict]]) -> dict[int, str]:
+    """A label per row, keyed by `id()`: its id column, else `#k` (its place in its checkpoint)."""
+    refs = {}
+    for rows in rows_by_ck.values():
+        for k, row in enumerate(rows, 1):
+            key = next((c for c in ID_COLUMNS if row.get(c) not in (None, "")), None)
+            refs[id(row)] = _short(str(row[key]), 24) if key else f"#{k}"
+    return refs
+
+
+def _worst(rows: list[dict[str, Any]], ev: str, by: list[str], colours: dict[str, str], limit: int,
+           refs: dict[int, str]) -> str:
+    scored = [(i, r) for i, r in enumerate(rows) if _score(r, ev) is not None]
+    scored.sort(key=lambda ir: (_score(ir[1], ev), ir[0]))
+    if not scored:
+        return '<p class="note">No scored rows.</p>'
+    head = "".join(f"<th>{escape(b)}</th>" for b in by)
+    out = [f'<div class="scroll"><table class="worst" data-evaluation="{_attr(ev)}"><thead><tr>'
+           f"<th class=num>Score</th><th>Verdict</th><th>Checkpoint</th><th>Row</th>{head}<th>Reason</th>"
+           "<th>Least-supported claim</th></tr></thead><tbody>"]
+    for _, row in scored[:limit]:
+        ck = row["checkpoint"]
+        verdict = {True: "pass", False: '<span class="down">fail</span>'}.get(_passed(row, ev), "–")
+        cohorts = "".join(f"<td>{escape(_cohort(row.get(b)))}</td>" for b in by)
+        out.append(
+            f'<tr><td class="num">{_score(row, ev):.3f}</td><td>{verdict}</td>'
+            f"<td>{_swatch(colours[ck])}{escape(ck)}</td>"
+            f'<td class="muted">{escape(refs[id(row)])}</td>{cohorts}'
+            f'<td class="reason">{escape(_short(row.get(f"{ev}.reason") or "", 600))}'
+            f"{_row_details(row, [ev])}</td>"
+            f'<td class="claim">{_claim_cell(_least_supported(row.get(f"{ev}.claims")))}</td></tr>'
+        )
+    out.append("</tbody></table></div>")
+    return "".join(out)
+
+
+def _errors(rows: list[dict[str, Any]], evals: list[str], colours: dict[str, str], limit: int,
+            refs: dict[int, str]) -> str:
+    errs = [(ev, r) for ev in evals for r in rows if _is_error(r, ev)]
+    if not errs:
+        return '<p class="note">Every row was scored.</p>'
+    kinds = Counter((ev, r.get(f"{ev}.error_type") or "not scored") for ev, r in errs)
+    chips = "".join(f'<span class="chip"><code>{escape(ev)}</code> · {escape(kind)} <b>{n}</b></span>'
+                    for (ev, kind), n in kinds.most_common())
+    out = [f'<div class="chips" style="margin:0 0 10px">{chips}</div>',
+           '<div class="scroll"><table id="errors"><thead><tr><th>Evaluation</th><th>Checkpoint</th>'
+           "<th>Row</th><th>Error</th><th>Reason</th></tr></thead><tbody>"]
+    for ev, row in errs[:limit]:
+        ck = row["checkpoint"]
+        out.append(
+            f"<tr><td><code>{escape(ev)}</code></td>"
+            f"<td>{_swatch(colours[ck])}{escape(ck)}</td>"
+            f'<td class="muted">{escape(refs[id(row)])}</td>'
+            f'<td class="err">{escape(row.get(f"{ev}.error_type") or "not scored")}</td>'
+            f'<td class="reason">{escape(_short(row.get(f"{ev}.reason") or "", 400))}</td></tr>'
+        )
+    out.append("</tbody></table></div>")
+    if len(errs) > limit:
+        out.append(f'<p class="note">{len(errs) - limit} more not shown.</p>')
+    return "".join(out)
+
+
+def _cohort_groups(rows_by_ck: dict[str, list[dict]], ev: str, col: str) -> tuple[list, int]:
+    sizes = Counter(_cohort(r.get(col)) for rows in rows_by_ck.values() for r in rows if f"{ev}.score" in r)
+    names = sorted(sizes, key=lambda c: (-sizes[c], c))
+    groups = []
+    for name in names[:MAX_COHORTS]:
+        per_ck = {}
+        for ck, rows in rows_by_ck.items():
+            st = _stats((r for r in rows if _cohort(r.get(col)) == name), ev)
+            if st.rows:
+                per_ck[ck] = st
+        groups.append((name, per_ck))
+    return groups, max(0, len(names) - MAX_COHORTS)
+
+
+def _swatch(colour: str) -> str:
+    return f'<span class="swatch" style="background:{colour}"></span>'
+
+
+def _header(title: str, rows_by_ck: dict[str, list[dict]], evals: list[str], colours: dict[str, str],
+            sources: Sequence[str]) -> str:
+    n_rows = sum(len(rows) for rows in rows_by_ck.values())
+    n_ck = len(rows_by_ck)
+    now = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    chips = "".join(f'<span class="chip">{_swatch(colours[ck])}<b>{escape(ck)}</b> · {len(rows)} rows</span>'
+                    for ck, rows in rows_by_ck.items())
+    src = f'<p class="small">{escape(", ".join(sources))}</p>' if sources else ""
+    return (f"<header><h1>{escape(title)}</h1>"
+            f"<p>{n_rows} rows · {n_ck} checkpoint{'s' * (n_ck != 1)} · {len(evals)} "
+            f"evaluation{'s' * (len(evals) != 1)}: {escape(', '.join(evals))} · generated {now}</p>"
+            f'{src}<div class="chips">{chips}</div></header>')
+
+
+def _cohort_section(rows_by_ck: dict[str, list[dict]], evals: list[str], colours: dict[str, str],
+                    col: str, index: int) -> str:
+    checkpoints = list(rows_by_ck)
+    charts = []
+    for ei, ev in enumerate(evals):
+        groups, dropped = _cohort_groups(rows_by_ck, ev, col)
+        chart = _bar_chart(f"Pass rate of {ev} per checkpoint, by {col}", groups, checkpoints, colours,
+                           col, f"c-{index}-{ei}")
+        more = f'<p class="note">{dropped} smaller cohorts not shown.</p>' if dropped else ""
+        charts.append(f'<figure><figcaption><code>{escape(ev)}</code></figcaption>'
+                      f'<div class="scroll">{chart}</div>{more}</figure>')
+    return (f'<h2 id="by-{index}">Pass rate by <code>{escape(col)}</code></h2>'
+            '<p class="note">One group per cohort, most rows first; n is the cohort\'s rows over all '
+            "checkpoints. Small cohorts swing widely: hover a bar for its counts.</p>"
+            f'<section class="card charts" aria-labelledby="by-{index}">{"".join(charts)}</section>')
+
+
+def _distributions(rows_by_ck: dict[str, list[dict]], evals: list[str], colours: dict[str, str]) -> str:
+    out = ['<h2 id="dist-h">Score distributions</h2>'
+           '<p class="note">Share of scored rows per score bin of width 0.1; the dashed line marks the mean. '
+           "The vertical scale is shared within an evaluation.</p>"]
+    for ei, ev in enumerate(evals):
+        stats = {ck: st for ck, rows in rows_by_ck.items() if (st := _stats(rows, ev)).rows}
+        top = max((max(_bin_counts(st.scores)) / len(st.scores) for st in stats.values() if st.scores),
+                  default=1.0)
+        y_max = min(1.0, math.ceil(round(top * 10, 6)) / 10) or 1.0
+        cards = []
+        for ci, (ck, st) in enumerate(stats.items()):
+            svg = _histogram(ev, ck, st, colours[ck], y_max, f"h-{ei}-{ci}")
+            stat = f'<div class="stat">{len(st.scores)} scored · mean {_num(st.mean)}</div>'
+            cards.append(f'<div class="card"><h4>{_swatch(colours[ck])}{escape(ck)}</h4>{stat}{svg}</div>')
+        out.append(f'<h3><code>{escape(ev)}</code></h3><div class="grid">{"".join(cards)}</div>')
+    return "".join(out)
+
+
+def render_report(
+    rows: list[dict[str, Any]],
+    by: Sequence[str] | None = None,
+    title: str | None = None,
+    sources: Sequence[str] = (),
+    worst_n: int = 10,
+) -> str:
+    """The report's HTML for rows that already carry `checkpoint` (see `load_rows`)."""
+    by = list(by or [])
+    evals = _evaluations(rows)
+    if not rows:
+        raise ValueError("no rows in the results files")
+    if not evals:
+        raise ValueError("no evaluations in the results files (no column ends with `.score`)")
+    missing = [b for b in by if not any(b in r for r in rows)]
+    if missing:
+        raise ValueError(f"by: no such column in the results: {', '.join(missing)}")
+    rows_by_ck: dict[str, list[dict]] = {}
+    for row in rows:
+        rows_by_ck.setdefault(row["checkpoint"], []).append(row)
+    checkpoints = list(rows_by_ck)
+    colours = {ck: PALETTE[i % len(PALETTE)] for i, ck in enumerate(checkpoints)}
+    refs = _row_refs(rows_by_ck)
+    title = title or "Evaluation report"
+
+    overall = [(ev, {ck: st for ck, rows in rows_by_ck.items() if (st := _stats(rows, ev)).rows})
+               for ev in evals]
+    chart = _bar_chart("Pass rate per checkpoint and evaluation", overall, checkpoints, colours, "Evaluation",
+                       "c-all")
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
+        f"<title>{escape(title)}</title><style>{CSS}</style></head><body><main>",
+        _header(title, rows_by_ck, evals, colours, sources),
+        '<h2 id="summary-h">Summary</h2>',
+        '<section class="card scroll" aria-labelledby="summary-h">',
+        _summary(rows_by_ck, evals, colours),
+        "</section>",
+        '<h2 id="pass-h">Pass rate by checkpoint</h2>',
+        f'<section class="card scroll" aria-labelledby="pass-h">{chart}</section>',
+        *(_cohort_section(rows_by_ck, evals, colours, col, bi) for bi, col in enumerate(by)),
+        _distributions(rows_by_ck, evals, colours),
+        '<h2 id="worst-h">Worst items</h2>',
+        f'<p class="note">Per evaluation, the {worst_n} lowest-scoring rows over all checkpoints, with the '
+        "reason and the claim the checkpoint found least supported.</p>",
+        *(f'<section class="card" aria-label="Worst items of {_attr(ev)}"><h3><code>{escape(ev)}</code></h3>'
+          f"{_worst(rows, ev, by, colours, worst_n, refs)}</section>" for ev in evals),
+        '<h2 id="errors-h">Errors</h2>',
+        '<section class="card" aria-labelledby="errors-h">',
+        _errors(rows, evals, colours, 20, refs),
+        "</section>",
+        "</main></body></html>\n",
+    ]
+    return "\n".join(parts)
+
+
+def write_report(
+    results_paths: list[str | Path],
+    output: str | Path,
+    by: list[str] | None = None,
+    title: str | None = None,
+    *,
+    worst_n: int = 10,
+) -> Path:
+    """Write one self-contained HTML report of `results_paths` to `output`; returns its path."""
+    if isinstance(results_paths, (str, Path)):
+        results_paths = [results_paths]
+    if not results_paths:
+        raise ValueError("results_paths: give at least one results file")
+    rows = load_rows(results_paths)
+    sources = [Path(p).name for p in results_paths]
+    html = render_report(rows, by=by, title=title, sources=sources, worst_n=worst_n)
+    out = Path(output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(html, encoding="utf-8")
+    return out
