@@ -115,6 +115,36 @@ def test_latency_breakdown_is_vllms_own(vllm):
         assert a[A.USAGE_OUTPUT_TOKENS] == 9
 
 
+def test_breakdown_from_the_step_timestamps_and_events_equals_vllms_stats(vllm, monkeypatch):
+    """What traceai reads without vLLM's stats (the engine-core timestamp of each step, the
+    scheduler's request events, the wall clock at the first token's step) gives vLLM's numbers:
+    compared here, request by request, on an engine that also keeps the stats."""
+    from traceai_vllm import _engine
+    from vllm import SamplingParams
+
+    llm, capture, _ = vllm
+    pairs = []
+    original = _engine.Child.timing
+
+    def both(child, last_token_ts):
+        pairs.append((child.state.stats, _engine.engine_timing(
+            child.first_token_latency, child.queued_ts, child.scheduled_ts, child.first_token_ts, last_token_ts,
+            child.num_preemptions)))
+        return original(child, last_token_ts)
+
+    monkeypatch.setattr(_engine.Child, "timing", both)
+    llm.generate(["one", "two two", "three three three", "four", "five", "six"],
+                 SamplingParams(max_tokens=5, ignore_eos=True))
+    assert len(pairs) == 6
+    for m, ours in pairs:
+        assert ours[A.VLLM_QUEUE_TIME] == m.scheduled_ts - m.queued_ts
+        assert ours[A.VLLM_PREFILL_TIME] == m.first_token_ts - m.scheduled_ts
+        assert ours[A.VLLM_DECODE_TIME] == m.last_token_ts - m.first_token_ts
+        assert ours[A.VLLM_INFERENCE_TIME] == m.last_token_ts - m.scheduled_ts
+        # vLLM reads the wall clock just before processing the step, traceai as it starts to
+        assert ours[A.VLLM_TIME_TO_FIRST_TOKEN] == pytest.approx(m.first_token_latency, abs=1e-3)
+
+
 def test_parallel_sampling_is_one_span_with_a_reason_per_choice(vllm):
     from vllm import SamplingParams
 
@@ -309,6 +339,15 @@ def test_offline_llm_in_multiprocess_mode_with_register(tmp_path, model_dirs):
     assert len(requests) == 2
     assert sum(r["attributes"][A.USAGE_OUTPUT_TOKENS] for r in requests) == 8
     assert "OUT_TOKENS 8" in proc.stdout
+    # stats logging off (the offline default): the breakdown still comes from the engine's timestamps,
+    # the scheduler's events recorded by the hooks register() installed in the EngineCore process
+    for r in requests:
+        a = r["attributes"]
+        assert a[A.VLLM_QUEUE_TIME] >= 0 and a[A.VLLM_PREFILL_TIME] > 0 and a[A.VLLM_DECODE_TIME] > 0
+        assert a[A.VLLM_INFERENCE_TIME] == pytest.approx(a[A.VLLM_PREFILL_TIME] + a[A.VLLM_DECODE_TIME])
+        assert a[A.VLLM_QUEUE_TIME] + a[A.VLLM_PREFILL_TIME] <= a[A.VLLM_TIME_TO_FIRST_TOKEN] + 1e-3
+        assert a[A.RESPONSE_TIME_TO_FIRST_CHUNK] == a[A.VLLM_TIME_TO_FIRST_TOKEN]
+        assert a[A.TIME_PER_OUTPUT_TOKEN] == pytest.approx(a[A.VLLM_DECODE_TIME] / 3)
 
 
 @pytest.mark.parametrize("value, expect_on", [("", False), ("maybe", False), ("1", True)])

@@ -22,6 +22,7 @@ from .version import __version__
 __all__ = ["VLLMInstrumentor", "__version__"]
 
 _OUTPUT_PROCESSOR = "vllm.v1.engine.output_processor"
+_SCHEDULER = "vllm.v1.core.sched.scheduler"
 
 
 class VLLMInstrumentor(PatchingInstrumentor):
@@ -49,6 +50,10 @@ class VLLMInstrumentor(PatchingInstrumentor):
         patcher.add(_OUTPUT_PROCESSOR, "OutputProcessor.abort_requests", tracker.abort_wrapper)
         patcher.add(_OUTPUT_PROCESSOR, "OutputProcessor.propagate_error", tracker.propagate_error_wrapper)
         patcher.add(_OUTPUT_PROCESSOR, "OutputProcessor.update_scheduler_stats", tracker.scheduler_stats_wrapper)
+        # where the engine core runs (this process, or EngineCore through the plugin): request events
+        patcher.add(_SCHEDULER, "Scheduler.add_request", _engine.scheduler_add_request_wrapper)
+        patcher.add(_SCHEDULER, "Scheduler.schedule", _engine.scheduler_schedule_wrapper)
+        patcher.add(_SCHEDULER, "Scheduler._preempt_request", _engine.scheduler_preempt_wrapper, optional=True)
         patcher.add("vllm.v1.engine.input_processor", "InputProcessor.process_inputs",
                     tracker.process_inputs_wrapper)
         patcher.add("vllm.v1.engine.input_processor", "InputProcessor.process_inputs_async",

@@ -7,9 +7,19 @@ per request whatever the entry point. Parallel-sampling children share their par
 ends when the last child finishes, with one finish reason per choice.
 
 The span starts at the request's arrival (vLLM's wall-clock `arrival_time`) and is created off
-the request path (deferred, see fi_evals_core.telemetry.runtime). When vLLM keeps per-request stats
-(`RequestStateStats`, with stats logging on), queue, prefill, decode and time to first token are
-vLLM's own numbers, computed exactly as its tracing computes them.
+the request path (deferred, see fi_evals_core.telemetry.runtime).
+
+The latency breakdown (queue, prefill, decode, time to first token) follows vLLM's own definitions
+(`IterationStats.update_from_output`, `OutputProcessor.do_tracing`). When vLLM keeps per-request
+stats (`RequestStateStats`, stats logging on) they are its numbers, exactly. Without them the same
+timestamps are read where they already flow, for a fraction of the stats' cost: the step's
+engine-core timestamp (`EngineCoreOutputs.timestamp`, passed to `process_outputs`) for the first
+and last token, the front-end wall clock at the first token's step for time to first token, and
+the QUEUED / SCHEDULED / PREEMPTED events the scheduler's hooks below add to a request (riding to
+the front-end in `EngineCoreOutput.events`, as vLLM's own do when it logs stats) for queue and
+prefill. Those hooks run where the scheduler runs: in this process for an in-process engine, in the
+EngineCore process through the `vllm.general_plugins` entry point otherwise; without them, queue
+and prefill are left out.
 """
 
 from __future__ import annotations
@@ -154,8 +164,47 @@ class Tracked:
         self.input_tokens: int | None = None
 
 
+class Child:
+    """One request the engine runs (a request, or one child of an `n > 1` request) and its
+    timestamps on vLLM's clocks, as `IterationStats.update_from_output` would record them:
+    engine-monotonic `*_ts`, wall-clock `first_token_latency`."""
+
+    __slots__ = ("tracked", "state", "arrival_time", "queued_ts", "scheduled_ts", "first_token_ts",
+                 "first_token_latency", "num_preemptions")
+
+    def __init__(self, tracked: Tracked, state: Any, arrival_time: float) -> None:
+        self.tracked = tracked
+        self.state = state
+        self.arrival_time = arrival_time
+        self.queued_ts: float | None = None
+        self.scheduled_ts: float | None = None
+        self.first_token_ts: float | None = None
+        self.first_token_latency: float | None = None
+        self.num_preemptions = 0
+
+    def read_events(self, events: Any) -> None:
+        """vLLM's `IterationStats.update_from_events`: the last QUEUED, the first SCHEDULED."""
+        for event in events:
+            kind = event.type  # an IntEnum (an int once serialised)
+            if kind == _QUEUED:
+                self.queued_ts = event.timestamp
+            elif kind == _SCHEDULED:
+                if self.scheduled_ts is None:
+                    self.scheduled_ts = event.timestamp
+            elif kind == _PREEMPTED:
+                self.num_preemptions += 1
+
+    def timing(self, last_token_ts: float | None) -> dict[str, float]:
+        stats = getattr(self.state, "stats", None)
+        if stats is not None and stats.first_token_ts:  # vLLM logs stats: its own numbers, exactly
+            return engine_timing(stats.first_token_latency, stats.queued_ts, stats.scheduled_ts,
+                                 stats.first_token_ts, stats.last_token_ts, stats.num_preemptions)
+        return engine_timing(self.first_token_latency, self.queued_ts, self.scheduled_ts, self.first_token_ts,
+                             last_token_ts, self.num_preemptions)
+
+
 class RequestTracker:
-    """The per-request state of the instrumentation: internal request id -> Tracked.
+    """The per-request state of the instrumentation: internal request id -> Child.
 
     Entries are removed when their request finishes, is aborted or fails, so nothing is held for
     finished requests (see `len(tracker)`).
@@ -163,9 +212,9 @@ class RequestTracker:
 
     def __init__(self, runtime: TelemetryRuntime) -> None:
         self.runtime = runtime
-        self.by_request: dict[str, tuple[Tracked, Any]] = {}  # request id -> (span state, RequestState)
+        self.by_request: dict[str, Child] = {}
         self.by_parent: dict[str, Tracked] = {}
-        self.awaiting_first: set[str] = set()  # request ids whose first token has not been seen
+        self.awaiting_first: set[str] = set()  # request ids whose first output has not been seen
         self.kv_cache_usage: float | None = None  # the scheduler's latest figure (stats logging on)
 
     def __len__(self) -> int:
@@ -187,10 +236,11 @@ class RequestTracker:
         if request_id in self.by_request or request_id not in processor.request_states:
             return  # a streaming-input update of a known request, or not accepted
         state = processor.request_states[request_id]
+        arrival_time = request.arrival_time
         if parent_req is not None:
             tracked = self.by_parent.get(parent_req.request_id)
             if tracked is not None:
-                self.by_request[request_id] = (tracked, state)
+                self.by_request[request_id] = Child(tracked, state, arrival_time)
                 self.awaiting_first.add(request_id)
                 return
         info = engine_infos.get(processor) or _fallback_info(processor)
@@ -204,72 +254,95 @@ class RequestTracker:
         span = self.runtime.start(
             f"{operation} {info.model}", attrs, kind=SpanKind.SERVER if headers else SpanKind.INTERNAL,
             context=context, late_attributes=info.framework, defer_span=True,
-            start_wall_ns=int(request.arrival_time * 1e9), metrics="server", gpu_index=info.gpu_index,
+            start_wall_ns=int(arrival_time * 1e9), metrics="server", gpu_index=info.gpu_index,
         )
         span.set_attribute(A.RESPONSE_ID, external_id)
         tracked = Tracked(span, n)
         prompt_ids = getattr(request, "prompt_token_ids", None)
         if prompt_ids is not None:
             tracked.input_tokens = len(prompt_ids)
-        self.by_request[request_id] = (tracked, state)
+        self.by_request[request_id] = Child(tracked, state, arrival_time)
         self.awaiting_first.add(request_id)
         if parent_req is not None:
             self.by_parent[parent_req.request_id] = tracked
 
     # -- process_outputs ----------------------------------------------------------------------
     def process_outputs_wrapper(self, wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
-        """Per engine step. Only outputs that matter are looked at: a request's first tokens and
-        its last output. A request that a stop string finishes in the front-end has no finish
-        reason in its engine output; the drop in `request_states` tells it happened."""
+        """Per engine step. Only outputs that matter are looked at: a request's first output, its
+        last, and those that carry scheduler events. A request that a stop string finishes in the
+        front-end has no finish reason in its engine output; the drop in `request_states` tells
+        it happened."""
         if not self.by_request:
             return wrapped(*args, **kwargs)
         outputs = args[0] if args else kwargs.get("engine_core_outputs", ())
         awaiting = self.awaiting_first
-        interesting = [o for o in outputs if o.finish_reason is not None or o.request_id in awaiting]
+        interesting = [o for o in outputs if o.finish_reason is not None or o.events or o.request_id in awaiting]
+        timestamp = args[1] if len(args) > 1 else kwargs.get("engine_core_timestamp")
+        if timestamp is None:  # not passed by this vLLM: the front-end's monotonic clock instead
+            timestamp = time.monotonic()
+        if interesting:
+            try:
+                self._before_step(interesting, timestamp)
+            except Exception:
+                logger.debug("could not read a vLLM step", exc_info=True)
         states = instance.request_states
         before = len(states)
         result = wrapped(*args, **kwargs)
         try:
-            self._after_step(states, outputs, interesting, before - len(states))
+            self._after_step(states, outputs, interesting, before - len(states), timestamp)
         except Exception:
             logger.debug("could not read a vLLM step", exc_info=True)
         return result
 
-    def _after_step(self, states: dict, outputs: Any, interesting: list, finished: int) -> None:
-        now = time.perf_counter_ns()
+    def _before_step(self, interesting: list, timestamp: float) -> None:
+        """First outputs: vLLM's first-token timestamps (the step's engine-core timestamp, and
+        the wall clock now, as its `IterationStats` takes it before processing the step)."""
         by_request = self.by_request
         awaiting = self.awaiting_first
+        wall = None
+        for output in interesting:
+            child = by_request.get(output.request_id)
+            if child is None:
+                continue
+            if output.events:
+                child.read_events(output.events)
+            if output.request_id in awaiting:
+                awaiting.discard(output.request_id)
+                if wall is None:
+                    wall = time.time()
+                child.first_token_ts = timestamp
+                child.first_token_latency = wall - child.arrival_time
+
+    def _after_step(self, states: dict, outputs: Any, interesting: list, finished: int, timestamp: float) -> None:
+        now = time.perf_counter_ns()
+        by_request = self.by_request
         seen_finished = 0
         for output in interesting:
-            request_id = output.request_id
-            done = request_id not in states
-            seen_finished += done
-            entry = by_request.get(request_id)
-            if entry is None:
+            if output.request_id in states:
                 continue
-            tracked, state = entry
-            if request_id in awaiting and output.new_token_ids:
-                awaiting.discard(request_id)
-                tracked.request.mark_first_token(now)
-            if done:
-                self._finish_output(output, tracked, state, now)
+            seen_finished += 1
+            child = by_request.get(output.request_id)
+            if child is not None:
+                self._finish_output(output, child, now, timestamp)
         if finished > seen_finished:  # stop strings: finished in the front-end this step
             for output in outputs:
-                entry = by_request.get(output.request_id)
-                if entry is not None and output.request_id not in states:
-                    self._finish_output(output, entry[0], entry[1], now)
+                child = by_request.get(output.request_id)
+                if child is not None and output.request_id not in states:
+                    self._finish_output(output, child, now, timestamp)
 
-    def _finish_output(self, output: Any, tracked: Tracked, state: Any, now: int) -> None:
+    def _finish_output(self, output: Any, child: Child, now: int, timestamp: float) -> None:
         pooled = getattr(output, "pooling_output", None)
         if pooled is not None and getattr(pooled, "dim", None) is not None and pooled.dim() >= 1:
-            tracked.request.set_attribute(A.EMBEDDINGS_DIMENSION_COUNT, int(pooled.shape[-1]))
+            child.tracked.request.set_attribute(A.EMBEDDINGS_DIMENSION_COUNT, int(pooled.shape[-1]))
         reason = output.finish_reason
-        self._finish_child(output.request_id, tracked, state, str(reason) if reason is not None else "stop", now)
+        self._finish_child(output.request_id, child, str(reason) if reason is not None else "stop", now,
+                           last_token_ts=timestamp)
 
-    def _finish_child(self, request_id: str, tracked: Tracked, state: Any, reason: str, now: int,
-                      error: BaseException | None = None) -> None:
+    def _finish_child(self, request_id: str, child: Child, reason: str, now: int,
+                      error: BaseException | None = None, last_token_ts: float | None = None) -> None:
         self.by_request.pop(request_id, None)
         self.awaiting_first.discard(request_id)
+        tracked, state = child.tracked, child.state
         detokenizer = getattr(state, "detokenizer", None)
         if detokenizer is not None:
             produced = detokenizer.num_output_tokens()
@@ -287,23 +360,26 @@ class RequestTracker:
             for child_id in list(getattr(parent, "child_requests", ()) or ()):
                 self.by_request.pop(child_id, None)
                 self.awaiting_first.discard(child_id)
-        self._end(tracked, state, now, error)
+        self._end(child, now, error, last_token_ts)
 
-    def _end(self, tracked: Tracked, state: Any, now: int, error: BaseException | None) -> None:
+    def _end(self, child: Child, now: int, error: BaseException | None, last_token_ts: float | None) -> None:
+        """The last child to finish gives the span its latency breakdown (as vLLM's tracing
+        would give it for that child); aborted and failed requests have no last token."""
+        tracked, state = child.tracked, child.state
         request = tracked.request
-        stats = getattr(state, "stats", None)
         request.set_usage(
             input_tokens=tracked.input_tokens,
             output_tokens=tracked.output_tokens if getattr(state, "detokenizer", None) is not None else None,
             cache_read_input_tokens=getattr(state, "num_cached_tokens", None),
+            decode_steps=tracked.max_output_tokens or None,
         )
         request.set_response(finish_reasons=[r or "abort" for r in tracked.reasons])
-        if stats is not None and stats.first_token_ts:
-            timing = engine_timing(stats)
-            for key, value in timing.items():
-                request.set_attribute(key, value)
-            request.use_engine_latency(timing[A.VLLM_TIME_TO_FIRST_TOKEN], timing[A.VLLM_DECODE_TIME])
-        request.set_usage(decode_steps=tracked.max_output_tokens or None)
+        timing = child.timing(last_token_ts)
+        for key, value in timing.items():
+            request.set_attribute(key, value)
+        ttft = timing.get(A.VLLM_TIME_TO_FIRST_TOKEN)
+        if ttft is not None:
+            request.use_engine_latency(ttft, timing.get(A.VLLM_DECODE_TIME))
         request.set_attribute(A.VLLM_KV_CACHE_USAGE, self.kv_cache_usage)
         request.end(error, end_ns=now)
 
@@ -361,9 +437,9 @@ class RequestTracker:
             now = time.perf_counter_ns()
             try:
                 for request_id in aborted:
-                    entry = self.by_request.get(request_id)
-                    if entry is not None:
-                        self._finish_child(request_id, entry[0], entry[1], "abort", now)
+                    child = self.by_request.get(request_id)
+                    if child is not None:
+                        self._finish_child(request_id, child, "abort", now)
             except Exception:
                 logger.debug("could not end aborted vLLM spans", exc_info=True)
         return aborted
@@ -372,26 +448,98 @@ class RequestTracker:
         error = args[0] if args else kwargs.get("e")
         now = time.perf_counter_ns()
         try:
-            for request_id, (tracked, state) in list(self.by_request.items()):
-                self._finish_child(request_id, tracked, state, "error", now, error)
+            for request_id, child in list(self.by_request.items()):
+                self._finish_child(request_id, child, "error", now, error)
         except Exception:
             logger.debug("could not end failed vLLM spans", exc_info=True)
         return wrapped(*args, **kwargs)
 
 
-def engine_timing(stats: Any) -> dict[str, float]:
-    """vLLM's per-request latency breakdown, with its own definitions (OutputProcessor.do_tracing):
-    the `*_ts` fields are engine-monotonic, `first_token_latency` is wall clock from arrival."""
-    timing = {
-        A.VLLM_TIME_TO_FIRST_TOKEN: stats.first_token_latency,
-        A.VLLM_QUEUE_TIME: stats.scheduled_ts - stats.queued_ts,
-        A.VLLM_PREFILL_TIME: stats.first_token_ts - stats.scheduled_ts,
-        A.VLLM_DECODE_TIME: stats.last_token_ts - stats.first_token_ts,
-        A.VLLM_INFERENCE_TIME: stats.last_token_ts - stats.scheduled_ts,
-    }
-    if stats.num_preemptions:
-        timing[A.VLLM_NUM_PREEMPTIONS] = stats.num_preemptions
+def engine_timing(first_token_latency: float | None, queued_ts: float | None, scheduled_ts: float | None,
+                  first_token_ts: float | None, last_token_ts: float | None, num_preemptions: int = 0,
+                  ) -> dict[str, float]:
+    """vLLM's per-request latency breakdown, with its own definitions (OutputProcessor.do_tracing,
+    IterationStats.update_from_finished_request): the `*_ts` are engine-monotonic,
+    `first_token_latency` is wall clock from arrival. An unknown timestamp (None, or vLLM's 0.0)
+    leaves out the figures that need it."""
+    timing: dict[str, float] = {}
+    if first_token_latency is not None:
+        timing[A.VLLM_TIME_TO_FIRST_TOKEN] = first_token_latency
+    if scheduled_ts:
+        if queued_ts:
+            timing[A.VLLM_QUEUE_TIME] = scheduled_ts - queued_ts
+        if first_token_ts:
+            timing[A.VLLM_PREFILL_TIME] = first_token_ts - scheduled_ts
+        if last_token_ts:
+            timing[A.VLLM_INFERENCE_TIME] = last_token_ts - scheduled_ts
+    if first_token_ts and last_token_ts:
+        timing[A.VLLM_DECODE_TIME] = last_token_ts - first_token_ts
+    if num_preemptions:
+        timing[A.VLLM_NUM_PREEMPTIONS] = num_preemptions
     return timing
+
+
+# vLLM's EngineCoreEventType values (vllm.v1.engine), compared as ints on the per-step path.
+_QUEUED, _SCHEDULED, _PREEMPTED = 1, 2, 3
+_event_types: Any = None
+
+
+def _events() -> Any:
+    global _event_types
+    if _event_types is None:
+        from vllm.v1.engine import EngineCoreEventType
+
+        _event_types = EngineCoreEventType
+    return _event_types
+
+
+# -- the scheduler (where the engine core runs): the request events vLLM records only when it logs
+# stats, recorded the same way when it does not. Each hook does nothing when vLLM records them itself.
+def scheduler_add_request_wrapper(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
+    """QUEUED, when the request enters the waiting queue (the end of Scheduler.add_request)."""
+    result = wrapped(*args, **kwargs)
+    if not instance.log_stats:
+        try:
+            request = args[0] if args else kwargs["request"]
+            if instance.requests.get(request.request_id) is request:  # new, not a streaming update
+                request.record_event(_events().QUEUED)
+        except Exception:
+            logger.debug("could not record a vLLM QUEUED event", exc_info=True)
+    return result
+
+
+def scheduler_schedule_wrapper(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
+    """SCHEDULED, for the requests scheduled for the first time in this step, at the step's start
+    (vLLM's own timestamp is taken a few instructions into Scheduler.schedule)."""
+    if instance.log_stats:
+        return wrapped(*args, **kwargs)
+    timestamp = time.monotonic()
+    output = wrapped(*args, **kwargs)
+    new = output.scheduled_new_reqs
+    if new:
+        try:
+            requests = instance.requests
+            scheduled = _events().SCHEDULED
+            for data in new:
+                request = requests.get(data.req_id)
+                if request is not None:
+                    request.record_event(scheduled, timestamp)
+        except Exception:
+            logger.debug("could not record vLLM SCHEDULED events", exc_info=True)
+    return output
+
+
+def scheduler_preempt_wrapper(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
+    """PREEMPTED, with the timestamp vLLM passes (Scheduler._preempt_request)."""
+    result = wrapped(*args, **kwargs)
+    if not instance.log_stats:
+        try:
+            request = args[0] if args else kwargs["request"]
+            timestamp = args[1] if len(args) > 1 else kwargs.get("timestamp")
+            request.record_event(_events().PREEMPTED, timestamp)
+        except Exception:
+            logger.debug("could not record a vLLM PREEMPTED event", exc_info=True)
+    return result
 
 
 def engine_init_wrapper(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
