@@ -63,6 +63,7 @@ class Captured:
     exporter: InMemorySpanExporter
     reader: InMemoryMetricReader
     tracer_provider: TracerProvider
+    meter_provider: MeterProvider
 
     def spans(self, scope: str = HF_SCOPE) -> list[ReadableSpan]:
         gc.collect()
@@ -99,7 +100,7 @@ def _instrumented(capture: ContentCapture = ContentCapture.NO_CONTENT, max_len: 
         meter_provider=meter_provider,
         config=TelemetryConfig(capture_content=capture, max_content_length=max_len),
     )
-    return instrumentor, Captured(exporter, reader, tracer_provider)
+    return instrumentor, Captured(exporter, reader, tracer_provider, meter_provider)
 
 
 @pytest.fixture

@@ -6,6 +6,7 @@ The evaluator names load lazily, so instrumenting an app never imports them.
 from typing import Any
 
 from .telemetry import ConfigError, Telemetry, TelemetryConfig, register
+from .telemetry.handoff import eval_context
 
 __version__ = "0.1.0"
 
@@ -15,7 +16,7 @@ _EVALS = {
 }
 _DATASETS = {"Dataset", "compare"}
 
-__all__ = ["ConfigError", "Telemetry", "TelemetryConfig", "register", "__version__", *sorted(_EVALS | _DATASETS)]
+__all__ = ["ConfigError", "Telemetry", "TelemetryConfig", "eval_context", "register", "__version__", *sorted(_EVALS | _DATASETS)]
 
 
 def __getattr__(name: str) -> Any:

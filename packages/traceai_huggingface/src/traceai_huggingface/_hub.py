@@ -23,6 +23,7 @@ from fi_evals_core.telemetry import (
     strip_credentials,
 )
 from fi_evals_core.telemetry import attributes as A
+from fi_evals_core.telemetry import handoff
 
 logger = logging.getLogger(__name__)
 
@@ -85,13 +86,16 @@ class _Call:
         name = f"{operation} {model}" if model else operation
         self.request: RequestSpan = runtime.start(name, attrs, kind=SpanKind.CLIENT)
         self.texts: list[str] = []
-        self.keep_text = runtime.content.enabled
+        self.keep_text = runtime.content.enabled or self.request.wants_text
+        self.eval_prompt: Any = None
         self.chunks = 0
         self.finish_reasons: list[str] = []
         self.details_tokens: int | None = None
 
     # -- inputs ---------------------------------------------------------------------------
     def record_input(self, prompt: Any) -> None:
+        if self.request.wants_text and self.operation != A.OP_EMBEDDINGS:
+            self.eval_prompt = prompt  # resolved to text on the telemetry worker, if sampled
         content = self.runtime.content
         if not content.enabled:
             return
@@ -196,6 +200,9 @@ class _Call:
         request.end(error, extra={A.STREAM_COMPLETED: completed})
 
     def _record_output(self, texts: list[str], reasons: list[Any]) -> None:
+        if self.request.wants_text:
+            prompt = self.eval_prompt
+            self.request.offer_texts(lambda: [(handoff.prompt_text(prompt), text) for text in texts])
         content = self.runtime.content
         if content.enabled:
             self.request.record_content(output_json=content.completions(texts, reasons))

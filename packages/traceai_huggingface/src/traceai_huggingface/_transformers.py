@@ -21,6 +21,7 @@ from opentelemetry.trace import SpanKind
 
 from fi_evals_core.telemetry import RequestSpan, TelemetryRuntime, torch_framework_attributes
 from fi_evals_core.telemetry import attributes as A
+from fi_evals_core.telemetry import handoff
 
 logger = logging.getLogger(__name__)
 
@@ -318,6 +319,8 @@ def pipeline_wrapper(runtime: TelemetryRuntime):
             raise
         finally:
             _in_pipeline.reset(token)
+        if request.wants_text:
+            request.offer_texts(lambda: _eval_pairs(inputs, chat, result))
         if runtime.content.enabled:
             request.end(finalize=lambda r: r.record_content(
                 output_json=runtime.content.completions(_generated_texts(result))))
@@ -340,6 +343,23 @@ def _pipeline_input_json(runtime: TelemetryRuntime, inputs: Any, chat: bool) -> 
     if isinstance(inputs, (list, tuple)) and all(isinstance(i, str) for i in inputs):
         return runtime.content.prompt(list(inputs))
     return None
+
+
+def _eval_pairs(inputs: Any, chat: bool, result: Any) -> list[tuple[str | None, str]]:
+    """(prompt, new text) per input and returned sequence, for inline evaluation; the pipeline's
+    `generated_text` repeats a plain prompt in front of the new text, which is cut off here."""
+    if chat or isinstance(inputs, (str, dict)):
+        prompts, results = [inputs], [result]
+    else:
+        prompts, results = list(inputs), list(result) if isinstance(result, list) else [result]
+    pairs = []
+    for prompt, item in zip(prompts, results):
+        text_prompt = handoff.prompt_text(prompt)
+        for text in _generated_texts(item):
+            if isinstance(prompt, str) and text.startswith(prompt):
+                text = text[len(prompt):]
+            pairs.append((text_prompt, text))
+    return pairs
 
 
 def _generated_texts(result: Any) -> list[str]:

@@ -17,6 +17,7 @@ from opentelemetry import trace
 from opentelemetry.trace import Span, Status, StatusCode
 
 from . import attributes as A
+from . import handoff
 from .worker import get_worker
 
 if TYPE_CHECKING:
@@ -49,6 +50,9 @@ class RequestSpan:
         "_engine_decode_s",
         "_metrics_role",
         "_streamed",
+        "_eval_on",
+        "_eval_context",
+        "_eval_texts",
         "_ended",
         "_lock",
     )
@@ -83,6 +87,11 @@ class RequestSpan:
         self._engine_decode_s: float | None = None
         self._metrics_role = metrics  # "client", "server" (the GenAI histograms of that side) or None
         self._streamed = bool(start_attributes.get(A.REQUEST_STREAM))
+        # Inline evaluation (handoff.py): off unless a sink is installed; the app's eval_context
+        # is read here, at the request's start, in the caller's context.
+        self._eval_on = handoff.get_sink() is not None
+        self._eval_context = handoff.current_eval_context() if self._eval_on else None
+        self._eval_texts: list[Any] | None = None
         self._ended = False
         self._lock = threading.Lock()
 
@@ -153,6 +162,26 @@ class RequestSpan:
                 if self._event_attrs is None:
                     self._event_attrs = {}
                 self._event_attrs[key] = value
+
+    @property
+    def wants_text(self) -> bool:
+        """Inline evaluation is on: offer the prompt and completion with `offer_text`."""
+        return self._eval_on
+
+    def offer_text(self, prompt: Any, completion: Any) -> None:
+        """Text for inline evaluation (never exported): strings, or zero-argument callables that
+        produce them on the telemetry worker (e.g. a decode). One call per choice or batch item."""
+        if self._eval_on:
+            if self._eval_texts is None:
+                self._eval_texts = []
+            self._eval_texts.append((prompt, completion))
+
+    def offer_texts(self, pairs: Callable[[], Any]) -> None:
+        """Like `offer_text`, for a batch: `pairs()` returns (prompt, completion) pairs, on the worker."""
+        if self._eval_on:
+            if self._eval_texts is None:
+                self._eval_texts = []
+            self._eval_texts.append(pairs)
 
     def end(
         self,
@@ -247,6 +276,8 @@ class RequestSpan:
         if self._event_attrs:
             span.add_event(A.CONTENT_EVENT, self._event_attrs)
         span.end(end_time=self._start_wall_ns + (end_ns - self._start_ns))
+        if self._eval_texts is not None and error is None:
+            self._hand_off(span)
         if not self._metrics_role:
             return
 
@@ -265,6 +296,28 @@ class RequestSpan:
             metrics.token_usage.record(self._input_tokens, {**metric_attrs, A.TOKEN_TYPE: "input"})
         if self._output_tokens is not None:
             metrics.token_usage.record(self._output_tokens, {**metric_attrs, A.TOKEN_TYPE: "output"})
+
+
+    def _hand_off(self, span: Span) -> None:
+        """Offer the text to inline evaluation if this trace is in the sampled share."""
+        sink = handoff.get_sink()
+        context = span.get_span_context()
+        if sink is None or not sink.sampled(context.trace_id):
+            return
+        attributes = getattr(span, "attributes", None) or {}
+        model = self._response_model or self._metric_attrs.get(A.REQUEST_MODEL) or attributes.get(A.REQUEST_MODEL)
+        response_id = self._attrs.get(A.RESPONSE_ID) or attributes.get(A.RESPONSE_ID)
+        operation = self._metric_attrs.get(A.OPERATION_NAME)
+        offered: list[tuple[Any, Any]] = []
+        for entry in self._eval_texts or ():
+            offered.extend(entry() if callable(entry) else [entry])
+        for prompt, completion in offered:
+            prompt = prompt() if callable(prompt) else prompt
+            completion = completion() if callable(completion) else completion
+            if isinstance(completion, str) and completion.strip():
+                sink.offer(handoff.Completion(context, prompt if isinstance(prompt, str) else None, completion,
+                                              operation, model, response_id, self._eval_context,
+                                              self.runtime.content.enabled))
 
 
 def _error_type(error: BaseException) -> str:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from typing import Any
@@ -50,6 +51,7 @@ class Telemetry:
     meter_provider: MeterProvider
     instrumentors: dict[str, Any] = field(default_factory=dict)
     destination: str = ""
+    inline_evaluation: Any = None  # fi_evals_core.evals.inline.InlineEvaluator when FI_EVALS_SAMPLE_RATE > 0
 
     def force_flush(self, timeout_millis: int = 30_000) -> bool:
         traces = self.tracer_provider.force_flush(timeout_millis)
@@ -63,6 +65,11 @@ class Telemetry:
             except Exception:
                 logger.debug("uninstrument failed", exc_info=True)
         self.instrumentors.clear()
+        if self.inline_evaluation is not None:
+            from ..evals.inline import stop_inline_evaluation
+
+            stop_inline_evaluation()
+            self.inline_evaluation = None
         self.tracer_provider.shutdown()
         self.meter_provider.shutdown()
 
@@ -96,6 +103,10 @@ def register(
         otel_metrics.set_meter_provider(meter_provider)
 
     telemetry = Telemetry(config, tracer_provider, meter_provider, destination=destination)
+    if os.environ.get("FI_EVALS_SAMPLE_RATE", "").strip():
+        from ..evals.inline import start_inline_evaluation  # light: the NLI model loads on first use
+
+        telemetry.inline_evaluation = start_inline_evaluation(tracer_provider, meter_provider)
     if instrument:
         telemetry.instrumentors = instrument_installed(
             tracer_provider=tracer_provider, meter_provider=meter_provider, config=config

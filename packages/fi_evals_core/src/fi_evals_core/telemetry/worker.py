@@ -107,10 +107,15 @@ def _install_flush_hooks() -> None:
     """Make the SDK providers' own `force_flush()` / `shutdown()` drain the queue first, so code
     that flushes its providers (tests, serverless handlers, exit hooks) never misses a request
     that ended a moment before. Installed once, with the worker; harmless when nothing is queued."""
+    wrap_provider_flushes(_drain_first)
+
+
+def wrap_provider_flushes(wrapper: Callable[..., object]) -> None:
+    """Wrap `force_flush` and `shutdown` of the SDK's TracerProvider and MeterProvider (wrapt)."""
     for module, cls in (("opentelemetry.sdk.trace", "TracerProvider"), ("opentelemetry.sdk.metrics", "MeterProvider")):
         for method in ("force_flush", "shutdown"):
             try:
-                wrapt.wrap_function_wrapper(module, f"{cls}.{method}", _drain_first)
+                wrapt.wrap_function_wrapper(module, f"{cls}.{method}", wrapper)
             except Exception:
                 logger.debug("could not hook %s.%s.%s", module, cls, method, exc_info=True)
 
