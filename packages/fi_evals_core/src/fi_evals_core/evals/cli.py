@@ -1,0 +1,202 @@
+"""`fi-evals`: run evaluations over a dataset, gate a checkpoint on regressions, write a report.
+
+    fi-evals run data.jsonl --evaluator factual_consistency --map response=summary \
+        --map reference=document [--model CHECKPOINT --prompt-column prompt] -o results.jsonl
+    fi-evals compare baseline.jsonl candidate.jsonl --max-delta 0.02 [--by cohort] [--json]
+    fi-evals report results-a.jsonl results-b.jsonl -o report.html [--by cohort]
+
+Exit codes: 0 success (and, for `compare`, no regression), 1 `compare` found a regression,
+2 a usage or input error (one line on stderr naming what was wrong).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Sequence
+
+EXIT_OK, EXIT_REGRESSION, EXIT_USAGE = 0, 1, 2
+
+
+class UsageError(Exception):
+    """Bad arguments or input: printed as one line, exit code 2."""
+
+    def __init__(self, message: str, prog: str = "fi-evals") -> None:
+        super().__init__(message)
+        self.prog = prog
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, not argparse's usage block
+        raise UsageError(message, self.prog)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="fi-evals", description="NLI evaluations over datasets; regression gate; HTML report.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    run = sub.add_parser("run", help="evaluate a dataset (optionally generating responses with a checkpoint first)")
+    run.add_argument("dataset", help="JSONL, JSON, CSV, TSV or Parquet file (or a trace file with --traces)")
+    run.add_argument("--evaluator", "-e", action="append", required=True,
+                     help="evaluator name(s), comma-separated or repeated: factual_consistency, faithfulness, "
+                          "groundedness, task_completion")
+    run.add_argument("--map", "-m", action="append", default=[], metavar="INPUT=COLUMN",
+                     help="which column feeds an evaluator input, e.g. response=summary (repeatable)")
+    run.add_argument("--output", "-o", required=True, help="results file: .jsonl or .parquet")
+    run.add_argument("--model", help="generate the responses with this checkpoint (hub id or path) first")
+    run.add_argument("--prompt-column", default="prompt", help="prompts for --model (default: prompt)")
+    run.add_argument("--response-column", default="response",
+                     help="where --model writes its responses (default: response)")
+    run.add_argument("--backend", default="auto", choices=("auto", "vllm", "transformers"),
+                     help="generation backend for --model (auto: vLLM when installed)")
+    run.add_argument("--max-tokens", type=int, default=128, help="response length cap for --model")
+    run.add_argument("--temperature", type=float, default=0.0, help="sampling temperature for --model (0: greedy)")
+    run.add_argument("--checkpoint", help="label written to every row's checkpoint column "
+                                          "(default: the --model value when given)")
+    run.add_argument("--nli-model", help="NLI checkpoint (hub id or path); default FI_EVALS_MODEL")
+    run.add_argument("--device", help="where the models run: auto, cpu, cuda, cuda:N (default FI_EVALS_DEVICE)")
+    run.add_argument("--threshold", type=float, help="pass threshold for every evaluator (default: each one's own)")
+    run.add_argument("--batch-size", type=int, default=64, help="rows per scorer call (default 64)")
+    run.add_argument("--traces", action="store_true",
+                     help="DATASET is a trace file (JSONL spans or OTLP JSON): evaluate captured generations")
+    run.add_argument("--sample", type=int, help="with --traces: evaluate a random sample of this many rows")
+    run.add_argument("--seed", type=int, default=0, help="seed for --sample and sampling")
+    run.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+    cmp = sub.add_parser("compare", help="pass-rate change per evaluation and cohort; exit 1 on a regression")
+    cmp.add_argument("baseline", help="results file of the last good checkpoint")
+    cmp.add_argument("candidate", help="results file of the checkpoint under test")
+    cmp.add_argument("--max-delta", type=float, default=0.02,
+                     help="largest tolerated pass-rate drop, as a fraction (default 0.02 = 2 points)")
+    cmp.add_argument("--by", action="append", default=[], help="cohort column (repeatable, or comma-separated)")
+    cmp.add_argument("--confidence", type=float, default=0.95, help="interval confidence (default 0.95)")
+    cmp.add_argument("--evaluation", action="append", help="compare only this evaluation (repeatable)")
+    cmp.add_argument("--json", action="store_true", help="print the comparison as JSON")
+
+    rep = sub.add_parser("report", help="one self-contained HTML report from results files")
+    rep.add_argument("results", nargs="+", help="results files (one per checkpoint)")
+    rep.add_argument("--output", "-o", required=True, help="HTML file to write")
+    rep.add_argument("--by", action="append", default=[], help="cohort column (repeatable, or comma-separated)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        return {"run": cmd_run, "compare": cmd_compare, "report": cmd_report}[args.command](args)
+    except UsageError as exc:
+        print(f"{exc.prog}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except (ValueError, FileNotFoundError, ImportError, OSError) as exc:
+        # bad input: a missing file or column, an unreadable dataset, an unknown evaluator
+        message = " ".join(str(exc).split()) or type(exc).__name__
+        print(f"fi-evals: error: {message}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+def _split(values: Sequence[str]) -> list[str]:
+    return [part.strip() for value in values for part in value.split(",") if part.strip()]
+
+
+def _mapping(pairs: Sequence[str]) -> dict[str, str]:
+    mapping = {}
+    for pair in pairs:
+        key, sep, column = pair.partition("=")
+        if not sep or not key.strip() or not column.strip():
+            raise UsageError(f"--map {pair!r}: expected INPUT=COLUMN, e.g. response=summary")
+        mapping[key.strip()] = column.strip()
+    return mapping
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .dataset import Dataset
+    from .evaluators import evaluator_class
+
+    if args.sample is not None and not args.traces:
+        raise UsageError("--sample needs --traces")
+    if args.batch_size < 1:
+        raise UsageError(f"--batch-size must be at least 1, got {args.batch_size}")
+    if args.threshold is not None and not 0 <= args.threshold <= 1:
+        raise UsageError(f"--threshold must be from 0 to 1, got {args.threshold}")
+    if Path(args.output).suffix.lower() not in (".jsonl", ".ndjson", ".json", ".parquet"):
+        raise UsageError(f"--output {args.output}: use a .jsonl or .parquet file")
+    classes = [evaluator_class(name) for name in _split(args.evaluator)]
+    mapping = _mapping(args.map)
+    known = {name for cls in classes for name in cls.required + cls.optional}
+    unknown = sorted(set(mapping) - known)
+    if unknown:
+        raise UsageError(f"--map {unknown[0]}=...: no evaluator chosen takes an input {unknown[0]!r} "
+                         f"(inputs: {', '.join(sorted(known))})")
+    if args.model and mapping.get("response", args.response_column) != args.response_column:
+        raise UsageError(f"--map response={mapping['response']} conflicts with --model: the generated responses "
+                         f"are written to column {args.response_column!r} (see --response-column)")
+
+    dataset = (Dataset.from_traces(args.dataset, sample=args.sample, seed=args.seed) if args.traces
+               else Dataset.load(args.dataset))
+    if dataset.trace_stats is not None:
+        s = dataset.trace_stats
+        print(f"{args.dataset}: {s['rows']} generation(s) with captured content "
+              f"({s['skipped_without_content']} span(s) without content skipped); evaluating {len(dataset)}",
+              file=sys.stderr)
+    if not len(dataset):
+        raise ValueError(f"{args.dataset}: no rows to evaluate")
+    if args.model:
+        from .generate import generate_responses
+
+        mapping.setdefault("response", args.response_column)
+        dataset = generate_responses(dataset, args.model, prompt_column=args.prompt_column,
+                                     output_column=args.response_column, max_tokens=args.max_tokens,
+                                     temperature=args.temperature, seed=args.seed, backend=args.backend,
+                                     device=_generation_device(args.device), checkpoint=args.checkpoint,
+                                     progress=not args.no_progress)
+    if args.checkpoint:
+        dataset.checkpoint = args.checkpoint
+
+    nli_model = args.nli_model or os.environ.get("FI_EVALS_MODEL") or None
+    for cls in classes:
+        inputs = {key: column for key, column in mapping.items() if key in cls.required + cls.optional}
+        evaluator = cls(threshold=args.threshold, model=nli_model, device=args.device)
+        dataset.add_evaluation(evaluator, inputs)
+    dataset.run(batch_size=args.batch_size, progress=not args.no_progress)
+    path = dataset.save(args.output)
+    for name in dataset.evaluation_names:
+        scored = [r[f"{name}.passed"] for r in dataset.results or [] if r.get(f"{name}.passed") is not None]
+        errors = len(dataset.results or []) - len(scored)
+        rate = f"{sum(scored) / len(scored):.1%}" if scored else "-"
+        print(f"{name}: pass rate {rate} of {len(scored)} scored, {errors} error(s)")
+    print(f"wrote {len(dataset)} rows to {path}")
+    return EXIT_OK
+
+
+def _generation_device(device: str | None) -> str | None:
+    return None if device in (None, "auto") else device
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from .regression import compare
+
+    for path in (args.baseline, args.candidate):
+        if not Path(path).is_file():
+            raise UsageError(f"results file not found: {path}")
+    comparison = compare(args.baseline, args.candidate, max_delta=args.max_delta, by=_split(args.by) or None,
+                         confidence=args.confidence, evaluations=args.evaluation)
+    print(json.dumps(comparison.to_dict(), indent=2, default=str) if args.json else str(comparison))
+    return EXIT_REGRESSION if comparison.regressions else EXIT_OK
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    for path in args.results:
+        if not Path(path).is_file():
+            raise UsageError(f"results file not found: {path}")
+    from .report import write_report
+
+    path = write_report(list(args.results), args.output, by=_split(args.by) or None)
+    print(f"wrote {path}")
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,448 @@
+"""Datasets of rows to evaluate, and the results file they produce.
+
+A `Dataset` is a list of rows (dicts) read from JSONL, CSV, Parquet, a pandas DataFrame or recorded
+generation spans (`from_traces`), with every column kept so cohort columns survive to the results.
+Evaluations are attached with a column mapping (evaluator input -> column) and run in chunks of
+rows through `Evaluator.evaluate_batch`, so all (chunk, claim) pairs of a chunk share one
+length-sorted batch queue.
+
+Results file (JSONL, one object per row in dataset order; Parquet with the same columns): every
+original column unchanged, `checkpoint` when known, and per evaluation named N the columns
+`N.score`, `N.passed`, `N.label`, `N.reason`, `N.error_type` and `N.claims` (a list of claim dicts;
+a JSON string in Parquet). A row whose evaluation failed (bad input, scorer error) has
+`N.passed` null and `N.error_type` set: it is counted as an error, never as a fail.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as _dt
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping, Sequence
+
+from .evaluators import Evaluator, evaluator_class
+from .regression import Comparison, cohort_key, compare
+from .result import EvalResult
+
+if TYPE_CHECKING:
+    import pandas
+
+#: The per-evaluation columns of a results row, after the `N.` prefix.
+RESULT_FIELDS = ("score", "passed", "label", "reason", "error_type", "claims")
+JSONL_SUFFIXES = (".jsonl", ".ndjson", ".json")
+DEFAULT_BATCH_ROWS = 64
+
+
+@dataclass
+class Evaluation:
+    """An evaluator attached to a dataset: which column feeds each of its inputs."""
+
+    name: str
+    evaluator: Evaluator
+    mapping: dict[str, str]  # evaluator input -> column
+
+
+@dataclass(frozen=True)
+class CohortRate:
+    """Fail rate of one evaluation in one cohort. `n` counts scored rows; errors are apart."""
+
+    value: Any
+    n: int
+    failed: int
+    errors: int
+
+    @property
+    def passed(self) -> int:
+        return self.n - self.failed
+
+    @property
+    def fail_rate(self) -> float | None:
+        return self.failed / self.n if self.n else None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"value": self.value, "n": self.n, "failed": self.failed, "errors": self.errors,
+                "fail_rate": self.fail_rate}
+
+
+class Dataset:
+    """Rows to evaluate (every column kept), the evaluations attached, and their results."""
+
+    def __init__(self, rows: Iterable[Mapping[str, Any]] = (), *, checkpoint: str | None = None,
+                 source: str | None = None) -> None:
+        self.rows: list[dict[str, Any]] = [dict(row) for row in rows]
+        #: Written to every results row's `checkpoint` column when set (else a row's own is kept).
+        self.checkpoint = checkpoint
+        self.source = source
+        self.evaluations: list[Evaluation] = []
+        #: Results rows after `run()` (or as read by `from_results`); None before.
+        self.results: list[dict[str, Any]] | None = None
+        #: What `from_traces` read and skipped (spans, kept, skipped_without_content, nested).
+        self.trace_stats: dict[str, int] | None = None
+
+    # -- construction ---------------------------------------------------------------------------
+
+    @classmethod
+    def from_records(cls, records: Iterable[Mapping[str, Any]], **kwargs: Any) -> "Dataset":
+        rows = []
+        for i, record in enumerate(records):
+            if not isinstance(record, Mapping):
+                raise ValueError(f"record {i} is a {type(record).__name__}, not a mapping of column to value")
+            rows.append({str(k): _plain(v) for k, v in record.items()})
+        return cls(rows, **kwargs)
+
+    @classmethod
+    def from_jsonl(cls, path: str | Path, **kwargs: Any) -> "Dataset":
+        """One JSON object per line (blank lines skipped); a `.json` file may also hold one list."""
+        return cls.from_records(read_json_rows(path), source=str(path), **kwargs)
+
+    @classmethod
+    def from_csv(cls, path: str | Path, *, delimiter: str = ",", **kwargs: Any) -> "Dataset":
+        """Every column kept as text, as the file has it (no type guessing)."""
+        with Path(path).open(newline="", encoding="utf-8") as fh:
+            reader = csv.DictReader(fh, delimiter=delimiter)
+            if not reader.fieldnames:
+                raise ValueError(f"{path}: no header row")
+            rows = list(reader)
+        return cls(rows, source=str(path), **kwargs)
+
+    @classmethod
+    def from_pandas(cls, frame: "pandas.DataFrame", **kwargs: Any) -> "Dataset":
+        """Missing values (NaN, None, NaT) become None; numpy scalars become Python numbers."""
+        return cls.from_records(frame.to_dict(orient="records"), **kwargs)
+
+    @classmethod
+    def from_parquet(cls, path: str | Path, **kwargs: Any) -> "Dataset":
+        return cls.from_records(_read_parquet(path), source=str(path), **kwargs)
+
+    @classmethod
+    def load(cls, path: str | Path, **kwargs: Any) -> "Dataset":
+        """By suffix: .jsonl/.ndjson/.json, .csv, .tsv, .parquet."""
+        suffix = Path(path).suffix.lower()
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"dataset file not found: {path}")
+        if suffix in JSONL_SUFFIXES:
+            return cls.from_jsonl(path, **kwargs)
+        if suffix == ".csv":
+            return cls.from_csv(path, **kwargs)
+        if suffix == ".tsv":
+            return cls.from_csv(path, delimiter="\t", **kwargs)
+        if suffix == ".parquet":
+            return cls.from_parquet(path, **kwargs)
+        raise ValueError(f"{path}: unknown dataset format {suffix or '(no suffix)'!r}; "
+                         "use .jsonl, .json, .csv, .tsv or .parquet")
+
+    @classmethod
+    def from_results(cls, path: str | Path) -> "Dataset":
+        """A results file read back: `results` set, evaluation columns stripped from `rows`."""
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"results file not found: {path}")
+        lines = _read_parquet(path) if path.suffix.lower() == ".parquet" else read_json_rows(path)
+        names = evaluation_names(lines)
+        for line in lines:
+            for name in names:
+                claims = line.get(f"{name}.claims")
+                if isinstance(claims, str):  # Parquet stores claims as JSON text
+                    line[f"{name}.claims"] = json.loads(claims) if claims else []
+        eval_columns = {f"{n}.{f}" for n in names for f in RESULT_FIELDS}
+        dataset = cls([{k: v for k, v in line.items() if k not in eval_columns} for line in lines],
+                      source=str(path))
+        dataset.results = lines
+        return dataset
+
+    @classmethod
+    def from_traces(cls, path: str | Path, sample: int | None = None, seed: int = 0) -> "Dataset":
+        """Recorded generation spans whose prompt and completion were captured, one row each.
+
+        Reads this project's JSONL trace file or OTLP JSON from a collector; see `traces.py` for
+        the columns. `sample` keeps a random `sample` rows (chosen with `seed`, file order kept).
+        """
+        from .traces import read_trace_rows
+
+        rows, stats = read_trace_rows(path, sample=sample, seed=seed)
+        dataset = cls(rows, source=str(path))
+        dataset.trace_stats = stats
+        return dataset
+
+    # -- columns --------------------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        return iter(self.rows)
+
+    def __repr__(self) -> str:
+        where = f" from {self.source}" if self.source else ""
+        return f"Dataset({len(self.rows)} rows{where}, columns={self.columns})"
+
+    @property
+    def columns(self) -> list[str]:
+        """Every column of any row, in order of first appearance."""
+        seen: dict[str, None] = {}
+        for row in self.rows:
+            for key in row:
+                seen.setdefault(key)
+        return list(seen)
+
+    def with_column(self, name: str, value: Any) -> "Dataset":
+        """Set one column to `value` on every row (e.g. a checkpoint label); returns self."""
+        for row in self.rows:
+            row[name] = value
+        return self
+
+    def to_records(self) -> list[dict[str, Any]]:
+        """The results rows when run, else the input rows."""
+        return [dict(r) for r in (self.results if self.results is not None else self.rows)]
+
+    def to_pandas(self) -> "pandas.DataFrame":
+        import pandas as pd
+
+        return pd.DataFrame(self.to_records())
+
+    # -- evaluations ----------------------------------------------------------------------------
+
+    def add_evaluation(self, evaluator: Evaluator | type[Evaluator] | str,
+                       mapping: Mapping[str, str] | None = None, name: str | None = None) -> "Dataset":
+        """Attach an evaluator; `mapping` says which column feeds each input ({"response": "summary"}).
+
+        An input not in the mapping reads the column of its own name when there is one. Unknown
+        inputs, missing columns and required inputs left without a column raise `ValueError`.
+        Returns self, so calls chain.
+        """
+        if isinstance(evaluator, str):
+            evaluator = evaluator_class(evaluator)()
+        elif isinstance(evaluator, type) and issubclass(evaluator, Evaluator):
+            evaluator = evaluator()
+        if not isinstance(evaluator, Evaluator):
+            raise TypeError(f"evaluator must be an Evaluator, its class or its name, got {type(evaluator).__name__}")
+        kind = type(evaluator).__name__
+        mapping = dict(mapping or {})
+        columns = self.columns
+        unknown = [key for key in mapping if key not in evaluator.inputs]
+        if unknown:
+            raise ValueError(f"{kind} has no input {', '.join(map(repr, unknown))}; "
+                             f"its inputs are {', '.join(evaluator.inputs)}")
+        missing = {key: col for key, col in mapping.items() if col not in columns}
+        if missing:
+            wrong = ", ".join(f"{key}={col!r}" for key, col in missing.items())
+            raise ValueError(f"column(s) not in the dataset for {kind}: {wrong}; "
+                             f"columns are {', '.join(columns) or '(none)'}")
+        for key in evaluator.inputs:
+            if key not in mapping and key in columns:
+                mapping[key] = key
+        unmapped = [key for key in evaluator.required if key not in mapping]
+        if unmapped:
+            raise ValueError(f"{kind} needs a column for {', '.join(unmapped)}: no column of that name; "
+                             f"map one, e.g. mapping={{{unmapped[0]!r}: '<column>'}} "
+                             f"(columns are {', '.join(columns) or '(none)'})")
+        name = name or evaluator.name
+        if any(e.name == name for e in self.evaluations):
+            raise ValueError(f"an evaluation named {name!r} is already attached; pass another name=")
+        clash = [f"{name}.{f}" for f in RESULT_FIELDS if f"{name}.{f}" in columns]
+        if clash:
+            raise ValueError(f"evaluation name {name!r} would overwrite column(s) {', '.join(clash)}")
+        self.evaluations.append(Evaluation(name, evaluator, mapping))
+        return self
+
+    def run(self, batch_size: int = DEFAULT_BATCH_ROWS, progress: bool = True) -> list[dict[str, Any]]:
+        """Score every attached evaluation over every row; returns (and keeps) the results rows.
+
+        Rows go to `evaluate_batch` `batch_size` at a time. The progress bar counts rows; its
+        postfix counts the (chunk, claim) pairs the model has scored.
+        """
+        if not self.evaluations:
+            raise ValueError("no evaluation attached: call add_evaluation(...) first")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        from tqdm.auto import tqdm
+
+        results = [dict(row) for row in self.rows]
+        if self.checkpoint is not None:
+            for row in results:
+                row["checkpoint"] = self.checkpoint
+        with tqdm(total=len(self.rows) * len(self.evaluations), unit="row", disable=not progress,
+                  desc="evaluating") as bar:
+            pairs = 0
+
+            def on_pairs_done(n: int) -> None:
+                nonlocal pairs
+                pairs += n
+                bar.set_postfix(pairs=pairs, refresh=False)
+
+            for evaluation in self.evaluations:
+                bar.set_description(evaluation.name)
+                for first in range(0, len(self.rows), batch_size):
+                    chunk = self.rows[first:first + batch_size]
+                    items = [{key: row.get(col) for key, col in evaluation.mapping.items()} for row in chunk]
+                    scored = evaluation.evaluator.evaluate_batch(items, on_pairs_done=on_pairs_done)
+                    for row, result in zip(results[first:first + batch_size], scored):
+                        row.update(result_columns(evaluation.name, result))
+                    bar.update(len(chunk))
+        self.results = results
+        return results
+
+    def save(self, path: str | Path) -> Path:
+        """Write the results: JSONL (.jsonl/.ndjson/.json) or Parquet (.parquet, needs pyarrow)."""
+        if self.results is None:
+            raise ValueError("no results to save: call run() first")
+        return write_results(self.results, path)
+
+    # -- summaries ------------------------------------------------------------------------------
+
+    @property
+    def evaluation_names(self) -> list[str]:
+        if self.results is None:
+            return []
+        return evaluation_names(self.results)
+
+    def fail_rate_by(self, column: str, evaluation: str | None = None) -> dict[Any, CohortRate]:
+        """Per value of `column`: scored rows, fails and error rows (kept apart) of one evaluation."""
+        if self.results is None:
+            raise ValueError("no results: call run() first (or read a results file with from_results)")
+        name = pick_evaluation(self.evaluation_names, evaluation)
+        if not any(column in row for row in self.results):
+            raise ValueError(f"column {column!r} not in the results; columns are {', '.join(self.columns)}")
+        counts: dict[Any, list[int]] = {}
+        for row in self.results:
+            n_failed_errors = counts.setdefault(cohort_key(row.get(column)), [0, 0, 0])
+            passed = row.get(f"{name}.passed")
+            if passed is None:
+                n_failed_errors[2] += 1
+            else:
+                n_failed_errors[0] += 1
+                n_failed_errors[1] += not passed
+        return {value: CohortRate(value, n, failed, errors) for value, (n, failed, errors) in counts.items()}
+
+
+# -- results rows -------------------------------------------------------------------------------
+
+
+def result_columns(name: str, result: EvalResult) -> dict[str, Any]:
+    data = result.to_dict()
+    return {f"{name}.{field}": data[field] for field in RESULT_FIELDS}
+
+
+def evaluation_names(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Evaluations present in results rows: prefixes N with both `N.passed` and `N.score` columns."""
+    names: dict[str, None] = {}
+    for row in rows:
+        for key in row:
+            if key.endswith(".passed") and f"{key[:-len('.passed')]}.score" in row:
+                names.setdefault(key[:-len(".passed")])
+    return list(names)
+
+
+def pick_evaluation(names: Sequence[str], evaluation: str | None) -> str:
+    if not names:
+        raise ValueError("the results hold no evaluation (no N.score / N.passed columns)")
+    if evaluation is None:
+        if len(names) > 1:
+            raise ValueError(f"several evaluations in the results ({', '.join(names)}): name one")
+        return names[0]
+    if evaluation not in names:
+        raise ValueError(f"no evaluation {evaluation!r} in the results; there are {', '.join(names)}")
+    return evaluation
+
+
+def write_results(rows: Sequence[Mapping[str, Any]], path: str | Path) -> Path:
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in (*JSONL_SUFFIXES, ".parquet"):
+        raise ValueError(f"{path}: results are written as JSONL (.jsonl, .ndjson, .json) or Parquet (.parquet)")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if suffix == ".parquet":
+        _write_parquet(rows, path)
+        return path
+    with path.open("w", encoding="utf-8") as fh:
+        for row in rows:
+            fh.write(json.dumps(row, ensure_ascii=False, default=_json_default) + "\n")
+    return path
+
+
+def read_json_rows(path: str | Path) -> list[dict[str, Any]]:
+    """JSONL (one object per line) or, for a file that is one JSON list of objects, that list."""
+    path = Path(path)
+    text = path.read_text(encoding="utf-8")
+    stripped = text.lstrip()
+    if stripped.startswith("["):
+        data = json.loads(stripped)
+        if not all(isinstance(item, dict) for item in data):
+            raise ValueError(f"{path}: a JSON list of objects (rows) was expected")
+        return data
+    rows = []
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path}:{number}: not JSON ({exc.msg})") from None
+        if not isinstance(row, dict):
+            raise ValueError(f"{path}:{number}: a JSON object per line was expected, got {type(row).__name__}")
+        rows.append(row)
+    return rows
+
+
+def _require_pyarrow() -> Any:
+    try:
+        import pyarrow
+        import pyarrow.parquet  # noqa: F401
+    except ImportError:
+        raise ImportError("Parquet needs pyarrow: pip install 'fi-evals-core[datasets]' "
+                          "(or write .jsonl)") from None
+    return pyarrow
+
+
+def _write_parquet(rows: Sequence[Mapping[str, Any]], path: Path) -> None:
+    pa = _require_pyarrow()
+    flat = [{k: (json.dumps(v, ensure_ascii=False, default=_json_default) if k.endswith(".claims") else v)
+             for k, v in row.items()} for row in rows]
+    try:
+        table = pa.Table.from_pylist(flat)
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+        raise ValueError(f"cannot write {path} as Parquet: a column mixes types ({exc}); write .jsonl") from None
+    pa.parquet.write_table(table, path)
+
+
+def _read_parquet(path: str | Path) -> list[dict[str, Any]]:
+    pa = _require_pyarrow()
+    return pa.parquet.read_table(path).to_pylist()
+
+
+def _plain(value: Any) -> Any:
+    """numpy/pandas scalars to Python values; NaN and NaT to None."""
+    if value is None or isinstance(value, (str, bool, int)):
+        return value
+    if isinstance(value, float):
+        return None if math.isnan(value) else value
+    item = getattr(value, "item", None)
+    if callable(item) and getattr(value, "ndim", 0) == 0:  # numpy scalar
+        try:
+            return _plain(item())
+        except (ValueError, TypeError):
+            pass
+    if type(value).__name__ in ("NaTType", "NAType"):
+        return None
+    if hasattr(value, "tolist"):  # numpy array in a cell
+        return value.tolist()
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    return value
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, (_dt.datetime, _dt.date)):
+        return value.isoformat()
+    if isinstance(value, (set, frozenset)):
+        return sorted(value, key=str)
+    plain = _plain(value)
+    return plain if plain is not value else str(value)
+
+__all__ = ["CohortRate", "Comparison", "Dataset", "Evaluation", "compare", "evaluation_names",
+           "read_json_rows", "write_results"]

@@ -1,0 +1,270 @@
+"""Pass-rate regressions between two results sets (a baseline checkpoint and a candidate).
+
+Per evaluation, and per cohort (all rows, then each value of each `by` column), the candidate's
+pass rate is set against the baseline's. Rows whose evaluation errored are left out of both rates
+and counted apart.
+
+The interval. For the difference of two independent proportions d = p_c - p_b, the 95 %
+(`confidence`) interval is Newcombe's hybrid score interval (Newcombe 1998, "Interval estimation
+for the difference between independent proportions: comparison of eleven methods", Statistics in
+Medicine 17:873-890, method 10), built from each side's Wilson score interval (l, u) without
+continuity correction:
+
+    lower = d - sqrt((p_c - l_c)^2 + (u_b - p_b)^2)
+    upper = d + sqrt((u_c - p_c)^2 + (p_b - l_b)^2)
+
+It keeps near-nominal coverage for small n and for rates at 0 or 1 (where the Wald interval
+collapses to a point) and needs no iteration.
+
+The rule. A cohort is a `regression` when its pass rate fell by more than `max_delta`
+(change < -max_delta) *and* the interval's upper bound is below 0, i.e. the drop is both larger
+than the tolerance and not explainable by sampling noise at that confidence. A 3-row cohort that
+went from 3/3 to 1/3 passes fell 67 points, but its interval (-0.94, +0.06) holds 0: it is
+reported, not flagged. `significant` says only that the interval excludes 0 (either direction).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from statistics import NormalDist
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
+
+if TYPE_CHECKING:
+    from .dataset import Dataset
+
+METHOD = "Newcombe hybrid score interval (Wilson, no continuity correction)"
+OVERALL = "(all)"
+MISSING = "(missing)"
+
+
+def z_value(confidence: float) -> float:
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must be between 0 and 1, got {confidence!r}")
+    return NormalDist().inv_cdf(0.5 + confidence / 2)
+
+
+def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval for a proportion successes / n (no continuity correction)."""
+    if n <= 0:
+        raise ValueError("n must be positive")
+    if not 0 <= successes <= n:
+        raise ValueError(f"successes must be from 0 to n={n}, got {successes}")
+    z = z_value(confidence)
+    p = successes / n
+    centre = 2 * n * p + z * z
+    spread = z * math.sqrt(z * z + 4 * n * p * (1 - p))
+    denominator = 2 * (n + z * z)
+    return max(0.0, (centre - spread) / denominator), min(1.0, (centre + spread) / denominator)
+
+
+def newcombe_interval(successes_1: int, n_1: int, successes_2: int, n_2: int,
+                      confidence: float = 0.95) -> tuple[float, float]:
+    """Newcombe's hybrid score interval for p1 - p2 (method 10 of Newcombe 1998)."""
+    p1, p2 = successes_1 / n_1, successes_2 / n_2
+    l1, u1 = wilson_interval(successes_1, n_1, confidence)
+    l2, u2 = wilson_interval(successes_2, n_2, confidence)
+    d = p1 - p2
+    return d - math.sqrt((p1 - l1) ** 2 + (u2 - p2) ** 2), d + math.sqrt((u1 - p1) ** 2 + (p2 - l2) ** 2)
+
+
+@dataclass(frozen=True)
+class Side:
+    """One side's counts in one cohort: `n` scored rows, `passed` of them, `errors` left out."""
+
+    n: int = 0
+    passed: int = 0
+    errors: int = 0
+
+    @property
+    def pass_rate(self) -> float | None:
+        return self.passed / self.n if self.n else None
+
+
+@dataclass(frozen=True)
+class ComparisonRow:
+    evaluation: str
+    column: str | None  # None for the all-rows cohort
+    value: Any  # the cohort value ("(all)" for all rows)
+    baseline: Side
+    candidate: Side
+    change: float | None  # candidate pass rate - baseline pass rate
+    ci_low: float | None
+    ci_high: float | None
+    significant: bool
+    regression: bool
+
+    @property
+    def cohort(self) -> str:
+        if self.column is None:
+            return OVERALL
+        return f"{self.column}={MISSING if self.value is None else self.value}"
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        for side in ("baseline", "candidate"):
+            data[side]["pass_rate"] = getattr(self, side).pass_rate
+        data["cohort"] = self.cohort
+        return data
+
+
+class Comparison:
+    """The rows of a comparison, the regressions among them, and their rendering."""
+
+    def __init__(self, rows: list[ComparisonRow], *, max_delta: float, confidence: float,
+                 baseline_label: str, candidate_label: str, skipped_evaluations: Sequence[str] = ()) -> None:
+        self.rows = rows
+        self.max_delta = max_delta
+        self.confidence = confidence
+        self.baseline_label = baseline_label
+        self.candidate_label = candidate_label
+        self.skipped_evaluations = list(skipped_evaluations)
+
+    @property
+    def regressions(self) -> list[ComparisonRow]:
+        return [row for row in self.rows if row.regression]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "baseline": self.baseline_label,
+            "candidate": self.candidate_label,
+            "max_delta": self.max_delta,
+            "confidence": self.confidence,
+            "interval": METHOD,
+            "rule": "regression = change < -max_delta and ci_high < 0",
+            "regressions": len(self.regressions),
+            "skipped_evaluations": self.skipped_evaluations,
+            "rows": [row.to_dict() for row in self.rows],
+        }
+
+    def __str__(self) -> str:
+        pct = f"{self.confidence:.0%}"
+        header = ["evaluation", "cohort", "base n", "base pass", "cand n", "cand pass", "change",
+                  f"{pct} CI", "errors b/c", ""]
+        table = [header]
+        for r in self.rows:
+            interval = "-" if r.ci_low is None else f"[{_points(r.ci_low)}, {_points(r.ci_high)}]"
+            flag = "REGRESSION" if r.regression else ("significant" if r.significant else "")
+            table.append([r.evaluation, r.cohort, str(r.baseline.n), _rate(r.baseline.pass_rate),
+                          str(r.candidate.n), _rate(r.candidate.pass_rate),
+                          "-" if r.change is None else _points(r.change), interval,
+                          f"{r.baseline.errors}/{r.candidate.errors}", flag])
+        widths = [max(len(line[i]) for line in table) for i in range(len(header))]
+        lines = [f"baseline {self.baseline_label} vs candidate {self.candidate_label}; "
+                 f"max drop {self.max_delta * 100:g} points; {pct} {METHOD}"]
+        lines += ["  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip() for line in table]
+        if self.skipped_evaluations:
+            lines.append(f"not in both: {', '.join(self.skipped_evaluations)}")
+        found = self.regressions
+        lines.append(f"{len(found)} regression(s)" + (": " + "; ".join(
+            f"{r.evaluation} {r.cohort} {_points(r.change)} points" for r in found) if found else ""))
+        return "\n".join(lines)
+
+
+def _rate(rate: float | None) -> str:
+    return "-" if rate is None else f"{rate * 100:.1f}%"
+
+
+def _points(value: float | None) -> str:
+    return "-" if value is None else f"{value * 100:+.1f}"
+
+
+def compare_counts(evaluation: str, column: str | None, value: Any, baseline: Side, candidate: Side,
+                   max_delta: float, confidence: float) -> ComparisonRow:
+    if baseline.n == 0 or candidate.n == 0:
+        return ComparisonRow(evaluation, column, value, baseline, candidate, None, None, None, False, False)
+    change = candidate.pass_rate - baseline.pass_rate  # type: ignore[operator]
+    low, high = newcombe_interval(candidate.passed, candidate.n, baseline.passed, baseline.n, confidence)
+    return ComparisonRow(evaluation, column, value, baseline, candidate, change, low, high,
+                         significant=high < 0 or low > 0, regression=change < -max_delta and high < 0)
+
+
+def compare(baseline: "Dataset | str | Path", candidate: "Dataset | str | Path", max_delta: float = 0.02,
+            by: str | Sequence[str] | None = None, confidence: float = 0.95,
+            evaluations: Sequence[str] | None = None) -> Comparison:
+    """Pass-rate change per evaluation and cohort, with Newcombe intervals and regression flags.
+
+    Each side is a `Dataset` that has run (or been read with `from_results`) or a results file
+    path. Evaluations default to those present on both sides.
+    """
+    if isinstance(max_delta, bool) or not isinstance(max_delta, (int, float)) or not 0 <= max_delta < 1:
+        raise ValueError(f"max_delta must be a number from 0 to 1 (0.02 = 2 points), got {max_delta!r}")
+    z_value(confidence)
+    columns = [by] if isinstance(by, str) else list(by or [])
+    base_rows, base_label = _results(baseline, "baseline")
+    cand_rows, cand_label = _results(candidate, "candidate")
+    from .dataset import evaluation_names
+
+    base_names, cand_names = evaluation_names(base_rows), evaluation_names(cand_rows)
+    if evaluations is None:
+        names = [n for n in base_names if n in cand_names]
+        if not names:
+            raise ValueError(f"no evaluation in both results: baseline has {', '.join(base_names) or 'none'}, "
+                             f"candidate has {', '.join(cand_names) or 'none'}")
+    else:
+        names = list(evaluations)
+        for name in names:
+            for side, present in (("baseline", base_names), ("candidate", cand_names)):
+                if name not in present:
+                    raise ValueError(f"no evaluation {name!r} in the {side} results")
+    skipped = [n for n in dict.fromkeys(base_names + cand_names) if n not in names]
+    for column in columns:
+        for side, rows in (("baseline", base_rows), ("candidate", cand_rows)):
+            if not any(column in row for row in rows):
+                raise ValueError(f"column {column!r} not in the {side} results")
+
+    out: list[ComparisonRow] = []
+    for name in names:
+        out.append(compare_counts(name, None, OVERALL, _count(base_rows, name), _count(cand_rows, name),
+                                  max_delta, confidence))
+        for column in columns:
+            base_groups, cand_groups = _groups(base_rows, column), _groups(cand_rows, column)
+            for value in dict.fromkeys([*base_groups, *cand_groups]):
+                out.append(compare_counts(name, column, value, _count(base_groups.get(value, []), name),
+                                          _count(cand_groups.get(value, []), name), max_delta, confidence))
+    return Comparison(out, max_delta=float(max_delta), confidence=confidence, baseline_label=base_label,
+                      candidate_label=cand_label, skipped_evaluations=skipped)
+
+
+def _results(side: Any, role: str) -> tuple[list[Mapping[str, Any]], str]:
+    from .dataset import Dataset
+
+    if isinstance(side, (str, Path)):
+        side = Dataset.from_results(side)
+    if not isinstance(side, Dataset):
+        raise TypeError(f"{role} must be a Dataset or a results file path, got {type(side).__name__}")
+    if side.results is None:
+        raise ValueError(f"the {role} dataset has no results: run() it first")
+    checkpoints = list(dict.fromkeys(str(r["checkpoint"]) for r in side.results if r.get("checkpoint") is not None))
+    label = checkpoints[0] if len(checkpoints) == 1 else (side.source or role)
+    return side.results, label
+
+
+def _count(rows: Iterable[Mapping[str, Any]], name: str) -> Side:
+    n = passed = errors = 0
+    for row in rows:
+        verdict = row.get(f"{name}.passed")
+        if verdict is None:
+            errors += 1
+        else:
+            n += 1
+            passed += bool(verdict)
+    return Side(n, passed, errors)
+
+
+def cohort_key(value: Any) -> Any:
+    """A hashable cohort key: lists and dicts as their JSON text."""
+    try:
+        hash(value)
+    except TypeError:
+        return json.dumps(value, sort_keys=True, ensure_ascii=False, default=str)
+    return value
+
+
+def _groups(rows: Iterable[Mapping[str, Any]], column: str) -> dict[Any, list[Mapping[str, Any]]]:
+    groups: dict[Any, list[Mapping[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault(cohort_key(row.get(column)), []).append(row)
+    return groups

@@ -1,0 +1,133 @@
+"""`fi-evals` as CI runs it: `python -m fi_evals_core.evals ...` in a subprocess, exit codes checked."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from fi_evals_core.evals import FactualConsistency, NLIScorer
+from fi_evals_core.evals.dataset import Dataset
+from fi_evals_core.evals.generate import generate_responses
+
+
+def fi_evals(*args, env=None):
+    return subprocess.run([sys.executable, "-m", "fi_evals_core.evals", *map(str, args)], capture_output=True,
+                          text=True, timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})})
+
+
+def write_results(path, counts, checkpoint):
+    """A results file from {cohort: (passed, failed)} for the evaluation `fc`."""
+    rows = [{"cohort": cohort, "checkpoint": checkpoint, "fc.score": 0.5, "fc.passed": verdict, "fc.label": None,
+             "fc.reason": "", "fc.error_type": None, "fc.claims": []}
+            for cohort, (passed, failed) in counts.items()
+            for verdict in [True] * passed + [False] * failed]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+@pytest.fixture(scope="module")
+def results_files(tmp_path_factory):
+    root = tmp_path_factory.mktemp("results")
+    return {
+        "base": write_results(root / "base.jsonl", {"large": (450, 50), "tiny": (3, 0)}, "v1"),
+        "same": write_results(root / "same.jsonl", {"large": (449, 51), "tiny": (1, 2)}, "v2"),
+        "worse": write_results(root / "worse.jsonl", {"large": (400, 100), "tiny": (3, 0)}, "v3"),
+    }
+
+
+def test_compare_exit_codes(results_files, tmp_path):
+    ok = fi_evals("compare", results_files["base"], results_files["same"], "--max-delta", "0.02", "--by", "cohort")
+    assert ok.returncode == 0, ok.stderr
+    assert "0 regression(s)" in ok.stdout and "cohort=tiny" in ok.stdout  # the tiny cohort's -67 points: no flag
+
+    bad = fi_evals("compare", results_files["base"], results_files["worse"], "--max-delta", "0.02")
+    assert bad.returncode == 1, bad.stderr
+    assert "REGRESSION" in bad.stdout and "1 regression(s): fc (all) -9.9 points" in bad.stdout
+    assert fi_evals("compare", results_files["base"], results_files["worse"], "--max-delta", "0.2").returncode == 0
+
+    as_json = fi_evals("compare", results_files["base"], results_files["worse"], "--by", "cohort", "--json")
+    assert as_json.returncode == 1
+    report = json.loads(as_json.stdout)
+    assert report["regressions"] == 2 and report["baseline"] == "v1" and report["candidate"] == "v3"
+    assert [r["cohort"] for r in report["rows"] if r["regression"]] == ["(all)", "cohort=large"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["compare", "{base}", "{missing}"], "results file not found: {missing}"),
+    (["compare", "{base}", "{same}", "--by", "region"], "column 'region' not in the baseline results"),
+    (["compare", "{base}", "{same}", "--max-delta", "5"], "max_delta must be a number from 0 to 1"),
+    (["compare", "{base}"], "the following arguments are required: candidate"),
+    (["compare", "{base}", "{same}", "--max-delta", "lots"], "argument --max-delta: invalid float value: 'lots'"),
+    (["run", "{missing}", "-e", "factual_consistency", "-o", "{out}"], "dataset file not found: {missing}"),
+    (["run", "{base}", "-e", "factual_consistensy", "-o", "{out}"], "unknown evaluator 'factual_consistensy'"),
+    (["run", "{base}", "-e", "factual_consistency", "--map", "response", "-o", "{out}"], "expected INPUT=COLUMN"),
+    (["run", "{base}", "-e", "factual_consistency", "-m", "response=summary", "-m", "reference=document",
+      "-o", "{out}"], "response='summary', reference='document'"),
+    (["frobnicate"], "invalid choice: 'frobnicate'"),
+])
+def test_usage_and_input_errors_exit_2_with_one_line(results_files, tmp_path, args, message):
+    names = {"base": results_files["base"], "same": results_files["same"], "missing": tmp_path / "nope.jsonl",
+             "out": tmp_path / "out.jsonl"}
+    proc = fi_evals(*[a.format(**names) for a in args])
+    assert proc.returncode == 2, (proc.stdout, proc.stderr)
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "error:" in lines[0], proc.stderr
+    assert message.format(**names) in lines[0]
+    assert not (tmp_path / "out.jsonl").exists()
+
+
+DATA = [
+    {"prompt": "Summarise: the cat sat on the red mat.", "document": "The cat sat on the mat. The mat was red.",
+     "summary": "A cat sat on a red mat.", "lang": "en"},
+    {"prompt": "Summarise: the robot answers questions.", "document": "Our team builds robots. They answer questions.",
+     "summary": "Robots answer questions. The team built them.", "lang": "en"},
+    {"prompt": "Summarise: the girl reads by the river.", "document": "A young girl reads a book by the river.",
+     "summary": "", "lang": "de"},
+]
+
+
+def test_run_generates_with_a_checkpoint_then_evaluates(tmp_path, nli_checkpoint, model_dirs):
+    """`run --model` generates what generate_responses generates, tags every row with the
+    checkpoint label, then scores the generated responses as evaluate_batch does (one subprocess:
+    importing transformers dominates its time)."""
+    nli = nli_checkpoint("bert")
+    data_path = tmp_path / "data.csv"
+    Dataset(DATA).to_pandas().to_csv(data_path, index=False)
+    out = tmp_path / "results.jsonl"
+    proc = fi_evals("run", data_path, "--evaluator", "factual_consistency", "--map", "reference=document",
+                    "--model", model_dirs["llama"], "--backend", "transformers", "--max-tokens", "6",
+                    "--checkpoint", "llama-v2", "--nli-model", nli, "-o", out, "--no-progress",
+                    env={"FI_EVALS_DEVICE": "cpu"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "factual_consistency: pass rate" in proc.stdout and f"wrote 3 rows to {out}" in proc.stdout
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    responses = generate_responses(Dataset(DATA), str(model_dirs["llama"]), backend="transformers", max_tokens=6,
+                                   progress=False)
+    assert [r["response"] for r in rows] == [r["response"] for r in responses.rows]
+    for row, data in zip(rows, DATA):
+        assert {k: row[k] for k in data} == data  # every CSV column kept, the old summary included
+        assert row["checkpoint"] == "llama-v2"
+    evaluator = FactualConsistency(scorer=NLIScorer.from_pretrained(nli, device="cpu"))
+    expected = evaluator.evaluate_batch([{"response": r["response"], "reference": r["document"]}
+                                         for r in responses.rows])
+    assert [r["factual_consistency.passed"] for r in rows] == [e.passed for e in expected]
+    assert [r["factual_consistency.score"] for r in rows] == pytest.approx([e.score for e in expected], abs=1e-5)
+
+    conflict = fi_evals("run", data_path, "-e", "factual_consistency", "--map", "response=summary",
+                        "--model", model_dirs["llama"], "-o", tmp_path / "x.jsonl")
+    assert conflict.returncode == 2 and "conflicts with --model" in conflict.stderr
+
+
+def test_report_writes_html(results_files, tmp_path):
+    pytest.importorskip("fi_evals_core.evals.report")
+    out = tmp_path / "report.html"
+    proc = fi_evals("report", results_files["base"], results_files["worse"], "-o", out, "--by", "cohort")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    html = out.read_text()
+    assert html.lstrip().lower().startswith("<!doctype html") and "v3" in html and "cohort" in html
+    missing = fi_evals("report", tmp_path / "none.jsonl", "-o", out)
+    assert missing.returncode == 2 and "results file not found" in missing.stderr
