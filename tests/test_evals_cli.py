@@ -131,3 +131,41 @@ def test_report_writes_html(results_files, tmp_path):
     assert html.lstrip().lower().startswith("<!doctype html") and "v3" in html and "cohort" in html
     missing = fi_evals("report", tmp_path / "none.jsonl", "-o", out)
     assert missing.returncode == 2 and "results file not found" in missing.stderr
+
+
+def test_run_on_a_trace_file_in_process(tmp_path, nli_checkpoint, capsys):
+    """`run --traces --sample`: captured generations from this project's trace file, sampled, scored
+    (called in-process: the command is the same `main`)."""
+    from fi_evals_core.evals.cli import main
+
+    def span(span_id, prompt, completion):
+        messages = {}
+        if prompt is not None:
+            messages = {
+                "gen_ai.input.messages": json.dumps([{"role": "user", "parts": [{"type": "text", "content": prompt}]}]),
+                "gen_ai.output.messages": json.dumps([{"role": "assistant",
+                                                       "parts": [{"type": "text", "content": completion}]}])}
+        return {"name": "chat m", "trace_id": "ab" * 16, "span_id": span_id, "parent_span_id": None,
+                "kind": "CLIENT", "start_time_unix_nano": 1, "end_time_unix_nano": 2,
+                "status": {"code": "UNSET", "description": None},
+                "attributes": {"gen_ai.operation.name": "chat", "gen_ai.request.model": "m", "tier": span_id[-1],
+                               **messages},
+                "events": [], "resource": {"service.name": "app"}, "scope": {"name": "x", "version": "1"}}
+
+    traces = tmp_path / "traces.jsonl"
+    spans = [span(f"{i:016x}", f"The river is {i} miles long.", f"It is {i} miles long.") for i in range(5)]
+    spans.append(span("00000000000000ff", None, None))  # content not captured
+    traces.write_text("".join(json.dumps(s) + "\n" for s in spans))
+    out = tmp_path / "results.jsonl"
+    code = main(["run", str(traces), "--traces", "--sample", "3", "--seed", "1", "-e", "factual_consistency",
+                 "-m", "response=completion", "-m", "reference=prompt", "--nli-model", nli_checkpoint("bert"),
+                 "--device", "cpu", "-o", str(out), "--no-progress"])
+    assert code == 0
+    assert "5 generation(s) with captured content (1 span(s) without content skipped); evaluating 3" \
+        in capsys.readouterr().err
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    expected = Dataset.from_traces(traces, sample=3, seed=1).rows
+    assert [{k: r[k] for k in expected[0]} for r in rows] == expected
+    assert all(r["factual_consistency.score"] is not None for r in rows)
+    assert main(["run", str(traces), "--sample", "3", "-e", "factual_consistency", "-o", str(out)]) == 2
+    assert "--sample needs --traces" in capsys.readouterr().err

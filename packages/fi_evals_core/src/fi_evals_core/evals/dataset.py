@@ -321,6 +321,12 @@ class Dataset:
 # -- results rows -------------------------------------------------------------------------------
 
 
+def load_results(path: str | Path) -> Dataset:
+    """A results file (JSONL or Parquet) read back; the same as `Dataset.from_results`."""
+    return Dataset.from_results(path)
+
+
+
 def result_columns(name: str, result: EvalResult) -> dict[str, Any]:
     data = result.to_dict()
     return {f"{name}.{field}": data[field] for field in RESULT_FIELDS}
@@ -444,5 +450,5 @@ def _json_default(value: Any) -> Any:
     plain = _plain(value)
     return plain if plain is not value else str(value)
 
-__all__ = ["CohortRate", "Comparison", "Dataset", "Evaluation", "compare", "evaluation_names",
+__all__ = ["CohortRate", "Comparison", "Dataset", "Evaluation", "compare", "evaluation_names", "load_results",
            "read_json_rows", "write_results"]
