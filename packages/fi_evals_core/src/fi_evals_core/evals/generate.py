@@ -95,7 +95,7 @@ def _generate_vllm(model: str, token_ids: list[list[int]], max_tokens: int, temp
                    top_p: float, seed: int, engine_args: Mapping[str, Any] | None, progress: bool) -> list[str]:
     from vllm import LLM, SamplingParams
 
-    llm = LLM(model=model, seed=seed, **dict(engine_args or {}))
+    llm = LLM(model=model, **{"seed": seed, **dict(engine_args or {})})
     params = SamplingParams(max_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed)
     outputs = llm.generate([{"prompt_token_ids": ids} for ids in token_ids], params, use_tqdm=progress)
     return [output.outputs[0].text for output in outputs]
