@@ -5,6 +5,8 @@
     OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:4317 python examples/demo.py   # spans to your collector
 
 The one line that matters is `register()`; everything after it is ordinary transformers code.
+With no `--model` and no `FI_EVALS_MODEL`, the demo also turns on inline evaluation of every
+completion with a tiny RANDOM-WEIGHT NLI model (its scores are meaningless; the mechanics are real).
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ def main() -> int:
     parser.add_argument("--no-vllm", action="store_true", help="skip the vLLM part even if vLLM is installed")
     args = parser.parse_args()
 
+    if not args.model and "FI_EVALS_MODEL" not in os.environ:
+        _random_nli_for_inline_evaluation()
     telemetry = register(service_name="traceai-demo")  # <- the one line
     shown = InMemorySpanExporter()  # a second, in-process copy of the spans, only to print the table
     telemetry.tracer_provider.add_span_processor(SimpleSpanProcessor(shown))
@@ -79,8 +83,33 @@ def main() -> int:
     print(f"\nstreamed {len(streamed)} characters\n")
     print(_table(spans))
     print(f"\n{len(spans)} spans went to {telemetry.destination}")
+    if telemetry.inline_evaluation is not None:
+        _print_evaluations(shown.get_finished_spans(), spans)
     telemetry.shutdown()
     return 0
+
+
+def _random_nli_for_inline_evaluation() -> None:
+    from tests.support.tiny_nli import build_nli_checkpoint
+
+    path = build_nli_checkpoint(Path(tempfile.mkdtemp(prefix="traceai-demo-nli-")) / "tiny-nli", "bert")
+    os.environ.update({"FI_EVALS_MODEL": str(path), "FI_EVALS_DEVICE": "cpu"})
+    os.environ.setdefault("FI_EVALS_SAMPLE_RATE", "1")
+    os.environ.setdefault("FI_EVALS_EVALUATORS", "groundedness")
+    print("inline evaluation: every completion, scored by a tiny NLI model with RANDOM weights "
+          "(meaningless scores, real mechanics)")
+
+
+def _print_evaluations(all_spans, request_spans) -> None:
+    by_id = {s.context.span_id: s for s in request_spans}
+    results = [s for s in all_spans if s.name.startswith("evaluation ")]
+    print(f"\n{len(results)} evaluation results, each a child span of the request it scored:")
+    for span in results:
+        a = span.attributes
+        parent = by_id.get(span.parent.span_id) if span.parent else None
+        score = a.get("gen_ai.evaluation.score.value")
+        print(f"  {span.name:<24} {a.get('gen_ai.evaluation.score.label', 'error'):<5} "
+              f"score {score if score is None else round(score, 2)}  under {parent.name if parent else '?'}")
 
 
 def _run_vllm(source, max_tokens: int) -> None:

@@ -27,3 +27,9 @@ def test_demo_runs_on_the_embedded_default(tmp_path):
     assert sum(n.startswith("pipeline text-generation") for n in names) == 1
     vllm_requests = [r for r in ours if r["scope"]["name"] == "traceai_vllm" and r["name"].startswith("text_completion")]
     assert [r["attributes"]["gen_ai.usage.output_tokens"] for r in vllm_requests] == [6, 6]
+    # inline evaluation with the RANDOM NLI model: each result is a child of the request it scored
+    assert "RANDOM weights (meaningless scores" in proc.stdout
+    results = [r for r in records if r["name"].startswith("evaluation groundedness")]
+    pipeline_span = next(r for r in ours if r["name"].startswith("pipeline text-generation"))
+    assert pipeline_span["span_id"] in {r["parent_span_id"] for r in results}
+    assert f"{len(results)} evaluation results" in proc.stdout
