@@ -99,7 +99,7 @@ def test_server_request_span_joins_the_client_trace(vllm_server, collector, tele
     assert a[A.REQUEST_MODEL] == "tiny-llama"
     assert a[A.REQUEST_MAX_TOKENS] == 6
     # the server keeps request stats (its default): vLLM's own breakdown is on the span
-    for key in (A.VLLM_QUEUE_TIME, A.VLLM_PREFILL_TIME, A.VLLM_DECODE_TIME, A.VLLM_TIME_TO_FIRST_TOKEN):
+    for key in (A.VLLM_QUEUE_TIME, A.VLLM_PREFILL_TIME, A.VLLM_DECODE_TIME, A.RESPONSE_TIME_TO_FIRST_CHUNK):
         assert a[key] >= 0
     assert a[A.MODEL_ENGINE] == "vllm" and a[A.MODEL_FRAMEWORK] == "pytorch"
 

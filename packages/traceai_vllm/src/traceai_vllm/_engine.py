@@ -194,7 +194,7 @@ class Child:
             elif kind == _PREEMPTED:
                 self.num_preemptions += 1
 
-    def timing(self, last_token_ts: float | None) -> dict[str, float]:
+    def timing(self, last_token_ts: float | None) -> tuple[float | None, dict[str, float]]:
         stats = getattr(self.state, "stats", None)
         if stats is not None and stats.first_token_ts:  # vLLM logs stats: its own numbers, exactly
             return engine_timing(stats.first_token_latency, stats.queued_ts, stats.scheduled_ts,
@@ -374,10 +374,9 @@ class RequestTracker:
             decode_steps=tracked.max_output_tokens or None,
         )
         request.set_response(finish_reasons=[r or "abort" for r in tracked.reasons])
-        timing = child.timing(last_token_ts)
+        ttft, timing = child.timing(last_token_ts)
         for key, value in timing.items():
             request.set_attribute(key, value)
-        ttft = timing.get(A.VLLM_TIME_TO_FIRST_TOKEN)
         if ttft is not None:
             request.use_engine_latency(ttft, timing.get(A.VLLM_DECODE_TIME))
         request.set_attribute(A.VLLM_KV_CACHE_USAGE, self.kv_cache_usage)
@@ -457,26 +456,24 @@ class RequestTracker:
 
 def engine_timing(first_token_latency: float | None, queued_ts: float | None, scheduled_ts: float | None,
                   first_token_ts: float | None, last_token_ts: float | None, num_preemptions: int = 0,
-                  ) -> dict[str, float]:
+                  ) -> tuple[float | None, dict[str, float]]:
     """vLLM's per-request latency breakdown, with its own definitions (OutputProcessor.do_tracing,
     IterationStats.update_from_finished_request): the `*_ts` are engine-monotonic,
-    `first_token_latency` is wall clock from arrival. An unknown timestamp (None, or vLLM's 0.0)
-    leaves out the figures that need it."""
+    `first_token_latency` is wall clock from arrival. Returns the time to first token (it goes on
+    the span as `gen_ai.response.time_to_first_chunk`) and the `vllm.request.*` attributes: queue,
+    prefill, decode (vLLM's inference time is prefill + decode, not repeated). An unknown
+    timestamp (None, or vLLM's 0.0) leaves out the figures that need it."""
     timing: dict[str, float] = {}
-    if first_token_latency is not None:
-        timing[A.VLLM_TIME_TO_FIRST_TOKEN] = first_token_latency
     if scheduled_ts:
         if queued_ts:
             timing[A.VLLM_QUEUE_TIME] = scheduled_ts - queued_ts
         if first_token_ts:
             timing[A.VLLM_PREFILL_TIME] = first_token_ts - scheduled_ts
-        if last_token_ts:
-            timing[A.VLLM_INFERENCE_TIME] = last_token_ts - scheduled_ts
     if first_token_ts and last_token_ts:
         timing[A.VLLM_DECODE_TIME] = last_token_ts - first_token_ts
     if num_preemptions:
         timing[A.VLLM_NUM_PREEMPTIONS] = num_preemptions
-    return timing
+    return first_token_latency, timing
 
 
 # vLLM's EngineCoreEventType values (vllm.v1.engine), compared as ints on the per-step path.

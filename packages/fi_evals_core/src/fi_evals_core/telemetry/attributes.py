@@ -66,11 +66,9 @@ GPU_TORCH_RESERVED = "gpu.torch.memory.reserved"
 GPU_TORCH_PEAK = "gpu.torch.memory.peak"
 
 # vLLM: the per-request latency breakdown, as vLLM computes it (seconds), and engine layout
-VLLM_TIME_TO_FIRST_TOKEN = "vllm.request.time_to_first_token"
 VLLM_QUEUE_TIME = "vllm.request.queue_time"
 VLLM_PREFILL_TIME = "vllm.request.prefill_time"
 VLLM_DECODE_TIME = "vllm.request.decode_time"
-VLLM_INFERENCE_TIME = "vllm.request.inference_time"
 VLLM_NUM_PREEMPTIONS = "vllm.request.num_preemptions"
 VLLM_TENSOR_PARALLEL_SIZE = "vllm.parallel.tensor_parallel_size"
 VLLM_PIPELINE_PARALLEL_SIZE = "vllm.parallel.pipeline_parallel_size"
