@@ -1,0 +1,331 @@
+"""Triton kernels of the fused NLI path, and the Python launchers that size their grids.
+
+Everything here computes in fp32 whatever the storage type (fp32, bf16, fp16): loads are widened,
+reductions and softmax statistics stay in fp32, stores narrow back to the output's type.
+
+`@triton.jit` decides at decoration time whether it compiles for a GPU or runs in Triton's
+interpreter (`TRITON_INTERPRET=1`, CPU tensors): so `TRITON_INTERPRET` must be set before this
+module is first imported, and this module is imported only when a fused path is actually built
+(`fi_evals_core.evals.fused` itself stays free of triton imports).
+
+Kernels
+- `varlen_attention`: flash-style attention over packed sequences (no padding): one program per
+  (query block, head, sequence), online softmax with fp32 statistics and accumulator, keys of other
+  sequences never loaded. Reads Q, K and V straight out of the fused QKV projection's output.
+- `bias_gelu`: `gelu(x + b)` in place, the exact erf GELU BERT and RoBERTa use.
+- `bias_residual_layernorm`: `LayerNorm(x + b + residual)` per row (the bias of the matmul before it
+  folded in); with neither bias nor residual it is a plain LayerNorm.
+- `embed_layernorm`: word + position + token-type embedding rows gathered per packed token and
+  normalized, in one pass.
+- `nli_head`: classifier logits -> softmax -> support / contradiction probability per pair ->
+  per-claim maximum over its chunks -> per-response mean of claim support and maximum of claim
+  contradiction, one program per response, every output element written.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+INTERPRETED = bool(int(__import__("os").environ.get("TRITON_INTERPRET", "0") or "0"))
+
+_LOG2E = 1.4426950408889634
+
+
+def _pow2(n: int, least: int = 1) -> int:
+    return max(least, triton.next_power_of_2(int(n)))
+
+
+# -- attention --------------------------------------------------------------------------------
+
+
+@triton.jit
+def _varlen_attention_kernel(QKV, OUT, CU, stride_qkv, stride_out, hidden, qk_scale,
+                             HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr, BLOCK_M: tl.constexpr,
+                             BLOCK_N: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
+    m_block = tl.program_id(0)
+    head = tl.program_id(1)
+    seq = tl.program_id(2)
+    start = tl.load(CU + seq)
+    length = tl.load(CU + seq + 1) - start
+
+    offs_m = m_block * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, D_PAD)
+    d_mask = offs_d < HEAD_DIM
+    m_mask = offs_m < length
+    q_ptrs = QKV + (start + offs_m)[:, None] * stride_qkv + head * HEAD_DIM + offs_d[None, :]
+    q = tl.load(q_ptrs, mask=m_mask[:, None] & d_mask[None, :], other=0.0)
+
+    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, D_PAD], dtype=tl.float32)
+    # A query block past the end of its sequence loops over nothing and stores nothing.
+    n_end = tl.where(m_block * BLOCK_M < length, length, 0)
+    for n0 in range(0, n_end, BLOCK_N):
+        offs_n = n0 + tl.arange(0, BLOCK_N)
+        n_mask = offs_n < length
+        kv_rows = (start + offs_n)[:, None] * stride_qkv + head * HEAD_DIM + offs_d[None, :]
+        kv_mask = n_mask[:, None] & d_mask[None, :]
+        k = tl.load(QKV + hidden + kv_rows, mask=kv_mask, other=0.0)
+        v = tl.load(QKV + 2 * hidden + kv_rows, mask=kv_mask, other=0.0)
+        if UPCAST:  # the interpreter's tl.dot gets bf16 operands wrong; widening is exact
+            s = tl.dot(q.to(tl.float32), tl.trans(k.to(tl.float32)), input_precision=PRECISION)
+        else:
+            s = tl.dot(q, tl.trans(k), input_precision=PRECISION)
+        s = s * qk_scale  # log2 domain
+        s = tl.where(n_mask[None, :], s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, axis=1))
+        alpha = tl.exp2(m_i - m_new)
+        p = tl.exp2(s - m_new[:, None])
+        l_i = l_i * alpha + tl.sum(p, axis=1)
+        p = p.to(v.dtype)  # P.V in the storage type (bf16/fp16 tensor cores), fp32 accumulator
+        if UPCAST:
+            acc = acc * alpha[:, None] + tl.dot(p.to(tl.float32), v.to(tl.float32), input_precision=PRECISION)
+        else:
+            acc = acc * alpha[:, None] + tl.dot(p, v, input_precision=PRECISION)
+        m_i = m_new
+    acc = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]
+    o_ptrs = OUT + (start + offs_m)[:, None] * stride_out + head * HEAD_DIM + offs_d[None, :]
+    tl.store(o_ptrs, acc.to(OUT.dtype.element_ty), mask=m_mask[:, None] & d_mask[None, :])
+
+
+def varlen_attention(qkv: torch.Tensor, cu_seqlens: torch.Tensor, max_len: int, heads: int,
+                     out: torch.Tensor | None = None, scale: float | None = None) -> torch.Tensor:
+    """Self-attention of packed sequences. `qkv` is [tokens, 3 * hidden] (Q | K | V, heads
+    contiguous inside each), `cu_seqlens` int32 [n_seqs + 1]; returns [tokens, hidden]."""
+    tokens, three_hidden = qkv.shape
+    hidden = three_hidden // 3
+    head_dim = hidden // heads
+    if out is None:
+        out = torch.empty(tokens, hidden, device=qkv.device, dtype=qkv.dtype)
+    n_seqs = cu_seqlens.numel() - 1
+    if n_seqs == 0 or tokens == 0:
+        return out
+    scale = 1.0 / math.sqrt(head_dim) if scale is None else scale
+    if INTERPRETED:
+        block_m = block_n = 16
+        warps, stages = 1, 1
+    else:
+        block_m, block_n = (128, 64) if head_dim <= 64 else (64, 64)
+        warps, stages = (8 if head_dim > 64 or block_m >= 128 else 4), 2
+    precision = "ieee" if qkv.dtype == torch.float32 or INTERPRETED else "tf32"
+    grid = (triton.cdiv(max(int(max_len), 1), block_m), heads, n_seqs)
+    _varlen_attention_kernel[grid](qkv, out, cu_seqlens, qkv.stride(0), out.stride(0), hidden,
+                                   scale * _LOG2E, HEAD_DIM=head_dim, D_PAD=_pow2(head_dim, 16),
+                                   BLOCK_M=block_m, BLOCK_N=block_n, PRECISION=precision,
+                                   UPCAST=INTERPRETED and qkv.dtype != torch.float32,
+                                   num_warps=warps, num_stages=stages)
+    return out
+
+
+# -- bias + GELU --------------------------------------------------------------------------------
+
+
+@triton.jit
+def _bias_gelu_kernel(X, BIAS, n_elements, n_cols, BLOCK: tl.constexpr):
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < n_elements
+    x = tl.load(X + offs, mask=mask, other=0.0).to(tl.float32)
+    x += tl.load(BIAS + offs % n_cols, mask=mask, other=0.0).to(tl.float32)
+    y = 0.5 * x * (1.0 + tl.math.erf(x * 0.7071067811865476))
+    tl.store(X + offs, y.to(X.dtype.element_ty), mask=mask)
+
+
+def bias_gelu_(x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """`x = gelu(x + bias)` in place (exact erf GELU) on a contiguous [rows, cols] tensor."""
+    assert x.is_contiguous()
+    n = x.numel()
+    if n == 0:
+        return x
+    block = 1024 if INTERPRETED else 2048
+    _bias_gelu_kernel[(triton.cdiv(n, block),)](x, bias, n, x.shape[-1], BLOCK=block, num_warps=4)
+    return x
+
+
+# -- (bias +) (residual +) LayerNorm ----------------------------------------------------------------
+
+
+@triton.jit
+def _layernorm_kernel(X, BIAS, RES, W, B, OUT, n_rows, stride_x, stride_res, stride_out, n_cols, eps,
+                      HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr, ROWS: tl.constexpr, BLOCK: tl.constexpr):
+    rows = (tl.program_id(0) * ROWS + tl.arange(0, ROWS)).to(tl.int64)
+    cols = tl.arange(0, BLOCK)
+    col_mask = cols < n_cols
+    mask = (rows < n_rows)[:, None] & col_mask[None, :]
+    x = tl.load(X + rows[:, None] * stride_x + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+    if HAS_BIAS:
+        x += tl.load(BIAS + cols, mask=col_mask, other=0.0).to(tl.float32)[None, :]
+    if HAS_RES:
+        x += tl.load(RES + rows[:, None] * stride_res + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+    y = _normalize(x, col_mask, W, B, cols, n_cols, eps)
+    tl.store(OUT + rows[:, None] * stride_out + cols[None, :], y.to(OUT.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _normalize(x, col_mask, W, B, cols, n_cols, eps):
+    """LayerNorm of the rows of an fp32 [ROWS, BLOCK] tile whose columns past n_cols are zero."""
+    mean = tl.sum(x, axis=1) / n_cols
+    xc = tl.where(col_mask[None, :], x - mean[:, None], 0.0)
+    var = tl.sum(xc * xc, axis=1) / n_cols
+    rstd = 1.0 / tl.sqrt(var + eps)
+    w = tl.load(W + cols, mask=col_mask, other=0.0).to(tl.float32)
+    b = tl.load(B + cols, mask=col_mask, other=0.0).to(tl.float32)
+    return xc * rstd[:, None] * w[None, :] + b[None, :]
+
+
+def _row_blocking(cols: int) -> tuple[int, int, int]:
+    """(rows per program, column block, warps): many rows per program in the interpreter (its cost is
+    per program), one row per program on the GPU for wide rows."""
+    block = _pow2(cols)
+    if INTERPRETED:
+        return 32, block, 1
+    rows = max(1, 2048 // block)
+    return rows, block, min(16, max(1, rows * block // 256))
+
+
+def bias_residual_layernorm(x: torch.Tensor, bias: torch.Tensor | None, residual: torch.Tensor | None,
+                            weight: torch.Tensor, beta: torch.Tensor, eps: float,
+                            out: torch.Tensor | None = None) -> torch.Tensor:
+    """`LayerNorm(x + bias + residual)` row by row (bias and residual optional)."""
+    rows, cols = x.shape
+    if out is None:
+        out = torch.empty_like(x)
+    if rows == 0:
+        return out
+    per, block, warps = _row_blocking(cols)
+    _layernorm_kernel[(triton.cdiv(rows, per),)](
+        x, bias if bias is not None else x, residual if residual is not None else x, weight, beta, out, rows,
+        x.stride(0), residual.stride(0) if residual is not None else 0, out.stride(0), cols, eps,
+        HAS_BIAS=bias is not None, HAS_RES=residual is not None, ROWS=per, BLOCK=block, num_warps=warps)
+    return out
+
+
+# -- embeddings + LayerNorm -----------------------------------------------------------------------
+
+
+@triton.jit
+def _embed_layernorm_kernel(IDS, POS, TYPES, WORD, POSW, TYPEW, W, B, OUT, n_rows, stride_out, n_cols, eps,
+                            HAS_POS: tl.constexpr, HAS_TYPE: tl.constexpr, ROWS: tl.constexpr,
+                            BLOCK: tl.constexpr):
+    rows = (tl.program_id(0) * ROWS + tl.arange(0, ROWS)).to(tl.int64)
+    row_mask = rows < n_rows
+    cols = tl.arange(0, BLOCK)
+    col_mask = cols < n_cols
+    mask = row_mask[:, None] & col_mask[None, :]
+    token = tl.load(IDS + rows, mask=row_mask, other=0).to(tl.int64)
+    x = tl.load(WORD + token[:, None] * n_cols + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+    if HAS_POS:
+        pos = tl.load(POS + rows, mask=row_mask, other=0).to(tl.int64)
+        x += tl.load(POSW + pos[:, None] * n_cols + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+    if HAS_TYPE:
+        kind = tl.load(TYPES + rows, mask=row_mask, other=0).to(tl.int64)
+        x += tl.load(TYPEW + kind[:, None] * n_cols + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+    y = _normalize(x, col_mask, W, B, cols, n_cols, eps)
+    tl.store(OUT + rows[:, None] * stride_out + cols[None, :], y.to(OUT.dtype.element_ty), mask=mask)
+
+
+def embed_layernorm(ids: torch.Tensor, positions: torch.Tensor | None, types: torch.Tensor | None,
+                    word: torch.Tensor, pos_table: torch.Tensor | None, type_table: torch.Tensor | None,
+                    weight: torch.Tensor, beta: torch.Tensor, eps: float,
+                    out: torch.Tensor | None = None) -> torch.Tensor:
+    """LayerNorm(word[ids] + pos_table[positions] + type_table[types]) for packed tokens."""
+    tokens = ids.numel()
+    cols = word.shape[1]
+    if out is None:
+        out = torch.empty(tokens, cols, device=word.device, dtype=word.dtype)
+    if tokens == 0:
+        return out
+    has_pos = positions is not None and pos_table is not None
+    has_type = types is not None and type_table is not None
+    per, block, warps = _row_blocking(cols)
+    _embed_layernorm_kernel[(triton.cdiv(tokens, per),)](
+        ids, positions if has_pos else ids, types if has_type else ids, word, pos_table if has_pos else word,
+        type_table if has_type else word, weight, beta, out, tokens, out.stride(0), cols, eps,
+        HAS_POS=has_pos, HAS_TYPE=has_type, ROWS=per, BLOCK=block, num_warps=warps)
+    return out
+
+
+# -- the NLI head ---------------------------------------------------------------------------------
+
+
+@triton.jit
+def _running_max(values, live, slot, best, best_at):
+    """Fold a block into a running (maximum, first slot holding it): ties go to the earlier slot."""
+    values = tl.where(live, values, -1.0)
+    block_best = tl.max(values, axis=0)
+    block_at = tl.min(tl.where(values == block_best, slot, 2147483647), axis=0)
+    take = block_best > best
+    return tl.where(take, block_best, best), tl.where(take, block_at, best_at)
+
+
+@triton.jit
+def _nli_head_kernel(LOGITS, stride_logits, n_labels, support_label, contra_label,
+                     ORDER, CU_PAIRS, CU_CLAIMS,
+                     PAIR_SUP, PAIR_CON, CLAIM_SUP, CLAIM_BEST, CLAIM_CON, CLAIM_WORST,
+                     RESP_SCORE, RESP_CON, RESP_WORST,
+                     BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
+    resp = tl.program_id(0)
+    c0 = tl.load(CU_CLAIMS + resp)
+    c1 = tl.load(CU_CLAIMS + resp + 1)
+    cols = tl.arange(0, BLOCK_C)
+    col_mask = cols < n_labels
+    total = tl.zeros([1], dtype=tl.float64).sum(axis=0)  # fp64, summed in claim order
+    resp_con = tl.zeros([1], dtype=tl.float32).sum(axis=0)
+    resp_worst = tl.zeros([1], dtype=tl.int32).sum(axis=0) - 1
+    for claim in range(c0, c1):
+        p0 = tl.load(CU_PAIRS + claim)
+        p1 = tl.load(CU_PAIRS + claim + 1)
+        best = tl.zeros([1], dtype=tl.float32).sum(axis=0) - 1.0
+        best_at = tl.zeros([1], dtype=tl.int32).sum(axis=0) - 1
+        worst = tl.zeros([1], dtype=tl.float32).sum(axis=0) - 1.0
+        worst_at = tl.zeros([1], dtype=tl.int32).sum(axis=0) - 1
+        for first in range(p0, p1, BLOCK_P):
+            slot = first + tl.arange(0, BLOCK_P)
+            live = slot < p1
+            pair = tl.load(ORDER + slot, mask=live, other=0)
+            x = tl.load(LOGITS + pair.to(tl.int64)[:, None] * stride_logits + cols[None, :],
+                        mask=live[:, None] & col_mask[None, :], other=0.0).to(tl.float32)
+            x = tl.where(col_mask[None, :], x, float("-inf"))  # rows past the claim: finite, never stored
+            x = x - tl.max(x, axis=1)[:, None]
+            e = tl.where(col_mask[None, :], tl.exp(x), 0.0)
+            denom = tl.sum(e, axis=1)
+            sup = tl.sum(tl.where(cols[None, :] == support_label, e, 0.0), axis=1) / denom
+            con = tl.sum(tl.where(cols[None, :] == contra_label, e, 0.0), axis=1) / denom
+            tl.store(PAIR_SUP + pair, sup, mask=live)
+            tl.store(PAIR_CON + pair, con, mask=live)
+            best, best_at = _running_max(sup, live, slot, best, best_at)
+            worst, worst_at = _running_max(con, live, slot, worst, worst_at)
+        has = best_at >= 0
+        best_pair = tl.load(ORDER + tl.where(has, best_at, 0), mask=has, other=-1)
+        worst_pair = tl.load(ORDER + tl.where(has, worst_at, 0), mask=has, other=-1)
+        best = tl.where(has, best, 0.0)  # a claim without chunks: support 0, contradiction 0
+        worst = tl.where(has, worst, 0.0)
+        tl.store(CLAIM_SUP + claim, best)
+        tl.store(CLAIM_BEST + claim, tl.where(has, best_pair, -1))
+        tl.store(CLAIM_CON + claim, worst)
+        tl.store(CLAIM_WORST + claim, tl.where(has, worst_pair, -1))
+        total += best.to(tl.float64)
+        take = worst > resp_con
+        resp_worst = tl.where(take | (resp_worst < 0), claim, resp_worst)
+        resp_con = tl.where(take, worst, resp_con)
+    n = c1 - c0
+    tl.store(RESP_SCORE + resp, tl.where(n > 0, total / tl.maximum(n, 1).to(tl.float64), 0.0))
+    tl.store(RESP_CON + resp, resp_con)
+    tl.store(RESP_WORST + resp, resp_worst)
+
+
+def nli_head_launch(logits: torch.Tensor, support_label: int, contra_label: int, order: torch.Tensor,
+                    cu_pairs: torch.Tensor, cu_claims: torch.Tensor, outputs: dict[str, torch.Tensor]) -> None:
+    n_responses = cu_claims.numel() - 1
+    if n_responses == 0:
+        return
+    block_c = _pow2(logits.shape[1], 2)
+    _nli_head_kernel[(n_responses,)](
+        logits, logits.stride(0), logits.shape[1], support_label, contra_label, order, cu_pairs, cu_claims,
+        outputs["pair_support"], outputs["pair_contradiction"], outputs["claim_support"],
+        outputs["claim_best"], outputs["claim_contradiction"], outputs["claim_worst"],
+        outputs["response_score"], outputs["response_contradiction"], outputs["response_worst"],
+        BLOCK_P=16 if INTERPRETED else 64, BLOCK_C=block_c, num_warps=1 if INTERPRETED else 2)
