@@ -107,9 +107,14 @@ def pack(input_ids: IdsLike, cu_seqlens: torch.Tensor | Sequence[int] | None = N
     if any(n < 1 for n in lengths):
         raise ValueError("every sequence needs at least one token")
     device = torch.device(device)
-    return Packed(ids.to(device, non_blocking=True), cu.to(device=device, dtype=torch.int32, non_blocking=True),
+    return Packed(ids.to(device, non_blocking=True),
+                  cu.to(device=device, dtype=torch.int32, non_blocking=True),
                   None if types is None else types.to(device, non_blocking=True),
                   max(lengths, default=0), lengths)
+
+
+def _weight(module: Any) -> torch.Tensor | None:
+    return None if module is None else module.weight
 
 
 def _varlen_attn_fn():
@@ -155,8 +160,8 @@ class FusedEncoder:
         self.base = base
         emb = base.embeddings
         self.word = emb.word_embeddings.weight
-        self.pos_table = None if getattr(emb, "position_embeddings", None) is None else emb.position_embeddings.weight
-        self.type_table = None if getattr(emb, "token_type_embeddings", None) is None else emb.token_type_embeddings.weight
+        self.pos_table = _weight(getattr(emb, "position_embeddings", None))
+        self.type_table = _weight(getattr(emb, "token_type_embeddings", None))
         self.emb_ln = (emb.LayerNorm.weight, emb.LayerNorm.bias)
         self.layers = []
         for layer in base.encoder.layer:
@@ -206,7 +211,8 @@ class FusedEncoder:
         starts = torch.repeat_interleave(cu[:-1], lengths, output_size=ids.numel())
         if self.family != "roberta":
             return torch.arange(ids.numel(), device=ids.device) - starts
-        # RoBERTa: padding_idx + 1 + the count of non-pad tokens so far in the sequence (pads keep padding_idx)
+        # RoBERTa: padding_idx + 1 + the count of non-pad tokens so far in the sequence
+        # (pad tokens keep padding_idx), as `create_position_ids_from_input_ids`
         mask = (ids != self.pad_id).long()
         counts = mask.cumsum(0)
         before = (counts - mask)[starts]
@@ -224,7 +230,8 @@ class FusedEncoder:
         """Logits from the first token of every sequence (the checkpoint's own head, no dropout)."""
         model = self.model
         if self.family == "bert":
-            pooled = torch.tanh(F.linear(first_tokens, model.bert.pooler.dense.weight, model.bert.pooler.dense.bias))
+            dense = model.bert.pooler.dense
+            pooled = torch.tanh(F.linear(first_tokens, dense.weight, dense.bias))
             return F.linear(pooled, model.classifier.weight, model.classifier.bias)
         if self.family == "roberta":
             x = torch.tanh(F.linear(first_tokens, model.classifier.dense.weight, model.classifier.dense.bias))
@@ -232,7 +239,8 @@ class FusedEncoder:
         from transformers.activations import ACT2FN
 
         pooler = model.pooler
-        pooled = ACT2FN[pooler.config.pooler_hidden_act](F.linear(first_tokens, pooler.dense.weight, pooler.dense.bias))
+        act = ACT2FN[pooler.config.pooler_hidden_act]
+        pooled = act(F.linear(first_tokens, pooler.dense.weight, pooler.dense.bias))
         return F.linear(pooled, model.classifier.weight, model.classifier.bias)
 
     # -- pieces --------------------------------------------------------------------------------
@@ -250,7 +258,8 @@ class FusedEncoder:
         if self.attention == "torch":
             tokens = qkv.shape[0]
             q, k, v = qkv.view(tokens, 3, self.heads, self.head_dim).unbind(1)
-            out = _varlen_attn_fn()(q, k, v, packed.cu_seqlens, packed.cu_seqlens, packed.max_len, packed.max_len)
+            cu, longest = packed.cu_seqlens, packed.max_len
+            out = _varlen_attn_fn()(q, k, v, cu, cu, longest, longest)
             return out.reshape(tokens, self.hidden)
         # filler rows (no sequence covers them) are zeroed rather than left uninitialized; with
         # `varlen_attn` they may hold anything, which stays in those rows (every other op is row-wise)
@@ -273,8 +282,9 @@ class FusedEncoder:
         encoder = self.base.encoder
         n, length, tokens = packed.n_seqs, packed.max_len, hidden.shape[0]
         cu = packed.cu_seqlens.long()
-        seq = torch.repeat_interleave(torch.arange(n, device=hidden.device), cu[1:] - cu[:-1], output_size=tokens)
-        slot = seq * length + torch.arange(tokens, device=hidden.device) - cu[:-1][seq]  # packed -> padded row
+        device = hidden.device
+        seq = torch.repeat_interleave(torch.arange(n, device=device), cu[1:] - cu[:-1], output_size=tokens)
+        slot = seq * length + torch.arange(tokens, device=device) - cu[:-1][seq]  # packed -> padded row
         valid = torch.zeros(n * length, dtype=torch.bool, device=hidden.device)
         valid[slot] = True
         mask = valid.view(n, 1, 1, length)  # keys beyond a sequence's end are masked
@@ -379,12 +389,14 @@ class CudaGraphEncoder:
     def _build(self, tokens: int, n_seqs: int) -> dict[str, Any]:
         enc = self.encoder
         device = enc.device
+        def zeros(n: int) -> torch.Tensor:
+            return torch.zeros(n, dtype=torch.int64, device=device)
+
         rows = tokens + 1  # a spare row: the first token of an empty sequence slot is always a filler row
         static = Packed(torch.full((rows,), enc.pad_id, dtype=torch.int64, device=device),
                         torch.zeros(n_seqs + 1, dtype=torch.int32, device=device),
-                        torch.zeros(rows, dtype=torch.int64, device=device) if enc.type_table is not None else None,
-                        self.max_len, [], torch.zeros(rows, dtype=torch.int64, device=device)
-                        if enc.pos_table is not None else None, filler=True)
+                        zeros(rows) if enc.type_table is not None else None, self.max_len, [],
+                        zeros(rows) if enc.pos_table is not None else None, filler=True)
         bucket: dict[str, Any] = {"packed": static}
         if self.capture:
             stream = torch.cuda.Stream()

@@ -4,18 +4,20 @@ Inputs are the logits of a batch of (chunk, claim) pairs in any order (the score
 length), the claim each pair belongs to (`pair_claim`, segment ids) and the response each claim
 belongs to (`claim_response`, non-decreasing: claims are numbered response by response). Outputs:
 
-| output | shape | meaning |
-| --- | --- | --- |
-| `pair_support`, `pair_contradiction` | [pairs] fp32 | softmax probability of the support / contradiction label (0 for 2-way checkpoints) |
-| `claim_support`, `claim_best` | [claims] fp32, int32 | maximum support over the claim's chunks, and the pair that gives it (first on ties; -1 and 0.0 for a claim without chunks) |
-| `claim_contradiction`, `claim_worst` | [claims] fp32, int32 | the same for contradiction |
-| `response_score` | [responses] fp64 | mean over the response's claims of `claim_support`, summed in claim order in fp64 (0.0 without claims) |
-| `response_contradiction`, `response_worst` | [responses] fp32, int32 | maximum `claim_contradiction` over its claims and the first claim that has it (0.0 / -1 without claims) |
+- `pair_support`, `pair_contradiction` [pairs] fp32: softmax probability of the support /
+  contradiction label (contradiction 0 for 2-way checkpoints);
+- `claim_support`, `claim_best` [claims] fp32, int32: maximum support over the claim's chunks and
+  the pair that gives it (first on ties; 0.0 and -1 for a claim without chunks);
+- `claim_contradiction`, `claim_worst` [claims]: the same for contradiction;
+- `response_score` [responses] fp64: mean over the response's claims of `claim_support`, summed in
+  claim order in fp64 (0.0 for a response without claims);
+- `response_contradiction`, `response_worst` [responses] fp32, int32: maximum
+  `claim_contradiction` over its claims and the first claim that has it (0.0 / -1 without claims).
 
 This is exactly the evaluators' aggregation (`FactualConsistency`: mean of the best chunk's
 support; a claim's contradiction: its strongest chunk; ties to the first). The Triton kernel runs one
 program per response; the grouping of pairs by claim is a stable argsort done in PyTorch beforehand.
-`nli_head_reference` computes the same in plain PyTorch: the fallback and the tests' oracle.
+`nli_head_reference` computes the same in plain PyTorch with host loops: the tests' oracle.
 """
 
 from __future__ import annotations

@@ -49,8 +49,8 @@ def _varlen_attention_kernel(QKV, OUT, CU, stride_qkv, stride_out, hidden, qk_sc
     m_block = tl.program_id(0)
     head = tl.program_id(1)
     seq = tl.program_id(2)
-    start = tl.load(CU + seq)
-    length = tl.load(CU + seq + 1) - start
+    start = tl.load(CU + seq).to(tl.int64)  # int64 offsets: tokens x 3 * hidden may pass 2^31
+    length = (tl.load(CU + seq + 1) - tl.load(CU + seq)).to(tl.int32)
 
     offs_m = m_block * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, D_PAD)
@@ -318,7 +318,8 @@ def _nli_head_kernel(LOGITS, stride_logits, n_labels, support_label, contra_labe
 
 
 def nli_head_launch(logits: torch.Tensor, support_label: int, contra_label: int, order: torch.Tensor,
-                    cu_pairs: torch.Tensor, cu_claims: torch.Tensor, outputs: dict[str, torch.Tensor]) -> None:
+                    cu_pairs: torch.Tensor, cu_claims: torch.Tensor,
+                    outputs: dict[str, torch.Tensor]) -> None:
     n_responses = cu_claims.numel() - 1
     if n_responses == 0:
         return

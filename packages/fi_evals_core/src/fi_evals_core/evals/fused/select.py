@@ -16,7 +16,9 @@ _BASE_ATTR = {"bert": "bert", "roberta": "roberta", "xlm-roberta": "roberta", "d
 def family(model: Any) -> str | None:
     """'bert', 'roberta' or 'deberta-v2' when `model` is a sequence classifier the fused encoder
     reproduces exactly; None otherwise (the reason is `unsupported_reason(model)`)."""
-    return None if unsupported_reason(model) else {**ABSOLUTE_FAMILIES, **RELATIVE_FAMILIES}[model.config.model_type]
+    if unsupported_reason(model):
+        return None
+    return {**ABSOLUTE_FAMILIES, **RELATIVE_FAMILIES}[model.config.model_type]
 
 
 def unsupported_reason(model: Any) -> str | None:
@@ -68,6 +70,7 @@ def use_fused(model: Any, device: Any) -> bool:
     kind = getattr(device, "type", None) or str(device).split(":")[0]
     if kind == "cuda":
         return fused_forward_available(model)
-    if kind == "cpu" and setting not in ("", "auto") and os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
+    interpreted = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+    if kind == "cpu" and setting not in ("", "auto") and interpreted:
         return fused_forward_available(model)
     return False
