@@ -136,6 +136,33 @@ def test_use_fused_decision(models, monkeypatch):
         bert.config.hidden_act = original
 
 
+def test_pack_and_limits(models):
+    """Packing (no kernels run): lists or packed ids, token types, and the inputs it refuses."""
+    from fi_evals_core.evals.fused import pack
+
+    packed = pack([[5, 6, 7], [8]], token_type_ids=[[0, 0, 1], [1]])
+    assert packed.cu_seqlens.tolist() == [0, 3, 4] and packed.cu_seqlens.dtype == torch.int32
+    assert packed.ids.tolist() == [5, 6, 7, 8] and packed.token_types.tolist() == [0, 0, 1, 1]
+    assert (packed.max_len, packed.lengths) == (3, [3, 1])
+    again = pack(torch.tensor([5, 6, 7, 8]), [0, 3, 4])
+    assert again.lengths == [3, 1] and again.cu_seqlens.tolist() == [0, 3, 4]
+    with pytest.raises(ValueError, match="at least one token"):
+        pack([[5], []])
+    with pytest.raises(ValueError, match="cu_seqlens"):
+        pack(torch.tensor([5, 6]))
+    with pytest.raises(ValueError, match="token_type_ids"):
+        pack([[5, 6]], token_type_ids=[[0]])
+    for family in ("bert", "roberta"):
+        encoder = FusedEncoder(models(family))
+        assert encoder.max_len == MAX_POSITIONS
+        with pytest.raises(ValueError, match="longer than"):
+            encoder([list(range(5, 6 + MAX_POSITIONS))])
+    assert FusedEncoder(models("deberta-v2")).max_len is None  # relative positions only
+    assert FusedEncoder(models("bert"))([]).shape == (0, 3)
+    with pytest.raises(ValueError, match="no fused forward"):
+        FusedEncoder(type("M", (), {"config": type("C", (), {"model_type": "t5"})()})())
+
+
 # -- packed encoder vs Hugging Face eager, fp32 ----------------------------------------------------
 
 
@@ -344,7 +371,7 @@ def test_fused_path_under_interpreter():
     report = result.stdout[-6000:] + result.stderr[-3000:]
     assert result.returncode == 0, f"seed {SEED}\n{report}"
     passed = re.search(r"(\d+) passed", result.stdout)
-    assert passed and int(passed.group(1)) >= 10, report  # the @interpreted tests ran, none skipped
+    assert passed and int(passed.group(1)) >= 11, report  # the @interpreted tests ran, none skipped
 
 
 @pytest.mark.skipif(CHILD, reason="the parent process runs it")

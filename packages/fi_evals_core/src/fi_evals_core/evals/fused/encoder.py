@@ -163,6 +163,9 @@ class FusedEncoder:
         self.pos_table = _weight(getattr(emb, "position_embeddings", None))
         self.type_table = _weight(getattr(emb, "token_type_embeddings", None))
         self.emb_ln = (emb.LayerNorm.weight, emb.LayerNorm.bias)
+        # the longest sequence the position table covers (RoBERTa's starts after padding_idx)
+        self.max_len = None if self.pos_table is None else (
+            self.pos_table.shape[0] - (self.pad_id + 1 if self.family == "roberta" else 0))
         self.layers = []
         for layer in base.encoder.layer:
             attn = layer.attention.self
@@ -192,6 +195,9 @@ class FusedEncoder:
     def forward_packed(self, packed: Packed) -> torch.Tensor:
         if packed.n_seqs == 0:
             return torch.zeros(0, self.config.num_labels, device=self.device, dtype=self.dtype)
+        if self.max_len is not None and packed.max_len > self.max_len:
+            raise ValueError(f"a sequence of {packed.max_len} tokens is longer than the checkpoint's "
+                             f"{self.max_len} positions")
         hidden = self.embed(packed)
         if self.family == "deberta-v2":
             hidden = self._deberta_layers(hidden, packed)
@@ -344,10 +350,7 @@ class CudaGraphEncoder:
             raise ValueError("CUDA graphs cover the BERT / RoBERTa families only")
         self.encoder = encoder
         self.token_step = token_step
-        limit = encoder.config.max_position_embeddings
-        if encoder.family == "roberta":
-            limit -= encoder.pad_id + 1
-        self.max_len = max_len or limit
+        self.max_len = max_len or encoder.max_len
         self.capture = capture and encoder.device.type == "cuda"
         self.buckets: dict[tuple[int, int], dict[str, Any]] = {}
         self.pool = torch.cuda.graph_pool_handle() if self.capture else None
@@ -364,6 +367,8 @@ class CudaGraphEncoder:
         enc = self.encoder
         if packed.max_len > self.max_len:
             raise ValueError(f"a sequence of {packed.max_len} tokens is longer than {self.max_len}")
+        if packed.n_seqs == 0:
+            return enc.forward_packed(packed)
         tokens, n = packed.ids.numel(), packed.n_seqs
         key = self.bucket_of(tokens, n)
         bucket = self.buckets.get(key) or self._build(*key)
