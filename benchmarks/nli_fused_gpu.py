@@ -44,6 +44,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import math
 import os
 import random
 import re
@@ -237,11 +238,20 @@ def torch_head(logits, support, contradiction, pair_claim, claim_response):
     return total / torch.bincount(claim_response, minlength=n_responses).clamp(min=1)
 
 
+_STARTED = time.perf_counter()
+
+
+def log(message: str) -> None:
+    print(f"[{time.perf_counter() - _STARTED:6.1f}s] {message}", flush=True)
+
+
 def relative(out: torch.Tensor, ref: torch.Tensor) -> float:
     return float((out.float() - ref.float()).norm() / ref.float().norm())
 
 
 def run_model(kind: str, args, device: torch.device, lengths: list[int], rate: float) -> dict:
+    """Build, check and time every variant on one model shape. A variant that fails (to build, to
+    run, or to compile its kernels) is reported with its error and left out: the run goes on."""
     from fi_evals_core.evals.fused import FusedEncoder, nli_head
     from fi_evals_core.evals.fused.encoder import CudaGraphEncoder, count_flops
 
@@ -250,37 +260,72 @@ def run_model(kind: str, args, device: torch.device, lengths: list[int], rate: f
     batches = make_batches(base, lengths, args.batch_size, device, args.seed)
     n_pairs = len(lengths)
     flops = count_flops(base.config, lengths)
+    log(f"{kind}: model and {len(batches)} batches built")
+
+    def hf_variant(model):
+        return lambda b: model(**b["padded"]).logits
+
+    def build_variants() -> dict:
+        """name -> (factory returning (forward, description))"""
+        def sdpa():
+            model, note = with_attention(base, half, "sdpa")
+            return hf_variant(model), f"{note}, bf16, padded"
+
+        bf16 = copy.deepcopy(base).to(half).eval()
+
+        def fused(attention="auto"):
+            def make():
+                encoder = FusedEncoder(bf16, attention=attention)
+                how = (f"packed, bf16, attention {encoder.attention}" if encoder.family != "deberta-v2" else
+                       "packed, bf16, disentangled attention core padded in PyTorch")
+                return (lambda b: encoder.forward_packed(b["packed"])), how
+            return make
+
+        def graphs():
+            graphed = CudaGraphEncoder(FusedEncoder(bf16), token_step=args.token_step,
+                                       capture=device.type == "cuda")
+            return (lambda b: graphed.forward_packed(b["packed"]),
+                    f"packed, bf16, CUDA graphs per {args.token_step}-token bucket")
+
+        out = {"hf-eager-fp32": lambda: (hf_variant(base), "eager, fp32, padded"), "hf-sdpa-bf16": sdpa,
+               "fused": fused()}
+        family = FusedEncoder(base).family
+        if family != "deberta-v2":
+            out["fused-triton"] = fused("triton")
+            if args.cuda_graphs:
+                out["fused-graphs"] = graphs
+        return out
 
     variants: dict[str, tuple] = {}
-    eager = base
-    variants["hf-eager-fp32"] = (lambda b: eager(**b["padded"]).logits, "eager, fp32, padded")
-    sdpa, note = with_attention(base, half, "sdpa")
-    variants["hf-sdpa-bf16"] = (lambda b: sdpa(**b["padded"]).logits, f"{note}, bf16, padded")
-    bf16 = copy.deepcopy(base).to(half).eval()
-    fused = FusedEncoder(bf16)
-    how = (f"packed, bf16, attention {fused.attention}" if fused.family != "deberta-v2" else
-           "packed, bf16, disentangled attention core padded in PyTorch")
-    variants["fused"] = (lambda b: fused.forward_packed(b["packed"]), how)
-    if fused.family != "deberta-v2" and fused.attention != "triton":
-        fused_triton = FusedEncoder(bf16, attention="triton")
-        variants["fused-triton"] = (lambda b: fused_triton.forward_packed(b["packed"]),
-                                    "packed, bf16, attention triton")
-    if args.cuda_graphs and fused.family != "deberta-v2":
-        graphed = CudaGraphEncoder(fused, token_step=args.token_step, capture=device.type == "cuda")
-        variants["fused-graphs"] = (lambda b: graphed.forward_packed(b["packed"]),
-                                    f"packed, bf16, CUDA graphs per {args.token_step}-token bucket")
+    errors: dict[str, str] = {}
+    for name, make in build_variants().items():
+        try:
+            variants[name] = make()
+        except Exception as exc:  # reported in the table; the other variants still run
+            errors[name] = f"{type(exc).__name__}: {exc}"[:300]
+    if variants.get("fused") and variants.get("fused-triton") and "triton" in variants["fused"][1]:
+        del variants["fused-triton"]  # `auto` already chose the Triton kernel
 
     # correctness on the first batch, before any timing
-    check = {}
+    check: dict[str, float] = {}
+    first = batches[0]
     with torch.inference_mode():
-        first = batches[0]
-        ref = eager(**first["padded"]).logits.float()
-        fp32_out = FusedEncoder(base, attention="triton").forward_packed(first["packed"])
-        check["fused-fp32 vs hf-eager-fp32"] = relative(fp32_out, ref)
-        for name, (fn, _) in variants.items():
-            if name != "hf-eager-fp32":
+        ref = base(**first["padded"]).logits.float()
+        try:
+            fp32_out = FusedEncoder(base, attention="triton").forward_packed(first["packed"])
+            check["fused-fp32 vs hf-eager-fp32"] = relative(fp32_out, ref)
+        except Exception as exc:
+            errors["fused-fp32 check"] = f"{type(exc).__name__}: {exc}"[:300]
+        for name, (fn, _) in list(variants.items()):
+            if name == "hf-eager-fp32":
+                continue
+            try:
                 check[f"{name} vs hf-eager-fp32"] = relative(fn(first), ref)
-    ok = check["fused-fp32 vs hf-eager-fp32"] <= 1e-4
+            except Exception as exc:
+                errors[name] = f"{type(exc).__name__}: {exc}"[:300]
+                del variants[name]
+    ok = check.get("fused-fp32 vs hf-eager-fp32", math.inf) <= 1e-4
+    log(f"{kind}: checked, fp32 {'ok' if ok else 'FAILED'}")
 
     # every pass ends in the per-claim / per-response aggregation (two chunks per claim, one claim
     # per response as in QAGS-XSum): the fused head for the fused variants, PyTorch ops for HF's
@@ -302,8 +347,13 @@ def run_model(kind: str, args, device: torch.device, lengths: list[int], rate: f
         return go
 
     with torch.inference_mode():
-        for name, (fn, _) in variants.items():  # warm-up
-            one_pass(name, fn)()
+        for name, (fn, _) in list(variants.items()):  # warm-up
+            try:
+                one_pass(name, fn)()
+            except Exception as exc:
+                errors[name] = f"{type(exc).__name__}: {exc}"[:300]
+                del variants[name], samples[name]
+        log(f"{kind}: warmed up")
         for _ in range(args.repeats):
             for name, (fn, _) in variants.items():
                 samples[name].append(timer(one_pass(name, fn)))
@@ -317,12 +367,12 @@ def run_model(kind: str, args, device: torch.device, lengths: list[int], rate: f
                      "pairs_per_s": n_pairs / median})
     by = {r["variant"]: r["pairs_per_s"] for r in rows}
     for r in rows:
-        r["vs_eager_fp32"] = r["pairs_per_s"] / by["hf-eager-fp32"]
-        r["vs_sdpa_bf16"] = r["pairs_per_s"] / by["hf-sdpa-bf16"]
+        r["vs_eager_fp32"] = r["pairs_per_s"] / by["hf-eager-fp32"] if "hf-eager-fp32" in by else math.nan
+        r["vs_sdpa_bf16"] = r["pairs_per_s"] / by["hf-sdpa-bf16"] if "hf-sdpa-bf16" in by else math.nan
         r["of_roofline"] = r["pairs_per_s"] / roofline
     return {"model": kind, "pairs": n_pairs, "batches": len(batches), "batch_size": args.batch_size,
             "mean_tokens": sum(lengths) / n_pairs, "gflop_per_pair": flops / n_pairs / 1e9,
-            "roofline_pairs_per_s": roofline, "check": check, "check_ok": ok, "rows": rows}
+            "roofline_pairs_per_s": roofline, "check": check, "check_ok": ok, "errors": errors, "rows": rows}
 
 
 def print_model(result: dict) -> None:
@@ -333,6 +383,8 @@ def print_model(result: dict) -> None:
     for name, err in result["check"].items():
         print(f"   check {name}: relative error {err:.2e}")
     print(f"   fp32 check {'PASSED' if result['check_ok'] else 'FAILED'} (<= 1e-4)")
+    for name, error in result["errors"].items():
+        print(f"   ERROR {name}: {error}")
     print("| variant | how | pairs/s | median s (q1-q3) | vs eager fp32 | vs sdpa bf16 | of roofline |")
     print("| --- | --- | ---: | ---: | ---: | ---: | ---: |")
     for r in result["rows"]:
@@ -390,15 +442,17 @@ def main(argv: list[str] | None = None) -> int:
         result = run_model(kind.strip(), args, device, lengths, rate)
         print_model(result)
         results["models"].append(result)
+        if args.json:  # after each model: a later failure keeps what was measured
+            Path(args.json).write_text(json.dumps(results, indent=1))
         if device.type == "cuda":
             torch.cuda.empty_cache()
-    if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=1))
     failed = [r["model"] for r in results["models"] if not r["check_ok"]]
     if failed:
         print(f"\nFAILED: fused fp32 logits differ from HF eager fp32 beyond 1e-4 for {failed}")
-        return 1
-    return 0
+    broken = [f"{r['model']}: {name}" for r in results["models"] for name in r["errors"]]
+    if broken:
+        print(f"\nFAILED variants (see ERROR lines): {broken}")
+    return 1 if failed or broken else 0
 
 
 if __name__ == "__main__":

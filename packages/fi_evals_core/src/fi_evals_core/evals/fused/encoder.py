@@ -51,6 +51,7 @@ The per-claim / per-response aggregation is `head.nli_head`, for every family.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -58,6 +59,8 @@ import torch
 import torch.nn.functional as F
 
 from .select import unsupported_reason
+
+logger = logging.getLogger(__name__)
 
 IdsLike = Any  # list of id lists, list of 1-D tensors, or one packed 1-D tensor (with cu_seqlens)
 
@@ -183,6 +186,7 @@ class FusedEncoder:
                 "d_w": layer.output.dense.weight, "d_b": layer.output.dense.bias,
                 "ln2": (layer.output.LayerNorm.weight, layer.output.LayerNorm.bias),
             })
+        self._attention_requested = attention
         self.attention = self._pick_attention(attention)
 
     # -- public -------------------------------------------------------------------------------
@@ -265,8 +269,15 @@ class FusedEncoder:
             tokens = qkv.shape[0]
             q, k, v = qkv.view(tokens, 3, self.heads, self.head_dim).unbind(1)
             cu, longest = packed.cu_seqlens, packed.max_len
-            out = _varlen_attn_fn()(q, k, v, cu, cu, longest, longest)
-            return out.reshape(tokens, self.hidden)
+            try:
+                out = _varlen_attn_fn()(q, k, v, cu, cu, longest, longest)
+            except (RuntimeError, NotImplementedError) as exc:  # e.g. a build without its kernels
+                if self._attention_requested == "torch":
+                    raise
+                logger.warning("torch varlen_attn failed (%s): using the Triton attention kernel", exc)
+                self.attention = "triton"
+            else:
+                return out.reshape(tokens, self.hidden)
         # filler rows (no sequence covers them) are zeroed rather than left uninitialized; with
         # `varlen_attn` they may hold anything, which stays in those rows (every other op is row-wise)
         out = qkv.new_zeros(qkv.shape[0], self.hidden) if packed.filler else None
