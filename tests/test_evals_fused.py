@@ -276,6 +276,17 @@ def test_kernels_write_every_element():
     assert torch.allclose(y, torch.nn.functional.gelu(x + bias), atol=1e-6), f"seed {SEED}"
 
 
+@pytest.mark.skipif(INTERPRETED, reason="kernels defined for the interpreter here: the parent compiles them")
+@pytest.mark.filterwarnings("ignore:TRITON_DEFAULT_FP_FUSION")
+def test_kernels_compile_for_h100_and_a100():
+    """Every kernel, with the launchers' block sizes, compiled to sm_90 and sm_80 cubins by Triton's
+    bundled ptxas: what the interpreter cannot check (loop-carried types, shared memory, registers)."""
+    from fi_evals_core.evals.fused import kernels
+
+    compiled = kernels.compile_for_gpu(90) + kernels.compile_for_gpu(80, dtypes=("bf16",))
+    assert len(compiled) == 20, compiled
+
+
 # -- the fused head ---------------------------------------------------------------------------------
 
 

@@ -105,20 +105,27 @@ def varlen_attention(qkv: torch.Tensor, cu_seqlens: torch.Tensor, max_len: int, 
     if n_seqs == 0 or tokens == 0:
         return out
     scale = 1.0 / math.sqrt(head_dim) if scale is None else scale
-    if INTERPRETED:
+    meta = attention_meta(head_dim, qkv.dtype, INTERPRETED)
+    grid = (triton.cdiv(max(int(max_len), 1), meta["BLOCK_M"]), heads, n_seqs)
+    _varlen_attention_kernel[grid](qkv, out, cu_seqlens, qkv.stride(0), out.stride(0), hidden,
+                                   scale * _LOG2E, **meta)
+    return out
+
+
+def attention_meta(head_dim: int, dtype: torch.dtype, interpreted: bool) -> dict:
+    """Block sizes and launch options of the attention kernel (tiny blocks in the interpreter, so
+    short test sequences still cross query and key blocks; fp32 is the correctness path)."""
+    if interpreted:
         block_m = block_n = 16
         warps, stages = 1, 1
+    elif dtype == torch.float32:
+        block_m, block_n, warps, stages = 64, 32, 4, 2
     else:
         block_m, block_n = (128, 64) if head_dim <= 64 else (64, 64)
-        warps, stages = (8 if head_dim > 64 or block_m >= 128 else 4), 2
-    precision = "ieee" if qkv.dtype == torch.float32 or INTERPRETED else "tf32"
-    grid = (triton.cdiv(max(int(max_len), 1), block_m), heads, n_seqs)
-    _varlen_attention_kernel[grid](qkv, out, cu_seqlens, qkv.stride(0), out.stride(0), hidden,
-                                   scale * _LOG2E, HEAD_DIM=head_dim, D_PAD=_pow2(head_dim, 16),
-                                   BLOCK_M=block_m, BLOCK_N=block_n, PRECISION=precision,
-                                   UPCAST=INTERPRETED and qkv.dtype != torch.float32,
-                                   num_warps=warps, num_stages=stages)
-    return out
+        warps, stages = 8, 2
+    return {"HEAD_DIM": head_dim, "D_PAD": _pow2(head_dim, 16), "BLOCK_M": block_m, "BLOCK_N": block_n,
+            "PRECISION": "ieee" if dtype == torch.float32 or interpreted else "tf32",
+            "UPCAST": interpreted and dtype != torch.float32, "num_warps": warps, "num_stages": stages}
 
 
 # -- bias + GELU --------------------------------------------------------------------------------
@@ -140,9 +147,13 @@ def bias_gelu_(x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
     n = x.numel()
     if n == 0:
         return x
-    block = 1024 if INTERPRETED else 2048
-    _bias_gelu_kernel[(triton.cdiv(n, block),)](x, bias, n, x.shape[-1], BLOCK=block, num_warps=4)
+    meta = gelu_meta(INTERPRETED)
+    _bias_gelu_kernel[(triton.cdiv(n, meta["BLOCK"]),)](x, bias, n, x.shape[-1], **meta)
     return x
+
+
+def gelu_meta(interpreted: bool) -> dict:
+    return {"BLOCK": 1024 if interpreted else 2048, "num_warps": 4}
 
 
 # -- (bias +) (residual +) LayerNorm ----------------------------------------------------------------
@@ -176,14 +187,14 @@ def _normalize(x, col_mask, W, B, cols, n_cols, eps):
     return xc * rstd[:, None] * w[None, :] + b[None, :]
 
 
-def _row_blocking(cols: int) -> tuple[int, int, int]:
-    """(rows per program, column block, warps): many rows per program in the interpreter (its cost is
-    per program), one row per program on the GPU for wide rows."""
+def rows_meta(cols: int, interpreted: bool) -> dict:
+    """Rows per program, column block and warps of the row kernels: many rows per program in the
+    interpreter (its cost is per program), one or two rows of up to 1024 columns on the GPU."""
     block = _pow2(cols)
-    if INTERPRETED:
-        return 32, block, 1
+    if interpreted:
+        return {"ROWS": 32, "BLOCK": block, "num_warps": 1}
     rows = max(1, 2048 // block)
-    return rows, block, min(16, max(1, rows * block // 256))
+    return {"ROWS": rows, "BLOCK": block, "num_warps": min(16, max(1, rows * block // 256))}
 
 
 def bias_residual_layernorm(x: torch.Tensor, bias: torch.Tensor | None, residual: torch.Tensor | None,
@@ -195,11 +206,11 @@ def bias_residual_layernorm(x: torch.Tensor, bias: torch.Tensor | None, residual
         out = torch.empty_like(x)
     if rows == 0:
         return out
-    per, block, warps = _row_blocking(cols)
-    _layernorm_kernel[(triton.cdiv(rows, per),)](
+    meta = rows_meta(cols, INTERPRETED)
+    _layernorm_kernel[(triton.cdiv(rows, meta["ROWS"]),)](
         x, bias if bias is not None else x, residual if residual is not None else x, weight, beta, out, rows,
         x.stride(0), residual.stride(0) if residual is not None else 0, out.stride(0), cols, eps,
-        HAS_BIAS=bias is not None, HAS_RES=residual is not None, ROWS=per, BLOCK=block, num_warps=warps)
+        HAS_BIAS=bias is not None, HAS_RES=residual is not None, **meta)
     return out
 
 
@@ -240,11 +251,11 @@ def embed_layernorm(ids: torch.Tensor, positions: torch.Tensor | None, types: to
         return out
     has_pos = positions is not None and pos_table is not None
     has_type = types is not None and type_table is not None
-    per, block, warps = _row_blocking(cols)
-    _embed_layernorm_kernel[(triton.cdiv(tokens, per),)](
+    meta = rows_meta(cols, INTERPRETED)
+    _embed_layernorm_kernel[(triton.cdiv(tokens, meta["ROWS"]),)](
         ids, positions if has_pos else ids, types if has_type else ids, word, pos_table if has_pos else word,
         type_table if has_type else word, weight, beta, out, tokens, out.stride(0), cols, eps,
-        HAS_POS=has_pos, HAS_TYPE=has_type, ROWS=per, BLOCK=block, num_warps=warps)
+        HAS_POS=has_pos, HAS_TYPE=has_type, **meta)
     return out
 
 
@@ -323,10 +334,65 @@ def nli_head_launch(logits: torch.Tensor, support_label: int, contra_label: int,
     n_responses = cu_claims.numel() - 1
     if n_responses == 0:
         return
-    block_c = _pow2(logits.shape[1], 2)
     _nli_head_kernel[(n_responses,)](
         logits, logits.stride(0), logits.shape[1], support_label, contra_label, order, cu_pairs, cu_claims,
         outputs["pair_support"], outputs["pair_contradiction"], outputs["claim_support"],
         outputs["claim_best"], outputs["claim_contradiction"], outputs["claim_worst"],
         outputs["response_score"], outputs["response_contradiction"], outputs["response_worst"],
-        BLOCK_P=16 if INTERPRETED else 64, BLOCK_C=block_c, num_warps=1 if INTERPRETED else 2)
+        **head_meta(logits.shape[1], INTERPRETED))
+
+
+def head_meta(n_labels: int, interpreted: bool) -> dict:
+    return {"BLOCK_P": 16 if interpreted else 64, "BLOCK_C": _pow2(n_labels, 2),
+            "num_warps": 1 if interpreted else 2}
+
+
+# -- ahead-of-time compilation (no GPU needed) --------------------------------------------------------
+
+
+def compile_for_gpu(capability: int = 90, dtypes: tuple[str, ...] = ("bf16", "fp16", "fp32"),
+                    head_dim: int = 64, hidden: int = 1024, n_labels: int = 3) -> list[str]:
+    """Compile every kernel to a cubin for an NVIDIA GPU of `capability` (90: H100, 80: A100) with
+    the launch options the launchers use, through Triton's bundled ptxas: no GPU or driver needed,
+    so the CPU tests catch what the interpreter cannot (typing of loop-carried values, shared
+    memory, register limits). Returns a line per kernel compiled; raises on the first failure."""
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    if INTERPRETED:
+        raise RuntimeError("kernels were defined under TRITON_INTERPRET=1: nothing to compile")
+    target = GPUTarget("cuda", capability, 32)
+    done = []
+
+    def build(kernel, signature: dict, meta: dict) -> None:
+        meta = dict(meta)
+        options = {k: meta.pop(k) for k in ("num_warps", "num_stages") if k in meta}
+        signature = {**signature, **{name: "constexpr" for name in meta}}
+        compiled = triton.compile(ASTSource(fn=kernel, signature=signature, constexprs=meta), target=target,
+                                  options=options)
+        done.append(f"{kernel.__name__} sm_{capability} {dt}: {compiled.metadata.shared} B shared memory")
+
+    torch_types = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+    for dt in dtypes:
+        build(_varlen_attention_kernel,
+              {"QKV": f"*{dt}", "OUT": f"*{dt}", "CU": "*i32", "stride_qkv": "i32", "stride_out": "i32",
+               "hidden": "i32", "qk_scale": "fp32"}, attention_meta(head_dim, torch_types[dt], False))
+        build(_bias_gelu_kernel, {"X": f"*{dt}", "BIAS": f"*{dt}", "n_elements": "i32", "n_cols": "i32"},
+              gelu_meta(False))
+        rows = {"n_rows": "i32"}
+        build(_layernorm_kernel,
+              {**{name: f"*{dt}" for name in ("X", "BIAS", "RES", "W", "B", "OUT")}, **rows, "stride_x": "i32",
+               "stride_res": "i32", "stride_out": "i32", "n_cols": "i32", "eps": "fp32"},
+              {"HAS_BIAS": True, "HAS_RES": True, **rows_meta(hidden, False)})
+        build(_embed_layernorm_kernel,
+              {"IDS": "*i64", "POS": "*i64", "TYPES": "*i64",
+               **{name: f"*{dt}" for name in ("WORD", "POSW", "TYPEW", "W", "B", "OUT")}, **rows,
+               "stride_out": "i32", "n_cols": "i32", "eps": "fp32"},
+              {"HAS_POS": True, "HAS_TYPE": True, **rows_meta(hidden, False)})
+        build(_nli_head_kernel,
+              {"LOGITS": f"*{dt}", "stride_logits": "i32", "n_labels": "i32", "support_label": "i32",
+               "contra_label": "i32", "ORDER": "*i32", "CU_PAIRS": "*i32", "CU_CLAIMS": "*i32",
+               "PAIR_SUP": "*fp32", "PAIR_CON": "*fp32", "CLAIM_SUP": "*fp32", "CLAIM_BEST": "*i32",
+               "CLAIM_CON": "*fp32", "CLAIM_WORST": "*i32", "RESP_SCORE": "*fp64", "RESP_CON": "*fp32",
+               "RESP_WORST": "*i32"}, head_meta(n_labels, False))
+    return done
