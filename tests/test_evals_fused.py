@@ -1,13 +1,15 @@
-"""The fused NLI path (fi_evals_core.evals.fused) checked on the CPU under Triton's interpreter.
+"""The fused NLI path (fi_evals_core.evals.fused) checked on the CPU: no GPU needed.
 
-Triton decides interpreter or compiler when a function is decorated with `@triton.jit`, and that
-includes triton's own library functions (`tl.sum`, `tl.max`, ...), decorated when triton is first
-imported. In a pytest process triton is imported long before this module (transformers imports it
-through torch._dynamo), so setting TRITON_INTERPRET=1 here would be too late: "Cannot call
-@triton.jit'd outside of the scope of a kernel". So the kernel checks run in one child pytest of
-this file with TRITON_INTERPRET=1 in its environment from the start (`test_fused_path_under_interpreter`);
-a process started with TRITON_INTERPRET=1 runs them directly. Shapes are tiny (hidden 64, 2 layers,
-at most 64 positions): interpreted kernels are slow.
+- Numerics under Triton's interpreter. Triton decides interpreter or compiler when a function is
+  decorated with `@triton.jit`, including triton's own library functions (`tl.sum`, `tl.max`, ...),
+  decorated when triton is first imported. In a pytest process triton is imported long before this
+  module (transformers imports it through torch._dynamo), so setting TRITON_INTERPRET=1 here would
+  be too late ("Cannot call @triton.jit'd outside of the scope of a kernel"). So the @interpreted
+  tests run in one child pytest of this file started with TRITON_INTERPRET=1
+  (`test_fused_path_under_interpreter`); a process started with it runs them directly. Shapes are
+  tiny (hidden 64, 2 layers, at most 64 positions): interpreted kernels are slow.
+- Compilation for the GPU: every kernel compiled to sm_90 / sm_80 cubins by Triton's bundled ptxas.
+- The GPU benchmark end to end with `--smoke` (tiny shapes, interpreter, in a subprocess).
 
 Inputs are fresh random draws each run, seeded from the clock; every assertion message carries the
 seed, and `FI_EVALS_TEST_SEED=<seed>` replays a failing run (the child gets the parent's seed).

@@ -381,8 +381,8 @@ def compile_for_gpu(capability: int = 90, dtypes: tuple[str, ...] = ("bf16", "fp
               gelu_meta(False))
         rows = {"n_rows": "i32"}
         build(_layernorm_kernel,
-              {**{name: f"*{dt}" for name in ("X", "BIAS", "RES", "W", "B", "OUT")}, **rows, "stride_x": "i32",
-               "stride_res": "i32", "stride_out": "i32", "n_cols": "i32", "eps": "fp32"},
+              {**{name: f"*{dt}" for name in ("X", "BIAS", "RES", "W", "B", "OUT")}, **rows,
+               "stride_x": "i32", "stride_res": "i32", "stride_out": "i32", "n_cols": "i32", "eps": "fp32"},
               {"HAS_BIAS": True, "HAS_RES": True, **rows_meta(hidden, False)})
         build(_embed_layernorm_kernel,
               {"IDS": "*i64", "POS": "*i64", "TYPES": "*i64",
