@@ -133,6 +133,7 @@ def test_breakdown_from_the_step_timestamps_and_events_equals_vllms_stats(vllm, 
     monkeypatch.setattr(_engine.Child, "timing", both)
     llm.generate(["one", "two two", "three three three", "four", "five", "six"],
                  SamplingParams(max_tokens=5, ignore_eos=True))
+    assert drain(10)  # the spans' attributes are worked out on the telemetry worker
     assert len(pairs) == 6
     for m, (ttft, ours) in pairs:
         assert ours[A.VLLM_QUEUE_TIME] == m.scheduled_ts - m.queued_ts

@@ -28,6 +28,7 @@ import contextvars
 import logging
 import time
 import weakref
+from functools import partial
 from typing import Any
 
 from opentelemetry import propagate
@@ -288,10 +289,12 @@ class RequestTracker:
         states = instance.request_states
         before = len(states)
         result = wrapped(*args, **kwargs)
-        try:
-            self._after_step(states, outputs, interesting, before - len(states), timestamp)
-        except Exception:
-            logger.debug("could not read a vLLM step", exc_info=True)
+        finished = before - len(states)
+        if interesting or finished:
+            try:
+                self._after_step(states, outputs, interesting, finished, timestamp)
+            except Exception:
+                logger.debug("could not read a vLLM step", exc_info=True)
         return result
 
     def _before_step(self, interesting: list, timestamp: float) -> None:
@@ -360,27 +363,10 @@ class RequestTracker:
             for child_id in list(getattr(parent, "child_requests", ()) or ()):
                 self.by_request.pop(child_id, None)
                 self.awaiting_first.discard(child_id)
-        self._end(child, now, error, last_token_ts)
-
-    def _end(self, child: Child, now: int, error: BaseException | None, last_token_ts: float | None) -> None:
-        """The last child to finish gives the span its latency breakdown (as vLLM's tracing
-        would give it for that child); aborted and failed requests have no last token."""
-        tracked, state = child.tracked, child.state
-        request = tracked.request
-        request.set_usage(
-            input_tokens=tracked.input_tokens,
-            output_tokens=tracked.output_tokens if getattr(state, "detokenizer", None) is not None else None,
-            cache_read_input_tokens=getattr(state, "num_cached_tokens", None),
-            decode_steps=tracked.max_output_tokens or None,
-        )
-        request.set_response(finish_reasons=[r or "abort" for r in tracked.reasons])
-        ttft, timing = child.timing(last_token_ts)
-        for key, value in timing.items():
-            request.set_attribute(key, value)
-        if ttft is not None:
-            request.use_engine_latency(ttft, timing.get(A.VLLM_DECODE_TIME))
-        request.set_attribute(A.VLLM_KV_CACHE_USAGE, self.kv_cache_usage)
-        request.end(error, end_ns=now)
+        # The end instant and the KV-cache usage are noted now; the attributes are worked out on
+        # the telemetry worker (the request's state is final once it has finished).
+        tracked.request.end(error, end_ns=now, finalize=partial(_describe_end, child, last_token_ts,
+                                                                self.kv_cache_usage))
 
     def scheduler_stats_wrapper(self, wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
         """Keep the KV-cache usage the scheduler reports each step (one attribute read)."""
@@ -452,6 +438,27 @@ class RequestTracker:
         except Exception:
             logger.debug("could not end failed vLLM spans", exc_info=True)
         return wrapped(*args, **kwargs)
+
+
+def _describe_end(child: Child, last_token_ts: float | None, kv_cache_usage: float | None,
+                  request: RequestSpan) -> None:
+    """What the span says about how the request ended: tokens, finish reasons, and the latency
+    breakdown of the last child to finish (as vLLM's tracing would give it for that child; aborted
+    and failed requests have no last token). Runs on the telemetry worker."""
+    tracked, state = child.tracked, child.state
+    request.set_usage(
+        input_tokens=tracked.input_tokens,
+        output_tokens=tracked.output_tokens if getattr(state, "detokenizer", None) is not None else None,
+        cache_read_input_tokens=getattr(state, "num_cached_tokens", None),
+        decode_steps=tracked.max_output_tokens or None,
+    )
+    request.set_response(finish_reasons=[r or "abort" for r in tracked.reasons])
+    ttft, timing = child.timing(last_token_ts)
+    for key, value in timing.items():
+        request.set_attribute(key, value)
+    if ttft is not None:
+        request.use_engine_latency(ttft, timing.get(A.VLLM_DECODE_TIME))
+    request.set_attribute(A.VLLM_KV_CACHE_USAGE, kv_cache_usage)
 
 
 def engine_timing(first_token_latency: float | None, queued_ts: float | None, scheduled_ts: float | None,
