@@ -54,9 +54,27 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "packages" / "fi_evals_core" / "src"))
+SRC = REPO / "packages" / "fi_evals_core" / "src"
 
 import torch  # noqa: E402
+
+
+def fused_modules():
+    """`fi_evals_core.evals.fused` (its encoder and head) from this checkout, without running
+    `fi_evals_core/__init__.py`: that imports the OpenTelemetry SDK, which GPU images may lack, and
+    the fused path needs only torch, triton and transformers. The parent packages are stood in by
+    bare package modules pointing at their folders."""
+    import types
+
+    package = SRC / "fi_evals_core"
+    for name, folder in (("fi_evals_core", package), ("fi_evals_core.evals", package / "evals")):
+        if name not in sys.modules:
+            module = types.ModuleType(name)
+            module.__path__ = [str(folder)]
+            sys.modules[name] = module
+    from fi_evals_core.evals.fused import encoder, head
+
+    return encoder, head
 
 DATA = REPO.parent / "shared" / "data" / "qags_xsum.json"
 # QAGS-XSum pair lengths (tokens, estimated as below) in 32-token bins: {bin start: pairs}
@@ -161,7 +179,7 @@ def with_attention(model, dtype: torch.dtype, implementation: str):
 
 def make_batches(model, lengths: list[int], batch_size: int, device: torch.device, seed: int):
     """Length-sorted batches, each as padded HF inputs and as packed fused inputs (same tokens)."""
-    from fi_evals_core.evals.fused.encoder import pack
+    pack = fused_modules()[0].pack
 
     g = torch.Generator().manual_seed(seed)
     vocab, pad = model.config.vocab_size, model.config.pad_token_id
@@ -252,8 +270,10 @@ def relative(out: torch.Tensor, ref: torch.Tensor) -> float:
 def run_model(kind: str, args, device: torch.device, lengths: list[int], rate: float) -> dict:
     """Build, check and time every variant on one model shape. A variant that fails (to build, to
     run, or to compile its kernels) is reported with its error and left out: the run goes on."""
-    from fi_evals_core.evals.fused import FusedEncoder, nli_head
-    from fi_evals_core.evals.fused.encoder import CudaGraphEncoder, count_flops
+    encoder, head_module = fused_modules()
+    FusedEncoder, CudaGraphEncoder = encoder.FusedEncoder, encoder.CudaGraphEncoder
+    count_flops = encoder.count_flops
+    nli_head = head_module.nli_head
 
     half = torch.bfloat16
     base = build_model(kind, args.smoke, device)

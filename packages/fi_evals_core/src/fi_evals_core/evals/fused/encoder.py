@@ -271,7 +271,8 @@ class FusedEncoder:
             cu, longest = packed.cu_seqlens, packed.max_len
             try:
                 out = _varlen_attn_fn()(q, k, v, cu, cu, longest, longest)
-            except (RuntimeError, NotImplementedError) as exc:  # e.g. a build without its kernels
+            except (RuntimeError, NotImplementedError, TypeError, ValueError) as exc:  # a build without
+                # its kernels, another torch version's signature: the Triton kernel does the same work
                 if self._attention_requested == "torch":
                     raise
                 logger.warning("torch varlen_attn failed (%s): using the Triton attention kernel", exc)
