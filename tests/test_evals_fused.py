@@ -160,6 +160,9 @@ def test_pack_and_limits(models):
         with pytest.raises(ValueError, match="longer than"):
             encoder([list(range(5, 6 + MAX_POSITIONS))])
     assert FusedEncoder(models("deberta-v2")).max_len is None  # relative positions only
+    if not INTERPRETED:
+        with pytest.raises(RuntimeError, match="TRITON_INTERPRET"):
+            FusedEncoder(models("bert"))([[5, 6]])
     assert FusedEncoder(models("bert"))([]).shape == (0, 3)
     with pytest.raises(ValueError, match="no fused forward"):
         FusedEncoder(type("M", (), {"config": type("C", (), {"model_type": "t5"})()})())

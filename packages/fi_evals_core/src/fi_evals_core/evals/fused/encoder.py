@@ -202,6 +202,9 @@ class FusedEncoder:
         if self.max_len is not None and packed.max_len > self.max_len:
             raise ValueError(f"a sequence of {packed.max_len} tokens is longer than the checkpoint's "
                              f"{self.max_len} positions")
+        if self.device.type != "cuda" and not self._k.INTERPRETED:
+            raise RuntimeError("the fused path runs on CUDA, or on the CPU under Triton's interpreter "
+                               "(TRITON_INTERPRET=1 set before triton is first imported)")
         hidden = self.embed(packed)
         if self.family == "deberta-v2":
             hidden = self._deberta_layers(hidden, packed)
