@@ -466,6 +466,13 @@ def main(argv: list[str] | None = None) -> int:
             Path(args.json).write_text(json.dumps(results, indent=1))
         if device.type == "cuda":
             torch.cuda.empty_cache()
+    print(f"\n## summary ({card}, median pairs/s; roofline = useful FLOPs at the measured bf16 matmul rate)")
+    print("| model | variant | pairs/s | vs eager fp32 | vs sdpa bf16 | of roofline |")
+    print("| --- | --- | ---: | ---: | ---: | ---: |")
+    for result in results["models"]:
+        for r in result["rows"]:
+            print(f"| {result['model']} | {r['variant']} | {r['pairs_per_s']:.1f} | "
+                  f"{r['vs_eager_fp32']:.2f}x | {r['vs_sdpa_bf16']:.2f}x | {100 * r['of_roofline']:.0f}% |")
     failed = [r["model"] for r in results["models"] if not r["check_ok"]]
     if failed:
         print(f"\nFAILED: fused fp32 logits differ from HF eager fp32 beyond 1e-4 for {failed}")
