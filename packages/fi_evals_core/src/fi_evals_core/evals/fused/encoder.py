@@ -30,14 +30,17 @@ Attention. Two implementations, chosen by `attention=`:
   CUDA-only: checked on torch 2.13.0+cpu) and takes only fp16/bf16, so it cannot run the fp32
   reference check nor run in CI; where it fits it is the better-tuned kernel.
 - "auto" (default): "torch" on CUDA for fp16/bf16 with head_dim a multiple of 8 up to 256, where
-  `varlen_attn` exists; "triton" otherwise (fp32 on the GPU, the CPU interpreter, older torch).
-  The benchmark times both on the GPU (`--attention`).
+  `varlen_attn` exists; "triton" otherwise (fp32 on the GPU, the CPU interpreter, older torch), and
+  also when `varlen_attn` fails on its first call (a build without its kernels, another torch
+  version's signature). `benchmarks/nli_fused_gpu.py` times both on the GPU (variants `fused`
+  and `fused-triton`).
 
 DeBERTa-v2/v3 (disentangled attention: content-to-position and position-to-content terms from
 relative-position embeddings inside the score matrix, which neither kernel above computes):
 - packed and fused as above: embeddings (+ LayerNorm, Triton), the QKV projection (one matmul,
   packed tokens), attention output projection + bias/residual/LayerNorm (Triton), FFN with
-  bias + GELU (Triton) and bias/residual/LayerNorm (Triton), the head on the first tokens;
+  bias + GELU (Triton) and bias/residual/LayerNorm (Triton), the head on the first tokens
+  (`pooler.dense` + its activation, then `classifier`);
 - NOT fused, run padded in PyTorch per batch (padded to the batch's longest sequence, which the
   scorer's length-sorted batches keep close to every sequence's length): the attention core, i.e.
   Q.K^T, the c2p/p2c relative-position bias (the model's own `disentangled_attention_bias`), the
