@@ -12,6 +12,9 @@ Kernels
 - `varlen_attention`: flash-style attention over packed sequences (no padding): one program per
   (query block, head, sequence), online softmax with fp32 statistics and accumulator, keys of other
   sequences never loaded. Reads Q, K and V straight out of the fused QKV projection's output.
+  (Triton 3.9's interpreter computes `tl.dot` of bf16 operands wrongly — seen: errors of 1e10 —
+  so under the interpreter bf16/fp16 operands are widened to fp32 first, which is exact; P is
+  still rounded to the storage type before P.V, as on the GPU.)
 - `bias_gelu`: `gelu(x + b)` in place, the exact erf GELU BERT and RoBERTa use.
 - `bias_residual_layernorm`: `LayerNorm(x + b + residual)` per row (the bias of the matmul before it
   folded in); with neither bias nor residual it is a plain LayerNorm.
@@ -20,6 +23,9 @@ Kernels
 - `nli_head`: classifier logits -> softmax -> support / contradiction probability per pair ->
   per-claim maximum over its chunks -> per-response mean of claim support and maximum of claim
   contradiction, one program per response, every output element written.
+
+`compile_for_gpu(capability)` compiles them all for an NVIDIA GPU without one (Triton's bundled
+ptxas): the CPU tests use it for sm_90 (H100) and sm_80 (A100).
 """
 
 from __future__ import annotations
