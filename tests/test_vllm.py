@@ -126,8 +126,8 @@ def test_breakdown_from_the_step_timestamps_and_events_equals_vllms_stats(vllm, 
 
     def both(child, last_token_ts):
         pairs.append((child.state.stats, _engine.engine_timing(
-            child.first_token_latency, child.queued_ts, child.scheduled_ts, child.first_token_ts, last_token_ts,
-            child.num_preemptions)))
+            child.first_token_latency, child.queued_ts, child.scheduled_ts, child.first_token_ts,
+            last_token_ts, child.num_preemptions)))
         return original(child, last_token_ts)
 
     monkeypatch.setattr(_engine.Child, "timing", both)
@@ -467,7 +467,8 @@ def test_breakdown_equals_vllms_own_tracing_spans(tmp_path, model_dirs, collecto
         assert a[A.VLLM_DECODE_TIME] == pytest.approx(v["gen_ai.latency.time_in_model_decode"], abs=1e-9)
         assert a[A.VLLM_PREFILL_TIME] + a[A.VLLM_DECODE_TIME] == pytest.approx(
             v["gen_ai.latency.time_in_model_inference"], abs=1e-9)
-        assert a[A.RESPONSE_TIME_TO_FIRST_CHUNK] == pytest.approx(v["gen_ai.latency.time_to_first_token"], abs=1e-9)
+        assert a[A.RESPONSE_TIME_TO_FIRST_CHUNK] == pytest.approx(v["gen_ai.latency.time_to_first_token"],
+                                                                abs=1e-9)
         assert a[A.USAGE_INPUT_TOKENS] == v["gen_ai.usage.prompt_tokens"]
         assert a[A.USAGE_OUTPUT_TOKENS] == v["gen_ai.usage.completion_tokens"] == 7
 

@@ -53,7 +53,8 @@ class VLLMInstrumentor(PatchingInstrumentor):
         # where the engine core runs (this process, or EngineCore through the plugin): request events
         patcher.add(_SCHEDULER, "Scheduler.add_request", _engine.scheduler_add_request_wrapper)
         patcher.add(_SCHEDULER, "Scheduler.schedule", _engine.scheduler_schedule_wrapper)
-        patcher.add(_SCHEDULER, "Scheduler._preempt_request", _engine.scheduler_preempt_wrapper, optional=True)
+        patcher.add(_SCHEDULER, "Scheduler._preempt_request", _engine.scheduler_preempt_wrapper,
+                    optional=True)
         patcher.add("vllm.v1.engine.input_processor", "InputProcessor.process_inputs",
                     tracker.process_inputs_wrapper)
         patcher.add("vllm.v1.engine.input_processor", "InputProcessor.process_inputs_async",

@@ -277,7 +277,8 @@ class RequestTracker:
             return wrapped(*args, **kwargs)
         outputs = args[0] if args else kwargs.get("engine_core_outputs", ())
         awaiting = self.awaiting_first
-        interesting = [o for o in outputs if o.finish_reason is not None or o.events or o.request_id in awaiting]
+        interesting = [o for o in outputs
+                       if o.finish_reason is not None or o.events or o.request_id in awaiting]
         timestamp = args[1] if len(args) > 1 else kwargs.get("engine_core_timestamp")
         if timestamp is None:  # not passed by this vLLM: the front-end's monotonic clock instead
             timestamp = time.monotonic()
@@ -316,7 +317,8 @@ class RequestTracker:
                 child.first_token_ts = timestamp
                 child.first_token_latency = wall - child.arrival_time
 
-    def _after_step(self, states: dict, outputs: Any, interesting: list, finished: int, timestamp: float) -> None:
+    def _after_step(self, states: dict, outputs: Any, interesting: list, finished: int,
+                    timestamp: float) -> None:
         now = time.perf_counter_ns()
         by_request = self.by_request
         seen_finished = 0

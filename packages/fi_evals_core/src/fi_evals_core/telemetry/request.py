@@ -232,20 +232,25 @@ class RequestSpan:
             except Exception:
                 pass
 
-    def ensure_span(self) -> Span:
+    def ensure_span(self, attributes: dict[str, Any] | None = None) -> Span:
         """The SDK span, created now (with the recorded start time) if its creation was deferred.
-        A deferred child calls this on its deferred parent, so the parent exists first."""
+        A deferred child calls this on its deferred parent, so the parent exists first.
+        `attributes`, if given, are written too: at creation, in the same pass as the start
+        attributes (cheaper than a second write), or on the existing span."""
         if self.span is None and self._deferred_start is not None:
             name, kind, parent, start_attrs = self._deferred_start
             if isinstance(parent, RequestSpan):
                 parent = trace.set_span_in_context(parent.ensure_span())
+            if attributes:
+                start_attrs = {**start_attrs, **attributes}
             self.span = self.runtime.tracer.start_span(
                 name, context=parent, kind=kind, attributes=start_attrs, start_time=self._start_wall_ns
             )
+        elif attributes:
+            self.span.set_attributes(attributes)
         return self.span
 
     def _finish(self, error: BaseException | None, end_ns: int) -> None:
-        span = self.ensure_span()
         runtime = self.runtime
         attrs = self._attrs
         duration_s = max(0, end_ns - self._start_ns) / 1e9
@@ -267,12 +272,13 @@ class RequestSpan:
         metric_attrs = self._metric_attrs
         if self._response_model:
             metric_attrs = {**metric_attrs, A.RESPONSE_MODEL: self._response_model}
+        error_type = None
         if error is not None:
-            error_type = _error_type(error)
-            attrs[A.ERROR_TYPE] = error_type
+            error_type = attrs[A.ERROR_TYPE] = _error_type(error)
             metric_attrs = {**metric_attrs, A.ERROR_TYPE: error_type}
+        span = self.ensure_span(attrs)
+        if error_type is not None:
             span.set_status(Status(StatusCode.ERROR, str(error)[:500] or error_type))
-        span.set_attributes(attrs)
         if self._event_attrs:
             span.add_event(A.CONTENT_EVENT, self._event_attrs)
         span.end(end_time=self._start_wall_ns + (end_ns - self._start_ns))
