@@ -89,6 +89,8 @@ class NLIScorer:
         import torch
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+        from .deberta_cpu import accelerate_for_cpu
+
         config = EvalsConfig.from_env()
         name = name_or_path or config.model
         target = resolve_device(parse_device(device or config.device))
@@ -96,6 +98,7 @@ class NLIScorer:
         tokenizer = AutoTokenizer.from_pretrained(name)
         model = AutoModelForSequenceClassification.from_pretrained(name, dtype=torch_dtype)
         model.eval().to(target)
+        model = accelerate_for_cpu(model)  # DeBERTa-v2/v3 on CPU: faster attention, same maths; FI_EVALS_FUSED=0 off
         scheme = LabelScheme.from_config(model.config.id2label, name,
                                          labels if labels is not None else config.labels)
         return cls(model, tokenizer, labels=scheme, name=name, **kwargs)
