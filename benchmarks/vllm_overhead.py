@@ -16,14 +16,16 @@ Variants, one worker process (and one engine) each:
     baseline-aa       the same again: an A/A control whose "overhead" is the measurement noise
     traceai           traceai_vllm.VLLMInstrumentor, disable_log_stats=True: what a user gets by default
                       (a span per request with tokens and traceai's own TTFT, a span per generate call)
-    traceai-stats     the same with disable_log_stats=False: vLLM's queue/prefill/decode breakdown on the
-                      spans, which costs vLLM's own per-request stats collection
+    traceai-stats     the same with disable_log_stats=False: the breakdown is then vLLM's own RequestStateStats
+                      (traceai reads the same timestamps without them), at the cost of vLLM's stats collection
     vllm-stats-only   no instrumentation, disable_log_stats=False: vLLM's stats collection alone
     vllm-tracing      vLLM's own tracing: LLM(otlp_traces_endpoint=<collector>, disable_log_stats=False)
                       (one ``llm_request`` span per request; it needs the stats)
     openlit           OpenLIT's vLLM instrumentation, if ``openlit`` is importable by the worker interpreter
     traceai-no-metrics, traceai-noop-sdk   only when named: traceai with a no-op meter provider / with no-op
                       tracer and meter providers (what the GenAI histograms, and the SDK as a whole, cost)
+    traceai-ref       only with --ref-tree DIR: traceai as in another checkout of this repository (e.g. a
+                      `git worktree` of an older commit), paired with the working tree's in the same rounds
 
 All spans go to ONE real collector (``rotel-agent``, tests/support/collector.py) started by the driver, over
 OTLP/gRPC, through an SDK ``BatchSpanProcessor``: the workers build TracerProvider + BatchSpanProcessor +
@@ -100,6 +102,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
                            "ablation": True},
     "traceai-noop-sdk": {"label": "  traceai, no-op providers", "log_stats": False, "needs": "traceai_vllm",
                          "ablation": True},
+    "traceai-ref": {"label": "traceai of --ref-tree (stats off)", "log_stats": False, "needs": "traceai_vllm",
+                    "ablation": True},
 }
 DEFAULT_VARIANTS = [v for v, spec in VARIANTS.items() if not spec.get("ablation")]
 BASELINE = "baseline"
@@ -174,6 +178,7 @@ def worker_main(args: argparse.Namespace) -> int:
                 meter_provider=NoOpMeterProvider() if variant in ("traceai-no-metrics", "traceai-noop-sdk")
                 else meter_provider)
             info["version"] = version("traceai-vllm")
+            info["tree"] = str(Path(sys.modules["traceai_vllm"].__file__).resolve().parents[4])
         elif variant == "openlit":
             import openlit
             from openlit._instrumentors import MODULE_NAME_MAP
@@ -338,6 +343,11 @@ class Worker(WorkerProcess):
                "--_worker-tmp", str(wtmp), "--_endpoint", endpoint, "--prompts", str(args.prompts),
                "--tokens", str(args.tokens), "--max-num-seqs", str(args.max_num_seqs),
                "--kv-cache-mb", str(args.kv_cache_mb), "--flush", args.flush]
+        if variant == "traceai-ref":  # the other checkout's packages shadow the editable installs
+            ref = Path(args.ref_tree).resolve() / "packages"
+            wenv["PYTHONPATH"] = os.pathsep.join(
+                [str(ref / "traceai_vllm" / "src"), str(ref / "fi_evals_core" / "src")]
+                + ([wenv["PYTHONPATH"]] if wenv.get("PYTHONPATH") else []))
         super().__init__(variant, cmd, wenv, tmp / f"worker-{variant}.log")
 
 
@@ -465,7 +475,7 @@ def driver_main(args: argparse.Namespace) -> int:
               + ", ".join(f"{v} {workers[v].info['engine_start_s']}s" for v in variants)
               + f" ({time.monotonic() - t_begin:.0f}s since start); CPUs allowed {b.get('affinity')}")
         for v in variants:
-            extra = {k: workers[v].info[k] for k in ("version", "tracer_provider") if k in workers[v].info}
+            extra = {k: workers[v].info[k] for k in ("version", "tree", "tracer_provider") if k in workers[v].info}
             if workers[v].info.get("affinity") != b.get("affinity"):
                 extra["cpu affinity"] = workers[v].info.get("affinity")
             if extra:
@@ -686,6 +696,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help=f"cProfile the traceai worker afterwards: auto = when its throughput ratio is < {GOAL_RATIO}")
     p.add_argument("--profile-calls", type=int, default=4, help="generate calls to profile (default 4)")
     p.add_argument("--python", help="interpreter for the workers (default: this one)")
+    p.add_argument("--ref-tree", help="another checkout of this repository: adds the variant traceai-ref, traceai "
+                                      "from that tree's packages (e.g. git worktree add /tmp/ref OLD_COMMIT)")
     p.add_argument("--keep", action="store_true", help="keep the temporary directory (model, worker logs, rotel log)")
     p.add_argument("--model-dir", type=Path, default=None, help="use this model directory instead of building one")
     # internal entry points
@@ -695,6 +707,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--_endpoint", dest="endpoint", help=argparse.SUPPRESS)
     p.add_argument("--_build", dest="build", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.ref_tree and not args.worker and "traceai-ref" not in args.variants.split(","):
+        args.variants += ",traceai-ref"
     if args.rounds < 1 or args.prompts < 1 or args.tokens < 1:
         p.error("--rounds, --prompts and --tokens must be positive")
     return args
