@@ -330,6 +330,131 @@ def build_main(args: argparse.Namespace) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------------------------- replay
+def replay_main(args: argparse.Namespace) -> int:
+    """traceai's hooks driven directly, with no engine: the output processor's add_request and
+    process_outputs (real vLLM request/output/event structs, a stand-in processor), waves of
+    --max-num-seqs requests x --tokens steps, then drain() and the span processor's flush. CPU time
+    of the process (all threads) per request, minus the same driving loop without the hooks, for
+    each telemetry pipeline: no-op providers (traceai's own bookkeeping), SDK metrics only, SDK spans
+    without export, SDK spans encoded to OTLP protobuf (what the exporter does before the network),
+    and everything. Cold caches and GIL hand-offs of a real engine are not in it (they make the
+    same work cost more there); what it gives is a low-noise split, in seconds."""
+    import gc
+
+    from fi_evals_core.telemetry import TelemetryConfig, TelemetryRuntime, drain
+    from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+    from opentelemetry.metrics import NoOpMeterProvider
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+    from opentelemetry.trace import NoOpTracerProvider
+    from traceai_vllm import _engine
+    from vllm import SamplingParams
+    from vllm.v1.engine import EngineCoreEvent, EngineCoreEventType, EngineCoreOutput, EngineCoreRequest, FinishReason
+
+    class Encode(SpanExporter):
+        def __init__(self, encode: bool) -> None:
+            self.encode = encode
+
+        def export(self, spans: Any) -> SpanExportResult:
+            if self.encode:
+                encode_spans(spans).SerializeToString()
+            return SpanExportResult.SUCCESS
+
+    class Detokenizer:
+        def __init__(self) -> None:
+            self.n = 0
+
+        def num_output_tokens(self) -> int:
+            return self.n
+
+    class State:
+        def __init__(self, request: Any) -> None:
+            self.detokenizer, self.stats, self.num_cached_tokens = Detokenizer(), None, 0
+            self.parent_req, self.request_index = None, 0
+
+    class Processor:
+        tokenizer = type("Tokenizer", (), {"name_or_path": "tiny-llama"})()
+
+        def __init__(self) -> None:
+            self.request_states: dict[str, State] = {}
+
+        def add_request(self, request: Any, prompt: Any, parent_req: Any = None, request_index: int = 0,
+                        queue: Any = None) -> None:
+            self.request_states[request.request_id] = State(request)
+
+        def process_outputs(self, outputs: list, engine_core_timestamp: Any = None, iteration_stats: Any = None):
+            for o in outputs:
+                state = self.request_states.get(o.request_id)
+                if state is not None:
+                    state.detokenizer.n += len(o.new_token_ids)
+                    if o.finish_reason is not None:
+                        del self.request_states[o.request_id]
+
+    params = SamplingParams(max_tokens=args.tokens, ignore_eos=True, temperature=0)
+    wave, waves = args.max_num_seqs, max(1, args.prompts // args.max_num_seqs)
+
+    def drive(processor: Processor, tracker: Any, tag: str) -> None:
+        add = processor.add_request if tracker is None else (
+            lambda *a: tracker.add_request_wrapper(processor.add_request, processor, a, {}))
+        step = processor.process_outputs if tracker is None else (
+            lambda *a: tracker.process_outputs_wrapper(processor.process_outputs, processor, a, {}))
+        for w in range(waves):
+            ids = [f"{tag}-{w}-{i}" for i in range(wave)]
+            now = time.time()
+            for rid in ids:
+                add(EngineCoreRequest(rid, list(range(25)), None, params, None, now, None, None, None), "p")
+            for t in range(args.tokens):
+                timestamp = time.monotonic()
+                events = None
+                outputs = []
+                for rid in ids:
+                    if t == 0:
+                        events = [EngineCoreEvent.new_event(EngineCoreEventType.QUEUED),
+                                  EngineCoreEvent.new_event(EngineCoreEventType.SCHEDULED)]
+                    outputs.append(EngineCoreOutput(rid, [7], events=events, finish_reason=(
+                        FinishReason.LENGTH if t == args.tokens - 1 else None)))
+                step(outputs, timestamp, None)
+
+    pipelines = {"no-op providers": (False, False, False), "SDK metrics only": (False, True, False),
+                 "SDK spans, no export": (True, False, False), "SDK spans + OTLP encoding": (True, False, True),
+                 "SDK spans + OTLP encoding + metrics": (True, True, True)}
+    print(f"replay: {waves} waves x {wave} requests x {args.tokens} steps; CPU us per request added by traceai's "
+          f"hooks (median of {args.rounds} paired runs, [min, max])")
+    for name, (spans, with_metrics, encode) in pipelines.items():
+        processor = None
+        if spans:
+            tracer_provider: Any = TracerProvider()
+            span_processor = BatchSpanProcessor(Encode(encode), max_queue_size=1 << 20,
+                                                schedule_delay_millis=1e9, max_export_batch_size=1 << 20)
+            tracer_provider.add_span_processor(span_processor)
+        else:
+            tracer_provider, span_processor = NoOpTracerProvider(), None
+        meter_provider = (MeterProvider(metric_readers=[InMemoryMetricReader()]) if with_metrics
+                          else NoOpMeterProvider())
+        runtime = TelemetryRuntime(TRACEAI_SCOPE, "0", tracer_provider=tracer_provider,
+                                   meter_provider=meter_provider, config=TelemetryConfig())
+        tracker = _engine.RequestTracker(runtime)
+        added = []
+        for r in range(args.rounds + 1):
+            processor = Processor()
+            gc.collect()
+            c0 = time.process_time_ns()
+            drive(processor, None, f"plain{r}")
+            c1 = time.process_time_ns()
+            drive(processor, tracker, f"traced{r}")
+            drain()
+            if span_processor is not None:
+                span_processor.force_flush()
+            c2 = time.process_time_ns()
+            if r:  # the first is a warm-up
+                added.append(((c2 - c1) - (c1 - c0)) / (waves * wave) / 1e3)
+        print(f"  {name:<38} {median(added):7.1f}  [{min(added):.1f}, {max(added):.1f}]")
+    return 0
+
+
 # --------------------------------------------------------------------------------------------- driver side
 class Worker(WorkerProcess):
     def __init__(self, variant: str, python: str, args: argparse.Namespace, tmp: Path, env: dict[str, str],
@@ -696,6 +821,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help=f"cProfile the traceai worker afterwards: auto = when its throughput ratio is < {GOAL_RATIO}")
     p.add_argument("--profile-calls", type=int, default=4, help="generate calls to profile (default 4)")
     p.add_argument("--python", help="interpreter for the workers (default: this one)")
+    p.add_argument("--replay", action="store_true",
+                   help="no engine: drive traceai's hooks with synthetic vLLM outputs and print the CPU cost per "
+                        "request for each telemetry pipeline (low noise; --rounds runs each, --prompts, --tokens, "
+                        "--max-num-seqs shape them)")
     p.add_argument("--ref-tree", help="another checkout of this repository: adds the variant traceai-ref, traceai "
                                       "from that tree's packages (e.g. git worktree add /tmp/ref OLD_COMMIT)")
     p.add_argument("--keep", action="store_true", help="keep the temporary directory (model, worker logs, rotel log)")
@@ -718,6 +847,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.build:
         return build_main(args)
+    if args.replay:
+        return replay_main(args)
     if args.worker:
         args.model_dir = args.worker_model_dir
         return worker_main(args)
