@@ -276,19 +276,23 @@ class RequestTracker:
         if not self.by_request:
             return wrapped(*args, **kwargs)
         outputs = args[0] if args else kwargs.get("engine_core_outputs", ())
-        awaiting = self.awaiting_first
-        interesting = [o for o in outputs
-                       if o.finish_reason is not None or o.events or o.request_id in awaiting]
-        timestamp = args[1] if len(args) > 1 else kwargs.get("engine_core_timestamp")
-        if timestamp is None:  # not passed by this vLLM: the front-end's monotonic clock instead
-            timestamp = time.monotonic()
+        try:
+            awaiting = self.awaiting_first
+            interesting = [o for o in outputs
+                           if o.finish_reason is not None or o.events or o.request_id in awaiting]
+            timestamp = args[1] if len(args) > 1 else kwargs.get("engine_core_timestamp")
+            if timestamp is None:  # not passed by this vLLM: the front-end's monotonic clock instead
+                timestamp = time.monotonic()
+            states = instance.request_states
+            before = len(states)
+        except Exception:
+            logger.debug("could not read a vLLM step", exc_info=True)
+            return wrapped(*args, **kwargs)
         if interesting:
             try:
                 self._before_step(interesting, timestamp)
             except Exception:
                 logger.debug("could not read a vLLM step", exc_info=True)
-        states = instance.request_states
-        before = len(states)
         result = wrapped(*args, **kwargs)
         finished = before - len(states)
         if interesting or finished:
@@ -504,7 +508,7 @@ def _events() -> Any:
 def scheduler_add_request_wrapper(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
     """QUEUED, when the request enters the waiting queue (the end of Scheduler.add_request)."""
     result = wrapped(*args, **kwargs)
-    if not instance.log_stats:
+    if not getattr(instance, "log_stats", True):
         try:
             request = args[0] if args else kwargs["request"]
             if instance.requests.get(request.request_id) is request:  # new, not a streaming update
@@ -517,11 +521,11 @@ def scheduler_add_request_wrapper(wrapped: Any, instance: Any, args: tuple, kwar
 def scheduler_schedule_wrapper(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
     """SCHEDULED, for the requests scheduled for the first time in this step, at the step's start
     (vLLM's own timestamp is taken a few instructions into Scheduler.schedule)."""
-    if instance.log_stats:
+    if getattr(instance, "log_stats", True):
         return wrapped(*args, **kwargs)
     timestamp = time.monotonic()
     output = wrapped(*args, **kwargs)
-    new = output.scheduled_new_reqs
+    new = getattr(output, "scheduled_new_reqs", None)
     if new:
         try:
             requests = instance.requests
@@ -538,7 +542,7 @@ def scheduler_schedule_wrapper(wrapped: Any, instance: Any, args: tuple, kwargs:
 def scheduler_preempt_wrapper(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
     """PREEMPTED, with the timestamp vLLM passes (Scheduler._preempt_request)."""
     result = wrapped(*args, **kwargs)
-    if not instance.log_stats:
+    if not getattr(instance, "log_stats", True):
         try:
             request = args[0] if args else kwargs["request"]
             timestamp = args[1] if len(args) > 1 else kwargs.get("timestamp")
