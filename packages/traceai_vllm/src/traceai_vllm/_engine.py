@@ -154,7 +154,8 @@ def _fallback_info(output_processor: Any) -> EngineInfo:
 class Tracked:
     """One traced request: its span and, for `n > 1`, its children's results so far."""
 
-    __slots__ = ("request", "pending", "reasons", "output_tokens", "max_output_tokens", "input_tokens")
+    __slots__ = ("request", "pending", "reasons", "output_tokens", "max_output_tokens", "input_tokens",
+                 "prompt", "texts")
 
     def __init__(self, request: RequestSpan, n: int) -> None:
         self.request = request
@@ -163,6 +164,9 @@ class Tracked:
         self.output_tokens = 0
         self.max_output_tokens = 0
         self.input_tokens: int | None = None
+        # Kept only when content capture or inline evaluation wants the text (references, no copies).
+        self.prompt: str | None = None
+        self.texts: list[str | None] | None = None
 
 
 class Child:
@@ -259,6 +263,10 @@ class RequestTracker:
         )
         span.set_attribute(A.RESPONSE_ID, external_id)
         tracked = Tracked(span, n)
+        if span.wants_text or self.runtime.content.enabled:
+            tracked.texts = [None] * n
+            prompt = getattr(state, "prompt", None)
+            tracked.prompt = prompt if isinstance(prompt, str) else None
         prompt_ids = getattr(request, "prompt_token_ids", None)
         if prompt_ids is not None:
             tracked.input_tokens = len(prompt_ids)
@@ -360,6 +368,8 @@ class RequestTracker:
         index = getattr(state, "request_index", 0) or 0
         if 0 <= index < len(tracked.reasons):
             tracked.reasons[index] = reason
+            if tracked.texts is not None:
+                tracked.texts[index] = getattr(detokenizer, "output_text", None)
         tracked.pending -= 1
         if tracked.pending > 0 and error is None:
             return
@@ -465,6 +475,22 @@ def _describe_end(child: Child, last_token_ts: float | None, kv_cache_usage: flo
     if ttft is not None:
         request.use_engine_latency(ttft, timing.get(A.VLLM_DECODE_TIME))
     request.set_attribute(A.VLLM_KV_CACHE_USAGE, kv_cache_usage)
+    if tracked.texts is not None:
+        _record_text(tracked, request)
+
+
+def _record_text(tracked: Tracked, request: RequestSpan) -> None:
+    """The prompt and each choice's text: exported only with content capture on; handed to inline
+    evaluation (in-process) for choices that finished (not aborted)."""
+    content = request.runtime.content
+    if content.enabled:
+        if tracked.prompt is not None:
+            request.record_content(input_json=content.prompt(tracked.prompt))
+        request.record_content(output_json=content.completions([t or "" for t in tracked.texts or ()],
+                                                               tracked.reasons))
+    for text, reason in zip(tracked.texts or (), tracked.reasons):
+        if text and reason not in (None, "abort"):
+            request.offer_text(tracked.prompt, text)
 
 
 def engine_timing(first_token_latency: float | None, queued_ts: float | None, scheduled_ts: float | None,
