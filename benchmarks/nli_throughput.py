@@ -10,7 +10,8 @@ each, timed in turn round after round (the order rotates):
   for the contradiction probability (the claim is the whole summary: 80 calls for 40 items), fp32.
 * `ours-fp32`: `FactualConsistency(scorer=NLIScorer.from_pretrained(..., dtype="float32"))` over the
   same items: whole documents, chunked, every (chunk, claim) pair once, sorted, batched.
-* `ours-bf16`: the same with bf16 weights, `MALLOC_MMAP_MAX_=0` in the worker's environment.
+* `ours-bf16`: the same with bf16 weights, `MALLOC_MMAP_MAX_=0` and a huge `MALLOC_TRIM_THRESHOLD_` in the
+  worker's environment (`ours-bf16-mmap-only`, when named: the first alone).
 * `ours-bf16-eager`: `ours-bf16` with the CPU fast path of `fi_evals_core.evals.deberta_cpu` off
   (`FI_EVALS_FUSED=0`): transformers' eager DeBERTa attention, for the side-by-side gain.
 * `ours-fp32-eager`: only when named.
@@ -19,7 +20,7 @@ After the timing, the bf16 workers' item scores are compared with `ours-fp32`'s 
 model (max abs difference), and the fast path's with the eager path's. The last line is the ratio
 of each variant's items/s to the anchor's.
 
-    python benchmarks/nli_throughput.py                 # ~4 min on 2 cores
+    python benchmarks/nli_throughput.py                 # ~6 min on 2 quiet cores
     python benchmarks/nli_throughput.py --rounds 5 --variants anchor,ours-bf16
 """
 
@@ -299,7 +300,7 @@ def main() -> int:
     n = len(items)
     rows = []
     print()
-    print("| variant | items/s | claims/s | s per 40 items [q1, q3] | pairs | tokens/pair | vs anchor |")
+    print(f"| variant | items/s | claims/s | s per {n} items [q1, q3] | pairs | tokens/pair | vs anchor |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
     anchor_ips = n / median(walls["anchor"]) if "anchor" in walls else float("nan")
     for v in variants:
