@@ -128,6 +128,8 @@ def _distance_index(module: Any, length: int) -> tuple[torch.Tensor, torch.Tenso
             d = bucket_position(d, module.position_buckets, module.max_relative_positions)
         rows = torch.clamp(d + span, 0, 2 * span - 1)
         hit = (rows.flip(0).contiguous(), rows)
+        if len(module._fi_shared) >= 2048:  # bounded: at most a few kB per length
+            module._fi_shared.clear()
         module._fi_shared[key] = hit
     return hit
 
