@@ -26,9 +26,8 @@ from pathlib import Path
 
 import pytest
 
-torch = pytest.importorskip("torch")
-pytest.importorskip("transformers")
-pytest.importorskip("triton")
+import torch  # noqa: E402  (torch, transformers and triton are test dependencies: never skipped)
+import triton  # noqa: E402,F401
 
 from transformers import AutoModelForSequenceClassification  # noqa: E402
 
@@ -45,8 +44,21 @@ from fi_evals_core.evals.fused.head import _segments, aggregate, empty_outputs  
 
 INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 CHILD = os.environ.get("FI_EVALS_FUSED_TEST_CHILD") == "1"
-interpreted = pytest.mark.skipif(not INTERPRETED, reason="runs in the TRITON_INTERPRET=1 child of "
-                                                         "test_fused_path_under_interpreter")
+
+
+def interpreted(test):
+    """Defined only in the TRITON_INTERPRET=1 child of test_fused_path_under_interpreter (not skipped
+    in the parent: not collected there)."""
+    return test if INTERPRETED else None
+
+
+def compiled(test):
+    """Defined only where the kernels are compiled, not interpreted (the parent process)."""
+    return None if INTERPRETED else test
+
+
+def parent_only(test):
+    return None if CHILD else test
 SEED = int(os.environ.get("FI_EVALS_TEST_SEED") or time.time_ns() % 2**31)
 MAX_POSITIONS = 64
 TOLERANCE = 1e-4  # relative: norm of the difference over norm of the reference
@@ -281,7 +293,7 @@ def test_kernels_write_every_element():
     assert torch.allclose(y, torch.nn.functional.gelu(x + bias), atol=1e-6), f"seed {SEED}"
 
 
-@pytest.mark.skipif(INTERPRETED, reason="kernels defined for the interpreter here: the parent compiles them")
+@compiled
 @pytest.mark.filterwarnings("ignore:TRITON_DEFAULT_FP_FUSION")
 def test_kernels_compile_for_h100_and_a100():
     """Every kernel, with the launchers' block sizes, compiled to sm_90 and sm_80 cubins by Triton's
@@ -377,7 +389,8 @@ def test_head_rejects_unordered_claims():
 # -- the GPU benchmark, end to end on the CPU ---------------------------------------------------------
 
 
-@pytest.mark.skipif(INTERPRETED or CHILD, reason="the parent process runs the child")
+@compiled
+@parent_only
 def test_fused_path_under_interpreter():
     """Every @interpreted test of this file, in a child pytest started with TRITON_INTERPRET=1."""
     env = {**os.environ, "TRITON_INTERPRET": "1", "FI_EVALS_FUSED_TEST_CHILD": "1",
@@ -387,10 +400,11 @@ def test_fused_path_under_interpreter():
     report = result.stdout[-6000:] + result.stderr[-3000:]
     assert result.returncode == 0, f"seed {SEED}\n{report}"
     passed = re.search(r"(\d+) passed", result.stdout)
-    assert passed and int(passed.group(1)) >= 11, report  # the @interpreted tests ran, none skipped
+    assert passed and int(passed.group(1)) >= 11, report  # the @interpreted tests ran
+    assert "skipped" not in result.stdout, report
 
 
-@pytest.mark.skipif(CHILD, reason="the parent process runs it")
+@parent_only
 def test_gpu_benchmark_smoke_run(tmp_path):
     """`benchmarks/nli_fused_gpu.py --smoke`: tiny shapes, the interpreter, every variant and the table."""
     env = {**os.environ, "TRITON_INTERPRET": "1", "OMP_NUM_THREADS": "1"}
@@ -400,3 +414,31 @@ def test_gpu_benchmark_smoke_run(tmp_path):
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "pairs/s" in result.stdout and "fused" in result.stdout
     assert (tmp_path / "out.json").exists()
+
+
+@parent_only
+def test_the_scorer_takes_the_fused_path_when_chosen(nli_checkpoint):
+    """NLIScorer with FI_EVALS_FUSED=1 under the interpreter runs FusedEncoder, with the same scores
+    as the PyTorch path; FI_EVALS_FUSED=0 keeps PyTorch; a bad value names the variable."""
+    script = (
+        "import os, sys\n"
+        "from fi_evals_core.evals import FactualConsistency, NLIScorer\n"
+        "fused = NLIScorer.from_pretrained(sys.argv[1], device='cpu')\n"
+        "os.environ['FI_EVALS_FUSED'] = '0'\n"
+        "plain = NLIScorer.from_pretrained(sys.argv[1], device='cpu')\n"
+        "assert fused.fused is not None and plain.fused is None\n"
+        "doc = 'The council approved a new arena on Tuesday. Tickets go on sale in May. ' * 3\n"
+        "a = FactualConsistency(scorer=fused).evaluate(response='Tickets go on sale in May.', reference=doc)\n"
+        "b = FactualConsistency(scorer=plain).evaluate(response='Tickets go on sale in May.', reference=doc)\n"
+        "assert abs(a.score - b.score) < 1e-5, (a.score, b.score)\n"
+        "os.environ['FI_EVALS_FUSED'] = 'sometimes'\n"
+        "try:\n"
+        "    NLIScorer.from_pretrained(sys.argv[1], device='cpu')\n"
+        "except ValueError as exc:\n"
+        "    assert 'FI_EVALS_FUSED' in str(exc)\n"
+        "    print('OK')\n"
+    )
+    env = {**os.environ, "TRITON_INTERPRET": "1", "FI_EVALS_FUSED": "1"}
+    result = subprocess.run([sys.executable, "-c", script, nli_checkpoint("roberta")], cwd=REPO, env=env,
+                            capture_output=True, text=True, timeout=240)
+    assert result.returncode == 0 and "OK" in result.stdout, result.stdout[-2000:] + result.stderr[-3000:]

@@ -1,6 +1,6 @@
 """`fi-evals report`: numbers, escaping and self-containment of the HTML, and the page as Chromium draws it.
 
-The two results files are written by hand in the results format of evals/CONTRACT.md; every
+The two results files are written by hand in the results format described in evals/dataset.py; every
 expected number below is worked out by hand from them.
 """
 

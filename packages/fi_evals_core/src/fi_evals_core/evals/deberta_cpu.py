@@ -32,19 +32,19 @@ gradients and cross-attention (`query_states`) run the eager forward.
 from __future__ import annotations
 
 import math
-import os
 import types
 from typing import Any
 
 import torch
 
-ENV_SWITCH = "FI_EVALS_FUSED"
+from .fused.select import fused_setting
+
 HEAD_GROUP = 1  # heads per step of the attention loop: one head's (B, L, L) tensors stay in cache  # query rows / key columns per position-table block
 
 
 def fast_path_enabled() -> bool:
-    """False when `FI_EVALS_FUSED` is 0/false/off/no (the documented switch for every fused path)."""
-    return os.environ.get(ENV_SWITCH, "").strip().lower() not in ("0", "false", "off", "no")
+    """False when `FI_EVALS_FUSED` is 0 (the documented switch for every accelerated path)."""
+    return fused_setting() != "0"
 
 
 def supports(model: Any) -> bool:

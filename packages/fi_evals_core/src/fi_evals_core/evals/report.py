@@ -11,7 +11,7 @@ It holds, in order:
 - per evaluation the lowest-scoring items with their reason and least-supported claim,
   and the rows that could not be scored.
 
-Input is the results format of CONTRACT.md: one JSON object per row with the row's own columns,
+Input is the results format described in dataset.py: one JSON object per row with the row's own columns,
 `checkpoint`, and per evaluation N the columns `N.score`, `N.passed`, `N.label`, `N.reason`,
 `N.error_type`, `N.claims`. Evaluations are found by the `.score` suffix. A row's checkpoint is
 its `checkpoint` value, else its file's stem. `.parquet` files are read when pyarrow is installed.

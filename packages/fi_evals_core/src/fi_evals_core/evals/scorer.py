@@ -80,6 +80,15 @@ class NLIScorer:
         self.special_tokens = tokenizer.num_special_tokens_to_add(pair=True)
         # Claims are capped so a chunk keeps at least half of the window.
         self.max_claim_tokens = max(8, (self.max_length - self.special_tokens) // 2)
+        # The packed, padding-free Triton encoder (fused/): chosen on CUDA for BERT/RoBERTa-family
+        # checkpoints; FI_EVALS_FUSED=0 keeps the PyTorch path.
+        from .fused import use_fused  # light: no torch/triton import
+
+        self.fused = None
+        if use_fused(model, self.device):
+            from .fused import FusedEncoder
+
+            self.fused = FusedEncoder(model)
 
     @classmethod
     def from_pretrained(cls, name_or_path: str | None = None, *, device: str | None = None,
@@ -209,11 +218,17 @@ class NLIScorer:
         """Support (and contradiction) probabilities of one padded batch of pairs."""
         import torch
 
-        enc = self.tokenizer(list(premises), list(hypotheses), padding=True, truncation="only_first",
-                             max_length=self.max_length, return_tensors="pt")
-        enc = {k: v.to(self.device) for k, v in enc.items()}
-        with torch.inference_mode():
-            logits = self.model(**enc).logits
+        if self.fused is not None:  # packed: no padding
+            enc = self.tokenizer(list(premises), list(hypotheses), truncation="only_first",
+                                 max_length=self.max_length)
+            with torch.inference_mode():
+                logits = self.fused(enc["input_ids"], token_type_ids=enc.get("token_type_ids"))
+        else:
+            enc = self.tokenizer(list(premises), list(hypotheses), padding=True, truncation="only_first",
+                                 max_length=self.max_length, return_tensors="pt")
+            enc = {k: v.to(self.device) for k, v in enc.items()}
+            with torch.inference_mode():
+                logits = self.model(**enc).logits
         probs = torch.softmax(logits.float(), dim=-1).cpu()
         support = probs[:, self.labels.support].tolist()
         if self.labels.contradiction is None:

@@ -54,6 +54,19 @@ def fused_forward_available(model: Any) -> bool:
     return unsupported_reason(model) is None and importlib.util.find_spec("triton") is not None
 
 
+def fused_setting() -> str:
+    """`FI_EVALS_FUSED` as `auto`, `0` or `1`: the one switch of every accelerated path (this fused
+    GPU encoder and the CPU DeBERTa attention). Anything else is an error naming the variable."""
+    setting = os.environ.get("FI_EVALS_FUSED", "auto").strip().lower()
+    if setting in ("0", "false", "no", "off"):
+        return "0"
+    if setting in ("1", "true", "yes", "on"):
+        return "1"
+    if setting in ("", "auto"):
+        return "auto"
+    raise ValueError(f"FI_EVALS_FUSED={setting!r} is not valid: 0 (PyTorch path), 1 or auto")
+
+
 def use_fused(model: Any, device: Any) -> bool:
     """Whether the scorer should run `model` through the fused path on `device`.
 
@@ -62,15 +75,13 @@ def use_fused(model: Any, device: Any) -> bool:
     under Triton's interpreter (`TRITON_INTERPRET=1`, for tests: interpreted kernels are slow).
     On the CPU without `TRITON_INTERPRET` the fused path is never chosen.
     """
-    setting = os.environ.get("FI_EVALS_FUSED", "auto").strip().lower()
-    if setting in ("0", "false", "no", "off"):
+    setting = fused_setting()
+    if setting == "0":
         return False
-    if setting not in ("", "auto", "1", "true", "yes", "on"):
-        raise ValueError(f"FI_EVALS_FUSED must be 0, 1 or auto, got {setting!r}")
     kind = getattr(device, "type", None) or str(device).split(":")[0]
     if kind == "cuda":
         return fused_forward_available(model)
     interpreted = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
-    if kind == "cpu" and setting not in ("", "auto") and interpreted:
+    if kind == "cpu" and setting == "1" and interpreted:
         return fused_forward_available(model)
     return False
