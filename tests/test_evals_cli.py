@@ -123,7 +123,6 @@ def test_run_generates_with_a_checkpoint_then_evaluates(tmp_path, nli_checkpoint
 
 
 def test_report_writes_html(results_files, tmp_path):
-    pytest.importorskip("fi_evals_core.evals.report")
     out = tmp_path / "report.html"
     proc = fi_evals("report", results_files["base"], results_files["worse"], "-o", out, "--by", "cohort")
     assert proc.returncode == 0, proc.stderr[-3000:]

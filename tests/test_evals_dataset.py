@@ -50,7 +50,7 @@ def write_jsonl(path, rows):
 
 
 def test_jsonl_csv_dataframe_round_trips_keep_every_column(tmp_path, rows):
-    pd = pytest.importorskip("pandas")
+    import pandas as pd  # the datasets extra: a test dependency, never skipped
     rows[0]["extra"] = [1, 2]  # a column only one row has, holding a list
     jsonl = Dataset.load(write_jsonl(tmp_path / "d.jsonl", rows))
     assert jsonl.rows == rows
@@ -137,7 +137,7 @@ def test_run_equals_evaluate_batch_and_results_files_round_trip(tmp_path, rows, 
     assert saved.results == json.loads(json.dumps(results))
     assert saved.rows == [{**r, "checkpoint": "ckpt-7"} for r in rows]
     assert saved.evaluation_names == ["fc"]
-    pytest.importorskip("pyarrow")
+    import pyarrow  # noqa: F401  (the datasets extra: a test dependency)
     parquet = Dataset.from_results(data.save(tmp_path / "results.parquet"))
     assert parquet.results == saved.results  # claims stored as JSON text, decoded on read
     with pytest.raises(ValueError, match="JSONL .* or Parquet"):
