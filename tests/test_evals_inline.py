@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import random
 import threading
-import time
 
 import pytest
 from opentelemetry.sdk.trace.sampling import Decision, TraceIdRatioBased
@@ -170,17 +169,14 @@ def test_a_full_queue_drops_and_counts_without_waiting(instrument_with, inline_o
     inline = inline_on(captured, evaluators=[gated], queue_size=2, batch_size=1)
     inline.offer(completion(1))
     assert gated.started.wait(10)  # the worker holds the first item
-    began = time.perf_counter()
-    for i in range(2, 11):
+    for i in range(2, 11):  # the worker is held by the gate: a blocking put would never return
         inline.offer(completion(i))
-    offering_s = time.perf_counter() - began
     assert inline.dropped == 7  # 2 queued, 7 dropped, none waited for
     gate.set()
     assert inline.force_flush(30)
     assert inline.scored == 3 and len(evaluation_spans(captured)) == 3
     dropped = captured.metric_points(DROPPED_METRIC)
     assert [(p.attributes["reason"], p.value) for p in dropped] == [("queue_full", 7)]
-    assert offering_s < 5  # generous: a blocking put would have waited for the 30 s gate
 
 
 def test_shutdown_scores_within_its_bound_and_counts_the_rest(instrument_with, inline_on, scorer):
