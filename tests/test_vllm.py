@@ -369,7 +369,7 @@ def test_plugin_is_inert_unless_enabled(tmp_path, value, expect_on):
 
 def test_pooling_embed_and_classify_requests(model_dirs):
     """The tiny Llama converted to an embedding model (one embeddings span per input, no output
-    tokens), then to a classifier. In a subprocess: a second in-process engine resets vLLM's process-wide parallel state."""
+    tokens; LLM.score and LLM.encode on it too), then to a classifier. In a subprocess: a second in-process engine resets vLLM's process-wide parallel state."""
     import json
 
     script = textwrap.dedent(f"""
@@ -387,6 +387,10 @@ def test_pooling_embed_and_classify_requests(model_dirs):
         from vllm import LLM
         embedder = LLM(model={str(model_dirs["llama"])!r}, runner="pooling", convert="embed", **{ENGINE_ARGS!r})
         outputs = embedder.embed(["embed this", "and this one"], use_tqdm=False)
+        scores = embedder.score("what is this", ["doc one", "doc two"], use_tqdm=False)
+        encoded = embedder.encode(["encode me"], pooling_task="embed", use_tqdm=False)
+        print("SCORED", json.dumps(len(scores)))
+        print("ENCODED", json.dumps([encoded[0].request_id, len(encoded[0].prompt_token_ids)]))
         del embedder  # one in-process engine at a time
         classifier = LLM(model={str(model_dirs["llama"])!r}, runner="pooling", convert="classify", **{ENGINE_ARGS!r})
         classified = classifier.classify(["classify me"], use_tqdm=False)
@@ -397,6 +401,7 @@ def test_pooling_embed_and_classify_requests(model_dirs):
         print("CLASSIFIED", json.dumps([classified[0].request_id, len(classified[0].prompt_token_ids)]))
         for span in exporter.get_finished_spans():
             print("SPAN", json.dumps([span.name, dict(span.attributes)]))
+            print("TREE", json.dumps([span.name, span.context.span_id, span.parent.span_id if span.parent else None]))
     """)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "VLLM_", "TRACEAI_"))}
     env.update({"HF_HUB_OFFLINE": "1", "VLLM_ENABLE_V1_MULTIPROCESSING": "0"})
@@ -405,6 +410,7 @@ def test_pooling_embed_and_classify_requests(model_dirs):
     lines = proc.stdout.splitlines()
     outputs = [json.loads(line[4:]) for line in lines if line.startswith("OUT ")]
     spans = [json.loads(line[5:]) for line in lines if line.startswith("SPAN ")]
+    tree = [json.loads(line[5:]) for line in lines if line.startswith("TREE ")]
     requests = {a[A.RESPONSE_ID]: a for name, a in spans if name.startswith("embeddings")}
     assert len(requests) == 2 and len(outputs) == 2
     for request_id, prompt_len, dimension in outputs:
@@ -421,6 +427,16 @@ def test_pooling_embed_and_classify_requests(model_dirs):
     assert classify[A.OPERATION_NAME] == "classify" and classify[A.RESPONSE_ID] == request_id
     assert classify[A.USAGE_INPUT_TOKENS] == prompt_len
     assert [a[A.VLLM_BATCH_REQUESTS] for name, a in spans if name.startswith("LLM.classify")] == [1]
+    # LLM.score on an embedding model: the query and each document are engine requests ("score"
+    # operations) under one LLM.score batch span that counts the scores returned
+    ((score_batch_id,),) = [[span_id] for name, span_id, _ in tree if name.startswith("LLM.score")]
+    assert sorted(name.split()[0] for name, _, parent in tree if parent == score_batch_id) == ["score"] * 3
+    (score_batch,) = [a for name, a in spans if name.startswith("LLM.score")]
+    assert score_batch[A.VLLM_BATCH_REQUESTS] == json.loads(next(line[7:] for line in lines if line.startswith("SCORED ")))
+    # LLM.encode: one "encode" request span with its real prompt tokens
+    encoded_id, encoded_len = json.loads(next(line[8:] for line in lines if line.startswith("ENCODED ")))
+    (encode,) = [a for name, a in spans if name.startswith("encode")]
+    assert encode[A.RESPONSE_ID] == encoded_id and encode[A.USAGE_INPUT_TOKENS] == encoded_len
     assert "TRACKER 0" in lines
 
 
