@@ -284,8 +284,11 @@ def start_inline_evaluation(tracer_provider: TracerProvider | None = None,
 
 
 def stop_inline_evaluation(timeout_s: float = 30.0) -> None:
+    """Finish queued request spans (they may still offer completions), score what is queued within
+    `timeout_s`, count the rest as dropped, and uninstall."""
     global _active
     if _active is not None:
+        drain_telemetry()
         handoff.set_sink(None)
         _active.shutdown(timeout_s)
         _active = None
@@ -306,11 +309,11 @@ def _flush_first(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
     and counts the rest as dropped; nothing waits forever."""
     active = _active
     if active is not None:
-        drain_telemetry()
         try:
             if wrapped.__name__ == "shutdown":
                 stop_inline_evaluation(SHUTDOWN_TIMEOUT_S)
             else:
+                drain_telemetry()
                 active.force_flush(FLUSH_TIMEOUT_S)
         except Exception:
             logger.debug("inline evaluation flush failed", exc_info=True)
@@ -326,9 +329,7 @@ def _install_flush_hooks() -> None:
 
 
 def _at_exit() -> None:
-    if _active is not None:
-        drain_telemetry()
-        stop_inline_evaluation(SHUTDOWN_TIMEOUT_S)
+    stop_inline_evaluation(SHUTDOWN_TIMEOUT_S)
 
 
 atexit.register(_at_exit)
