@@ -123,11 +123,17 @@ class Evaluator:
                 prepared.append(EvalResult.from_error(self.name, exc, self.threshold))
         tasks = [(i, t) for i, t in enumerate(prepared) if isinstance(t, Task)]
         requests = [ScoreRequest(t.claims, t.premises) for _, t in tasks]
+        evidence: list[Any]
         try:
-            evidence = self.scorer.score(requests, on_pairs_done)
-        except Exception:  # noqa: BLE001 - find the item that fails, score the rest
-            evidence = [self._score_alone(r) for r in requests]
-        results: list[EvalResult] = [r for r in prepared]  # type: ignore[misc]
+            scorer = self.scorer
+        except Exception as exc:  # noqa: BLE001 - no model: every item gets this error, tried once
+            evidence = [exc] * len(requests)
+        else:
+            try:
+                evidence = scorer.score(requests, on_pairs_done)
+            except Exception:  # noqa: BLE001 - find the item that fails, score the rest
+                evidence = [self._score_alone(scorer, r) for r in requests]
+        results: list[Any] = list(prepared)
         for (index, task), item_evidence in zip(tasks, evidence):
             if isinstance(item_evidence, BaseException):
                 results[index] = EvalResult.from_error(self.name, item_evidence, self.threshold)
@@ -135,9 +141,10 @@ class Evaluator:
                 results[index] = self.judge_task(task, item_evidence)
         return results
 
-    def _score_alone(self, request: ScoreRequest) -> list[ClaimEvidence] | BaseException:
+    @staticmethod
+    def _score_alone(scorer: NLIScorer, request: ScoreRequest) -> list[ClaimEvidence] | BaseException:
         try:
-            return self.scorer.score([request])[0]
+            return scorer.score([request])[0]
         except Exception as exc:  # noqa: BLE001 - becomes this item's error result
             return exc
 

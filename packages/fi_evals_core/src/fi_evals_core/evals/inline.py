@@ -93,10 +93,9 @@ class InlineEvaluator:
         self._results = meter.create_counter(RESULTS_METRIC, description="Inline evaluation results by label")
         self._dropped_counter = meter.create_counter(
             DROPPED_METRIC, description="Completions sampled for evaluation but not scored")
-        self.dropped = 0  # also counted in the metric, by reason
-        self.scored = 0
-        self._busy = 0
-        self._idle = threading.Condition()
+        self.dropped = 0  # completions offered but not scored (also the metric, by reason)
+        self.scored = 0  # completions scored (by every evaluator)
+        self._start_lock = threading.Lock()
         self._closed = False
         self._thread: threading.Thread | None = None
         self._pid = os.getpid()
@@ -121,11 +120,10 @@ class InlineEvaluator:
     def _ensure_thread(self) -> None:
         if self._thread is not None and self._pid == os.getpid():
             return
-        with self._idle:
+        with self._start_lock:
             if self._thread is None or self._pid != os.getpid():  # first use, or a forked child
                 if self._pid != os.getpid():
                     self._queue = queue.Queue(maxsize=self._queue.maxsize)
-                    self._busy = 0
                 self._pid = os.getpid()
                 self._thread = threading.Thread(target=self._run, name="fi-evals-inline", daemon=True)
                 self._thread.start()
@@ -134,10 +132,9 @@ class InlineEvaluator:
         """Score what is queued; False if `timeout_s` passed first (the rest stays queued)."""
         if self._thread is None or threading.current_thread() is self._thread:
             return True
-        deadline = time.monotonic() + timeout_s
-        with self._idle:
-            return self._idle.wait_for(lambda: self._queue.empty() and self._busy == 0,
-                                       max(0.0, deadline - time.monotonic()))
+        pending = self._queue  # an item counts until the worker has scored it (task_done)
+        with pending.all_tasks_done:
+            return pending.all_tasks_done.wait_for(lambda: pending.unfinished_tasks == 0, timeout_s)
 
     def shutdown(self, timeout_s: float = 30.0) -> bool:
         """Score what is queued within `timeout_s`; what is left is counted as dropped."""
@@ -149,6 +146,7 @@ class InlineEvaluator:
                 item = self._queue.get_nowait()
             except queue.Empty:
                 break
+            self._queue.task_done()
             left += item is not _STOP
         if left:
             self._drop(left, "shutdown")
@@ -162,20 +160,21 @@ class InlineEvaluator:
     # -- the worker thread ----------------------------------------------------------------------
 
     def _run(self) -> None:
+        pending = self._queue
         while True:
-            item = self._queue.get()
+            item = pending.get()
             if item is _STOP:
+                pending.task_done()
                 return
             batch = [item]
-            with self._idle:
-                self._busy = 1
             while len(batch) < self.batch_size:
                 try:
-                    more = self._queue.get_nowait()
+                    more = pending.get_nowait()
                 except queue.Empty:
                     break
-                if more is _STOP:
-                    self._queue.put(_STOP)
+                if more is _STOP:  # score what was taken first, then stop
+                    pending.task_done()
+                    pending.put(_STOP)
                     break
                 batch.append(more)
             try:
@@ -183,9 +182,8 @@ class InlineEvaluator:
             except Exception:  # never let the thread die
                 logger.warning("inline evaluation failed for a batch of %d", len(batch), exc_info=True)
             finally:
-                with self._idle:
-                    self._busy = 0
-                    self._idle.notify_all()
+                for _ in batch:
+                    pending.task_done()
 
     def _score_batch(self, batch: list[handoff.Completion]) -> None:
         for evaluator in self.evaluators:
@@ -197,7 +195,7 @@ class InlineEvaluator:
             end_ns = time.time_ns()
             for item, result in zip(batch, results):
                 self._emit(item, result, start_ns, end_ns)
-                self.scored += 1
+        self.scored += len(batch)
 
     def _emit(self, item: handoff.Completion, result: EvalResult, start_ns: int, end_ns: int) -> None:
         ctx = item.eval_context

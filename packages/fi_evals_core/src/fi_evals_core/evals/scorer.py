@@ -192,8 +192,11 @@ class NLIScorer:
                 for k_index, (_, chunk_len) in enumerate(sized):
                     pairs.append(_Pair(r_index, c_index, k_index, chunk_len + claim_len))
 
-        support = [[[0.0] * len(chunks) for _ in claims] for claims, chunks in zip(claim_texts, chunk_lists)]
-        contra = [[[0.0] * len(chunks) for _ in claims] for claims, chunks in zip(claim_texts, chunk_lists)]
+        def table() -> list[list[list[float]]]:
+            return [[[0.0] * len(chunks) for _ in claims] for claims, chunks in zip(claim_texts, chunk_lists)]
+
+        three_way = self.labels.contradiction is not None
+        support, contra = table(), table() if three_way else None
         pairs.sort(key=lambda p: p.length)
         for first in range(0, len(pairs), self.batch_size):
             batch = pairs[first:first + self.batch_size]
@@ -201,21 +204,21 @@ class NLIScorer:
                                         [claim_texts[p.request][p.claim] for p in batch])
             for i, p in enumerate(batch):
                 support[p.request][p.claim][p.chunk] = sup[i]
-                if con is not None:
+                if contra is not None:
                     contra[p.request][p.claim][p.chunk] = con[i]
             if on_pairs_done is not None:
                 on_pairs_done(len(batch))
 
-        three_way = self.labels.contradiction is not None
         return [
-            [ClaimEvidence(claim, chunk_lists[r], support[r][c], contra[r][c] if three_way else None)
+            [ClaimEvidence(claim, chunk_lists[r], support[r][c], contra[r][c] if contra is not None else None)
              for c, claim in enumerate(claim_texts[r])]
             for r in range(len(requests))
         ]
 
     def score_pairs(self, premises: Sequence[str], hypotheses: Sequence[str]
                     ) -> tuple[list[float], list[float] | None]:
-        """Support (and contradiction) probabilities of one padded batch of pairs."""
+        """Support (and contradiction) probabilities of one batch of pairs (padded, or packed on the
+        fused path)."""
         import torch
 
         if self.fused is not None:  # packed: no padding
@@ -249,8 +252,9 @@ def _pack(pieces: list[tuple[int, int, int]], budget: int) -> list[tuple[int, in
         while j < len(pieces) and used + pieces[j][2] <= budget:
             used += pieces[j][2]
             j += 1
-        j = max(j, i + 1)  # a piece alone always fits (pieces are at most `budget`)
-        windows.append((pieces[i][0], pieces[j - 1][1], sum(p[2] for p in pieces[i:j])))
+        if j == i:  # cannot happen (pieces are at most `budget`), but never loop forever
+            j, used = i + 1, pieces[i][2]
+        windows.append((pieces[i][0], pieces[j - 1][1], used))
         if j >= len(pieces):
             break
         overlap = j - 1 if j - 1 > i and pieces[j - 1][2] + pieces[j][2] <= budget else j
