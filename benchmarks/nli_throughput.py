@@ -12,8 +12,9 @@ each, timed in turn round after round (the order rotates):
   same items: whole documents, chunked, every (chunk, claim) pair once, sorted, batched.
 * `ours-bf16`: the same with bf16 weights, `MALLOC_MMAP_MAX_=0` and a huge `MALLOC_TRIM_THRESHOLD_` in the
   worker's environment (`ours-bf16-mmap-only`, when named: the first alone).
-* `ours-bf16-eager`: `ours-bf16` with the CPU fast path of `fi_evals_core.evals.deberta_cpu` off
-  (`FI_EVALS_FUSED=0`): transformers' eager DeBERTa attention, for the side-by-side gain.
+* `ours-bf16-eager`: `ours-bf16` with the CPU fast paths off (`FI_EVALS_FUSED=0`): transformers'
+  eager DeBERTa attention (not `fi_evals_core.evals.deberta_cpu`'s) and plain `nn.Linear` (not
+  `fi_evals_core.evals.cpu_linear`'s oneDNN-packed weights), for the side-by-side gain.
 * `ours-fp32-eager`: only when named.
 
 After the timing, the bf16 workers' item scores are compared with `ours-fp32`'s on the same random
@@ -178,7 +179,8 @@ class Ours:
         finally:
             del scorer.score_pairs
         return {"pairs": counted[0], "tokens": counted[1], "claims": sum(len(r.claims) for r in results),
-                "fast_path": bool(getattr(scorer.model, "_fi_cpu_fast", False))}
+                "fast_path": bool(getattr(scorer.model, "_fi_cpu_fast", False)),
+                "packed_linears": int(getattr(scorer.model, "_fi_packed_linears", 0))}
 
     def run(self, items: list[dict[str, str]]) -> list[float]:
         results = self.evaluator.evaluate_batch(items)
@@ -275,7 +277,9 @@ def main() -> int:
             workers[v] = WorkerProcess(v, cmd, env, logdir / f"worker-{v}.log")
             info[v] = workers[v].request(None)
             print(f"  {v}: ready, {info[v]['pairs']} pairs, {info[v]['tokens'] / info[v]['pairs']:.0f} tokens/pair"
-                  f"{', fast path' if info[v].get('fast_path') else ''}", flush=True)
+                  f"{', fast attention' if info[v].get('fast_path') else ''}"
+                  f"{', %d packed linears' % info[v]['packed_linears'] if info[v].get('packed_linears') else ''}",
+                  flush=True)
 
         walls: dict[str, list[float]] = {v: [] for v in variants}
         scores: dict[str, list[float]] = {}
