@@ -142,6 +142,35 @@ def test_register_writes_jsonl_by_default_and_instruments_installed_engines(tmp_
     assert len(record["trace_id"]) == 32 and record["end_time_unix_nano"] > record["start_time_unix_nano"]
 
 
+@pytest.mark.parametrize("inline_rate", ["0", "1"])
+def test_a_process_that_exits_right_after_its_last_request_loses_nothing(tmp_path, model_dirs, nli_checkpoint,
+                                                                          inline_rate):
+    """No shutdown() call: the request that ended just before exit, and its inline evaluation, are
+    still exported. (The SDK providers register their exit-time shutdown when created, before any
+    request: the telemetry worker's and the inline evaluator's exit hooks must run before it.)"""
+    traces = tmp_path / "spans.jsonl"
+    script = textwrap.dedent(f"""
+        from fi_evals_core import register
+        register()
+        from transformers import pipeline
+        pipe = pipeline("text-generation", model={str(model_dirs["gpt2"])!r})
+        pipe("The quiet house", max_new_tokens=3, do_sample=False)
+        print("GENERATED")
+    """)
+    env = {"PATH": "/usr/bin:/bin", "TRACEAI_TRACES_FILE": str(traces), "HF_HUB_OFFLINE": "1",
+           "FI_EVALS_SAMPLE_RATE": inline_rate, "FI_EVALS_MODEL": nli_checkpoint("bert"), "FI_EVALS_DEVICE": "cpu"}
+    proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "GENERATED" in proc.stdout
+    records = [json.loads(line) for line in traces.read_text().splitlines()]
+    generation = [r for r in records if r["scope"]["name"] == "traceai_huggingface"
+                  and r["attributes"].get(A.USAGE_OUTPUT_TOKENS) == 3]
+    assert generation, [r["name"] for r in records]
+    evaluations = [r for r in records if r["name"].startswith("evaluation ")]
+    assert len(evaluations) == int(inline_rate), [r["name"] for r in records]
+    assert all(e["trace_id"] == generation[0]["trace_id"] for e in evaluations)
+
+
 def test_bad_environment_fails_register_with_a_clear_error(tmp_path):
     env = {"PATH": "/usr/bin:/bin", "OTEL_EXPORTER_OTLP_PROTOCOL": "carrier-pigeon"}
     proc = subprocess.run([sys.executable, "-c", "from fi_evals_core import register; register()"],

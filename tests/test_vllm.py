@@ -310,26 +310,52 @@ def test_async_llm_finished_and_cancelled_requests(vllm_setup, model_dirs):
     assert len(instrumentor.tracker) == 0
 
 
-def test_offline_llm_in_multiprocess_mode_with_register(tmp_path, model_dirs):
-    """vLLM's default multi-process mode (EngineCore in its own process), set up by register()."""
+@pytest.mark.parametrize("setup, start_method", [("register", "fork"), ("plugin", "spawn")])
+def test_offline_llm_in_multiprocess_mode(tmp_path, model_dirs, setup, start_method):
+    """vLLM's default multi-process mode (EngineCore in its own process), set up by `register()` in the
+    script, or with no code at all by the plugin (`TRACEAI_VLLM_AUTO=1`) that vLLM loads in each process.
+
+    The EngineCore process is started by spawn (what vLLM's CPU platform forces, and its choice on a
+    GPU once CUDA is initialised) or by fork (vLLM's default on a GPU; the script undoes the CPU
+    platform's override to get it here). Which one ran is read from the script's top level: a spawned
+    child imports the main module again, a forked one does not."""
     traces = tmp_path / "spans.jsonl"
+    setup_code = "from fi_evals_core import register; telemetry = register()" if setup == "register" else ""
+    shutdown = "telemetry.shutdown()" if setup == "register" else "pass  # the plugin's atexit hook flushes"
+    keep_fork = textwrap.indent(textwrap.dedent("""
+        from vllm.platforms.cpu import CpuPlatform
+        _update = CpuPlatform.check_and_update_config.__func__
+        def _keep_fork(cls, vllm_config):
+            _update(cls, vllm_config)
+            os.environ["VLLM_WORKER_MULTIPROC_METHOD"] = "fork"
+        CpuPlatform.check_and_update_config = classmethod(_keep_fork)
+    """), " " * 8) if start_method == "fork" else ""
     script = textwrap.dedent(f"""
-        from fi_evals_core import register
-        telemetry = register()
+        import os
+        print("TOP_LEVEL", os.getpid(), flush=True)
+        {setup_code}
+{keep_fork}
         from vllm import LLM, SamplingParams
         if __name__ == "__main__":
             llm = LLM(model={str(model_dirs["llama"])!r}, **{ENGINE_ARGS!r})
             outs = llm.generate(["multi process", "two"], SamplingParams(max_tokens=4, ignore_eos=True))
             print("OUT_TOKENS", sum(len(o.outputs[0].token_ids) for o in outs))
-            telemetry.shutdown()
+            print("START_METHOD", os.environ.get("VLLM_WORKER_MULTIPROC_METHOD"))
+            {shutdown}
     """)
     app = tmp_path / "app.py"
     app.write_text(script)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "VLLM_", "TRACEAI_"))}
-    env.update({"TRACEAI_TRACES_FILE": str(traces), "HF_HUB_OFFLINE": "1", "VLLM_ENABLE_V1_MULTIPROCESSING": "1"})
+    env.update({"TRACEAI_TRACES_FILE": str(traces), "HF_HUB_OFFLINE": "1", "VLLM_ENABLE_V1_MULTIPROCESSING": "1",
+                "VLLM_WORKER_MULTIPROC_METHOD": start_method})
+    if setup == "plugin":
+        env["TRACEAI_VLLM_AUTO"] = "1"
     proc = subprocess.run([sys.executable, str(app)], env=env, capture_output=True, text=True, timeout=300,
                           cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"START_METHOD {start_method}" in proc.stdout
+    top_level_runs = proc.stdout.count("TOP_LEVEL")  # spawn: the EngineCore (and a helper vLLM spawns) too
+    assert (top_level_runs == 1) if start_method == "fork" else (top_level_runs >= 2), proc.stdout[-2000:]
     import json
 
     records = [json.loads(line) for line in traces.read_text().splitlines()]
@@ -338,7 +364,8 @@ def test_offline_llm_in_multiprocess_mode_with_register(tmp_path, model_dirs):
     assert sum(r["attributes"][A.USAGE_OUTPUT_TOKENS] for r in requests) == 8
     assert "OUT_TOKENS 8" in proc.stdout
     # stats logging off (the offline default): the breakdown still comes from the engine's timestamps,
-    # the scheduler's events recorded by the hooks register() installed in the EngineCore process
+    # the scheduler's events recorded by the hooks installed in the EngineCore process (inherited
+    # through fork, or installed there again by the spawned process: register() at import, the plugin)
     for r in requests:
         a = r["attributes"]
         assert a[A.VLLM_QUEUE_TIME] >= 0 and a[A.VLLM_PREFILL_TIME] > 0 and a[A.VLLM_DECODE_TIME] > 0

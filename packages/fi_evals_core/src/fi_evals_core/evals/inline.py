@@ -33,7 +33,7 @@ from opentelemetry.trace import NonRecordingSpan, SpanKind, Status, StatusCode, 
 from ..telemetry import attributes as A
 from ..telemetry import handoff
 from ..telemetry.worker import drain as drain_telemetry
-from ..telemetry.worker import wrap_provider_flushes
+from ..telemetry.worker import drain_before_exit_shutdowns, wrap_provider_flushes
 from .config import EvalsConfig
 from .evaluators import Evaluator, evaluator_class
 from .result import EvalResult
@@ -278,6 +278,7 @@ def start_inline_evaluation(tracer_provider: TracerProvider | None = None,
                               batch_size=config.batch_size, cohort=config.cohort,
                               tracer_provider=tracer_provider, meter_provider=meter_provider)
     handoff.set_sink(_active)
+    drain_before_exit_shutdowns(_at_exit)  # before the providers' exit-time shutdown
     return _active
 
 

@@ -84,7 +84,19 @@ def get_worker() -> TelemetryWorker:
             if _worker is None:
                 _install_flush_hooks()
                 _worker = TelemetryWorker()
+                drain_before_exit_shutdowns(_drain_at_exit)
     return _worker
+
+
+def drain_before_exit_shutdowns(hook: Callable[[], object]) -> None:
+    """Run `hook` at interpreter exit before the exit-time `shutdown()` of every provider that
+    exists now. An SDK provider registers its bound `shutdown` with `atexit` when it is created, so
+    for a provider created before the flush hooks were installed that bound method is the unhooked
+    one; atexit runs handlers last-registered first, so (re)registering here puts `hook` ahead of
+    them all. Without it, the requests that ended in the last moments before exit would be finished
+    onto providers already shut down, and lost."""
+    atexit.unregister(hook)
+    atexit.register(hook)
 
 
 def _forget_worker_after_fork() -> None:
@@ -125,4 +137,8 @@ def drain(timeout_s: float = 10.0) -> bool:
     return _worker.drain(timeout_s) if _worker is not None else True
 
 
-atexit.register(drain, 5.0)
+def _drain_at_exit() -> None:
+    drain(5.0)
+
+
+atexit.register(_drain_at_exit)  # for providers created after the worker started (see drain_before_exit_shutdowns)
