@@ -18,6 +18,8 @@ Variants, one worker process (and one engine) each:
                       (a span per request with tokens and traceai's own TTFT, a span per generate call)
     traceai-stats     the same with disable_log_stats=False: the breakdown is then vLLM's own RequestStateStats
                       (traceai reads the same timestamps without them), at the cost of vLLM's stats collection
+    traceai-export-process   traceai as register() sets it up with TRACEAI_EXPORT_PROCESS=1: spans and the
+                      GenAI histograms handed to a child process that encodes, sends and aggregates them
     vllm-stats-only   no instrumentation, disable_log_stats=False: vLLM's stats collection alone
     vllm-tracing      vLLM's own tracing: LLM(otlp_traces_endpoint=<collector>, disable_log_stats=False)
                       (one ``llm_request`` span per request; it needs the stats)
@@ -93,6 +95,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "baseline-aa": {"label": "baseline again (A/A noise)", "log_stats": False, "needs": None},
     "traceai": {"label": "traceai (stats off, default)", "log_stats": False, "needs": "traceai_vllm"},
     "traceai-stats": {"label": "traceai + vLLM stats", "log_stats": True, "needs": "traceai_vllm"},
+    "traceai-export-process": {"label": "traceai, export process", "log_stats": False, "needs": "traceai_vllm"},
     "vllm-stats-only": {"label": "vLLM stats only (no tracing)", "log_stats": True, "needs": None},
     "vllm-tracing": {"label": "vLLM's own tracing (+stats)", "log_stats": True, "needs": None},
     "openlit": {"label": "OpenLIT vLLM instrumentation", "log_stats": False, "needs": "openlit"},
@@ -159,7 +162,19 @@ def worker_main(args: argparse.Namespace) -> int:
             OTLPMetricExporter(endpoint=endpoint, insecure=True), export_interval_millis=3_600_000)])
         metrics.set_meter_provider(meter_provider)
         tracer_provider: Any = None
-        if variant != "vllm-tracing":  # vLLM's own tracing installs its own provider (same pipeline)
+        if variant == "traceai-export-process":  # what register() builds with TRACEAI_EXPORT_PROCESS=1
+            from fi_evals_core.telemetry import TelemetryConfig
+            from fi_evals_core.telemetry.export_process import ExportProcess
+
+            os.environ["OTEL_METRIC_EXPORT_INTERVAL"] = "3600000"  # the child's reader: as the in-process one
+            export_process = ExportProcess(TelemetryConfig.from_env(
+                {"OTEL_EXPORTER_OTLP_ENDPOINT": endpoint, "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"}),
+                dict(resource.attributes))
+            tracer_provider = TracerProvider(resource=resource)
+            tracer_provider.add_span_processor(BatchSpanProcessor(export_process.span_exporter()))
+            trace.set_tracer_provider(tracer_provider)
+            meter_provider._fi_export_process = export_process
+        elif variant != "vllm-tracing":  # vLLM's own tracing installs its own provider (same pipeline)
             tracer_provider = TracerProvider(resource=resource)
             tracer_provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=endpoint, insecure=True)))
             trace.set_tracer_provider(tracer_provider)
@@ -420,20 +435,29 @@ def replay_main(args: argparse.Namespace) -> int:
 
     pipelines = {"no-op providers": (False, False, False), "SDK metrics only": (False, True, False),
                  "SDK spans, no export": (True, False, False), "SDK spans + OTLP encoding": (True, False, True),
-                 "SDK spans + OTLP encoding + metrics": (True, True, True)}
+                 "SDK spans + OTLP encoding + metrics": (True, True, True),
+                 "SDK spans + metrics, export process": (True, True, "process")}
     print(f"replay: {waves} waves x {wave} requests x {args.tokens} steps; CPU us per request added by traceai's "
           f"hooks (median of {args.rounds} paired runs, [min, max])")
     for name, (spans, with_metrics, encode) in pipelines.items():
         processor = None
+        export_process = None
+        if encode == "process":  # what TRACEAI_EXPORT_PROCESS=1 sets up: spans and histograms handed to a child
+            from fi_evals_core.telemetry.export_process import ExportProcess
+
+            export_process = ExportProcess(TelemetryConfig(traces_exporter="none"), {})
         if spans:
             tracer_provider: Any = TracerProvider()
-            span_processor = BatchSpanProcessor(Encode(encode), max_queue_size=1 << 20,
+            exporter = export_process.span_exporter() if export_process is not None else Encode(bool(encode))
+            span_processor = BatchSpanProcessor(exporter, max_queue_size=1 << 20,
                                                 schedule_delay_millis=1e9, max_export_batch_size=1 << 20)
             tracer_provider.add_span_processor(span_processor)
         else:
             tracer_provider, span_processor = NoOpTracerProvider(), None
         meter_provider = (MeterProvider(metric_readers=[InMemoryMetricReader()]) if with_metrics
                           else NoOpMeterProvider())
+        if export_process is not None:
+            meter_provider._fi_export_process = export_process
         runtime = TelemetryRuntime(TRACEAI_SCOPE, "0", tracer_provider=tracer_provider,
                                    meter_provider=meter_provider, config=TelemetryConfig())
         tracker = _engine.RequestTracker(runtime)
@@ -451,6 +475,8 @@ def replay_main(args: argparse.Namespace) -> int:
             c2 = time.process_time_ns()
             if r:  # the first is a warm-up
                 added.append(((c2 - c1) - (c1 - c0)) / (waves * wave) / 1e3)
+        if export_process is not None:
+            export_process.close()
         print(f"  {name:<38} {median(added):7.1f}  [{min(added):.1f}, {max(added):.1f}]")
     return 0
 

@@ -348,8 +348,8 @@ def test_offline_llm_in_multiprocess_mode(tmp_path, model_dirs, setup, start_met
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "VLLM_", "TRACEAI_"))}
     env.update({"TRACEAI_TRACES_FILE": str(traces), "HF_HUB_OFFLINE": "1", "VLLM_ENABLE_V1_MULTIPROCESSING": "1",
                 "VLLM_WORKER_MULTIPROC_METHOD": start_method})
-    if setup == "plugin":
-        env["TRACEAI_VLLM_AUTO"] = "1"
+    if setup == "plugin":  # and the export in a child process of each vLLM process that exports
+        env.update({"TRACEAI_VLLM_AUTO": "1", "TRACEAI_EXPORT_PROCESS": "1"})
     proc = subprocess.run([sys.executable, str(app)], env=env, capture_output=True, text=True, timeout=300,
                           cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]

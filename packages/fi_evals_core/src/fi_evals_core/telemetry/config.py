@@ -77,6 +77,7 @@ class TelemetryConfig:
     capture_content: ContentCapture = ContentCapture.NO_CONTENT
     max_content_length: int = 8192
     gpu_poll_interval_s: float = 1.0
+    export_process: bool = False  # TRACEAI_EXPORT_PROCESS: export from a child process (export_process.py)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "TelemetryConfig":
@@ -131,6 +132,7 @@ class TelemetryConfig:
             capture_content=_capture(env),
             max_content_length=_int(env, "TRACEAI_MAX_CONTENT_LENGTH", 8192, low=1),
             gpu_poll_interval_s=_float(env, "TRACEAI_GPU_POLL_INTERVAL", 1.0, low=0.01),
+            export_process=_bool(env, "TRACEAI_EXPORT_PROCESS", False),
         )
 
 
@@ -162,6 +164,18 @@ def _choice(env: Mapping[str, str], name: str, accepted: tuple[str, ...], defaul
     if value not in accepted:
         raise ConfigError(name, raw, "accepted values are " + ", ".join(accepted))
     return value
+
+
+def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = (env.get(name) or "").strip()
+    if not raw:
+        return default
+    value = raw.lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(name, raw, "accepted values are 1/0, true/false, yes/no, on/off")
 
 
 def _int(env: Mapping[str, str], name: str, default: int, *, low: int) -> int:

@@ -47,7 +47,11 @@ class TelemetryRuntime:
         self.config = config or get_config()
         self.tracer = trace.get_tracer(scope_name, scope_version, tracer_provider=tracer_provider)
         meter = otel_metrics.get_meter(scope_name, scope_version, meter_provider=meter_provider)
-        self.metrics = GenAIMetrics(meter)
+        # register(TRACEAI_EXPORT_PROCESS=1) marks its meter provider: the request histograms are
+        # then recorded in the export process (export_process.py), not here.
+        export_process = getattr(meter_provider or otel_metrics.get_meter_provider(), "_fi_export_process", None)
+        self.metrics: Any = (export_process.genai_metrics(scope_name, scope_version) if export_process is not None
+                             else GenAIMetrics(meter))
         self.content = ContentPolicy(self.config.capture_content, self.config.max_content_length)
         self._gpu_source = gpu_source or _default_gpu_source
         self.gpu: GpuMonitor | None = None

@@ -52,10 +52,13 @@ class Telemetry:
     instrumentors: dict[str, Any] = field(default_factory=dict)
     destination: str = ""
     inline_evaluation: Any = None  # fi_evals_core.evals.inline.InlineEvaluator when FI_EVALS_SAMPLE_RATE > 0
+    export_process: Any = None  # export_process.ExportProcess with TRACEAI_EXPORT_PROCESS=1
 
     def force_flush(self, timeout_millis: int = 30_000) -> bool:
         traces = self.tracer_provider.force_flush(timeout_millis)
         metrics = self.meter_provider.force_flush(timeout_millis)
+        if self.export_process is not None:  # the request histograms recorded there
+            metrics = self.export_process.flush(timeout_millis / 1000) and metrics
         return bool(traces and metrics)
 
     def shutdown(self) -> None:
@@ -72,6 +75,8 @@ class Telemetry:
             self.inline_evaluation = None
         self.tracer_provider.shutdown()
         self.meter_provider.shutdown()
+        if self.export_process is not None:
+            self.export_process.close()
 
 
 def register(
@@ -93,16 +98,29 @@ def register(
         resource = Resource.create()  # keep OTEL_RESOURCE_ATTRIBUTES' service.name, if any
 
     tracer_provider = TracerProvider(resource=resource, sampler=_sampler(config))
-    span_exporter, destination = _span_exporter(config)
+    meter_provider = MeterProvider(resource=resource, metric_readers=_metric_readers(config))
+    export_process = None
+    if config.export_process:  # spans and request histograms exported by a child process
+        from .export_process import ExportProcess
+
+        export_process = ExportProcess(config, dict(resource.attributes))
+        span_exporter, destination = _span_exporter(config, build=False)
+        if span_exporter is not None:
+            span_exporter = export_process.span_exporter()
+            destination += " (from an export process)"
+        if config.metrics_exporter != "none":
+            meter_provider._fi_export_process = export_process  # read by TelemetryRuntime
+    else:
+        span_exporter, destination = _span_exporter(config)
     if span_exporter is not None:
         tracer_provider.add_span_processor(BatchSpanProcessor(span_exporter))
-    meter_provider = MeterProvider(resource=resource, metric_readers=_metric_readers(config))
 
     if set_global:
         trace.set_tracer_provider(tracer_provider)
         otel_metrics.set_meter_provider(meter_provider)
 
-    telemetry = Telemetry(config, tracer_provider, meter_provider, destination=destination)
+    telemetry = Telemetry(config, tracer_provider, meter_provider, destination=destination,
+                          export_process=export_process)
     if os.environ.get("FI_EVALS_SAMPLE_RATE", "").strip():
         from ..evals.inline import start_inline_evaluation  # light: the NLI model loads on first use
 
@@ -143,16 +161,18 @@ def _sampler(config: TelemetryConfig) -> Sampler:
     }[name]
 
 
-def _span_exporter(config: TelemetryConfig) -> tuple[SpanExporter | None, str]:
+def _span_exporter(config: TelemetryConfig, build: bool = True) -> tuple[Any, str]:
+    """The configured span exporter and where it sends; with `build=False` only a placeholder
+    (`True`, or None for `none`) and the destination, for an exporter built in another process."""
     kind = config.traces_exporter
     if kind == "none":
         return None, "nowhere (OTEL_TRACES_EXPORTER=none)"
     if kind == "console":
-        return ConsoleSpanExporter(), "the console"
+        return ConsoleSpanExporter() if build else True, "the console"
     if kind == "jsonl":
-        return JsonlSpanExporter(config.traces_file), f"{config.traces_file.resolve()}"
+        return JsonlSpanExporter(config.traces_file) if build else True, f"{config.traces_file.resolve()}"
     endpoint = config.otlp_traces_endpoint
-    exporter = _otlp_exporter(config, "traces", endpoint)
+    exporter = _otlp_exporter(config, "traces", endpoint) if build else True
     return exporter, f"OTLP {config.otlp_protocol} {endpoint}"
 
 

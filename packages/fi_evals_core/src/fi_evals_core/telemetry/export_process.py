@@ -1,0 +1,386 @@
+"""Export from a separate process: the serving process hands finished spans and GenAI histogram
+points over a pipe, and a child process encodes and sends them and aggregates the histograms.
+
+Why: inside the serving process every exported span costs its OTLP encoding (about 45 µs for a
+vLLM request span, in Python) and every histogram point about 5 µs of SDK aggregation, and on a
+busy host all of it takes the GIL from the engine loop. Handing a span over as a pickled tuple
+costs a few microseconds, and the child runs on another core. On with `TRACEAI_EXPORT_PROCESS=1`
+for what `register()` builds; providers you build yourself are left as they are.
+
+What stays in the serving process: span creation and sampling (so trace ids, parent links and
+`span.get_span_context()` are what the app sees), the batch span processor, and every other
+instrument (GPU memory gauges, evaluation metrics). What moves: OTLP (or JSONL/console) span export
+and the GenAI histograms of the request spans (`gen_ai.client.*`, `gen_ai.server.*`), exported by
+the child with the same resource and instrumentation scopes.
+
+Protocol: length-prefixed pickle frames on the child's stdin; the child acknowledges flush and
+shutdown markers by writing their token to a pipe of their own (its stdout and stderr stay the
+app's, so a console exporter prints where it would have). Bounded: at most `MAX_PENDING` spans and as many
+points wait in the parent; beyond that they are dropped and counted (`dropped`), never blocking the
+caller. If the child dies, one warning is logged and later data is dropped and counted. After a
+fork, the child process starts its own export process on first use.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import struct
+import subprocess
+import sys
+import threading
+import weakref
+from collections import deque
+from typing import Any, Sequence
+
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
+
+logger = logging.getLogger(__name__)
+
+MAX_PENDING = 65536  # spans (and, separately, histogram points) waiting in the parent
+SEND_INTERVAL_S = 0.5  # histogram points go to the child at least this often
+_HEADER = struct.Struct(">I")
+_instances: "weakref.WeakSet[ExportProcess]" = weakref.WeakSet()
+_inherited_after_fork: list[tuple] = []
+
+
+class ExportProcess:
+    """The parent's handle on the export process (started on first use)."""
+
+    def __init__(self, config: Any, resource_attributes: dict[str, Any]) -> None:
+        self._config = config
+        self._resource = dict(resource_attributes)
+        self.dropped = 0  # spans and points that never reached the child
+        self._reset()
+        _instances.add(self)
+
+    def _reset(self) -> None:
+        self._proc: subprocess.Popen | None = None
+        self._spans: deque = deque()
+        self._points: deque = deque()
+        self._markers: deque = deque()
+        self._acks: dict[int, threading.Event] = {}
+        self._next_token = 0
+        self._cond = threading.Condition()
+        self._closed = False
+        self._stopping = False  # a shutdown marker was queued: the child's exit is expected
+        self._dead = False
+        self._acks_in: Any = None
+        self._die_lock = threading.Lock()
+        self._sender: threading.Thread | None = None
+        self._start_lock = threading.Lock()
+
+    # -- the parent side ------------------------------------------------------------------------
+
+    def _ensure_started(self) -> bool:
+        if self._sender is not None:
+            return not self._dead
+        with self._start_lock:
+            if self._sender is None and not self._closed:
+                try:
+                    ack_read, ack_write = os.pipe()
+                    try:
+                        self._proc = subprocess.Popen(
+                            [sys.executable, "-m", "fi_evals_core.telemetry.export_process", str(ack_write)],
+                            stdin=subprocess.PIPE, close_fds=True, pass_fds=(ack_write,))
+                    finally:
+                        os.close(ack_write)
+                    self._acks_in = os.fdopen(ack_read, "rb")
+                    self._write([("config", self._config, self._resource)])
+                except Exception:
+                    logger.warning("traceai: could not start the export process; telemetry is dropped",
+                                   exc_info=True)
+                    self._dead = True
+                self._sender = threading.Thread(target=self._send_loop, name="traceai-export-sender", daemon=True)
+                self._sender.start()
+                threading.Thread(target=self._ack_loop, name="traceai-export-acks", daemon=True).start()
+        return not self._dead
+
+    def send_spans(self, spans: list[tuple]) -> bool:
+        if self._stopping or not self._ensure_started():
+            self.dropped += len(spans)
+            return False
+        room = MAX_PENDING - len(self._spans)
+        if room < len(spans):
+            self.dropped += len(spans) - max(0, room)
+            spans = spans[:max(0, room)]
+        self._spans.extend(spans)
+        with self._cond:
+            self._cond.notify()
+        return True
+
+    def record(self, point: tuple) -> None:
+        """One histogram point: (scope, instrument, value, attributes). Called on the telemetry
+        worker; a deque append, shipped by the sender thread."""
+        if self._stopping or len(self._points) >= MAX_PENDING or not self._ensure_started():
+            self.dropped += 1
+            return
+        self._points.append(point)
+
+    def flush(self, timeout_s: float = 30.0) -> bool:
+        """Everything handed over so far is exported by the child (spans sent, metrics collected)."""
+        return self._marker("flush", timeout_s)
+
+    def close(self, timeout_s: float = 30.0) -> None:
+        """Flush, stop the child and wait for it; idempotent."""
+        if self._closed:
+            return
+        if self._sender is not None and not self._dead:
+            self._marker("shutdown", timeout_s)
+        self._stopping = self._closed = True
+        with self._cond:
+            self._cond.notify()
+        if self._proc is not None:
+            try:
+                self._proc.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+        if self.dropped:
+            logger.warning("traceai: %d spans or metric points were dropped by the export process hand-over",
+                           self.dropped)
+
+    def _marker(self, kind: str, timeout_s: float) -> bool:
+        if self._stopping or not self._ensure_started():
+            return False
+        with self._cond:
+            if kind == "shutdown":
+                self._stopping = True
+            self._next_token += 1
+            token = self._next_token
+            event = self._acks[token] = threading.Event()
+            self._markers.append((kind, token))
+            self._cond.notify()
+        done = event.wait(timeout_s)
+        self._acks.pop(token, None)
+        return done and not self._dead
+
+    def _send_loop(self) -> None:
+        while not self._dead:
+            with self._cond:
+                if not (self._spans or self._markers or self._closed):
+                    self._cond.wait(SEND_INTERVAL_S)
+                markers = [self._markers.popleft() for _ in range(len(self._markers))]
+            spans = [self._spans.popleft() for _ in range(len(self._spans))]
+            points = [self._points.popleft() for _ in range(len(self._points))]
+            frames: list[tuple] = []
+            if spans:
+                frames.append(("spans", spans))
+            if points:
+                frames.append(("points", points))
+            frames.extend(markers)
+            if frames:
+                self._write(frames)
+            if self._closed and not (self._spans or self._markers):
+                return
+
+    def _write(self, frames: list[tuple]) -> None:
+        if self._dead or self._proc is None or self._proc.stdin is None:
+            return
+        try:
+            payload = pickle.dumps(frames, protocol=pickle.HIGHEST_PROTOCOL)
+            self._proc.stdin.write(_HEADER.pack(len(payload)) + payload)
+            self._proc.stdin.flush()
+        except Exception:
+            self._die(sum(len(f[1]) for f in frames if f[0] in ("spans", "points")))
+
+    def _die(self, lost: int) -> None:
+        with self._die_lock:  # the writer and the ack reader may both notice
+            if not self._dead and not self._stopping:
+                logger.warning("traceai: the export process is gone (exit status %s); telemetry is dropped from "
+                               "now on", self._proc.poll() if self._proc is not None else None)
+            self._dead = True
+        self.dropped += lost
+        for event in list(self._acks.values()):
+            event.set()
+
+    def _ack_loop(self) -> None:
+        acks = self._acks_in
+        if acks is None:
+            return
+        for line in acks:
+            try:
+                event = self._acks.get(int(line))
+            except ValueError:
+                continue
+            if event is not None:
+                event.set()
+        self._die(0)  # the child is gone (expected after a shutdown marker: no warning then)
+
+    def _after_fork_in_child(self) -> None:
+        """Threads and pipes belong to the parent: start afresh on first use. The inherited pipe
+        objects are kept, never closed or finalised here: a parent thread may have held their
+        internal locks at the fork, and closing them would wait forever."""
+        _inherited_after_fork.append((self._proc, self._acks_in))
+        self._reset()
+
+    # -- what register() plugs in ---------------------------------------------------------------
+
+    def span_exporter(self) -> "ExportProcessSpanExporter":
+        return ExportProcessSpanExporter(self)
+
+    def genai_metrics(self, scope_name: str, scope_version: str | None) -> "ShippedGenAIMetrics":
+        return ShippedGenAIMetrics(self, (scope_name, scope_version))
+
+
+def _after_fork() -> None:
+    for instance in list(_instances):
+        instance._after_fork_in_child()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork)
+
+
+class ExportProcessSpanExporter(SpanExporter):
+    """A span exporter for the batch span processor: hands each batch to the export process."""
+
+    def __init__(self, process: ExportProcess) -> None:
+        self.process = process
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        try:
+            ok = self.process.send_spans([span_to_tuple(s) for s in spans])
+        except Exception:
+            logger.debug("hand-over to the export process failed", exc_info=True)
+            ok = False
+        return SpanExportResult.SUCCESS if ok else SpanExportResult.FAILURE
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return self.process.flush(timeout_millis / 1000)
+
+    def shutdown(self) -> None:
+        self.process.close()
+
+
+class _ShippedHistogram:
+    __slots__ = ("_process", "_key")
+
+    def __init__(self, process: ExportProcess, key: tuple) -> None:
+        self._process = process
+        self._key = key
+
+    def record(self, amount: float, attributes: dict[str, Any] | None = None, context: Any = None) -> None:
+        self._process.record((self._key, amount, attributes))
+
+
+class ShippedGenAIMetrics:
+    """`GenAIMetrics`' instruments, recorded in the export process (same names, units, buckets)."""
+
+    def __init__(self, process: ExportProcess, scope: tuple[str, str | None]) -> None:
+        from .metrics import INSTRUMENTS
+
+        for name in INSTRUMENTS:
+            setattr(self, name, _ShippedHistogram(process, (scope, name)))
+
+
+def span_to_tuple(span: ReadableSpan) -> tuple:
+    """What the child needs to rebuild `span` (plain, picklable values)."""
+    ctx = span.context
+    parent = span.parent
+    scope = span.instrumentation_scope
+    status = span.status
+    return (
+        span.name, ctx.trace_id, ctx.span_id, int(ctx.trace_flags), ctx.trace_state.to_header() if ctx.trace_state else "",
+        (parent.span_id, parent.is_remote, int(parent.trace_flags)) if parent is not None else None,
+        span.kind.value, span.start_time, span.end_time, status.status_code.value, status.description,
+        dict(span.attributes or {}),
+        [(e.name, dict(e.attributes or {}), e.timestamp) for e in span.events],
+        [(link.context.trace_id, link.context.span_id, int(link.context.trace_flags), dict(link.attributes or {}))
+         for link in span.links],
+        (scope.name, scope.version, scope.schema_url) if scope is not None else None,
+    )
+
+
+# -- the child ------------------------------------------------------------------------------------
+
+def span_from_tuple(data: tuple, resource: Any) -> ReadableSpan:
+    from opentelemetry.sdk.trace import Event
+    from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+    from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode, TraceFlags, TraceState
+
+    (name, trace_id, span_id, flags, trace_state, parent, kind, start, end, code, description,
+     attributes, events, links, scope) = data
+    state = TraceState.from_header([trace_state]) if trace_state else None
+    context = SpanContext(trace_id, span_id, is_remote=False, trace_flags=TraceFlags(flags), trace_state=state)
+    parent_context = None
+    if parent is not None:
+        parent_context = SpanContext(trace_id, parent[0], is_remote=parent[1], trace_flags=TraceFlags(parent[2]))
+    return ReadableSpan(
+        name=name, context=context, parent=parent_context, resource=resource, attributes=attributes,
+        events=[Event(n, a, t) for n, a, t in events],
+        links=[Link(SpanContext(t, s, is_remote=True, trace_flags=TraceFlags(f)), a) for t, s, f, a in links],
+        kind=SpanKind(kind), status=Status(StatusCode(code), description), start_time=start, end_time=end,
+        instrumentation_scope=InstrumentationScope(*scope) if scope is not None else None,
+    )
+
+
+def _read_frame(stream: Any) -> list[tuple] | None:
+    header = stream.read(_HEADER.size)
+    if len(header) < _HEADER.size:
+        return None
+    (size,) = _HEADER.unpack(header)
+    payload = stream.read(size)
+    if len(payload) < size:
+        return None
+    return pickle.loads(payload)
+
+
+def child_main() -> int:
+    """The export process: rebuild spans and export them, record histogram points, ack markers."""
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.resources import Resource
+
+    from .metrics import GenAIMetrics
+    from .setup import _metric_readers, _span_exporter
+
+    stdin = sys.stdin.buffer
+    acks = os.fdopen(int(sys.argv[1]), "w")
+    first = _read_frame(stdin)
+    if not first or first[0][0] != "config":
+        return 2
+    _, config, resource_attributes = first[0]
+    resource = Resource(resource_attributes)
+    exporter, _ = _span_exporter(config)
+    meter_provider = MeterProvider(resource=resource, metric_readers=_metric_readers(config))
+    instruments: dict[tuple, GenAIMetrics] = {}
+    while True:
+        frames = _read_frame(stdin)
+        if frames is None:  # the parent is gone: export what was received, then stop
+            _stop(exporter, meter_provider)
+            return 0
+        for frame in frames:
+            kind = frame[0]
+            try:
+                if kind == "spans" and exporter is not None:
+                    exporter.export([span_from_tuple(s, resource) for s in frame[1]])
+                elif kind == "points":
+                    for (scope, name), value, attributes in frame[1]:
+                        metrics = instruments.get(scope)
+                        if metrics is None:
+                            metrics = instruments[scope] = GenAIMetrics(meter_provider.get_meter(*scope))
+                        getattr(metrics, name).record(value, attributes)
+                elif kind == "flush":
+                    if exporter is not None:
+                        exporter.force_flush()
+                    meter_provider.force_flush()
+                elif kind == "shutdown":
+                    _stop(exporter, meter_provider)
+            except Exception:
+                logger.warning("traceai export process: %s failed", kind, exc_info=True)
+            if kind in ("flush", "shutdown"):
+                acks.write(f"{frame[1]}\n")
+                acks.flush()
+            if kind == "shutdown":
+                return 0
+
+
+def _stop(exporter: Any, meter_provider: Any) -> None:
+    if exporter is not None:
+        exporter.shutdown()
+    meter_provider.shutdown()
+
+
+if __name__ == "__main__":
+    sys.exit(child_main())

@@ -1,0 +1,137 @@
+"""TRACEAI_EXPORT_PROCESS=1: spans and the request histograms exported by a child process, to the
+real collector; what the app sees (trace ids, parent links) unchanged; a dead child never raises
+into the app and what it loses is counted; a forked process gets its own export process."""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from fi_evals_core import register
+from fi_evals_core.telemetry import ConfigError, TelemetryConfig
+from fi_evals_core.telemetry import attributes as A
+from fi_evals_core.telemetry.export_process import ExportProcess, ExportProcessSpanExporter
+from fi_evals_core.telemetry.metrics import DURATION_BUCKETS
+
+
+def test_register_exports_spans_and_request_histograms_from_a_child_process(collector, model_dirs):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    collector.clear()
+    env = {**collector.otel_env("grpc"), "OTEL_SERVICE_NAME": "export-process-test", "TRACEAI_EXPORT_PROCESS": "1"}
+    telemetry = register(config=TelemetryConfig.from_env(env), set_global=False)
+    try:
+        assert telemetry.export_process is not None
+        assert "(from an export process)" in telemetry.destination
+        processors = telemetry.tracer_provider._active_span_processor._span_processors
+        assert [type(p.span_exporter) for p in processors] == [ExportProcessSpanExporter]  # no OTLP exporter here
+        model = AutoModelForCausalLM.from_pretrained(model_dirs["gpt2"])
+        tok = AutoTokenizer.from_pretrained(model_dirs["gpt2"])
+        enc = tok("hello there", return_tensors="pt")
+        tracer = telemetry.tracer_provider.get_tracer("app")
+        with tracer.start_as_current_span("handle request") as app_span:
+            model.generate(**enc, max_new_tokens=3, do_sample=False)
+        app_context = app_span.get_span_context()
+        assert telemetry.force_flush()
+        child_pid = telemetry.export_process._proc.pid
+    finally:
+        telemetry.shutdown()
+    assert telemetry.export_process._proc.poll() == 0  # the child exited cleanly at shutdown
+    assert telemetry.export_process.dropped == 0
+
+    spans = collector.wait_for_spans(lambda s: s["resource_attributes"].get("service.name") == "export-process-test",
+                                     count=2)
+    app = next(s for s in spans if s["name"] == "handle request")
+    (generate,) = [s for s in spans if s["scope_name"] == "traceai_huggingface"]
+    assert app["trace_id"] == format(app_context.trace_id, "032x") and app["span_id"] == format(app_context.span_id, "016x")
+    assert generate["trace_id"] == app["trace_id"] and generate["parent_span_id"] == app["span_id"]
+    assert generate["attributes"][A.USAGE_OUTPUT_TOKENS] == 3
+    assert generate["attributes"][A.USAGE_INPUT_TOKENS] == enc["input_ids"].shape[1]
+    assert generate["end_time_unix_nano"] > generate["start_time_unix_nano"]
+
+    duration = collector.wait_for_metrics(A.METRIC_OPERATION_DURATION)[-1]
+    assert duration["scope_name"] == "traceai_huggingface" and duration["unit"] == "s"
+    assert duration["resource_attributes"]["service.name"] == "export-process-test"
+    (point,) = duration["data_points"]
+    assert point["count"] == 1 and list(point["explicit_bounds"]) == DURATION_BUCKETS
+    assert point["attributes"][A.OPERATION_NAME] == generate["attributes"][A.OPERATION_NAME]
+    usage = collector.wait_for_metrics(A.METRIC_TOKEN_USAGE)[-1]
+    sums = {p["attributes"][A.TOKEN_TYPE]: p["sum"] for p in usage["data_points"]}
+    assert sums == {"input": enc["input_ids"].shape[1], "output": 3}
+    assert child_pid != __import__("os").getpid()
+
+
+def test_bad_value_is_a_clear_error():
+    with pytest.raises(ConfigError, match="TRACEAI_EXPORT_PROCESS='maybe' is not valid"):
+        TelemetryConfig.from_env({"TRACEAI_EXPORT_PROCESS": "maybe"})
+    assert TelemetryConfig.from_env({"TRACEAI_EXPORT_PROCESS": "off"}).export_process is False
+
+
+def _provider(process: ExportProcess):
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(process.span_exporter()))
+    return provider
+
+
+def test_a_dead_export_process_never_raises_and_counts_what_it_drops(tmp_path, caplog):
+    traces = tmp_path / "spans.jsonl"
+    process = ExportProcess(TelemetryConfig(traces_exporter="jsonl", traces_file=traces), {"service.name": "t"})
+    tracer = _provider(process).get_tracer("t")
+    with tracer.start_as_current_span("before"):
+        pass
+    assert process.flush(30)
+    assert [json.loads(line)["name"] for line in traces.read_text().splitlines()] == ["before"]
+
+    process._proc.kill()
+    process._proc.wait()
+    with caplog.at_level(logging.WARNING, logger="fi_evals_core.telemetry.export_process"):
+        for _ in range(5):
+            with tracer.start_as_current_span("after"):  # never raises into the app
+                pass
+        assert process.flush(5) is False
+    gone = [r for r in caplog.records if "export process is gone" in r.getMessage()]
+    assert len(gone) == 1
+    assert process.dropped >= 4  # the first may have been in flight when the pipe broke; none of them arrived
+    process.close(5)
+    assert [json.loads(line)["name"] for line in traces.read_text().splitlines()] == ["before"]
+
+
+def test_a_forked_process_gets_its_own_export_process(tmp_path):
+    traces = tmp_path / "spans.jsonl"
+    script = textwrap.dedent("""
+        import os
+        from fi_evals_core import register
+        telemetry = register()
+        tracer = telemetry.tracer_provider.get_tracer("app")
+        with tracer.start_as_current_span("in the parent"):
+            pass
+        telemetry.force_flush()
+        parent_export = telemetry.export_process._proc.pid
+        pid = os.fork()
+        if pid == 0:
+            with tracer.start_as_current_span("in the child"):
+                pass
+            telemetry.force_flush()
+            print("CHILD_EXPORT", telemetry.export_process._proc.pid != parent_export, flush=True)
+            telemetry.shutdown()
+            os._exit(0)
+        os.waitpid(pid, 0)
+        with tracer.start_as_current_span("in the parent again"):
+            pass
+        telemetry.shutdown()
+        print("DROPPED", telemetry.export_process.dropped)
+    """)
+    env = {"PATH": "/usr/bin:/bin", "TRACEAI_TRACES_FILE": str(traces), "TRACEAI_EXPORT_PROCESS": "1"}
+    proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "CHILD_EXPORT True" in proc.stdout and "DROPPED 0" in proc.stdout
+    names = sorted(json.loads(line)["name"] for line in traces.read_text().splitlines())
+    assert names == ["in the child", "in the parent", "in the parent again"]
