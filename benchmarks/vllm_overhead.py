@@ -173,7 +173,7 @@ def worker_main(args: argparse.Namespace) -> int:
             tracer_provider = TracerProvider(resource=resource)
             tracer_provider.add_span_processor(BatchSpanProcessor(export_process.span_exporter()))
             trace.set_tracer_provider(tracer_provider)
-            meter_provider._fi_export_process = export_process
+            tracer_provider._fi_export_process = meter_provider._fi_export_process = export_process
         elif variant != "vllm-tracing":  # vLLM's own tracing installs its own provider (same pipeline)
             tracer_provider = TracerProvider(resource=resource)
             tracer_provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=endpoint, insecure=True)))
@@ -457,7 +457,7 @@ def replay_main(args: argparse.Namespace) -> int:
         meter_provider = (MeterProvider(metric_readers=[InMemoryMetricReader()]) if with_metrics
                           else NoOpMeterProvider())
         if export_process is not None:
-            meter_provider._fi_export_process = export_process
+            tracer_provider._fi_export_process = meter_provider._fi_export_process = export_process
         runtime = TelemetryRuntime(TRACEAI_SCOPE, "0", tracer_provider=tracer_provider,
                                    meter_provider=meter_provider, config=TelemetryConfig())
         tracker = _engine.RequestTracker(runtime)

@@ -135,3 +135,76 @@ def test_a_forked_process_gets_its_own_export_process(tmp_path):
     assert "CHILD_EXPORT True" in proc.stdout and "DROPPED 0" in proc.stdout
     names = sorted(json.loads(line)["name"] for line in traces.read_text().splitlines())
     assert names == ["in the child", "in the parent", "in the parent again"]
+
+
+@pytest.mark.parametrize("sampler", ["parentbased_always_on", "traceidratio"])
+def test_deferred_request_spans_go_straight_to_the_export_process(tmp_path, sampler):
+    """Request spans finished on the telemetry worker skip the SDK span: same ids, parent, attributes,
+    status and events in the exported span, and the provider's sampler still decides."""
+    from opentelemetry.trace import SpanKind
+
+    from fi_evals_core.telemetry import TelemetryRuntime, drain
+    from fi_evals_core.telemetry.export_process import DirectSpan
+
+    traces = tmp_path / "spans.jsonl"
+    env = {"TRACEAI_TRACES_FILE": str(traces), "TRACEAI_EXPORT_PROCESS": "1", "OTEL_TRACES_SAMPLER": sampler,
+           "OTEL_TRACES_SAMPLER_ARG": "0"}
+    telemetry = register(config=TelemetryConfig.from_env(env), set_global=False, instrument=False)
+    try:
+        runtime = TelemetryRuntime("direct-test", "1.2", tracer_provider=telemetry.tracer_provider,
+                                   meter_provider=telemetry.meter_provider, config=telemetry.config)
+        assert runtime.direct_export() is telemetry.export_process
+        app = telemetry.tracer_provider.get_tracer("app").start_span("app")  # parentbased: sampled parent
+        from opentelemetry import trace
+
+        parent = trace.set_span_in_context(app)
+        request = runtime.start("text_completion tiny", {A.OPERATION_NAME: "text_completion", A.REQUEST_MODEL: "tiny"},
+                                kind=SpanKind.SERVER, context=parent, defer_span=True, metrics="server")
+        request.set_usage(input_tokens=5, output_tokens=3)
+        request.set_response(response_id="r-1", finish_reasons=["length"])
+        request.end(error=ValueError("boom"))
+        drain()
+        app.end()
+        if sampler == "parentbased_always_on":
+            assert isinstance(request.span, DirectSpan)
+        assert telemetry.force_flush()
+    finally:
+        telemetry.shutdown()
+    lines = traces.read_text().splitlines() if traces.exists() else []
+    records = {json.loads(line)["name"]: json.loads(line) for line in lines}
+    if sampler == "traceidratio":  # ratio 0: the sampler dropped it, as it would have dropped the SDK span
+        assert "text_completion tiny" not in records and "app" not in records
+        return
+    span = records["text_completion tiny"]
+    ctx = request.span.get_span_context()
+    assert span["trace_id"] == format(app.get_span_context().trace_id, "032x") == format(ctx.trace_id, "032x")
+    assert span["span_id"] == format(ctx.span_id, "016x")
+    assert span["parent_span_id"] == format(app.get_span_context().span_id, "016x")
+    assert span["kind"] == "SERVER" and span["scope"] == {"name": "direct-test", "version": "1.2"}
+    assert span["status"] == {"code": "ERROR", "description": "boom"}
+    attrs = span["attributes"]
+    assert attrs[A.USAGE_INPUT_TOKENS] == 5 and attrs[A.USAGE_OUTPUT_TOKENS] == 3 and attrs[A.ERROR_TYPE] == "ValueError"
+    assert attrs[A.RESPONSE_FINISH_REASONS] == ["length"] and attrs[A.RESPONSE_ID] == "r-1"
+    assert span["end_time_unix_nano"] >= span["start_time_unix_nano"]
+
+
+def test_an_extra_span_processor_keeps_sdk_spans(tmp_path):
+    """Anything else on the provider (a processor the app added) sees real SDK spans."""
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from fi_evals_core.telemetry import TelemetryRuntime, drain
+
+    env = {"TRACEAI_TRACES_FILE": str(tmp_path / "spans.jsonl"), "TRACEAI_EXPORT_PROCESS": "1"}
+    telemetry = register(config=TelemetryConfig.from_env(env), set_global=False, instrument=False)
+    try:
+        memory = InMemorySpanExporter()
+        telemetry.tracer_provider.add_span_processor(SimpleSpanProcessor(memory))
+        runtime = TelemetryRuntime("direct-test", "1", tracer_provider=telemetry.tracer_provider,
+                                   meter_provider=telemetry.meter_provider, config=telemetry.config)
+        assert runtime.direct_export() is None
+        runtime.start("op", {A.OPERATION_NAME: "op"}, defer_span=True).end()
+        drain()
+        assert [s.name for s in memory.get_finished_spans()] == ["op"]
+    finally:
+        telemetry.shutdown()

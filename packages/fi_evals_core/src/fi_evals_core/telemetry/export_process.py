@@ -8,8 +8,9 @@ costs a few microseconds, and the child runs on another core. On with `TRACEAI_E
 for what `register()` builds; providers you build yourself are left as they are.
 
 What stays in the serving process: span creation and sampling (so trace ids, parent links and
-`span.get_span_context()` are what the app sees), the batch span processor, and every other
-instrument (GPU memory gauges, evaluation metrics). What moves: OTLP (or JSONL/console) span export
+`span.get_span_context()` are what the app sees; the request spans finished on the telemetry worker
+skip the SDK span and its batch processor, see `DirectSpan`), and every other instrument (GPU
+memory gauges, evaluation metrics). What moves: OTLP (or JSONL/console) span export
 and the GenAI histograms of the request spans (`gen_ai.client.*`, `gen_ai.server.*`), exported by
 the child with the same resource and instrumentation scopes.
 
@@ -30,12 +31,14 @@ import struct
 import subprocess
 import sys
 import threading
+import time
 import weakref
 from collections import deque
 from typing import Any, Sequence
 
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
+from opentelemetry.trace import NonRecordingSpan, SpanContext, Status, StatusCode, TraceFlags
 
 logger = logging.getLogger(__name__)
 
@@ -107,6 +110,9 @@ class ExportProcess:
             self.dropped += len(spans) - max(0, room)
             spans = spans[:max(0, room)]
         self._spans.extend(spans)
+        if self._dead:  # it died meanwhile: what is queued will never be sent
+            self._count_queued_as_dropped()
+            return False
         with self._cond:
             self._cond.notify()
         return True
@@ -192,8 +198,18 @@ class ExportProcess:
                                "now on", self._proc.poll() if self._proc is not None else None)
             self._dead = True
         self.dropped += lost
+        self._count_queued_as_dropped()
         for event in list(self._acks.values()):
             event.set()
+
+    def _count_queued_as_dropped(self) -> None:
+        for queue in (self._spans, self._points):
+            while True:
+                try:
+                    queue.popleft()
+                except IndexError:
+                    break
+                self.dropped += 1
 
     def _ack_loop(self) -> None:
         acks = self._acks_in
@@ -273,6 +289,110 @@ class ShippedGenAIMetrics:
 
         for name in INSTRUMENTS:
             setattr(self, name, _ShippedHistogram(process, (scope, name)))
+
+
+class DirectSpan(NonRecordingSpan):
+    """A request span that goes straight to the export process, with no SDK span in between.
+
+    For the spans the telemetry worker creates when a request is finished (deferred spans), when
+    the provider's only span processor is a batch processor feeding this export process: the SDK
+    span would be built, its attributes validated, queued, batched and then turned into the same
+    tuple `span_to_tuple` makes. Ids and the sampling decision come from the provider's own id
+    generator and sampler, exactly as `Tracer.start_span` takes them; the span is handed over when
+    it ends, if sampled.
+    """
+
+    def __init__(self, process: ExportProcess, context: SpanContext, parent: SpanContext | None, name: str,
+                 kind: Any, attributes: dict[str, Any], start_time: int, scope: tuple) -> None:
+        super().__init__(context)
+        self._process = process
+        self._parent = parent
+        self._name = name
+        self._kind = kind
+        self._attributes = attributes
+        self._start_time = start_time
+        self._scope = scope
+        self._status: tuple[int, str | None] = (StatusCode.UNSET.value, None)
+        self._events: list[tuple] = []
+        self._ended = False
+
+    @property
+    def attributes(self) -> dict[str, Any]:
+        return self._attributes
+
+    def is_recording(self) -> bool:
+        return not self._ended
+
+    def set_attributes(self, attributes: Any) -> None:
+        self._attributes.update(attributes)
+
+    def set_attribute(self, key: str, value: Any) -> None:
+        self._attributes[key] = value
+
+    def set_status(self, status: Any, description: str | None = None) -> None:
+        if isinstance(status, Status):
+            self._status = (status.status_code.value, status.description)
+        else:
+            self._status = (status.value, description)
+
+    def add_event(self, name: str, attributes: Any = None, timestamp: int | None = None) -> None:
+        self._events.append((name, dict(attributes or {}), timestamp if timestamp is not None else time.time_ns()))
+
+    def end(self, end_time: int | None = None) -> None:
+        if self._ended:
+            return
+        self._ended = True
+        ctx = self.get_span_context()
+        if not ctx.trace_flags.sampled:
+            return
+        parent = self._parent
+        self._process.send_spans([(
+            self._name, ctx.trace_id, ctx.span_id, int(ctx.trace_flags),
+            ctx.trace_state.to_header() if ctx.trace_state else "",
+            (parent.span_id, parent.is_remote, int(parent.trace_flags)) if parent is not None else None,
+            self._kind.value, self._start_time, end_time if end_time is not None else time.time_ns(),
+            self._status[0], self._status[1], self._attributes, self._events, [], self._scope,
+        )])
+
+
+def start_direct_span(process: ExportProcess, provider: Any, scope: tuple, name: str, kind: Any,
+                      context: Any, attributes: dict[str, Any], start_time: int) -> DirectSpan | NonRecordingSpan:
+    """`Tracer.start_span`'s decisions (ids, sampler, trace flags and state), for a `DirectSpan`."""
+    from opentelemetry import trace
+
+    parent = trace.get_current_span(context).get_span_context()
+    if parent is None or not parent.is_valid:
+        parent = None
+        trace_id = provider.id_generator.generate_trace_id()
+        random_id = provider.id_generator.is_trace_id_random()
+    else:
+        trace_id = parent.trace_id
+        random_id = parent.trace_flags.random_trace_id
+    result = provider.sampler.should_sample(context, trace_id, name, kind, attributes, ())
+    flags = TraceFlags.SAMPLED if result.decision.is_sampled() else TraceFlags.DEFAULT
+    if random_id:
+        flags |= TraceFlags.RANDOM_TRACE_ID
+    span_context = SpanContext(trace_id, provider.id_generator.generate_span_id(), is_remote=False,
+                               trace_flags=TraceFlags(flags), trace_state=result.trace_state)
+    if not result.decision.is_recording():
+        return NonRecordingSpan(span_context)
+    return DirectSpan(process, span_context, parent, name, kind, dict(result.attributes or {}), start_time, scope)
+
+
+def direct_export_process(provider: Any) -> ExportProcess | None:
+    """The export process `provider` feeds through its one batch span processor, if that is all it
+    has (register() with TRACEAI_EXPORT_PROCESS=1); None otherwise (then spans are SDK spans)."""
+    process = getattr(provider, "_fi_export_process", None)
+    if process is None:
+        return None
+    try:
+        processors = provider._active_span_processor._span_processors
+    except AttributeError:
+        return None
+    if len(processors) != 1:
+        return None
+    exporter = getattr(processors[0], "span_exporter", None)
+    return process if isinstance(exporter, ExportProcessSpanExporter) and exporter.process is process else None
 
 
 def span_to_tuple(span: ReadableSpan) -> tuple:

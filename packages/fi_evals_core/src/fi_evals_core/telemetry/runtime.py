@@ -46,6 +46,8 @@ class TelemetryRuntime:
     ) -> None:
         self.config = config or get_config()
         self.tracer = trace.get_tracer(scope_name, scope_version, tracer_provider=tracer_provider)
+        self.scope = (scope_name, scope_version, None)
+        self._tracer_provider = tracer_provider
         meter = otel_metrics.get_meter(scope_name, scope_version, meter_provider=meter_provider)
         # register(TRACEAI_EXPORT_PROCESS=1) marks its meter provider: the request histograms are
         # then recorded in the export process (export_process.py), not here.
@@ -55,6 +57,16 @@ class TelemetryRuntime:
         self.content = ContentPolicy(self.config.capture_content, self.config.max_content_length)
         self._gpu_source = gpu_source or _default_gpu_source
         self.gpu: GpuMonitor | None = None
+
+    def direct_export(self) -> Any:
+        """The export process deferred request spans go to without an SDK span (export_process.py),
+        or None: then they are SDK spans."""
+        provider = self._tracer_provider or trace.get_tracer_provider()
+        if getattr(provider, "_fi_export_process", None) is None:
+            return None
+        from .export_process import direct_export_process
+
+        return direct_export_process(provider)
 
     def _gpu_monitor(self) -> GpuMonitor:
         if self.gpu is None:

@@ -108,6 +108,7 @@ def register(
         if span_exporter is not None:
             span_exporter = export_process.span_exporter()
             destination += " (from an export process)"
+            tracer_provider._fi_export_process = export_process  # deferred request spans go there directly
         if config.metrics_exporter != "none":
             meter_provider._fi_export_process = export_process  # read by TelemetryRuntime
     else:
