@@ -41,7 +41,8 @@ then driven round by round over pipes; in each round every worker in turn runs o
 others wait blocked on their pipe. The order rotates every round and reverses every other round. The timed
 window is: ``LLM.generate`` + ``fi_evals_core.telemetry.drain()`` (traceai finishes its spans on a background
 thread; draining counts that work) + ``force_flush()`` of the tracer provider (the OTLP export of the batch's
-spans to the collector; with ``--flush out`` it happens after the window). After each batch the driver waits
+spans to the collector; with ``--flush out`` it happens after the window, with ``--flush none`` not at all
+until the end: the span processors then export in the background, as in serving). After each batch the driver waits
 until the collector has stopped receiving, so that the collector's (and this process's) CPU work does not
 land in the next worker's window.
 
@@ -171,7 +172,7 @@ def worker_main(args: argparse.Namespace) -> int:
                 {"OTEL_EXPORTER_OTLP_ENDPOINT": endpoint, "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"}),
                 dict(resource.attributes))
             tracer_provider = TracerProvider(resource=resource)
-            tracer_provider.add_span_processor(BatchSpanProcessor(export_process.span_exporter()))
+            tracer_provider.add_span_processor(export_process.span_processor())
             trace.set_tracer_provider(tracer_provider)
             tracer_provider._fi_export_process = meter_provider._fi_export_process = export_process
         elif variant != "vllm-tracing":  # vLLM's own tracing installs its own provider (same pipeline)
@@ -257,7 +258,7 @@ def worker_main(args: argparse.Namespace) -> int:
                 if flush_in_window:
                     tracer_provider.force_flush()  # the OTLP export of this batch's spans
                 t2, c2 = time.perf_counter_ns(), time.process_time_ns()
-                if not flush_in_window:
+                if args.flush == "out":
                     tracer_provider.force_flush()
                 send({"total_ns": t2 - t0, "generate_ns": t1 - t0, "flush_ns": t2 - t1, "cpu_ns": c2 - c0,
                       "tokens": tokens, "wall_start_ns": wall0, "wall_end_ns": time.time_ns()})
@@ -448,9 +449,8 @@ def replay_main(args: argparse.Namespace) -> int:
             export_process = ExportProcess(TelemetryConfig(traces_exporter="none"), {})
         if spans:
             tracer_provider: Any = TracerProvider()
-            exporter = export_process.span_exporter() if export_process is not None else Encode(bool(encode))
-            span_processor = BatchSpanProcessor(exporter, max_queue_size=1 << 20,
-                                                schedule_delay_millis=1e9, max_export_batch_size=1 << 20)
+            span_processor = export_process.span_processor() if export_process is not None else BatchSpanProcessor(
+                Encode(bool(encode)), max_queue_size=1 << 20, schedule_delay_millis=1e9, max_export_batch_size=1 << 20)
             tracer_provider.add_span_processor(span_processor)
         else:
             tracer_provider, span_processor = NoOpTracerProvider(), None
@@ -635,7 +635,8 @@ def driver_main(args: argparse.Namespace) -> int:
             workers[v].request({"cmd": "warmup", "n": args.warmup})
         _settle(collector)
         print(f"{len(variants)} workers x {args.rounds} rounds x 1 generate call (+{args.warmup} warm-up calls each); "
-              f"export {'inside' if args.flush == 'in' else 'outside'} the timed window", flush=True)
+              f"export {dict(out='outside the timed window', none='in the background, as in serving').get(args.flush, 'inside the timed window')}",
+              flush=True)
 
         results: dict[str, list[dict[str, Any]]] = {v: [] for v in variants}
         for r in range(args.rounds):
@@ -840,9 +841,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=3, help="untimed generate calls per worker first (default 3)")
     p.add_argument("--max-num-seqs", type=int, default=32, help="engine max_num_seqs (default 32)")
     p.add_argument("--kv-cache-mb", type=int, default=64, help="engine kv_cache_memory_bytes in MiB (default 64)")
-    p.add_argument("--flush", choices=("in", "out"), default="in",
-                   help="force_flush the batch's spans (the OTLP export) inside the timed window (default) "
-                        "or after it")
+    p.add_argument("--flush", choices=("in", "out", "none"), default="in",
+                   help="force_flush the batch's spans (the OTLP export) inside the timed window (default), "
+                        "after it, or not at all (none: the span processors export in the background on their "
+                        "own schedule, as in serving; the in-process exporter then takes the GIL inside some "
+                        "windows, an export process only CPU; spans are flushed at the end)")
     p.add_argument("--profile", choices=("auto", "always", "never"), default="auto",
                    help=f"cProfile the traceai worker afterwards: auto = when its throughput ratio is < {GOAL_RATIO}")
     p.add_argument("--profile-calls", type=int, default=4, help="generate calls to profile (default 4)")

@@ -15,7 +15,7 @@ import pytest
 from fi_evals_core import register
 from fi_evals_core.telemetry import ConfigError, TelemetryConfig
 from fi_evals_core.telemetry import attributes as A
-from fi_evals_core.telemetry.export_process import ExportProcess, ExportProcessSpanExporter
+from fi_evals_core.telemetry.export_process import ExportProcess, ExportProcessSpanProcessor
 from fi_evals_core.telemetry.metrics import DURATION_BUCKETS
 
 
@@ -29,7 +29,7 @@ def test_register_exports_spans_and_request_histograms_from_a_child_process(coll
         assert telemetry.export_process is not None
         assert "(from an export process)" in telemetry.destination
         processors = telemetry.tracer_provider._active_span_processor._span_processors
-        assert [type(p.span_exporter) for p in processors] == [ExportProcessSpanExporter]  # no OTLP exporter here
+        assert [type(p) for p in processors] == [ExportProcessSpanProcessor]  # no OTLP exporter here
         model = AutoModelForCausalLM.from_pretrained(model_dirs["gpt2"])
         tok = AutoTokenizer.from_pretrained(model_dirs["gpt2"])
         enc = tok("hello there", return_tensors="pt")
@@ -74,10 +74,9 @@ def test_bad_value_is_a_clear_error():
 
 def _provider(process: ExportProcess):
     from opentelemetry.sdk.trace import TracerProvider
-    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 
     provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(process.span_exporter()))
+    provider.add_span_processor(process.span_processor())
     return provider
 
 
@@ -167,10 +166,11 @@ def test_deferred_request_spans_go_straight_to_the_export_process(tmp_path, samp
         app.end()
         if sampler == "parentbased_always_on":
             assert isinstance(request.span, DirectSpan)
-        assert telemetry.force_flush()
+        # The provider's own flush: once it returns, the child has written the spans.
+        assert telemetry.tracer_provider.force_flush()
+        lines = traces.read_text().splitlines() if traces.exists() else []
     finally:
         telemetry.shutdown()
-    lines = traces.read_text().splitlines() if traces.exists() else []
     records = {json.loads(line)["name"]: json.loads(line) for line in lines}
     if sampler == "traceidratio":  # ratio 0: the sampler dropped it, as it would have dropped the SDK span
         assert "text_completion tiny" not in records and "app" not in records

@@ -9,7 +9,7 @@ for what `register()` builds; providers you build yourself are left as they are.
 
 What stays in the serving process: span creation and sampling (so trace ids, parent links and
 `span.get_span_context()` are what the app sees; the request spans finished on the telemetry worker
-skip the SDK span and its batch processor, see `DirectSpan`), and every other instrument (GPU
+skip the SDK span, see `DirectSpan`), and every other instrument (GPU
 memory gauges, evaluation metrics). What moves: OTLP (or JSONL/console) span export
 and the GenAI histograms of the request spans (`gen_ai.client.*`, `gen_ai.server.*`), exported by
 the child with the same resource and instrumentation scopes.
@@ -34,16 +34,16 @@ import threading
 import time
 import weakref
 from collections import deque
-from typing import Any, Sequence
+from typing import Any
 
-from opentelemetry.sdk.trace import ReadableSpan
-from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
+from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor
 from opentelemetry.trace import NonRecordingSpan, SpanContext, Status, StatusCode, TraceFlags
 
 logger = logging.getLogger(__name__)
 
 MAX_PENDING = 65536  # spans (and, separately, histogram points) waiting in the parent
-SEND_INTERVAL_S = 0.5  # histogram points go to the child at least this often
+SEND_INTERVAL_S = 0.5  # what waits goes to the child at least this often
+SEND_BATCH = 512  # or as soon as this many spans wait
 _HEADER = struct.Struct(">I")
 _instances: "weakref.WeakSet[ExportProcess]" = weakref.WeakSet()
 _inherited_after_fork: list[tuple] = []
@@ -113,8 +113,9 @@ class ExportProcess:
         if self._dead:  # it died meanwhile: what is queued will never be sent
             self._count_queued_as_dropped()
             return False
-        with self._cond:
-            self._cond.notify()
+        if len(self._spans) >= SEND_BATCH:
+            with self._cond:
+                self._cond.notify()
         return True
 
     def record(self, point: tuple) -> None:
@@ -233,8 +234,8 @@ class ExportProcess:
 
     # -- what register() plugs in ---------------------------------------------------------------
 
-    def span_exporter(self) -> "ExportProcessSpanExporter":
-        return ExportProcessSpanExporter(self)
+    def span_processor(self) -> "ExportProcessSpanProcessor":
+        return ExportProcessSpanProcessor(self)
 
     def genai_metrics(self, scope_name: str, scope_version: str | None) -> "ShippedGenAIMetrics":
         return ShippedGenAIMetrics(self, (scope_name, scope_version))
@@ -249,19 +250,26 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork)
 
 
-class ExportProcessSpanExporter(SpanExporter):
-    """A span exporter for the batch span processor: hands each batch to the export process."""
+class ExportProcessSpanProcessor(SpanProcessor):
+    """The span processor of a provider that exports through the export process: each ended,
+    sampled span becomes a tuple in its queue (the export process batches, like a batch span
+    processor would); `force_flush` returns once the child has exported everything handed over,
+    as an in-process exporter's would."""
 
     def __init__(self, process: ExportProcess) -> None:
         self.process = process
 
-    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+    def on_start(self, span: Any, parent_context: Any = None) -> None:
+        pass
+
+    def on_end(self, span: ReadableSpan) -> None:
+        context = span.context
+        if context is None or not context.trace_flags.sampled:
+            return
         try:
-            ok = self.process.send_spans([span_to_tuple(s) for s in spans])
+            self.process.send_spans([span_to_tuple(span)])
         except Exception:
             logger.debug("hand-over to the export process failed", exc_info=True)
-            ok = False
-        return SpanExportResult.SUCCESS if ok else SpanExportResult.FAILURE
 
     def force_flush(self, timeout_millis: int = 30000) -> bool:
         return self.process.flush(timeout_millis / 1000)
@@ -380,8 +388,8 @@ def start_direct_span(process: ExportProcess, provider: Any, scope: tuple, name:
 
 
 def direct_export_process(provider: Any) -> ExportProcess | None:
-    """The export process `provider` feeds through its one batch span processor, if that is all it
-    has (register() with TRACEAI_EXPORT_PROCESS=1); None otherwise (then spans are SDK spans)."""
+    """The export process `provider` feeds through its one span processor, if that is all it has
+    (register() with TRACEAI_EXPORT_PROCESS=1); None otherwise (then spans are SDK spans)."""
     process = getattr(provider, "_fi_export_process", None)
     if process is None:
         return None
@@ -391,8 +399,8 @@ def direct_export_process(provider: Any) -> ExportProcess | None:
         return None
     if len(processors) != 1:
         return None
-    exporter = getattr(processors[0], "span_exporter", None)
-    return process if isinstance(exporter, ExportProcessSpanExporter) and exporter.process is process else None
+    only = processors[0]
+    return process if isinstance(only, ExportProcessSpanProcessor) and only.process is process else None
 
 
 def span_to_tuple(span: ReadableSpan) -> tuple:

@@ -104,17 +104,17 @@ def register(
         from .export_process import ExportProcess
 
         export_process = ExportProcess(config, dict(resource.attributes))
-        span_exporter, destination = _span_exporter(config, build=False)
-        if span_exporter is not None:
-            span_exporter = export_process.span_exporter()
-            destination += " (from an export process)"
+        exports_spans, destination = _span_exporter(config, build=False)
+        if exports_spans:
+            tracer_provider.add_span_processor(export_process.span_processor())
             tracer_provider._fi_export_process = export_process  # deferred request spans go there directly
+            destination += " (from an export process)"
         if config.metrics_exporter != "none":
             meter_provider._fi_export_process = export_process  # read by TelemetryRuntime
     else:
         span_exporter, destination = _span_exporter(config)
-    if span_exporter is not None:
-        tracer_provider.add_span_processor(BatchSpanProcessor(span_exporter))
+        if span_exporter is not None:
+            tracer_provider.add_span_processor(BatchSpanProcessor(span_exporter))
 
     if set_global:
         trace.set_tracer_provider(tracer_provider)
