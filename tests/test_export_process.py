@@ -208,3 +208,19 @@ def test_an_extra_span_processor_keeps_sdk_spans(tmp_path):
         assert [s.name for s in memory.get_finished_spans()] == ["op"]
     finally:
         telemetry.shutdown()
+
+
+def test_an_export_process_that_cannot_start_drops_counts_and_never_raises(tmp_path, monkeypatch, caplog):
+    monkeypatch.setattr(sys, "executable", str(tmp_path / "no-such-python"))
+    process = ExportProcess(TelemetryConfig(traces_exporter="jsonl", traces_file=tmp_path / "s.jsonl"), {})
+    tracer = _provider(process).get_tracer("t")
+    with caplog.at_level(logging.WARNING, logger="fi_evals_core.telemetry.export_process"):
+        for _ in range(3):
+            with tracer.start_as_current_span("lost"):
+                pass
+        assert process.flush(5) is False
+    assert [r.getMessage() for r in caplog.records] == [
+        "traceai: could not start the export process; telemetry is dropped"]
+    assert process.dropped == 3
+    process.close(5)
+    assert not (tmp_path / "s.jsonl").exists()

@@ -78,27 +78,32 @@ class ExportProcess:
     # -- the parent side ------------------------------------------------------------------------
 
     def _ensure_started(self) -> bool:
+        """Start the sender thread on first use; it starts the child, so the caller (possibly a
+        request's thread, ending the first span) only pays for a thread start."""
         if self._sender is not None:
             return not self._dead
         with self._start_lock:
             if self._sender is None and not self._closed:
-                try:
-                    ack_read, ack_write = os.pipe()
-                    try:
-                        self._proc = subprocess.Popen(
-                            [sys.executable, "-m", "fi_evals_core.telemetry.export_process", str(ack_write)],
-                            stdin=subprocess.PIPE, close_fds=True, pass_fds=(ack_write,))
-                    finally:
-                        os.close(ack_write)
-                    self._acks_in = os.fdopen(ack_read, "rb")
-                    self._write([("config", self._config, self._resource)])
-                except Exception:
-                    logger.warning("traceai: could not start the export process; telemetry is dropped",
-                                   exc_info=True)
-                    self._dead = True
                 self._sender = threading.Thread(target=self._send_loop, name="traceai-export-sender", daemon=True)
                 self._sender.start()
-                threading.Thread(target=self._ack_loop, name="traceai-export-acks", daemon=True).start()
+        return not self._dead
+
+    def _spawn(self) -> bool:
+        try:
+            ack_read, ack_write = os.pipe()
+            try:
+                self._proc = subprocess.Popen(
+                    [sys.executable, "-m", "fi_evals_core.telemetry.export_process", str(ack_write)],
+                    stdin=subprocess.PIPE, close_fds=True, pass_fds=(ack_write,))
+            finally:
+                os.close(ack_write)
+            self._acks_in = os.fdopen(ack_read, "rb")
+        except Exception:
+            logger.warning("traceai: could not start the export process; telemetry is dropped", exc_info=True)
+            self._die(0, quiet=True)
+            return False
+        threading.Thread(target=self._ack_loop, name="traceai-export-acks", daemon=True).start()
+        self._write([("config", self._config, self._resource)])
         return not self._dead
 
     def send_spans(self, spans: list[tuple]) -> bool:
@@ -164,6 +169,8 @@ class ExportProcess:
         return done and not self._dead
 
     def _send_loop(self) -> None:
+        if not self._spawn():
+            return
         while not self._dead:
             with self._cond:
                 if not (self._spans or self._markers or self._closed):
@@ -192,9 +199,9 @@ class ExportProcess:
         except Exception:
             self._die(sum(len(f[1]) for f in frames if f[0] in ("spans", "points")))
 
-    def _die(self, lost: int) -> None:
+    def _die(self, lost: int, quiet: bool = False) -> None:
         with self._die_lock:  # the writer and the ack reader may both notice
-            if not self._dead and not self._stopping:
+            if not self._dead and not self._stopping and not quiet:
                 logger.warning("traceai: the export process is gone (exit status %s); telemetry is dropped from "
                                "now on", self._proc.poll() if self._proc is not None else None)
             self._dead = True
