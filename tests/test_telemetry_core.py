@@ -142,12 +142,14 @@ def test_register_writes_jsonl_by_default_and_instruments_installed_engines(tmp_
     assert len(record["trace_id"]) == 32 and record["end_time_unix_nano"] > record["start_time_unix_nano"]
 
 
+@pytest.mark.parametrize("export_process", ["0", "1"])
 @pytest.mark.parametrize("inline_rate", ["0", "1"])
 def test_a_process_that_exits_right_after_its_last_request_loses_nothing(tmp_path, model_dirs, nli_checkpoint,
-                                                                          inline_rate):
+                                                                          inline_rate, export_process):
     """No shutdown() call: the request that ended just before exit, and its inline evaluation, are
     still exported. (The SDK providers register their exit-time shutdown when created, before any
-    request: the telemetry worker's and the inline evaluator's exit hooks must run before it.)"""
+    request: the telemetry worker's and the inline evaluator's exit hooks must run before it.) The same
+    with TRACEAI_EXPORT_PROCESS=1, where the evaluation span, too, leaves through the export process."""
     traces = tmp_path / "spans.jsonl"
     script = textwrap.dedent(f"""
         from fi_evals_core import register
@@ -158,7 +160,8 @@ def test_a_process_that_exits_right_after_its_last_request_loses_nothing(tmp_pat
         print("GENERATED")
     """)
     env = {"PATH": "/usr/bin:/bin", "TRACEAI_TRACES_FILE": str(traces), "HF_HUB_OFFLINE": "1",
-           "FI_EVALS_SAMPLE_RATE": inline_rate, "FI_EVALS_MODEL": nli_checkpoint("bert"), "FI_EVALS_DEVICE": "cpu"}
+           "FI_EVALS_SAMPLE_RATE": inline_rate, "FI_EVALS_MODEL": nli_checkpoint("bert"), "FI_EVALS_DEVICE": "cpu",
+           "TRACEAI_EXPORT_PROCESS": export_process}
     proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=180)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "GENERATED" in proc.stdout
