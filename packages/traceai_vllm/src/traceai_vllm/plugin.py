@@ -20,14 +20,15 @@ _telemetry = None
 
 
 def enabled() -> bool:
-    value = (os.environ.get(AUTO_VARIABLE) or "").strip().lower()
-    if value in ("", "0", "false", "no", "off"):
+    if not (os.environ.get(AUTO_VARIABLE) or "").strip():
+        return False  # the common case: no import
+    from fi_evals_core.telemetry.config import ConfigError, parse_flag
+
+    try:
+        return parse_flag(os.environ, AUTO_VARIABLE, False)
+    except ConfigError as exc:  # a typo must not stop the server
+        logger.warning("%s; traceai stays off", exc)
         return False
-    if value in ("1", "true", "yes", "on"):
-        return True
-    logger.warning("%s=%r is not valid: accepted values are 1/0, true/false, yes/no, on/off; "
-                   "traceai stays off", AUTO_VARIABLE, value)
-    return False
 
 
 def load() -> None:

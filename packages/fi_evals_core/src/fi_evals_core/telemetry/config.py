@@ -132,7 +132,7 @@ class TelemetryConfig:
             capture_content=_capture(env),
             max_content_length=_int(env, "TRACEAI_MAX_CONTENT_LENGTH", 8192, low=1),
             gpu_poll_interval_s=_float(env, "TRACEAI_GPU_POLL_INTERVAL", 1.0, low=0.01),
-            export_process=_bool(env, "TRACEAI_EXPORT_PROCESS", False),
+            export_process=parse_flag(env, "TRACEAI_EXPORT_PROCESS", False),
         )
 
 
@@ -166,7 +166,8 @@ def _choice(env: Mapping[str, str], name: str, accepted: tuple[str, ...], defaul
     return value
 
 
-def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
+def parse_flag(env: Mapping[str, str], name: str, default: bool) -> bool:
+    """An on/off variable: 1/0, true/false, yes/no, on/off; empty means `default`."""
     raw = (env.get(name) or "").strip()
     if not raw:
         return default

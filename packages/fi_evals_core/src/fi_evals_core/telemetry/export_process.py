@@ -300,9 +300,11 @@ class ShippedGenAIMetrics:
     """`GenAIMetrics`' instruments, recorded in the export process (same names, units, buckets)."""
 
     def __init__(self, process: ExportProcess, scope: tuple[str, str | None]) -> None:
-        from .metrics import INSTRUMENTS
+        from opentelemetry.metrics import NoOpMeter
 
-        for name in INSTRUMENTS:
+        from .metrics import GenAIMetrics
+
+        for name in vars(GenAIMetrics(NoOpMeter("names"))):  # the same attributes, read off the class
             setattr(self, name, _ShippedHistogram(process, (scope, name)))
 
 
@@ -360,14 +362,10 @@ class DirectSpan(NonRecordingSpan):
         ctx = self.get_span_context()
         if not ctx.trace_flags.sampled:
             return
-        parent = self._parent
-        self._process.send_spans([(
-            self._name, ctx.trace_id, ctx.span_id, int(ctx.trace_flags),
-            ctx.trace_state.to_header() if ctx.trace_state else "",
-            (parent.span_id, parent.is_remote, int(parent.trace_flags)) if parent is not None else None,
-            self._kind.value, self._start_time, end_time if end_time is not None else time.time_ns(),
-            self._status[0], self._status[1], self._attributes, self._events, [], self._scope,
-        )])
+        self._process.send_spans([_span_tuple(
+            self._name, ctx, self._parent, self._kind, self._start_time,
+            end_time if end_time is not None else time.time_ns(), self._status, self._attributes, self._events,
+            [], self._scope)])
 
 
 def start_direct_span(process: ExportProcess, provider: Any, scope: tuple, name: str, kind: Any,
@@ -412,19 +410,24 @@ def direct_export_process(provider: Any) -> ExportProcess | None:
 
 def span_to_tuple(span: ReadableSpan) -> tuple:
     """What the child needs to rebuild `span` (plain, picklable values)."""
-    ctx = span.context
-    parent = span.parent
     scope = span.instrumentation_scope
-    status = span.status
-    return (
-        span.name, ctx.trace_id, ctx.span_id, int(ctx.trace_flags), ctx.trace_state.to_header() if ctx.trace_state else "",
-        (parent.span_id, parent.is_remote, int(parent.trace_flags)) if parent is not None else None,
-        span.kind.value, span.start_time, span.end_time, status.status_code.value, status.description,
-        dict(span.attributes or {}),
+    return _span_tuple(
+        span.name, span.context, span.parent, span.kind, span.start_time, span.end_time,
+        (span.status.status_code.value, span.status.description), dict(span.attributes or {}),
         [(e.name, dict(e.attributes or {}), e.timestamp) for e in span.events],
         [(link.context.trace_id, link.context.span_id, int(link.context.trace_flags), dict(link.attributes or {}))
          for link in span.links],
-        (scope.name, scope.version, scope.schema_url) if scope is not None else None,
+        (scope.name, scope.version, scope.schema_url) if scope is not None else None)
+
+
+def _span_tuple(name: str, ctx: SpanContext, parent: SpanContext | None, kind: Any, start: int | None,
+                end: int | None, status: tuple[int, str | None], attributes: dict[str, Any], events: list,
+                links: list, scope: tuple | None) -> tuple:
+    """The hand-over format, read back by `span_from_tuple`."""
+    return (
+        name, ctx.trace_id, ctx.span_id, int(ctx.trace_flags), ctx.trace_state.to_header() if ctx.trace_state else "",
+        (parent.span_id, parent.is_remote, int(parent.trace_flags)) if parent is not None else None,
+        kind.value, start, end, status[0], status[1], attributes, events, links, scope,
     )
 
 
@@ -477,7 +480,7 @@ def child_main() -> int:
         return 2
     _, config, resource_attributes = first[0]
     resource = Resource(resource_attributes)
-    exporter, _ = _span_exporter(config)
+    exporter = _span_exporter(config)
     meter_provider = MeterProvider(resource=resource, metric_readers=_metric_readers(config))
     instruments: dict[tuple, GenAIMetrics] = {}
     while True:

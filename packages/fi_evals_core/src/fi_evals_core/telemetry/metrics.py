@@ -13,11 +13,6 @@ TPOT_BUCKETS = [0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1
 TTFC_BUCKETS = [0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0]
 
 
-# The attribute names of GenAIMetrics' histograms (export_process.py records them in its child).
-INSTRUMENTS = ("operation_duration", "token_usage", "server_request_duration", "server_time_to_first_token",
-               "server_time_per_output_token", "time_to_first_chunk")
-
-
 class GenAIMetrics:
     def __init__(self, meter: Meter) -> None:
         self.operation_duration = meter.create_histogram(

@@ -243,17 +243,7 @@ class RequestSpan:
                 parent = trace.set_span_in_context(parent.ensure_span())
             if attributes:
                 start_attrs = {**start_attrs, **attributes}
-            process = self.runtime.direct_export()
-            if process is not None:  # straight to the export process, no SDK span (export_process.py)
-                from .export_process import start_direct_span
-
-                self.span = start_direct_span(process, self.runtime._tracer_provider or trace.get_tracer_provider(),
-                                              self.runtime.scope, name, kind, parent, start_attrs,
-                                              self._start_wall_ns)
-            else:
-                self.span = self.runtime.tracer.start_span(
-                    name, context=parent, kind=kind, attributes=start_attrs, start_time=self._start_wall_ns
-                )
+            self.span = self.runtime.start_finished_span(name, kind, parent, start_attrs, self._start_wall_ns)
         elif attributes:
             self.span.set_attributes(attributes)
         return self.span

@@ -61,12 +61,20 @@ class TelemetryRuntime:
     def direct_export(self) -> Any:
         """The export process deferred request spans go to without an SDK span (export_process.py),
         or None: then they are SDK spans."""
-        provider = self._tracer_provider or trace.get_tracer_provider()
-        if getattr(provider, "_fi_export_process", None) is None:
-            return None
-        from .export_process import direct_export_process
+        return _direct_export(self._tracer_provider or trace.get_tracer_provider())
 
-        return direct_export_process(provider)
+    def start_finished_span(self, name: str, kind: SpanKind, context: Any, attributes: dict[str, Any],
+                            start_time: int) -> Any:
+        """The span of a request whose creation was deferred until it finished (on the telemetry
+        worker): handed straight to the export process when that is all the provider has, an SDK
+        span otherwise."""
+        provider = self._tracer_provider or trace.get_tracer_provider()
+        process = _direct_export(provider)
+        if process is not None:
+            from .export_process import start_direct_span
+
+            return start_direct_span(process, provider, self.scope, name, kind, context, attributes, start_time)
+        return self.tracer.start_span(name, context=context, kind=kind, attributes=attributes, start_time=start_time)
 
     def _gpu_monitor(self) -> GpuMonitor:
         if self.gpu is None:
@@ -130,3 +138,11 @@ class TelemetryRuntime:
         if late_attributes:
             request._attrs.update(late_attributes)
         return request
+
+
+def _direct_export(provider: Any) -> Any:
+    if getattr(provider, "_fi_export_process", None) is None:  # the usual case: no import, one getattr
+        return None
+    from .export_process import direct_export_process
+
+    return direct_export_process(provider)

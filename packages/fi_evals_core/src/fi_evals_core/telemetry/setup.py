@@ -100,19 +100,19 @@ def register(
     tracer_provider = TracerProvider(resource=resource, sampler=_sampler(config))
     meter_provider = MeterProvider(resource=resource, metric_readers=_metric_readers(config))
     export_process = None
+    destination = _span_destination(config)
     if config.export_process:  # spans and request histograms exported by a child process
         from .export_process import ExportProcess
 
         export_process = ExportProcess(config, dict(resource.attributes))
-        exports_spans, destination = _span_exporter(config, build=False)
-        if exports_spans:
+        if config.traces_exporter != "none":  # the child builds the exporter
             tracer_provider.add_span_processor(export_process.span_processor())
             tracer_provider._fi_export_process = export_process  # deferred request spans go there directly
             destination += " (from an export process)"
         if config.metrics_exporter != "none":
             meter_provider._fi_export_process = export_process  # read by TelemetryRuntime
     else:
-        span_exporter, destination = _span_exporter(config)
+        span_exporter = _span_exporter(config)
         if span_exporter is not None:
             tracer_provider.add_span_processor(BatchSpanProcessor(span_exporter))
 
@@ -162,19 +162,24 @@ def _sampler(config: TelemetryConfig) -> Sampler:
     }[name]
 
 
-def _span_exporter(config: TelemetryConfig, build: bool = True) -> tuple[Any, str]:
-    """The configured span exporter and where it sends; with `build=False` only a placeholder
-    (`True`, or None for `none`) and the destination, for an exporter built in another process."""
+def _span_exporter(config: TelemetryConfig) -> SpanExporter | None:
     kind = config.traces_exporter
     if kind == "none":
-        return None, "nowhere (OTEL_TRACES_EXPORTER=none)"
+        return None
     if kind == "console":
-        return ConsoleSpanExporter() if build else True, "the console"
+        return ConsoleSpanExporter()
     if kind == "jsonl":
-        return JsonlSpanExporter(config.traces_file) if build else True, f"{config.traces_file.resolve()}"
-    endpoint = config.otlp_traces_endpoint
-    exporter = _otlp_exporter(config, "traces", endpoint) if build else True
-    return exporter, f"OTLP {config.otlp_protocol} {endpoint}"
+        return JsonlSpanExporter(config.traces_file)
+    return _otlp_exporter(config, "traces", config.otlp_traces_endpoint)
+
+
+def _span_destination(config: TelemetryConfig) -> str:
+    """Where `_span_exporter(config)` sends, in words (for the user)."""
+    return {
+        "none": "nowhere (OTEL_TRACES_EXPORTER=none)",
+        "console": "the console",
+        "jsonl": f"{config.traces_file.resolve()}",
+    }.get(config.traces_exporter, f"OTLP {config.otlp_protocol} {config.otlp_traces_endpoint}")
 
 
 def _metric_readers(config: TelemetryConfig) -> list[MetricReader]:
