@@ -136,12 +136,35 @@ def test_a_forked_process_gets_its_own_export_process(tmp_path):
     assert names == ["in the child", "in the parent", "in the parent again"]
 
 
-@pytest.mark.parametrize("sampler", ["parentbased_always_on", "traceidratio"])
-def test_deferred_request_spans_go_straight_to_the_export_process(tmp_path, sampler):
-    """Request spans finished on the telemetry worker skip the SDK span: same ids, parent, attributes,
-    status and events in the exported span, and the provider's sampler still decides."""
+def _request_scenario(runtime, app_span, error=None):
+    """A deferred batch span enclosing a deferred request (as LLM.generate and its requests)."""
+    from opentelemetry import trace
     from opentelemetry.trace import SpanKind
 
+    parent = trace.set_span_in_context(app_span)
+    batch = runtime.start("LLM.generate tiny", {A.PROVIDER_NAME: "vllm"}, kind=SpanKind.INTERNAL, context=parent,
+                          defer_span=True, metrics=None)
+    with runtime.enclosing(batch):
+        request = runtime.start("text_completion tiny", {A.OPERATION_NAME: "text_completion", A.REQUEST_MODEL: "tiny",
+                                                         A.REQUEST_MAX_TOKENS: 3},
+                                kind=SpanKind.SERVER, defer_span=True, metrics="server",
+                                late_attributes={A.MODEL_FRAMEWORK: "pytorch", A.RESPONSE_ID: "overridden"})
+    request.mark_first_token()
+    request.set_usage(input_tokens=5, output_tokens=3, cache_read_input_tokens=2, decode_steps=3)
+    request.set_response(response_id="r-1", finish_reasons=["length"])
+    request.use_engine_latency(0.25, 0.5)
+    request.set_attribute(A.VLLM_QUEUE_TIME, 0.125)
+    request.end(error=error, finalize=lambda r: r.set_attribute(A.VLLM_KV_CACHE_USAGE, 0.5), cheap_finalize=True)
+    batch.end()
+    return batch, request
+
+
+@pytest.mark.parametrize("sampler", ["parentbased_always_on", "traceidratio"])
+def test_finished_requests_are_made_into_spans_by_the_export_process(tmp_path, sampler):
+    """A deferred request that nothing in the serving process needs goes to the export process as a
+    record: the child derives the same attributes, status and parent link as `_finish` would here,
+    with the provider's sampler; its deferred parent (the batch) goes there as a DirectSpan, whose ids
+    the serving process knows."""
     from fi_evals_core.telemetry import TelemetryRuntime, drain
     from fi_evals_core.telemetry.export_process import DirectSpan
 
@@ -153,39 +176,86 @@ def test_deferred_request_spans_go_straight_to_the_export_process(tmp_path, samp
         runtime = TelemetryRuntime("direct-test", "1.2", tracer_provider=telemetry.tracer_provider,
                                    meter_provider=telemetry.meter_provider, config=telemetry.config)
         assert runtime.direct_export() is telemetry.export_process
+        assert runtime.record_export() is telemetry.export_process
         app = telemetry.tracer_provider.get_tracer("app").start_span("app")  # parentbased: sampled parent
-        from opentelemetry import trace
-
-        parent = trace.set_span_in_context(app)
-        request = runtime.start("text_completion tiny", {A.OPERATION_NAME: "text_completion", A.REQUEST_MODEL: "tiny"},
-                                kind=SpanKind.SERVER, context=parent, defer_span=True, metrics="server")
-        request.set_usage(input_tokens=5, output_tokens=3)
-        request.set_response(response_id="r-1", finish_reasons=["length"])
-        request.end(error=ValueError("boom"))
+        batch, request = _request_scenario(runtime, app, ValueError("boom"))
         drain()
         app.end()
+        assert request.span is None  # finished in the child, from its record
         if sampler == "parentbased_always_on":
-            assert isinstance(request.span, DirectSpan)
+            assert isinstance(batch.span, DirectSpan)  # its child needed its ids here
         # The provider's own flush: once it returns, the child has written the spans.
         assert telemetry.tracer_provider.force_flush()
         lines = traces.read_text().splitlines() if traces.exists() else []
+        dropped = telemetry.export_process.dropped
     finally:
         telemetry.shutdown()
+    assert dropped == 0
     records = {json.loads(line)["name"]: json.loads(line) for line in lines}
-    if sampler == "traceidratio":  # ratio 0: the sampler dropped it, as it would have dropped the SDK span
-        assert "text_completion tiny" not in records and "app" not in records
+    if sampler == "traceidratio":  # ratio 0: the child's sampler dropped them, as the SDK's would have
+        assert records == {}
         return
     span = records["text_completion tiny"]
-    ctx = request.span.get_span_context()
-    assert span["trace_id"] == format(app.get_span_context().trace_id, "032x") == format(ctx.trace_id, "032x")
-    assert span["span_id"] == format(ctx.span_id, "016x")
-    assert span["parent_span_id"] == format(app.get_span_context().span_id, "016x")
+    batch_ctx = batch.span.get_span_context()
+    assert span["trace_id"] == format(app.get_span_context().trace_id, "032x") == format(batch_ctx.trace_id, "032x")
+    assert span["parent_span_id"] == format(batch_ctx.span_id, "016x")
+    assert records["LLM.generate tiny"]["parent_span_id"] == format(app.get_span_context().span_id, "016x")
     assert span["kind"] == "SERVER" and span["scope"] == {"name": "direct-test", "version": "1.2"}
     assert span["status"] == {"code": "ERROR", "description": "boom"}
     attrs = span["attributes"]
     assert attrs[A.USAGE_INPUT_TOKENS] == 5 and attrs[A.USAGE_OUTPUT_TOKENS] == 3 and attrs[A.ERROR_TYPE] == "ValueError"
-    assert attrs[A.RESPONSE_FINISH_REASONS] == ["length"] and attrs[A.RESPONSE_ID] == "r-1"
+    assert attrs[A.RESPONSE_FINISH_REASONS] == ["length"] and attrs[A.RESPONSE_ID] == "r-1"  # over the late one
+    assert attrs[A.MODEL_FRAMEWORK] == "pytorch" and attrs[A.VLLM_KV_CACHE_USAGE] == 0.5
+    assert attrs[A.RESPONSE_TIME_TO_FIRST_CHUNK] == 0.25 and attrs[A.TIME_PER_OUTPUT_TOKEN] == 0.25
     assert span["end_time_unix_nano"] >= span["start_time_unix_nano"]
+
+
+def test_a_request_finished_in_the_export_process_matches_one_finished_here(collector):
+    """The same request, finished in-process (SDK span, SDK histograms) and by the export process
+    from its record: the same attributes and the same histogram points, at the real collector."""
+    from opentelemetry import trace
+
+    from fi_evals_core.telemetry import TelemetryRuntime, drain
+
+    collector.clear()
+    exported = {}
+    for mode in ("0", "1"):
+        env = {**collector.otel_env("grpc"), "OTEL_SERVICE_NAME": f"record-{mode}", "TRACEAI_EXPORT_PROCESS": mode}
+        telemetry = register(config=TelemetryConfig.from_env(env), set_global=False, instrument=False)
+        try:
+            runtime = TelemetryRuntime("record-test", "1", tracer_provider=telemetry.tracer_provider,
+                                       meter_provider=telemetry.meter_provider, config=telemetry.config)
+            assert (runtime.record_export() is not None) == (mode == "1")
+            app = trace.NonRecordingSpan(trace.SpanContext(0x1234, 0x5678, is_remote=True,
+                                                           trace_flags=trace.TraceFlags(1)))
+            _, request = _request_scenario(runtime, app)
+            drain()
+            assert telemetry.force_flush()
+        finally:
+            telemetry.shutdown()
+        spans = collector.wait_for_spans(lambda s: s["resource_attributes"].get("service.name") == f"record-{mode}",
+                                         count=2)
+        (span,) = [s for s in spans if s["name"] == "text_completion tiny"]
+        (batch,) = [s for s in spans if s["name"] == "LLM.generate tiny"]
+        assert span["parent_span_id"] == batch["span_id"] and batch["parent_span_id"] == format(0x5678, "016x")
+        metrics = {}
+        for name in (A.METRIC_SERVER_REQUEST_DURATION, A.METRIC_SERVER_TIME_TO_FIRST_TOKEN,
+                     A.METRIC_SERVER_TIME_PER_OUTPUT_TOKEN, A.METRIC_TOKEN_USAGE):
+            last = [m for m in collector.wait_for_metrics(name)
+                    if m["resource_attributes"].get("service.name") == f"record-{mode}"][-1]  # cumulative
+            metrics[name] = sorted((p["count"], p["attributes"].get(A.TOKEN_TYPE), p["attributes"][A.OPERATION_NAME])
+                                   for p in last["data_points"])
+        exported[mode] = (span, metrics)
+    (here, here_metrics), (there, there_metrics) = exported["0"], exported["1"]
+    rate = A.OUTPUT_TOKENS_PER_SECOND  # output tokens over the duration: the two runs took different times
+    assert {k: v for k, v in here["attributes"].items() if k != rate} == \
+        {k: v for k, v in there["attributes"].items() if k != rate}
+    assert rate in there["attributes"]
+    assert [here[k] for k in ("kind", "trace_id", "status_code", "scope_name")] == \
+        [there[k] for k in ("kind", "trace_id", "status_code", "scope_name")] == [
+            "SERVER", format(0x1234, "032x"), "UNSET", "record-test"]
+    assert here_metrics == there_metrics and here_metrics[A.METRIC_TOKEN_USAGE] == [
+        (1, "input", "text_completion"), (1, "output", "text_completion")]
 
 
 def test_an_extra_span_processor_keeps_sdk_spans(tmp_path):

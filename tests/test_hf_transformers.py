@@ -269,6 +269,7 @@ def test_suppressed_instrumentation_records_nothing(telemetry, gpt2):
 
 
 def test_instrument_is_idempotent_and_uninstrument_restores(gpt2):
+    from fi_evals_core.telemetry.patching import is_patched
     from traceai_huggingface import HuggingFaceInstrumentor
 
     from tests.conftest import _instrumented
@@ -277,12 +278,14 @@ def test_instrument_is_idempotent_and_uninstrument_restores(gpt2):
     enc = tok("idempotent", return_tensors="pt")
     instrumentor, captured = _instrumented()
     instrumentor.instrument()  # second call: no double wrapping
-    assert isinstance(GenerationMixin.__dict__["generate"], wrapt.FunctionWrapper)
-    assert not isinstance(GenerationMixin.__dict__["generate"].__wrapped__, wrapt.FunctionWrapper)
+    assert is_patched(GenerationMixin, "generate")
+    original = GenerationMixin.__dict__["generate"].__wrapped__
+    assert not hasattr(original, "__traceai_original__") and not isinstance(original, wrapt.FunctionWrapper)
     model.generate(**enc, max_new_tokens=2)
     assert len(captured.spans()) == 1
     instrumentor.uninstrument()
-    assert not isinstance(GenerationMixin.__dict__["generate"], wrapt.FunctionWrapper)
+    assert not is_patched(GenerationMixin, "generate")
+    assert GenerationMixin.__dict__["generate"] is original
     model.generate(**enc, max_new_tokens=2)
     assert len(captured.spans()) == 1
     instrumentor2, captured2 = _instrumented()

@@ -382,6 +382,67 @@ def test_patching_waits_for_the_import(tmp_path, monkeypatch):
     assert late_module.f() == 1
 
 
+def test_methods_are_wrapped_with_the_callers_view_unchanged(tmp_path, monkeypatch):
+    """Sync methods get a plain function (cheaper than wrapt's proxies on hot paths), async ones
+    wrapt: either way the wrapper sees the bound method, the instance, args and kwargs; name,
+    signature and coroutine-ness are kept; remove() restores the very same function objects."""
+    import inspect
+
+    from fi_evals_core.telemetry.patching import is_patched
+
+    (tmp_path / "hooked_module.py").write_text(textwrap.dedent("""
+        class Engine:
+            def step(self, batch, *, scale=1):
+                "One step."
+                return [x * scale for x in batch]
+
+            async def add(self, value):
+                return value + 1
+
+        def helper(x):
+            return x * 2
+    """))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import hooked_module
+
+    originals = {name: vars(hooked_module.Engine)[name] for name in ("step", "add")}
+    helper = hooked_module.helper
+    seen = []
+
+    def spy(wrapped, instance, args, kwargs):
+        seen.append((getattr(wrapped, "__name__", None), type(instance).__name__, args, kwargs))
+        return wrapped(*args, **kwargs)
+
+    async def async_spy(wrapped, instance, args, kwargs):
+        seen.append(("async", type(instance).__name__, args, kwargs))
+        return await wrapped(*args, **kwargs)
+
+    patcher = Patcher("test-owner")
+    patcher.add("hooked_module", "Engine.step", spy)
+    patcher.add("hooked_module", "Engine.add", async_spy)
+    patcher.add("hooked_module", "helper", spy)
+    patcher.apply()
+    try:
+        engine = hooked_module.Engine()
+        assert engine.step([1, 2], scale=3) == [3, 6]
+        assert asyncio.run(engine.add(1)) == 2
+        assert hooked_module.helper(5) == 10
+        assert seen == [("step", "Engine", ([1, 2],), {"scale": 3}), ("async", "Engine", (1,), {}),
+                        ("helper", "NoneType", (5,), {})]
+        step = vars(hooked_module.Engine)["step"]
+        assert inspect.isfunction(step) and step.__name__ == "step" and step.__doc__ == "One step."
+        assert str(inspect.signature(hooked_module.Engine.step)) == "(self, batch, *, scale=1)"
+        assert inspect.iscoroutinefunction(hooked_module.Engine.add)
+        assert all(is_patched(hooked_module.Engine, name) for name in ("step", "add"))
+        assert is_patched(hooked_module, "helper")
+    finally:
+        patcher.remove()
+        sys.modules.pop("hooked_module", None)
+    assert {name: vars(hooked_module.Engine)[name] for name in ("step", "add")} == originals
+    assert hooked_module.helper is helper
+    assert not is_patched(hooked_module.Engine, "step") and not is_patched(hooked_module.Engine, "add")
+
+
 def test_zero_code_with_opentelemetry_instrument(tmp_path, model_dirs):
     """`opentelemetry-instrument` finds the instrumentor through its entry point: no code change."""
     app = tmp_path / "app.py"

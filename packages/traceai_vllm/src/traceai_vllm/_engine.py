@@ -380,9 +380,10 @@ class RequestTracker:
                 self.by_request.pop(child_id, None)
                 self.awaiting_first.discard(child_id)
         # The end instant and the KV-cache usage are noted now; the attributes are worked out on
-        # the telemetry worker (the request's state is final once it has finished).
+        # the telemetry worker (the request's state is final once it has finished), or right here
+        # when the request goes to an export process as a record (reading them is cheap).
         tracked.request.end(error, end_ns=now, finalize=partial(_describe_end, child, last_token_ts,
-                                                                self.kv_cache_usage))
+                                                                self.kv_cache_usage), cheap_finalize=True)
 
     def scheduler_stats_wrapper(self, wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
         """Keep the KV-cache usage the scheduler reports each step (one attribute read)."""

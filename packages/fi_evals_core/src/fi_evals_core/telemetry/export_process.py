@@ -7,12 +7,16 @@ busy host all of it takes the GIL from the engine loop. Handing a span over as a
 costs a few microseconds, and the child runs on another core. On with `TRACEAI_EXPORT_PROCESS=1`
 for what `register()` builds; providers you build yourself are left as they are.
 
-What stays in the serving process: span creation and sampling (so trace ids, parent links and
-`span.get_span_context()` are what the app sees; the request spans finished on the telemetry worker
-skip the SDK span, see `DirectSpan`), and every other instrument (GPU
-memory gauges, evaluation metrics). What moves: OTLP (or JSONL/console) span export
+What stays in the serving process: span creation and sampling for the spans the app can see (so
+trace ids, parent links and `span.get_span_context()` are what the app sees), and every other
+instrument (GPU memory gauges, evaluation metrics). What moves: OTLP (or JSONL/console) span export
 and the GenAI histograms of the request spans (`gen_ai.client.*`, `gen_ai.server.*`), exported by
-the child with the same resource and instrumentation scopes.
+the child with the same resource and instrumentation scopes. A request whose span was deferred and
+that nothing in the serving process needs (no child span, no inline evaluation) goes over whole,
+as a record of plain values (`RequestSpan._record`): the child derives its attributes, samples it
+with the same sampler, gives it ids, exports it and records its histograms, running the very code
+(`RequestSpan._finish`) that would have run in the serving process. A deferred span that did
+become a parent is handed over as a `DirectSpan`.
 
 Protocol: length-prefixed pickle frames on the child's stdin; the child acknowledges flush and
 shutdown markers by writing their token to a pipe of their own (its stdout and stderr stay the
@@ -62,6 +66,7 @@ class ExportProcess:
     def _reset(self) -> None:
         self._proc: subprocess.Popen | None = None
         self._spans: deque = deque()
+        self._records: deque = deque()  # finished requests (RequestSpan records), finished in the child
         self._points: deque = deque()
         self._markers: deque = deque()
         self._acks: dict[int, threading.Event] = {}
@@ -123,6 +128,18 @@ class ExportProcess:
                 self._cond.notify()
         return True
 
+    def send_request(self, record: tuple) -> None:
+        """One finished request (`RequestSpan._record`): its span and histograms are made in the child."""
+        if self._stopping or len(self._records) >= MAX_PENDING or not self._ensure_started():
+            self.dropped += 1
+            return
+        self._records.append(record)
+        if self._dead:
+            self._count_queued_as_dropped()
+        elif len(self._records) >= SEND_BATCH:
+            with self._cond:
+                self._cond.notify()
+
     def record(self, point: tuple) -> None:
         """One histogram point: (scope, instrument, value, attributes). Called on the telemetry
         worker; a deque append, shipped by the sender thread."""
@@ -173,20 +190,17 @@ class ExportProcess:
             return
         while not self._dead:
             with self._cond:
-                if not (self._spans or self._markers or self._closed):
+                if not (self._spans or self._records or self._markers or self._closed):
                     self._cond.wait(SEND_INTERVAL_S)
                 markers = [self._markers.popleft() for _ in range(len(self._markers))]
-            spans = [self._spans.popleft() for _ in range(len(self._spans))]
-            points = [self._points.popleft() for _ in range(len(self._points))]
             frames: list[tuple] = []
-            if spans:
-                frames.append(("spans", spans))
-            if points:
-                frames.append(("points", points))
+            for kind, queue in (("spans", self._spans), ("requests", self._records), ("points", self._points)):
+                if queue:
+                    frames.append((kind, [queue.popleft() for _ in range(len(queue))]))
             frames.extend(markers)
             if frames:
                 self._write(frames)
-            if self._closed and not (self._spans or self._markers):
+            if self._closed and not (self._spans or self._records or self._markers):
                 return
 
     def _write(self, frames: list[tuple]) -> None:
@@ -197,7 +211,7 @@ class ExportProcess:
             self._proc.stdin.write(_HEADER.pack(len(payload)) + payload)
             self._proc.stdin.flush()
         except Exception:
-            self._die(sum(len(f[1]) for f in frames if f[0] in ("spans", "points")))
+            self._die(sum(len(f[1]) for f in frames if f[0] in ("spans", "requests", "points")))
 
     def _die(self, lost: int, quiet: bool = False) -> None:
         with self._die_lock:  # the writer and the ack reader may both notice
@@ -211,7 +225,7 @@ class ExportProcess:
             event.set()
 
     def _count_queued_as_dropped(self) -> None:
-        for queue in (self._spans, self._points):
+        for queue in (self._spans, self._records, self._points):
             while True:
                 try:
                     queue.popleft()
@@ -303,6 +317,8 @@ class ShippedGenAIMetrics:
         from opentelemetry.metrics import NoOpMeter
 
         from .metrics import GenAIMetrics
+
+        self.process = process  # RequestSpan._shipped_to: requests recorded here may be finished there
 
         for name in vars(GenAIMetrics(NoOpMeter("names"))):  # the same attributes, read off the class
             setattr(self, name, _ShippedHistogram(process, (scope, name)))
@@ -465,13 +481,46 @@ def _read_frame(stream: Any) -> list[tuple] | None:
     return pickle.loads(payload)
 
 
+class _ChildRuntime:
+    """What `RequestSpan.finish_record` needs of a runtime, in the export process: the scope's
+    histograms, and spans sampled and given ids as the serving process's provider would (the same
+    sampler, built from the same configuration), collected for export."""
+
+    def __init__(self, scope: tuple, metrics: Any, ids_and_sampler: Any, collected: "_Collected") -> None:
+        self.scope = scope
+        self.metrics = metrics
+        self._provider = ids_and_sampler
+        self._collected = collected
+
+    def start_finished_span(self, name: str, kind: Any, context: Any, attributes: dict[str, Any],
+                            start_time: int) -> Any:
+        return start_direct_span(self._collected, self._provider, self.scope, name, kind, context, attributes,
+                                 start_time)
+
+
+class _Collected:
+    """Stands in for the ExportProcess behind the child's DirectSpans: span tuples to export."""
+
+    def __init__(self) -> None:
+        self.spans: list[tuple] = []
+
+    def send_spans(self, spans: list[tuple]) -> bool:
+        self.spans.extend(spans)
+        return True
+
+
 def child_main() -> int:
-    """The export process: rebuild spans and export them, record histogram points, ack markers."""
+    """The export process: rebuild spans and export them, finish requests, record histogram
+    points, ack markers."""
+    from types import SimpleNamespace
+
     from opentelemetry.sdk.metrics import MeterProvider
     from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
 
     from .metrics import GenAIMetrics
-    from .setup import _metric_readers, _span_exporter
+    from .request import RequestSpan
+    from .setup import _metric_readers, _sampler, _span_exporter
 
     stdin = sys.stdin.buffer
     acks = os.fdopen(int(sys.argv[1]), "w")
@@ -482,7 +531,17 @@ def child_main() -> int:
     resource = Resource(resource_attributes)
     exporter = _span_exporter(config)
     meter_provider = MeterProvider(resource=resource, metric_readers=_metric_readers(config))
+    ids_and_sampler = SimpleNamespace(sampler=_sampler(config), id_generator=RandomIdGenerator())
+    collected = _Collected()
     instruments: dict[tuple, GenAIMetrics] = {}
+    runtimes: dict[tuple, _ChildRuntime] = {}
+
+    def metrics_of(scope: tuple) -> GenAIMetrics:  # (name, version[, schema url])
+        metrics = instruments.get(scope[:2])
+        if metrics is None:
+            metrics = instruments[scope[:2]] = GenAIMetrics(meter_provider.get_meter(*scope[:2]))
+        return metrics
+
     while True:
         frames = _read_frame(stdin)
         if frames is None:  # the parent is gone: export what was received, then stop
@@ -493,12 +552,23 @@ def child_main() -> int:
             try:
                 if kind == "spans" and exporter is not None:
                     exporter.export([span_from_tuple(s, resource) for s in frame[1]])
+                elif kind == "requests":
+                    for record in frame[1]:
+                        scope = record[0]
+                        runtime = runtimes.get(scope)
+                        if runtime is None:
+                            runtime = runtimes[scope] = _ChildRuntime(scope, metrics_of(scope), ids_and_sampler,
+                                                                      collected)
+                        try:
+                            RequestSpan.finish_record(runtime, record)
+                        except Exception:
+                            logger.debug("traceai export process: a request record failed", exc_info=True)
+                    if exporter is not None and collected.spans:
+                        exporter.export([span_from_tuple(s, resource) for s in collected.spans])
+                    collected.spans.clear()
                 elif kind == "points":
                     for (scope, name), value, attributes in frame[1]:
-                        metrics = instruments.get(scope)
-                        if metrics is None:
-                            metrics = instruments[scope] = GenAIMetrics(meter_provider.get_meter(*scope))
-                        getattr(metrics, name).record(value, attributes)
+                        getattr(metrics_of(scope), name).record(value, attributes)
                 elif kind == "flush":
                     if exporter is not None:
                         exporter.force_flush()

@@ -44,6 +44,7 @@ class RequestSpan:
         "_response_model",
         "_event_attrs",
         "_attrs",
+        "_late_attrs",
         "_gpu_at_end",
         "_deferred_start",
         "_engine_ttft_s",
@@ -80,6 +81,7 @@ class RequestSpan:
         self._response_model: str | None = None
         self._event_attrs: dict[str, str] | None = None
         self._attrs: dict[str, Any] = {}
+        self._late_attrs: dict[str, Any] | None = None  # shared (e.g. per engine), under `_attrs`
         self._gpu_at_end: dict[str, Any] | None = None  # GPU memory read at the end instant
         # (name, kind, parent context or parent RequestSpan, attributes) for a span created at finish
         self._deferred_start: tuple | None = None
@@ -190,11 +192,15 @@ class RequestSpan:
         end_ns: int | None = None,
         extra: dict[str, Any] | None = None,
         finalize: Callable[["RequestSpan"], None] | None = None,
+        cheap_finalize: bool = False,
     ) -> None:
         """End the request now; the span itself is finished on the telemetry worker.
 
         The caller's cost is noting the instant and the GPU allocator counters (host-side, no
         device sync); `finalize` (e.g. counting tokens) runs on the worker before the span ends.
+        `cheap_finalize=True` says `finalize` only reads host-side numbers: when the request is
+        handed to the export process as a record (see `_ship`), that is then done right here,
+        with no worker hop.
         """
         end_ns = time.perf_counter_ns() if end_ns is None else end_ns
         with self._lock:
@@ -206,24 +212,37 @@ class RequestSpan:
                 self._gpu_at_end = self.runtime.gpu.end(self._gpu_index)
             if extra:
                 self._attrs.update(extra)
+            process = self._shipped_to() if cheap_finalize else None
+            if process is not None:
+                self._finish_safely(error, end_ns, finalize, process)
+                return
             worker = get_worker()
             if worker.on_worker_thread:
-                self._finish_safely(error, end_ns, finalize)
+                self._finish_safely(error, end_ns, finalize, self._shipped_to())
             else:
-                worker.submit(lambda: self._finish_safely(error, end_ns, finalize))
+                worker.submit(lambda: self._finish_safely(error, end_ns, finalize, self._shipped_to()))
         except Exception:  # telemetry must never break the caller
             logger.debug("failed to end request span", exc_info=True)
 
     def _finish_safely(
-        self, error: BaseException | None, end_ns: int, finalize: Callable[["RequestSpan"], None] | None
+        self, error: BaseException | None, end_ns: int, finalize: Callable[["RequestSpan"], None] | None,
+        process: Any,
     ) -> None:
+        """Finalize, then finish here (`_finish`) or, given an export `process`, hand it the record."""
         if finalize is not None:
             try:
                 finalize(self)
             except Exception:
                 logger.debug("request finalizer failed", exc_info=True)
+        error_type = message = None
+        if error is not None:
+            error_type = _error_type(error)
+            message = str(error)[:500] or error_type
         try:
-            self._finish(error, end_ns)
+            if process is not None:
+                process.send_request(self._record(error_type, message, end_ns))
+            else:
+                self._finish(error_type, message, end_ns)
         except Exception:
             logger.debug("failed to finish request span", exc_info=True)
             try:
@@ -232,25 +251,93 @@ class RequestSpan:
             except Exception:
                 pass
 
+    # -- the hand-over to an export process ---------------------------------------------------------
+    def _shipped_to(self) -> Any:
+        """The export process this request is finished in, as a record (`_record`), or None.
+
+        That is the case for a span whose creation was deferred and never needed here (no child
+        made it, no inline evaluation wants its context), when the provider's spans and the request
+        histograms both go to the same export process (register() with TRACEAI_EXPORT_PROCESS=1):
+        the child then derives the attributes, samples, assigns ids, exports and records the
+        histograms, exactly as `_finish` does here."""
+        if self.span is not None or self._deferred_start is None or self._eval_on:
+            return None
+        return self.runtime.record_export()
+
+    def _record(self, error_type: str | None, error_message: str | None, end_ns: int) -> tuple:
+        """Everything `_finish` reads, as plain values (read back by `from_record`)."""
+        name, kind, parent, start_attrs = self._deferred_start
+        if isinstance(parent, RequestSpan):
+            parent = trace.set_span_in_context(parent.ensure_span())
+        context = trace.get_current_span(parent).get_span_context() if parent is not None else None
+        parent_ids = None
+        if context is not None and context.is_valid:
+            parent_ids = (context.trace_id, context.span_id, int(context.trace_flags), context.is_remote,
+                          context.trace_state.to_header() if context.trace_state else "")
+        return (
+            self.runtime.scope, name, kind.value, parent_ids, start_attrs, self._late_attrs, self._attrs,
+            self._start_wall_ns, self._start_ns, end_ns, self._first_token_ns, self._input_tokens,
+            self._output_tokens, self._decode_steps, self._gpu_at_end, self._response_model, self._event_attrs,
+            self._engine_ttft_s, self._engine_decode_s, self._metrics_role, self._streamed, error_type,
+            error_message,
+        )
+
+    @classmethod
+    def finish_record(cls, runtime: Any, record: tuple) -> None:
+        """In the export process: finish the request `record` describes with `runtime` (its metrics
+        and `start_finished_span`), as `_finish` would have in the serving process."""
+        (_, name, kind, parent_ids, start_attrs, late_attrs, attrs, start_wall_ns, start_ns, end_ns,
+         first_token_ns, input_tokens, output_tokens, decode_steps, gpu_at_end, response_model, event_attrs,
+         engine_ttft_s, engine_decode_s, metrics_role, streamed, error_type, error_message) = record
+        parent = None
+        if parent_ids is not None:
+            trace_id, span_id, flags, is_remote, state = parent_ids
+            parent = trace.set_span_in_context(trace.NonRecordingSpan(trace.SpanContext(
+                trace_id, span_id, is_remote=is_remote, trace_flags=trace.TraceFlags(flags),
+                trace_state=trace.TraceState.from_header([state]) if state else None)))
+        request = cls(runtime, None, start_attrs, start_wall_ns, start_ns, None, metrics_role)
+        request._deferred_start = (name, trace.SpanKind(kind), parent, start_attrs)
+        request._late_attrs = late_attrs
+        request._attrs = attrs
+        request._first_token_ns = first_token_ns
+        request._input_tokens = input_tokens
+        request._output_tokens = output_tokens
+        request._decode_steps = decode_steps
+        request._gpu_at_end = gpu_at_end
+        request._response_model = response_model
+        request._event_attrs = event_attrs
+        request._engine_ttft_s = engine_ttft_s
+        request._engine_decode_s = engine_decode_s
+        request._streamed = streamed
+        request._finish(error_type, error_message, end_ns)
+
     def ensure_span(self, attributes: dict[str, Any] | None = None) -> Span:
         """The SDK span, created now (with the recorded start time) if its creation was deferred.
         A deferred child calls this on its deferred parent, so the parent exists first.
         `attributes`, if given, are written too: at creation, in the same pass as the start
         attributes (cheaper than a second write), or on the existing span."""
         if self.span is None and self._deferred_start is not None:
-            name, kind, parent, start_attrs = self._deferred_start
-            if isinstance(parent, RequestSpan):
-                parent = trace.set_span_in_context(parent.ensure_span())
-            if attributes:
-                start_attrs = {**start_attrs, **attributes}
-            self.span = self.runtime.start_finished_span(name, kind, parent, start_attrs, self._start_wall_ns)
-        elif attributes:
+            with self._lock:  # a deferred parent: its children may finish on different threads
+                if self.span is None:
+                    self._create_deferred_span(attributes)
+                    return self.span
+        if attributes:
             self.span.set_attributes(attributes)
         return self.span
 
-    def _finish(self, error: BaseException | None, end_ns: int) -> None:
+    def _create_deferred_span(self, attributes: dict[str, Any] | None) -> None:
+        name, kind, parent, start_attrs = self._deferred_start
+        if isinstance(parent, RequestSpan):
+            parent = trace.set_span_in_context(parent.ensure_span())
+        if attributes:
+            start_attrs = {**start_attrs, **attributes}
+        self.span = self.runtime.start_finished_span(name, kind, parent, start_attrs, self._start_wall_ns)
+
+    def _finish(self, error_type: str | None, error_message: str | None, end_ns: int) -> None:
         runtime = self.runtime
         attrs = self._attrs
+        if self._late_attrs:
+            attrs = {**self._late_attrs, **attrs}
         duration_s = max(0, end_ns - self._start_ns) / 1e9
         ttft_s = decode_s = tpot_s = None
         if self._engine_ttft_s is not None:
@@ -270,17 +357,16 @@ class RequestSpan:
         metric_attrs = self._metric_attrs
         if self._response_model:
             metric_attrs = {**metric_attrs, A.RESPONSE_MODEL: self._response_model}
-        error_type = None
-        if error is not None:
-            error_type = attrs[A.ERROR_TYPE] = _error_type(error)
+        if error_type is not None:
+            attrs[A.ERROR_TYPE] = error_type
             metric_attrs = {**metric_attrs, A.ERROR_TYPE: error_type}
         span = self.ensure_span(attrs)
         if error_type is not None:
-            span.set_status(Status(StatusCode.ERROR, str(error)[:500] or error_type))
+            span.set_status(Status(StatusCode.ERROR, error_message))
         if self._event_attrs:
             span.add_event(A.CONTENT_EVENT, self._event_attrs)
         span.end(end_time=self._start_wall_ns + (end_ns - self._start_ns))
-        if self._eval_texts is not None and error is None:
+        if self._eval_texts is not None and error_type is None:
             self._hand_off(span)
         if not self._metrics_role:
             return

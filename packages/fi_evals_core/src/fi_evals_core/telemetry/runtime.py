@@ -57,11 +57,28 @@ class TelemetryRuntime:
         self.content = ContentPolicy(self.config.capture_content, self.config.max_content_length)
         self._gpu_source = gpu_source or _default_gpu_source
         self.gpu: GpuMonitor | None = None
+        self._record_export: tuple = (None, None, None)  # (provider, its processors, process): see record_export
 
     def direct_export(self) -> Any:
         """The export process deferred request spans go to without an SDK span (export_process.py),
         or None: then they are SDK spans."""
         return _direct_export(self._tracer_provider or trace.get_tracer_provider())
+
+    def record_export(self) -> Any:
+        """The export process that finished requests go to as records (RequestSpan._record), or
+        None: the process the provider's spans go to directly (`direct_export`) when the request
+        histograms are recorded there too. Kept while the provider's span processors stay the same
+        (the SDK replaces their tuple when one is added), so a request pays two identity checks."""
+        provider = self._tracer_provider or trace.get_tracer_provider()
+        processors = getattr(getattr(provider, "_active_span_processor", None), "_span_processors", None)
+        cached_provider, cached_processors, process = self._record_export
+        if cached_provider is provider and cached_processors is processors:
+            return process
+        process = self.direct_export()
+        if process is not None and getattr(self.metrics, "process", None) is not process:
+            process = None
+        self._record_export = (provider, processors, process)
+        return process
 
     def start_finished_span(self, name: str, kind: SpanKind, context: Any, attributes: dict[str, Any],
                             start_time: int) -> Any:
@@ -136,7 +153,7 @@ class TelemetryRuntime:
             parent = context or _deferred_parent.get() or otel_context.get_current()
             request._deferred_start = (name, kind, parent, attributes)
         if late_attributes:
-            request._attrs.update(late_attributes)
+            request._late_attrs = late_attributes
         return request
 
 

@@ -101,7 +101,8 @@ def register(
     meter_provider = MeterProvider(resource=resource, metric_readers=_metric_readers(config))
     export_process = None
     destination = _span_destination(config)
-    if config.export_process:  # spans and request histograms exported by a child process
+    exported = config.traces_exporter != "none" or config.metrics_exporter != "none"
+    if config.export_process and exported:  # spans and request histograms exported by a child process
         from .export_process import ExportProcess
 
         export_process = ExportProcess(config, dict(resource.attributes))
@@ -109,8 +110,9 @@ def register(
             tracer_provider.add_span_processor(export_process.span_processor())
             tracer_provider._fi_export_process = export_process  # deferred request spans go there directly
             destination += " (from an export process)"
-        if config.metrics_exporter != "none":
-            meter_provider._fi_export_process = export_process  # read by TelemetryRuntime
+        # The request histograms are recorded there (read by TelemetryRuntime), exported or not:
+        # finished requests then go there as records, spans and histograms made by the child.
+        meter_provider._fi_export_process = export_process
     else:
         span_exporter = _span_exporter(config)
         if span_exporter is not None:
