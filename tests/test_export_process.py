@@ -294,3 +294,33 @@ def test_an_export_process_that_cannot_start_drops_counts_and_never_raises(tmp_p
     assert process.dropped == 3
     process.close(5)
     assert not (tmp_path / "s.jsonl").exists()
+
+
+def test_a_request_that_does_not_pickle_is_dropped_alone(tmp_path, caplog):
+    """One hand-over item that cannot be pickled costs that item (counted, one warning), not the
+    export process nor the items sent with it."""
+    import threading
+
+    from fi_evals_core.telemetry import TelemetryRuntime, drain
+
+    traces = tmp_path / "spans.jsonl"
+    env = {"TRACEAI_TRACES_FILE": str(traces), "TRACEAI_EXPORT_PROCESS": "1"}
+    telemetry = register(config=TelemetryConfig.from_env(env), set_global=False, instrument=False)
+    try:
+        runtime = TelemetryRuntime("pickle-test", "1", tracer_provider=telemetry.tracer_provider,
+                                   meter_provider=telemetry.meter_provider, config=telemetry.config)
+        bad = runtime.start("bad", {A.OPERATION_NAME: "op"}, defer_span=True)
+        bad.set_attribute("app.lock", threading.Lock())  # not a valid attribute value, and no pickle
+        good = runtime.start("good", {A.OPERATION_NAME: "op"}, defer_span=True)
+        with caplog.at_level(logging.WARNING):
+            bad.end()
+            good.end()
+            drain()
+            assert telemetry.tracer_provider.force_flush()
+        dropped = telemetry.export_process.dropped
+        alive = telemetry.export_process._proc.poll() is None
+    finally:
+        telemetry.shutdown()
+    assert [json.loads(line)["name"] for line in traces.read_text().splitlines()] == ["good"]
+    assert dropped == 1 and alive
+    assert "does not pickle" in caplog.text

@@ -28,15 +28,15 @@ import contextvars
 import logging
 import time
 import weakref
-from functools import partial
 from typing import Any
 
 from opentelemetry import propagate
 from opentelemetry.instrumentation.utils import is_instrumentation_enabled
 from opentelemetry.trace import SpanKind
 
-from fi_evals_core.telemetry import RequestSpan, TelemetryRuntime, torch_framework_attributes
+from fi_evals_core.telemetry import RequestSpan, TelemetryRuntime, handoff, torch_framework_attributes
 from fi_evals_core.telemetry import attributes as A
+from fi_evals_core.telemetry.request import error_type_of
 
 logger = logging.getLogger(__name__)
 
@@ -69,23 +69,28 @@ async def async_add_request_wrapper(wrapped: Any, instance: Any, args: tuple, kw
         incoming_trace_headers.reset(token)
 
 
-def start_attributes(operation: str, model: str, sampling: Any, n: int = 1) -> dict[str, Any]:
-    """What a request span says at its start: operation, provider, model, sampling parameters."""
+def sampling_values(sampling: Any) -> tuple | None:
+    """The sampling parameters a span reports, as plain values (None for pooling requests)."""
+    if sampling is None:
+        return None
+    return (getattr(sampling, "max_tokens", None), getattr(sampling, "temperature", None),
+            getattr(sampling, "top_p", None), getattr(sampling, "seed", None), getattr(sampling, "top_k", None),
+            getattr(sampling, "stop", None))
+
+
+def start_attributes(operation: str, model: str, sampling: tuple | None, n: int = 1) -> dict[str, Any]:
+    """What a request span says at its start: operation, provider, model, sampling parameters
+    (`sampling_values`)."""
     attrs: dict[str, Any] = {A.OPERATION_NAME: operation, A.PROVIDER_NAME: PROVIDER, A.REQUEST_MODEL: model}
     if sampling is None:
         return attrs
-    for key, value in (
-        (A.REQUEST_MAX_TOKENS, getattr(sampling, "max_tokens", None)),
-        (A.REQUEST_TEMPERATURE, getattr(sampling, "temperature", None)),
-        (A.REQUEST_TOP_P, getattr(sampling, "top_p", None)),
-        (A.REQUEST_SEED, getattr(sampling, "seed", None)),
-    ):
+    max_tokens, temperature, top_p, seed, top_k, stop = sampling
+    for key, value in ((A.REQUEST_MAX_TOKENS, max_tokens), (A.REQUEST_TEMPERATURE, temperature),
+                       (A.REQUEST_TOP_P, top_p), (A.REQUEST_SEED, seed)):
         if value is not None:
             attrs[key] = value
-    top_k = getattr(sampling, "top_k", None)
     if top_k is not None and top_k > 0:
         attrs[A.REQUEST_TOP_K] = top_k
-    stop = getattr(sampling, "stop", None)
     if stop:
         attrs[A.REQUEST_STOP_SEQUENCES] = [stop] if isinstance(stop, str) else list(stop)
     if n != 1:
@@ -152,21 +157,30 @@ def _fallback_info(output_processor: Any) -> EngineInfo:
 
 
 class Tracked:
-    """One traced request: its span and, for `n > 1`, its children's results so far."""
+    """One traced request, as it arrived (the request, its engine, its caller's context) and, for
+    `n > 1`, its children's results so far. Its span is made only when it has finished, from the
+    facts gathered here (`_facts`, `describe_request`), away from the request path."""
 
-    __slots__ = ("request", "pending", "reasons", "output_tokens", "max_output_tokens", "input_tokens",
-                 "prompt", "texts")
+    __slots__ = ("origin", "info", "n", "operation", "headers", "parent", "eval_context", "pending", "reasons",
+                 "output_tokens", "max_output_tokens", "embedding_dims", "prompt", "texts")
 
-    def __init__(self, request: RequestSpan, n: int) -> None:
-        self.request = request
+    def __init__(self, origin: Any, info: "EngineInfo", n: int, operation: str | None, headers: Any, parent: Any,
+                 eval_context: Any, wants_text: bool) -> None:
+        self.origin = origin  # the (first) EngineCoreRequest
+        self.info = info
+        self.n = n
+        self.operation = operation  # current_operation when it arrived (LLM.chat, LLM.embed, ...)
+        self.headers = headers  # the incoming trace context, if any
+        self.parent = parent  # the caller's Context, or the deferred LLM.generate span
+        self.eval_context = eval_context
         self.pending = n
         self.reasons: list[str | None] = [None] * n
         self.output_tokens = 0
         self.max_output_tokens = 0
-        self.input_tokens: int | None = None
+        self.embedding_dims: int | None = None
         # Kept only when content capture or inline evaluation wants the text (references, no copies).
         self.prompt: str | None = None
-        self.texts: list[str | None] | None = None
+        self.texts: list[str | None] | None = [None] * n if wants_text else None
 
 
 class Child:
@@ -237,40 +251,31 @@ class RequestTracker:
 
     def _on_add(self, processor: Any, request: Any, prompt: Any = None, parent_req: Any = None,
                 request_index: int = 0, queue: Any = None) -> None:
+        """Note the request and its caller's context; nothing else happens on the request path."""
         request_id = request.request_id
-        if request_id in self.by_request or request_id not in processor.request_states:
+        states = processor.request_states
+        if request_id in self.by_request or request_id not in states:
             return  # a streaming-input update of a known request, or not accepted
-        state = processor.request_states[request_id]
-        arrival_time = request.arrival_time
+        state = states[request_id]
         if parent_req is not None:
             tracked = self.by_parent.get(parent_req.request_id)
             if tracked is not None:
-                self.by_request[request_id] = Child(tracked, state, arrival_time)
+                self.by_request[request_id] = Child(tracked, state, request.arrival_time)
                 self.awaiting_first.add(request_id)
                 return
         info = engine_infos.get(processor) or _fallback_info(processor)
-        sampling = getattr(request, "sampling_params", None)
         n = int(getattr(getattr(parent_req, "sampling_params", None), "n", None) or 1)
-        external_id = getattr(request, "external_req_id", None) or request_id
-        operation = current_operation.get() or _operation_for(external_id, sampling)
-        attrs = start_attributes(operation, info.model, sampling, n)
-        headers = getattr(request, "trace_headers", None) or incoming_trace_headers.get()
-        context = propagate.extract(headers) if headers else None
-        span = self.runtime.start(
-            f"{operation} {info.model}", attrs, kind=SpanKind.SERVER if headers else SpanKind.INTERNAL,
-            context=context, late_attributes=info.framework, defer_span=True,
-            start_wall_ns=int(arrival_time * 1e9), metrics="server", gpu_index=info.gpu_index,
-        )
-        span.set_attribute(A.RESPONSE_ID, external_id)
-        tracked = Tracked(span, n)
-        if span.wants_text or self.runtime.content.enabled:
-            tracked.texts = [None] * n
+        sink = handoff.get_sink()
+        tracked = Tracked(request, info, n, current_operation.get(),
+                          getattr(request, "trace_headers", None) or incoming_trace_headers.get(),
+                          self.runtime.current_parent(), handoff.current_eval_context() if sink else None,
+                          sink is not None or self.runtime.content.enabled)
+        if tracked.texts is not None:
             prompt = getattr(state, "prompt", None)
             tracked.prompt = prompt if isinstance(prompt, str) else None
-        prompt_ids = getattr(request, "prompt_token_ids", None)
-        if prompt_ids is not None:
-            tracked.input_tokens = len(prompt_ids)
-        self.by_request[request_id] = Child(tracked, state, arrival_time)
+        if info.gpu_index is not None:
+            self.runtime.gpu_begin(info.gpu_index)
+        self.by_request[request_id] = Child(tracked, state, request.arrival_time)
         self.awaiting_first.add(request_id)
         if parent_req is not None:
             self.by_parent[parent_req.request_id] = tracked
@@ -331,7 +336,7 @@ class RequestTracker:
 
     def _after_step(self, states: dict, outputs: Any, interesting: list, finished: int,
                     timestamp: float) -> None:
-        now = time.perf_counter_ns()
+        now = time.time_ns()
         by_request = self.by_request
         seen_finished = 0
         for output in interesting:
@@ -350,13 +355,14 @@ class RequestTracker:
     def _finish_output(self, output: Any, child: Child, now: int, timestamp: float) -> None:
         pooled = getattr(output, "pooling_output", None)
         if pooled is not None and getattr(pooled, "dim", None) is not None and pooled.dim() >= 1:
-            child.tracked.request.set_attribute(A.EMBEDDINGS_DIMENSION_COUNT, int(pooled.shape[-1]))
+            child.tracked.embedding_dims = int(pooled.shape[-1])
         reason = output.finish_reason
         self._finish_child(output.request_id, child, str(reason) if reason is not None else "stop", now,
                            last_token_ts=timestamp)
 
     def _finish_child(self, request_id: str, child: Child, reason: str, now: int,
                       error: BaseException | None = None, last_token_ts: float | None = None) -> None:
+        """`now`: the end instant, wall clock (time.time_ns)."""
         self.by_request.pop(request_id, None)
         self.awaiting_first.discard(request_id)
         tracked, state = child.tracked, child.state
@@ -379,11 +385,34 @@ class RequestTracker:
             for child_id in list(getattr(parent, "child_requests", ()) or ()):
                 self.by_request.pop(child_id, None)
                 self.awaiting_first.discard(child_id)
-        # The end instant and the KV-cache usage are noted now; the attributes are worked out on
-        # the telemetry worker (the request's state is final once it has finished), or right here
-        # when the request goes to an export process as a record (reading them is cheap).
-        tracked.request.end(error, end_ns=now, finalize=partial(_describe_end, child, last_token_ts,
-                                                                self.kv_cache_usage), cheap_finalize=True)
+        # The facts are read now (the request's state is final once it has finished); its span is
+        # made from them on the telemetry worker, or in the export process.
+        self.runtime.finish_off_path(describe_request, self._facts(child, detokenizer is not None, last_token_ts,
+                                                                   now, error))
+
+    def _facts(self, child: Child, counted: bool, last_token_ts: float | None, end_wall_ns: int,
+               error: BaseException | None) -> tuple:
+        """Plain values (they may be pickled to the export process) for `describe_request`; the
+        latency breakdown is that of the last child to finish, as vLLM's tracing would give it for
+        that child (aborted and failed requests have no last token)."""
+        tracked, origin = child.tracked, child.tracked.origin
+        info = tracked.info
+        sampling = getattr(origin, "sampling_params", None)
+        external_id = getattr(origin, "external_req_id", None) or origin.request_id
+        headers = tracked.headers
+        parent = propagate.extract(headers) if headers else tracked.parent
+        prompt_ids = getattr(origin, "prompt_token_ids", None)
+        kind = error_type_of(error) if error is not None else None
+        return (
+            info.model, info.framework, tracked.operation or _operation_for(external_id, sampling),
+            str(external_id), sampling_values(sampling), tracked.n, bool(headers), self.runtime.parent_ids(parent),
+            int(child.arrival_time * 1e9), end_wall_ns, len(prompt_ids) if prompt_ids is not None else None,
+            tracked.output_tokens if counted else None, tracked.max_output_tokens or None,
+            getattr(child.state, "num_cached_tokens", None), tracked.reasons, child.timing(last_token_ts),
+            self.kv_cache_usage, tracked.embedding_dims, tracked.prompt, tracked.texts,
+            self.runtime.gpu_end(info.gpu_index) if info.gpu_index is not None else None, tracked.eval_context,
+            kind, (str(error)[:500] or kind) if error is not None else None,
+        )
 
     def scheduler_stats_wrapper(self, wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
         """Keep the KV-cache usage the scheduler reports each step (one attribute read)."""
@@ -405,7 +434,7 @@ class RequestTracker:
             sampling = params if hasattr(params, "max_tokens") else None
             request_id = args[0] if args else kwargs.get("request_id")
             operation = current_operation.get() or _operation_for(request_id, sampling)
-            attrs = start_attributes(operation, model, sampling)
+            attrs = start_attributes(operation, model, sampling_values(sampling))
             headers = kwargs.get("trace_headers") or incoming_trace_headers.get()
             span = self.runtime.start(
                 f"{operation} {model}", attrs, kind=SpanKind.SERVER if headers else SpanKind.INTERNAL,
@@ -436,7 +465,7 @@ class RequestTracker:
     def abort_wrapper(self, wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
         aborted = wrapped(*args, **kwargs)
         if self.by_request and aborted:
-            now = time.perf_counter_ns()
+            now = time.time_ns()
             try:
                 for request_id in aborted:
                     child = self.by_request.get(request_id)
@@ -448,7 +477,7 @@ class RequestTracker:
 
     def propagate_error_wrapper(self, wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
         error = args[0] if args else kwargs.get("e")
-        now = time.perf_counter_ns()
+        now = time.time_ns()
         try:
             for request_id, child in list(self.by_request.items()):
                 self._finish_child(request_id, child, "error", now, error)
@@ -457,41 +486,47 @@ class RequestTracker:
         return wrapped(*args, **kwargs)
 
 
-def _describe_end(child: Child, last_token_ts: float | None, kv_cache_usage: float | None,
-                  request: RequestSpan) -> None:
-    """What the span says about how the request ended: tokens, finish reasons, and the latency
-    breakdown of the last child to finish (as vLLM's tracing would give it for that child; aborted
-    and failed requests have no last token). Runs on the telemetry worker."""
-    tracked, state = child.tracked, child.state
-    request.set_usage(
-        input_tokens=tracked.input_tokens,
-        output_tokens=tracked.output_tokens if getattr(state, "detokenizer", None) is not None else None,
-        cache_read_input_tokens=getattr(state, "num_cached_tokens", None),
-        decode_steps=tracked.max_output_tokens or None,
+def describe_request(runtime: TelemetryRuntime, facts: tuple) -> tuple:
+    """A finished request's span, from `RequestTracker._facts`: started at its arrival, with tokens,
+    finish reasons, the latency breakdown, the KV-cache usage and the framework attributes. Runs
+    on the telemetry worker, or in the export process (see request.finish_described)."""
+    (model, framework, operation, external_id, sampling, n, server, parent_ids, arrival_ns, end_wall_ns,
+     input_tokens, output_tokens, decode_steps, cached_tokens, reasons, (ttft, timing), kv_cache_usage,
+     embedding_dims, prompt, texts, gpu_at_end, eval_context, error_type, error_message) = facts
+    request = runtime.start(
+        f"{operation} {model}", start_attributes(operation, model, sampling, n),
+        kind=SpanKind.SERVER if server else SpanKind.INTERNAL, context=runtime.context_from_ids(parent_ids),
+        late_attributes=framework, defer_span=True, start_wall_ns=arrival_ns, metrics="server",
     )
-    request.set_response(finish_reasons=[r or "abort" for r in tracked.reasons])
-    ttft, timing = child.timing(last_token_ts)
+    request.use_eval_context(eval_context)
+    request.set_attribute(A.RESPONSE_ID, external_id)
+    request.set_usage(input_tokens=input_tokens, output_tokens=output_tokens, cache_read_input_tokens=cached_tokens,
+                      decode_steps=decode_steps)
+    request.set_response(finish_reasons=[r or "abort" for r in reasons])
     for key, value in timing.items():
         request.set_attribute(key, value)
     if ttft is not None:
         request.use_engine_latency(ttft, timing.get(A.VLLM_DECODE_TIME))
     request.set_attribute(A.VLLM_KV_CACHE_USAGE, kv_cache_usage)
-    if tracked.texts is not None:
-        _record_text(tracked, request)
+    request.set_attribute(A.EMBEDDINGS_DIMENSION_COUNT, embedding_dims)
+    for key, value in (gpu_at_end or {}).items():
+        request.set_attribute(key, value)
+    if texts is not None:
+        _record_text(request, prompt, texts, reasons)
+    return request, request.start_ns + (end_wall_ns - arrival_ns), error_type, error_message
 
 
-def _record_text(tracked: Tracked, request: RequestSpan) -> None:
+def _record_text(request: RequestSpan, prompt: str | None, texts: list, reasons: list) -> None:
     """The prompt and each choice's text: exported only with content capture on; handed to inline
     evaluation (in-process) for choices that finished (not aborted)."""
     content = request.runtime.content
     if content.enabled:
-        if tracked.prompt is not None:
-            request.record_content(input_json=content.prompt(tracked.prompt))
-        request.record_content(output_json=content.completions([t or "" for t in tracked.texts or ()],
-                                                               tracked.reasons))
-    for text, reason in zip(tracked.texts or (), tracked.reasons):
+        if prompt is not None:
+            request.record_content(input_json=content.prompt(prompt))
+        request.record_content(output_json=content.completions([t or "" for t in texts], reasons))
+    for text, reason in zip(texts, reasons):
         if text and reason not in (None, "abort"):
-            request.offer_text(tracked.prompt, text)
+            request.offer_text(prompt, text)
 
 
 def engine_timing(first_token_latency: float | None, queued_ts: float | None, scheduled_ts: float | None,

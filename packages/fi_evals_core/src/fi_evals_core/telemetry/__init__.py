@@ -1,6 +1,6 @@
 """The shared telemetry runtime of traceai-huggingface and traceai-vllm."""
 
-from . import attributes
+from . import attributes, handoff
 from .config import ConfigError, ContentCapture, TelemetryConfig, get_config, set_config
 from .content import ContentPolicy, strip_credentials
 from .exporters import JsonlSpanExporter
@@ -32,6 +32,7 @@ __all__ = [
     "TelemetryConfig",
     "TelemetryRuntime",
     "attributes",
+    "handoff",
     "drain",
     "get_worker",
     "get_config",

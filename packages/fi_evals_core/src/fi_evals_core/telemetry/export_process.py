@@ -128,8 +128,10 @@ class ExportProcess:
                 self._cond.notify()
         return True
 
-    def send_request(self, record: tuple) -> None:
-        """One finished request (`RequestSpan._record`): its span and histograms are made in the child."""
+    def send_request(self, scope: tuple, describe: Any, facts: Any) -> None:
+        """One finished request, made into its span and histograms in the child by
+        `request.finish_described(<the scope's runtime there>, describe, facts)`."""
+        record = (scope, describe, facts)
         if self._stopping or len(self._records) >= MAX_PENDING or not self._ensure_started():
             self.dropped += 1
             return
@@ -208,10 +210,32 @@ class ExportProcess:
             return
         try:
             payload = pickle.dumps(frames, protocol=pickle.HIGHEST_PROTOCOL)
+        except Exception:  # an item that does not pickle: it alone is dropped (and counted)
+            payload = pickle.dumps(self._picklable(frames), protocol=pickle.HIGHEST_PROTOCOL)
+        try:
             self._proc.stdin.write(_HEADER.pack(len(payload)) + payload)
             self._proc.stdin.flush()
         except Exception:
             self._die(sum(len(f[1]) for f in frames if f[0] in ("spans", "requests", "points")))
+
+    def _picklable(self, frames: list[tuple]) -> list[tuple]:
+        kept: list[tuple] = []
+        for frame in frames:
+            if frame[0] not in ("spans", "requests", "points"):
+                kept.append(frame)  # a marker
+                continue
+            items = []
+            for item in frame[1]:
+                try:
+                    pickle.dumps(item, protocol=pickle.HIGHEST_PROTOCOL)
+                    items.append(item)
+                except Exception:
+                    if not self.dropped:
+                        logger.warning("traceai: telemetry that does not pickle was dropped by the export process "
+                                       "hand-over", exc_info=True)
+                    self.dropped += 1
+            kept.append((frame[0], items))
+        return kept
 
     def _die(self, lost: int, quiet: bool = False) -> None:
         with self._die_lock:  # the writer and the ack reader may both notice
@@ -481,23 +505,6 @@ def _read_frame(stream: Any) -> list[tuple] | None:
     return pickle.loads(payload)
 
 
-class _ChildRuntime:
-    """What `RequestSpan.finish_record` needs of a runtime, in the export process: the scope's
-    histograms, and spans sampled and given ids as the serving process's provider would (the same
-    sampler, built from the same configuration), collected for export."""
-
-    def __init__(self, scope: tuple, metrics: Any, ids_and_sampler: Any, collected: "_Collected") -> None:
-        self.scope = scope
-        self.metrics = metrics
-        self._provider = ids_and_sampler
-        self._collected = collected
-
-    def start_finished_span(self, name: str, kind: Any, context: Any, attributes: dict[str, Any],
-                            start_time: int) -> Any:
-        return start_direct_span(self._collected, self._provider, self.scope, name, kind, context, attributes,
-                                 start_time)
-
-
 class _Collected:
     """Stands in for the ExportProcess behind the child's DirectSpans: span tuples to export."""
 
@@ -509,6 +516,30 @@ class _Collected:
         return True
 
 
+def _child_runtime(scope: tuple, meter_provider: Any, config: Any, ids_and_sampler: Any,
+                   collected: "_Collected") -> Any:
+    """A TelemetryRuntime for one instrumentation scope, in the export process: its histograms
+    are recorded here, and its finished spans are sampled and given ids as the serving process's
+    provider would (the same sampler, built from the same configuration), then collected for export."""
+    from .runtime import TelemetryRuntime
+
+    class ChildRuntime(TelemetryRuntime):
+        def record_export(self) -> None:
+            return None
+
+        def start_finished_span(self, name: str, kind: Any, context: Any, attributes: dict[str, Any],
+                                start_time: int) -> Any:
+            return start_direct_span(collected, ids_and_sampler, self.scope, name, kind, context, attributes,
+                                     start_time)
+
+    from opentelemetry.trace import NoOpTracerProvider
+
+    runtime = ChildRuntime(scope[0], scope[1], tracer_provider=NoOpTracerProvider(), meter_provider=meter_provider,
+                           config=config)
+    runtime.scope = scope
+    return runtime
+
+
 def child_main() -> int:
     """The export process: rebuild spans and export them, finish requests, record histogram
     points, ack markers."""
@@ -518,8 +549,7 @@ def child_main() -> int:
     from opentelemetry.sdk.resources import Resource
     from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
 
-    from .metrics import GenAIMetrics
-    from .request import RequestSpan
+    from .request import finish_described
     from .setup import _metric_readers, _sampler, _span_exporter
 
     stdin = sys.stdin.buffer
@@ -533,14 +563,14 @@ def child_main() -> int:
     meter_provider = MeterProvider(resource=resource, metric_readers=_metric_readers(config))
     ids_and_sampler = SimpleNamespace(sampler=_sampler(config), id_generator=RandomIdGenerator())
     collected = _Collected()
-    instruments: dict[tuple, GenAIMetrics] = {}
-    runtimes: dict[tuple, _ChildRuntime] = {}
+    runtimes: dict[tuple, Any] = {}
 
-    def metrics_of(scope: tuple) -> GenAIMetrics:  # (name, version[, schema url])
-        metrics = instruments.get(scope[:2])
-        if metrics is None:
-            metrics = instruments[scope[:2]] = GenAIMetrics(meter_provider.get_meter(*scope[:2]))
-        return metrics
+    def runtime_of(scope: tuple) -> Any:  # (name, version[, schema url])
+        runtime = runtimes.get(scope[:2])
+        if runtime is None:
+            runtime = runtimes[scope[:2]] = _child_runtime((*scope[:2], None), meter_provider, config,
+                                                           ids_and_sampler, collected)
+        return runtime
 
     while True:
         frames = _read_frame(stdin)
@@ -553,14 +583,9 @@ def child_main() -> int:
                 if kind == "spans" and exporter is not None:
                     exporter.export([span_from_tuple(s, resource) for s in frame[1]])
                 elif kind == "requests":
-                    for record in frame[1]:
-                        scope = record[0]
-                        runtime = runtimes.get(scope)
-                        if runtime is None:
-                            runtime = runtimes[scope] = _ChildRuntime(scope, metrics_of(scope), ids_and_sampler,
-                                                                      collected)
+                    for scope, describe, facts in frame[1]:
                         try:
-                            RequestSpan.finish_record(runtime, record)
+                            finish_described(runtime_of(scope), describe, facts)
                         except Exception:
                             logger.debug("traceai export process: a request record failed", exc_info=True)
                     if exporter is not None and collected.spans:
@@ -568,7 +593,7 @@ def child_main() -> int:
                     collected.spans.clear()
                 elif kind == "points":
                     for (scope, name), value, attributes in frame[1]:
-                        getattr(metrics_of(scope), name).record(value, attributes)
+                        getattr(runtime_of(scope).metrics, name).record(value, attributes)
                 elif kind == "flush":
                     if exporter is not None:
                         exporter.force_flush()

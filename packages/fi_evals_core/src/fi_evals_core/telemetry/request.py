@@ -236,11 +236,12 @@ class RequestSpan:
                 logger.debug("request finalizer failed", exc_info=True)
         error_type = message = None
         if error is not None:
-            error_type = _error_type(error)
+            error_type = error_type_of(error)
             message = str(error)[:500] or error_type
         try:
             if process is not None:
-                process.send_request(self._record(error_type, message, end_ns))
+                process.send_request(self.runtime.scope, request_from_record,
+                                     self._record(error_type, message, end_ns))
             else:
                 self._finish(error_type, message, end_ns)
         except Exception:
@@ -265,51 +266,21 @@ class RequestSpan:
         return self.runtime.record_export()
 
     def _record(self, error_type: str | None, error_message: str | None, end_ns: int) -> tuple:
-        """Everything `_finish` reads, as plain values (read back by `from_record`)."""
+        """Everything `_finish` reads, as plain values (read back by `request_from_record`)."""
         name, kind, parent, start_attrs = self._deferred_start
-        if isinstance(parent, RequestSpan):
-            parent = trace.set_span_in_context(parent.ensure_span())
-        context = trace.get_current_span(parent).get_span_context() if parent is not None else None
-        parent_ids = None
-        if context is not None and context.is_valid:
-            parent_ids = (context.trace_id, context.span_id, int(context.trace_flags), context.is_remote,
-                          context.trace_state.to_header() if context.trace_state else "")
         return (
-            self.runtime.scope, name, kind.value, parent_ids, start_attrs, self._late_attrs, self._attrs,
+            name, kind.value, self.runtime.parent_ids(parent), start_attrs, self._late_attrs, self._attrs,
             self._start_wall_ns, self._start_ns, end_ns, self._first_token_ns, self._input_tokens,
             self._output_tokens, self._decode_steps, self._gpu_at_end, self._response_model, self._event_attrs,
             self._engine_ttft_s, self._engine_decode_s, self._metrics_role, self._streamed, error_type,
             error_message,
         )
 
-    @classmethod
-    def finish_record(cls, runtime: Any, record: tuple) -> None:
-        """In the export process: finish the request `record` describes with `runtime` (its metrics
-        and `start_finished_span`), as `_finish` would have in the serving process."""
-        (_, name, kind, parent_ids, start_attrs, late_attrs, attrs, start_wall_ns, start_ns, end_ns,
-         first_token_ns, input_tokens, output_tokens, decode_steps, gpu_at_end, response_model, event_attrs,
-         engine_ttft_s, engine_decode_s, metrics_role, streamed, error_type, error_message) = record
-        parent = None
-        if parent_ids is not None:
-            trace_id, span_id, flags, is_remote, state = parent_ids
-            parent = trace.set_span_in_context(trace.NonRecordingSpan(trace.SpanContext(
-                trace_id, span_id, is_remote=is_remote, trace_flags=trace.TraceFlags(flags),
-                trace_state=trace.TraceState.from_header([state]) if state else None)))
-        request = cls(runtime, None, start_attrs, start_wall_ns, start_ns, None, metrics_role)
-        request._deferred_start = (name, trace.SpanKind(kind), parent, start_attrs)
-        request._late_attrs = late_attrs
-        request._attrs = attrs
-        request._first_token_ns = first_token_ns
-        request._input_tokens = input_tokens
-        request._output_tokens = output_tokens
-        request._decode_steps = decode_steps
-        request._gpu_at_end = gpu_at_end
-        request._response_model = response_model
-        request._event_attrs = event_attrs
-        request._engine_ttft_s = engine_ttft_s
-        request._engine_decode_s = engine_decode_s
-        request._streamed = streamed
-        request._finish(error_type, error_message, end_ns)
+    def use_eval_context(self, eval_context: Any) -> None:
+        """What inline evaluation checks this request against, when the span is made away from the
+        request's own context (see `finish_described`)."""
+        if self._eval_on:
+            self._eval_context = eval_context
 
     def ensure_span(self, attributes: dict[str, Any] | None = None) -> Span:
         """The SDK span, created now (with the recorded start time) if its creation was deferred.
@@ -410,7 +381,43 @@ class RequestSpan:
                                               self.runtime.content.enabled))
 
 
-def _error_type(error: BaseException) -> str:
+def finish_described(runtime: Any, describe: Callable[[Any, Any], tuple], facts: Any) -> None:
+    """Make a request's span from plain facts and finish it on this thread.
+
+    `describe(runtime, facts)` starts a deferred `RequestSpan` with `runtime` (with the request's
+    arrival as its start), says on it what the facts say, and returns `(request, end_ns, error_type,
+    error_message)`, `end_ns` on the request's clock (`request.start_ns`). It runs on the telemetry
+    worker, or in the export process with the same code (`runtime.finish_off_path`): the request
+    path only gathers the facts."""
+    request, end_ns, error_type, error_message = describe(runtime, facts)
+    request._ended = True
+    request._finish(error_type, error_message, end_ns)
+
+
+def request_from_record(runtime: Any, record: tuple) -> tuple:
+    """The `describe` of a `RequestSpan._record`: the same request, as `_finish` will see it."""
+    (name, kind, parent_ids, start_attrs, late_attrs, attrs, start_wall_ns, start_ns, end_ns, first_token_ns,
+     input_tokens, output_tokens, decode_steps, gpu_at_end, response_model, event_attrs, engine_ttft_s,
+     engine_decode_s, metrics_role, streamed, error_type, error_message) = record
+    request = RequestSpan(runtime, None, start_attrs, start_wall_ns, start_ns, None, metrics_role)
+    request._deferred_start = (name, trace.SpanKind(kind), runtime.context_from_ids(parent_ids), start_attrs)
+    request._late_attrs = late_attrs
+    request._attrs = attrs
+    request._first_token_ns = first_token_ns
+    request._input_tokens = input_tokens
+    request._output_tokens = output_tokens
+    request._decode_steps = decode_steps
+    request._gpu_at_end = gpu_at_end
+    request._response_model = response_model
+    request._event_attrs = event_attrs
+    request._engine_ttft_s = engine_ttft_s
+    request._engine_decode_s = engine_decode_s
+    request._streamed = streamed
+    return request, end_ns, error_type, error_message
+
+
+def error_type_of(error: BaseException) -> str:
+    """The `error.type` of an exception: its qualified class name (the module too, unless builtin)."""
     cls = type(error)
     module = cls.__module__
     return cls.__qualname__ if module in ("builtins", None) else f"{module}.{cls.__qualname__}"

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import logging
 import time
+from functools import partial
 from typing import Any, Iterator
 
 from opentelemetry import context as otel_context
@@ -17,7 +19,11 @@ from .config import TelemetryConfig, get_config
 from .content import ContentPolicy
 from .gpu import GpuMemorySource, GpuMonitor, TorchNvmlSource
 from .metrics import GenAIMetrics
-from .request import RequestSpan
+from . import handoff
+from .request import RequestSpan, finish_described
+from .worker import get_worker
+
+logger = logging.getLogger(__name__)
 
 _default_gpu_source: GpuMemorySource | None = None
 # The request whose span is deferred and which encloses the current call (a pipeline call):
@@ -80,6 +86,41 @@ class TelemetryRuntime:
         self._record_export = (provider, processors, process)
         return process
 
+    def parent_ids(self, parent: Any) -> tuple | None:
+        """The span context a request's span will have as parent, as plain values (or None for a
+        root): `parent` is a Context, or a deferred parent RequestSpan (its span is made now)."""
+        if parent is None:
+            return None
+        if isinstance(parent, RequestSpan):
+            context = parent.ensure_span().get_span_context()
+        else:
+            context = trace.get_current_span(parent).get_span_context()
+        if not context.is_valid:
+            return None
+        return (context.trace_id, context.span_id, int(context.trace_flags), context.is_remote,
+                context.trace_state.to_header() if context.trace_state else "")
+
+    @staticmethod
+    def context_from_ids(ids: tuple | None) -> otel_context.Context:
+        """The Context `parent_ids` described (an empty one for a root: never the current one)."""
+        if ids is None:
+            return otel_context.Context()
+        trace_id, span_id, flags, is_remote, state = ids
+        return trace.set_span_in_context(trace.NonRecordingSpan(trace.SpanContext(
+            trace_id, span_id, is_remote=is_remote, trace_flags=trace.TraceFlags(flags),
+            trace_state=trace.TraceState.from_header([state]) if state else None)), otel_context.Context())
+
+    def finish_off_path(self, describe: Any, facts: Any) -> None:
+        """Have a request's span made from `facts` by `describe` (see request.finish_described),
+        off the request path: in the export process when requests go there as records (then
+        `describe` and `facts` must pickle: a module-level function and plain values), on the
+        telemetry worker otherwise (and whenever inline evaluation is on: it needs the span here)."""
+        process = self.record_export() if handoff.get_sink() is None else None
+        if process is not None:
+            process.send_request(self.scope, describe, facts)
+        else:
+            get_worker().submit(partial(_finish_described_safely, self, describe, facts))
+
     def start_finished_span(self, name: str, kind: SpanKind, context: Any, attributes: dict[str, Any],
                             start_time: int) -> Any:
         """The span of a request whose creation was deferred until it finished (on the telemetry
@@ -92,6 +133,19 @@ class TelemetryRuntime:
 
             return start_direct_span(process, provider, self.scope, name, kind, context, attributes, start_time)
         return self.tracer.start_span(name, context=context, kind=kind, attributes=attributes, start_time=start_time)
+
+    def current_parent(self) -> Any:
+        """What a request starting now will have as parent (see `start`): the enclosing deferred
+        request, or the current Context. For a request whose span is made later (`finish_off_path`)."""
+        return _deferred_parent.get() or otel_context.get_current()
+
+    def gpu_begin(self, index: int) -> None:
+        """A request started on GPU `index` (in this process): see GpuMonitor.begin."""
+        self._gpu_monitor().begin(index)
+
+    def gpu_end(self, index: int) -> dict[str, Any]:
+        """The GPU memory attributes of a request ending now on GPU `index` (host-side reads)."""
+        return self._gpu_monitor().end(index)
 
     def _gpu_monitor(self) -> GpuMonitor:
         if self.gpu is None:
@@ -155,6 +209,13 @@ class TelemetryRuntime:
         if late_attributes:
             request._late_attrs = late_attributes
         return request
+
+
+def _finish_described_safely(runtime: TelemetryRuntime, describe: Any, facts: Any) -> None:
+    try:
+        finish_described(runtime, describe, facts)
+    except Exception:
+        logger.debug("could not make a request span", exc_info=True)
 
 
 def _direct_export(provider: Any) -> Any:
