@@ -283,6 +283,144 @@ def worker_main(args: argparse.Namespace) -> int:
         os._exit(1)
 
 
+SAME_ENGINE_VARIANTS = ("baseline", "baseline-aa", "traceai", "traceai-export-process", "traceai-no-metrics",
+                        "traceai-noop-sdk")
+
+
+def same_engine_worker_main(args: argparse.Namespace) -> int:
+    """--same-engine: ONE engine; each "run" switches traceai to the variant's providers (or off),
+    then times one batch. Every variant has its own providers (resource attribute bench.variant), all
+    exporting OTLP/gRPC to the driver's collector; their export happens after the timed window
+    (flush_ns), inside the CPU count (cpu_ns: this process, all threads); the export process's own
+    CPU is child_cpu_ns."""
+    proto = os.fdopen(os.dup(1), "w", buffering=1)
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+
+    def send(obj: dict[str, Any]) -> None:
+        proto.write(json.dumps(obj) + "\n")
+
+    try:
+        from opentelemetry import metrics, trace
+        from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+        from opentelemetry.metrics import NoOpMeterProvider
+        from opentelemetry.sdk.metrics import MeterProvider
+        from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
+        from opentelemetry.sdk.resources import Resource
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import BatchSpanProcessor
+        from opentelemetry.trace import NoOpTracerProvider
+
+        from fi_evals_core.telemetry import TelemetryConfig, drain
+        from fi_evals_core.telemetry.export_process import ExportProcess
+        from traceai_vllm import VLLMInstrumentor
+
+        endpoint = args.endpoint
+        os.environ["OTEL_METRIC_EXPORT_INTERVAL"] = "3600000"  # the export process's reader: as the others
+        providers: dict[str, tuple[Any, Any]] = {}
+        export_process = None
+        for v in SAME_ENGINE_VARIANTS:
+            resource = Resource.create({"bench.variant": v})
+            meter_provider = MeterProvider(resource=resource, metric_readers=[PeriodicExportingMetricReader(
+                OTLPMetricExporter(endpoint=endpoint, insecure=True), export_interval_millis=3_600_000)])
+            tracer_provider = TracerProvider(resource=resource)
+            if v == "traceai-export-process":  # what register() builds with TRACEAI_EXPORT_PROCESS=1
+                export_process = ExportProcess(TelemetryConfig.from_env(
+                    {"OTEL_EXPORTER_OTLP_ENDPOINT": endpoint, "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"}),
+                    dict(resource.attributes))
+                tracer_provider.add_span_processor(export_process.span_processor())
+                tracer_provider._fi_export_process = meter_provider._fi_export_process = export_process
+            else:
+                tracer_provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=endpoint,
+                                                                                       insecure=True)))
+            providers[v] = (tracer_provider, meter_provider)
+        trace.set_tracer_provider(providers["baseline"][0])
+        metrics.set_meter_provider(providers["baseline"][1])
+        instrumentor = VLLMInstrumentor()
+
+        def switch(v: str) -> None:
+            if instrumentor.is_instrumented_by_opentelemetry:
+                instrumentor.uninstrument()
+            if v.startswith("traceai"):
+                tracer_provider, meter_provider = providers[v]
+                instrumentor.instrument(
+                    tracer_provider=NoOpTracerProvider() if v == "traceai-noop-sdk" else tracer_provider,
+                    meter_provider=NoOpMeterProvider() if v in ("traceai-no-metrics", "traceai-noop-sdk")
+                    else meter_provider)
+
+        def flush(v: str) -> None:
+            drain()
+            providers[v][0].force_flush()
+
+        def child_cpu_ns() -> int:
+            proc = getattr(export_process, "_proc", None)
+            if proc is None or proc.poll() is not None:
+                return 0
+            fields = Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+            return (int(fields[11]) + int(fields[12])) * 10**9 // os.sysconf("SC_CLK_TCK")
+
+        switch("traceai")  # engines built while instrumented: traceai knows the engine's configuration
+        import torch
+        import vllm
+        from vllm import LLM, SamplingParams
+
+        t0 = time.monotonic()
+        llm = LLM(model=args.model_dir, dtype="float32", enforce_eager=True, max_model_len=256,
+                  max_num_seqs=args.max_num_seqs, kv_cache_memory_bytes=args.kv_cache_mb * 2**20,
+                  disable_log_stats=True, seed=0)
+        prompts = make_prompts(args.prompts)
+        params = SamplingParams(max_tokens=args.tokens, ignore_eos=True, temperature=0)
+
+        def generate() -> int:
+            outs = llm.generate(prompts, params, use_tqdm=False)
+            return sum(len(c.token_ids) for o in outs for c in o.outputs)
+
+        info = {"engine_start_s": round(time.monotonic() - t0, 1), "vllm": vllm.__version__, "torch": torch.__version__,
+                "threads": torch.get_num_threads(), "output_tokens": generate(), "pid": os.getpid(),
+                "prompt_tokens": len(llm.get_tokenizer()(prompts[0]).input_ids)}
+        for v in SAME_ENGINE_VARIANTS:
+            switch(v)
+            generate()
+            flush(v)
+        send({"ready": True, "info": info})
+        for line in sys.stdin:
+            msg = json.loads(line)
+            if msg["cmd"] == "run":
+                v = msg["variant"]
+                switch(v)
+                gc.collect()
+                wall0 = time.time_ns()
+                t0, c0, k0 = time.perf_counter_ns(), time.process_time_ns(), child_cpu_ns()
+                tokens = generate()
+                drain()  # traceai's telemetry thread finishes what is still queued: inside the window
+                t1 = time.perf_counter_ns()
+                wall1 = time.time_ns()
+                flush(v)
+                t2, c2, k2 = time.perf_counter_ns(), time.process_time_ns(), child_cpu_ns()
+                send({"total_ns": t1 - t0, "generate_ns": t1 - t0, "flush_ns": t2 - t1, "cpu_ns": c2 - c0,
+                      "child_cpu_ns": k2 - k0, "tokens": tokens, "wall_start_ns": wall0, "wall_end_ns": wall1})
+            elif msg["cmd"] == "warmup":
+                send({"ok": True})
+            elif msg["cmd"] == "quit":
+                for v in SAME_ENGINE_VARIANTS:
+                    flush(v)
+                    providers[v][1].force_flush()
+                if export_process is not None:
+                    export_process.close()
+                send({"bye": True})
+                break
+        proto.flush()
+        os._exit(0)
+    except Exception as exc:  # noqa: BLE001
+        import traceback
+
+        traceback.print_exc()
+        send({"error": f"{type(exc).__name__}: {exc}"})
+        proto.flush()
+        os._exit(1)
+
+
 PROFILE_MARKERS = ("traceai_vllm", "fi_evals_core", "opentelemetry")
 
 
@@ -606,6 +744,8 @@ def driver_main(args: argparse.Namespace) -> int:
         endpoint = collector.grpc_endpoint
         print(f"collector: rotel-agent pid {collector.pid}, OTLP/gRPC {endpoint}; workers: {python} (logs in {tmp})")
 
+        if args.same_engine:
+            return _same_engine_driver(args, variants, python, env, collector, tmp, t_begin, load_start)
         for v in variants:  # all at once: imports and engine starts overlap, nothing is timed yet
             workers[v] = Worker(v, python, args, tmp, env, endpoint)
         for v in list(workers):
@@ -707,6 +847,65 @@ def driver_main(args: argparse.Namespace) -> int:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _same_engine_driver(args: argparse.Namespace, variants: list[str], python: str, env: dict[str, str],
+                        collector: Any, tmp: Path, t_begin: float, load_start: str) -> int:
+    """--same-engine: one worker, one engine, the variants switched batch by batch (see
+    same_engine_worker_main): no difference between workers' memory layouts or CPUs in the figures."""
+    unknown = [v for v in variants if v not in SAME_ENGINE_VARIANTS]
+    if unknown:
+        raise SystemExit(f"--same-engine runs {', '.join(SAME_ENGINE_VARIANTS)}; not {', '.join(unknown)}")
+    worker = Worker("same-engine", python, args, tmp, env, collector.grpc_endpoint)
+    try:
+        info = worker.request(None)["info"]
+        print(f"one engine for every variant: vLLM {info['vllm']} (CPU, in-process, float32, eager, max_num_seqs "
+              f"{args.max_num_seqs}), torch {info['torch']} ({info['threads']} thread), started in "
+              f"{info['engine_start_s']}s; {args.prompts} prompts x {args.tokens} tokens per batch; export of "
+              "each batch's spans after its timed window (counted in +CPU)", flush=True)
+        _settle(collector)
+        results: dict[str, list[dict[str, Any]]] = {v: [] for v in variants}
+        for r in range(args.rounds):
+            k = r % len(variants)
+            order = variants[k:] + variants[:k]
+            if r % 2:
+                order.reverse()
+            for v in order:
+                results[v].append(worker.request({"cmd": "run", "variant": v}))
+                _settle(collector)
+            if (r + 1) % max(1, args.rounds // 10) == 0 or r + 1 == args.rounds:
+                print(f"  round {r + 1}/{args.rounds} done ({time.monotonic() - t_begin:.0f}s, load {_loadavg()})",
+                      flush=True)
+        worker.close()
+        _settle(collector, quiet_s=0.5, max_s=10.0)
+        rows = _summarise(variants, results, args)
+        recorded = _attribute_spans(variants, results, collector.spans(), str(args.model_dir))
+    finally:
+        worker.close()
+        collector.stop()
+        if not args.keep:
+            shutil.rmtree(tmp, ignore_errors=True)
+    _print_table(variants, rows, recorded, args)
+    problems = _print_recorded(variants, recorded, args)
+    for v in variants:
+        child = [b["child_cpu_ns"] for b in results[v] if b.get("child_cpu_ns")]
+        if child:
+            print(f"  {v}: the export process used {sum(child) / 1e3 / (len(results[v]) * args.prompts):.1f} us of "
+                  "CPU per request (its own process: decoding, span building, OTLP encoding and sending, histograms)")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "rows": rows,
+                                               "batches": results}, indent=1))
+    print(f"\ntotal wall time {time.monotonic() - t_begin:.0f}s; load average at start {load_start}, at the end "
+          f"{_loadavg()}")
+    if problems:
+        print("WARNING: " + "; ".join(problems))
+    shown = "traceai-export-process" if "traceai-export-process" in rows else PROJECT
+    if shown in rows:
+        p = rows[shown]
+        print(f"{shown} throughput ratio (instrumented/baseline, same engine): {p['ratio']:.4f} "
+              f"({p['added_us']:+.1f} us/request; A/A "
+              + (f"{rows['baseline-aa']['ratio']:.4f}" if "baseline-aa" in rows else "n/a") + ")")
+    return 1 if problems else 0
+
+
 def _summarise(variants: list[str], results: dict[str, list[dict[str, Any]]],
                args: argparse.Namespace) -> dict[str, dict[str, float]]:
     rows = {}
@@ -781,8 +980,11 @@ def _print_table(variants: list[str], rows: dict, recorded: dict, args: argparse
               f"{fmt(c['cpu_added_us'], '+11.1f')} "
               f"{'[' + fmt(c['cpu_added_us_q1'], '.1f') + ', ' + fmt(c['cpu_added_us_q3'], '.1f') + ']':>14} "
               f"{c['flush_ms']:>9.2f} {c['ratio']:>7.4f} {span_range:>12} {exp:>4}")
+    where = ("after the timed window; its CPU is in +CPU" if getattr(args, "same_engine", False)
+             else {"in": "inside the timed window", "out": "after the timed window"}.get(args.flush,
+                                                                                          "none: background"))
     print("(thrpt = variant tokens/s / baseline tokens/s, paired by round; +CPU = the worker process's CPU time, "
-          "all threads; export ms = the in-window force_flush of the batch's spans over OTLP/gRPC)")
+          f"all threads; export ms = the force_flush of the batch's spans over OTLP/gRPC, {where})")
 
 
 def _print_recorded(variants: list[str], recorded: dict, args: argparse.Namespace) -> list[str]:
@@ -854,6 +1056,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="no engine: drive traceai's hooks with synthetic vLLM outputs and print the CPU cost per "
                         "request for each telemetry pipeline (low noise; --rounds runs each, --prompts, --tokens, "
                         "--max-num-seqs shape them)")
+    p.add_argument("--same-engine", action="store_true",
+                   help="one engine for all variants, switched batch by batch (instrument / uninstrument with each "
+                        f"variant's providers): {', '.join(SAME_ENGINE_VARIANTS)}; the export of each batch's spans "
+                        "follows its timed window (its CPU is in +CPU; an export process's own CPU is printed)")
     p.add_argument("--ref-tree", help="another checkout of this repository: adds the variant traceai-ref, traceai "
                                       "from that tree's packages (e.g. git worktree add /tmp/ref OLD_COMMIT)")
     p.add_argument("--keep", action="store_true", help="keep the temporary directory (model, worker logs, rotel log)")
@@ -880,7 +1086,7 @@ def main(argv: list[str] | None = None) -> int:
         return replay_main(args)
     if args.worker:
         args.model_dir = args.worker_model_dir
-        return worker_main(args)
+        return same_engine_worker_main(args) if args.worker == "same-engine" else worker_main(args)
     return driver_main(args)
 
 
