@@ -60,6 +60,12 @@ The last line is traceai's throughput ratio (instrumented / baseline). When trac
 ``generate`` and, separately, traceai's telemetry thread, restricted to traceai_vllm / fi_evals_core /
 opentelemetry functions.
 
+--same-engine runs ONE worker and one engine for all variants (baseline, baseline-aa, traceai,
+traceai-export-process, traceai-no-metrics, traceai-noop-sdk), switching traceai on with each variant's own
+providers, or off, before every batch; each batch's export runs after its timed window and is counted in +CPU,
+and the export process's own CPU per request is printed. It takes the differences between worker processes
+(memory layout, CPU) out of the figures.
+
 Run it with the project venv's interpreter (the driver needs rotel and opentelemetry-proto for the collector).
 """
 

@@ -350,7 +350,7 @@ def test_offline_llm_in_multiprocess_mode(tmp_path, model_dirs, setup, start_met
     env.update({"TRACEAI_TRACES_FILE": str(traces), "HF_HUB_OFFLINE": "1", "VLLM_ENABLE_V1_MULTIPROCESSING": "1",
                 "VLLM_WORKER_MULTIPROC_METHOD": start_method})
     if setup == "plugin":  # and the export in a child process of each vLLM process that exports
-        env.update({"TRACEAI_VLLM_AUTO": "1", "TRACEAI_EXPORT_PROCESS": "1"})
+        env.update({"TRACEAI_VLLM_AUTO": "1"})  # TRACEAI_EXPORT_PROCESS: on by default under the plugin
     proc = subprocess.run([sys.executable, str(app)], env=env, capture_output=True, text=True, timeout=300,
                           cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]

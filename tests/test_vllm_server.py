@@ -48,6 +48,7 @@ def vllm_server(model_dirs, collector, tmp_path_factory):
         env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )
     base_url = f"http://127.0.0.1:{port}"
+    _server_group[:] = [proc.pid]  # its own session: the process group of every process it starts
     try:
         deadline = time.monotonic() + 240
         while True:
@@ -71,6 +72,9 @@ def vllm_server(model_dirs, collector, tmp_path_factory):
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(timeout=10)
         log.close()
+
+
+_server_group: list[int] = []
 
 
 def _server_spans(collector, count: int):
@@ -119,3 +123,21 @@ def test_client_disconnect_mid_stream_ends_the_server_span_as_aborted(vllm_serve
     client.close()  # the HTTP connection goes; vLLM aborts the request
     (server_span,) = _server_spans(collector, 1)
     assert list(server_span["attributes"][A.RESPONSE_FINISH_REASONS]) == ["abort"]
+
+
+def test_the_plugin_exports_from_export_processes_by_default(vllm_server, collector, hub_online):
+    """Under TRACEAI_VLLM_AUTO, TRACEAI_EXPORT_PROCESS defaults to on: the spans above came from
+    export processes, children of the server's processes (in its process group)."""
+    (pgid,) = _server_group
+    children = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            cmdline = open(f"/proc/{entry}/cmdline", "rb").read().split(b"\0")
+            group = int(open(f"/proc/{entry}/stat").read().rsplit(")", 1)[1].split()[2])
+        except (OSError, ValueError, IndexError):
+            continue
+        if group == pgid and b"fi_evals_core.telemetry.export_process" in cmdline:
+            children.append(int(entry))
+    assert children, "no export process in the server's process group"

@@ -4,6 +4,11 @@ With `TRACEAI_VLLM_AUTO=1` in the environment, each process (API server, EngineC
 builds its own tracer and meter providers from the standard OTEL_* variables (`register()`) and
 instruments vLLM; request spans come from the process that runs the output processor (the API
 server / front-end). Without the variable, loading the plugin is one environment lookup.
+
+Here `TRACEAI_EXPORT_PROCESS` defaults to on: a server's request spans are made and exported by a
+helper process (fi_evals_core.telemetry.export_process), which keeps the serving process's cost per
+request at about a fifth of exporting in-process (benchmarks/vllm_overhead.py). Set it to 0 to
+export in-process.
 """
 
 from __future__ import annotations
@@ -41,8 +46,10 @@ def load() -> None:
             return
         try:
             from fi_evals_core import register
+            from fi_evals_core.telemetry import TelemetryConfig
 
-            _telemetry = register(service_name=os.environ.get("OTEL_SERVICE_NAME") or "vllm")
+            config = TelemetryConfig.from_env({"TRACEAI_EXPORT_PROCESS": "1", **os.environ})
+            _telemetry = register(service_name=os.environ.get("OTEL_SERVICE_NAME") or "vllm", config=config)
             # In the processes that hold the model (EngineCore, workers; all of them in-process):
             # the torch allocator per device, as gauges read at metric collection time.
             from fi_evals_core.telemetry.gpu import register_gpu_memory_gauges
