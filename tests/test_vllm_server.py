@@ -39,6 +39,7 @@ def vllm_server(model_dirs, collector, tmp_path_factory):
         "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc",
         "OTEL_SERVICE_NAME": "vllm-server-under-test",
         "OTEL_BSP_SCHEDULE_DELAY": "200",
+        "OTEL_METRIC_EXPORT_INTERVAL": "500",
         "HF_HUB_OFFLINE": "1",
     })
     log = (tmp_path_factory.mktemp("vllm-server") / "server.log").open("w")
@@ -127,7 +128,14 @@ def test_client_disconnect_mid_stream_ends_the_server_span_as_aborted(vllm_serve
 
 def test_the_plugin_exports_from_export_processes_by_default(vllm_server, collector, hub_online):
     """Under TRACEAI_VLLM_AUTO, TRACEAI_EXPORT_PROCESS defaults to on: the spans above came from
-    export processes, children of the server's processes (in its process group)."""
+    export processes, children of the server's processes (in its process group), and so do the
+    request histograms (recorded there, from the requests' records)."""
+    durations = collector.wait_for_metrics(
+        lambda m: m["name"] == A.METRIC_SERVER_REQUEST_DURATION
+        and m["resource_attributes"].get("service.name") == "vllm-server-under-test"
+        and sum(p["count"] for p in m["data_points"]) >= 2, timeout=30)
+    operations = {p["attributes"][A.OPERATION_NAME] for p in durations[-1]["data_points"]}
+    assert operations == {"chat"} and durations[-1]["scope_name"] == "traceai_vllm"
     (pgid,) = _server_group
     children = []
     for entry in os.listdir("/proc"):
