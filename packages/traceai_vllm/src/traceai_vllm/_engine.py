@@ -6,8 +6,11 @@ Every entry point (`LLM`, `LLMEngine`, `AsyncLLM`, the OpenAI server) funnels it
 per request whatever the entry point. Parallel-sampling children share their parent's span, which
 ends when the last child finishes, with one finish reason per choice.
 
-The span starts at the request's arrival (vLLM's wall-clock `arrival_time`) and is created off
-the request path (deferred, see fi_evals_core.telemetry.runtime).
+The span starts at the request's arrival (vLLM's wall-clock `arrival_time`). On the request path
+the hooks only gather facts: the request and its caller's context when it is added, the timestamps
+as its outputs arrive, the counts and reasons when it finishes (`RequestTracker._facts`). The span
+is made from those facts by `describe_request`, off the request path: on the telemetry worker, or
+in the export process with `TRACEAI_EXPORT_PROCESS=1` (fi_evals_core.telemetry.request.finish_described).
 
 The latency breakdown (queue, prefill, decode, time to first token) follows vLLM's own definitions
 (`IterationStats.update_from_output`, `OutputProcessor.do_tracing`). When vLLM keeps per-request

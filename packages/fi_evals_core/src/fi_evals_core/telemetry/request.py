@@ -3,7 +3,9 @@
 Instrumentors create a `RequestSpan` at the patched boundary, feed it what the engine reports
 (first token, usage, finish reasons, content) and end it exactly once, from whichever path gets
 there first: completion, exception, stream close, cancellation or garbage collection. Ending
-notes the instant; the span is finished on the telemetry worker (worker.py).
+notes the instant; the span is finished on the telemetry worker (worker.py), or in the export
+process from a record of plain values (`_record`). An instrumentor may also gather plain facts on
+the request path and have the RequestSpan made from them off it (`finish_described`).
 """
 
 from __future__ import annotations

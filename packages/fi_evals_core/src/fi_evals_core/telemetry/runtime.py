@@ -15,11 +15,11 @@ from opentelemetry import trace
 from opentelemetry.metrics import MeterProvider
 from opentelemetry.trace import SpanKind, TracerProvider
 
+from . import handoff
 from .config import TelemetryConfig, get_config
 from .content import ContentPolicy
 from .gpu import GpuMemorySource, GpuMonitor, TorchNvmlSource
 from .metrics import GenAIMetrics
-from . import handoff
 from .request import RequestSpan, finish_described
 from .worker import get_worker
 
