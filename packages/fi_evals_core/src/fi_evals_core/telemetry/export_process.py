@@ -22,7 +22,9 @@ Protocol: length-prefixed pickle frames on the child's stdin; the child acknowle
 shutdown markers by writing their token to a pipe of their own (its stdout and stderr stay the
 app's, so a console exporter prints where it would have). Bounded: at most `MAX_PENDING` spans and as many
 points wait in the parent; beyond that they are dropped and counted (`dropped`), never blocking the
-caller. If the child dies, one warning is logged and later data is dropped and counted. After a
+caller. If no child can be started, or the child dies, one warning is logged and the sender thread
+does the child's work in the serving process from then on (`_Handler`: exporting in-process, as
+without the flag); what a dead child had read but not exported is lost with it. After a
 fork, the child process starts its own export process on first use.
 """
 
@@ -75,6 +77,10 @@ class ExportProcess:
         self._closed = False
         self._stopping = False  # a shutdown marker was queued: the child's exit is expected
         self._dead = False
+        self._local: _Handler | None = None  # the child's work, done here: no child could run
+        self._child_gone = False  # the child died: the sender switches to `_local`
+        self._sent_tokens: set[int] = set()  # markers written to the child, not yet acknowledged
+        self._lost_tokens: set[int] = set()  # markers the child died with
         self._acks_in: Any = None
         self._die_lock = threading.Lock()
         self._sender: threading.Thread | None = None
@@ -104,9 +110,9 @@ class ExportProcess:
                 os.close(ack_write)
             self._acks_in = os.fdopen(ack_read, "rb")
         except Exception:
-            logger.warning("traceai: could not start the export process; telemetry is dropped", exc_info=True)
-            self._die(0, quiet=True)
-            return False
+            logger.warning("traceai: could not start the export process; exporting in-process instead",
+                           exc_info=True)
+            return self._go_local()
         threading.Thread(target=self._ack_loop, name="traceai-export-acks", daemon=True).start()
         self._write([("config", self._config, self._resource)])
         return not self._dead
@@ -185,12 +191,16 @@ class ExportProcess:
             self._cond.notify()
         done = event.wait(timeout_s)
         self._acks.pop(token, None)
-        return done and not self._dead
+        lost = token in self._lost_tokens
+        self._lost_tokens.discard(token)
+        return done and not lost and not self._dead
 
     def _send_loop(self) -> None:
         if not self._spawn():
             return
         while not self._dead:
+            if self._child_gone and self._local is None and not self._go_local():
+                return
             with self._cond:
                 if not (self._spans or self._records or self._markers or self._closed):
                     self._cond.wait(SEND_INTERVAL_S)
@@ -206,17 +216,47 @@ class ExportProcess:
                 return
 
     def _write(self, frames: list[tuple]) -> None:
+        if self._local is None and self._child_gone and not self._go_local():
+            return
+        if self._local is not None:
+            self._handle_here(frames)
+            return
         if self._dead or self._proc is None or self._proc.stdin is None:
             return
         try:
             payload = pickle.dumps(frames, protocol=pickle.HIGHEST_PROTOCOL)
         except Exception:  # an item that does not pickle: it alone is dropped (and counted)
-            payload = pickle.dumps(self._picklable(frames), protocol=pickle.HIGHEST_PROTOCOL)
+            frames = self._picklable(frames)
+            payload = pickle.dumps(frames, protocol=pickle.HIGHEST_PROTOCOL)
+        tokens = [f[1] for f in frames if f[0] in ("flush", "shutdown")]
+        self._sent_tokens.update(tokens)
         try:
             self._proc.stdin.write(_HEADER.pack(len(payload)) + payload)
             self._proc.stdin.flush()
+        except Exception:  # the child is gone: these frames never reached it, so they are done here
+            self._sent_tokens.difference_update(tokens)
+            self._gone()
+            if self._go_local():
+                self._handle_here(frames)
+
+    def _go_local(self) -> bool:
+        """Do the child's work in this process from now on (on the sender thread): exporting
+        in-process, as without TRACEAI_EXPORT_PROCESS, rather than dropping."""
+        try:
+            self._local = _Handler(self._config, self._resource)
+            return True
         except Exception:
-            self._die(sum(len(f[1]) for f in frames if f[0] in ("spans", "requests", "points")))
+            logger.warning("traceai: could not export in-process either; telemetry is dropped", exc_info=True)
+            self._die(0)
+            return False
+
+    def _handle_here(self, frames: list[tuple]) -> None:
+        for frame in frames:
+            self._local.handle(frame)
+            if frame[0] in ("flush", "shutdown"):
+                event = self._acks.get(frame[1])
+                if event is not None:
+                    event.set()
 
     def _picklable(self, frames: list[tuple]) -> list[tuple]:
         kept: list[tuple] = []
@@ -237,11 +277,40 @@ class ExportProcess:
             kept.append((frame[0], items))
         return kept
 
-    def _die(self, lost: int, quiet: bool = False) -> None:
+    def _gone(self) -> None:
+        """The child exited. Expected after a shutdown marker; otherwise one warning, and the sender
+        does the child's work here from now on. What the child had read but not exported yet is lost
+        with it (a flush that was waiting on it returns False)."""
         with self._die_lock:  # the writer and the ack reader may both notice
-            if not self._dead and not self._stopping and not quiet:
-                logger.warning("traceai: the export process is gone (exit status %s); telemetry is dropped from "
-                               "now on", self._proc.poll() if self._proc is not None else None)
+            if self._stopping:
+                self._dead = True
+            elif not self._child_gone:
+                logger.warning("traceai: the export process is gone (exit status %s); exporting in-process from now "
+                               "on", self._exit_status())
+            self._child_gone = True
+            lost_tokens = list(self._sent_tokens)
+            self._sent_tokens.clear()
+            self._lost_tokens.update(lost_tokens)
+        for token in lost_tokens:  # their flushes return (False): the child died with them
+            event = self._acks.get(token)
+            if event is not None:
+                event.set()
+        if self._dead:
+            for event in list(self._acks.values()):
+                event.set()
+        else:
+            with self._cond:
+                self._cond.notify()
+
+    def _exit_status(self) -> int | None:
+        try:
+            return self._proc.wait(timeout=1) if self._proc is not None else None
+        except Exception:
+            return None
+
+    def _die(self, lost: int) -> None:
+        """Nothing can export any more: what is queued, and all that follows, is counted as dropped."""
+        with self._die_lock:
             self._dead = True
         self.dropped += lost
         self._count_queued_as_dropped()
@@ -263,12 +332,14 @@ class ExportProcess:
             return
         for line in acks:
             try:
-                event = self._acks.get(int(line))
+                token = int(line)
             except ValueError:
                 continue
+            self._sent_tokens.discard(token)
+            event = self._acks.get(token)
             if event is not None:
                 event.set()
-        self._die(0)  # the child is gone (expected after a shutdown marker: no warning then)
+        self._gone()
 
     def _after_fork_in_child(self) -> None:
         """Threads and pipes belong to the parent: start afresh on first use. The inherited pipe
@@ -540,79 +611,99 @@ def _child_runtime(scope: tuple, meter_provider: Any, config: Any, ids_and_sampl
     return runtime
 
 
+class _Handler:
+    """The export process's work on what it is handed: span tuples exported, request records made
+    into spans and histograms, histogram points recorded, flushes and shutdown. Run by the child
+    (`child_main`), or by the serving process's sender thread when no child could run."""
+
+    def __init__(self, config: Any, resource_attributes: dict[str, Any]) -> None:
+        from types import SimpleNamespace
+
+        from opentelemetry.sdk.metrics import MeterProvider
+        from opentelemetry.sdk.resources import Resource
+        from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
+
+        from .setup import _metric_readers, _sampler, _span_exporter
+
+        self._config = config
+        self._resource = Resource(resource_attributes)
+        self._exporter = _span_exporter(config)
+        # shut down by a shutdown frame (the serving process's provider shutdown, or EOF in the child)
+        self._meter_provider = MeterProvider(resource=self._resource, metric_readers=_metric_readers(config),
+                                             shutdown_on_exit=False)
+        self._ids_and_sampler = SimpleNamespace(sampler=_sampler(config), id_generator=RandomIdGenerator())
+        self._collected = _Collected()
+        self._runtimes: dict[tuple, Any] = {}
+        self._stopped = False
+
+    def _runtime_of(self, scope: tuple) -> Any:  # (name, version[, schema url])
+        runtime = self._runtimes.get(scope[:2])
+        if runtime is None:
+            runtime = self._runtimes[scope[:2]] = _child_runtime(
+                (*scope[:2], None), self._meter_provider, self._config, self._ids_and_sampler, self._collected)
+        return runtime
+
+    def _export(self, tuples: list[tuple]) -> None:
+        if self._exporter is not None and tuples:
+            self._exporter.export([span_from_tuple(t, self._resource) for t in tuples])
+
+    def handle(self, frame: tuple) -> None:
+        from .request import finish_described
+
+        kind = frame[0]
+        try:
+            if kind == "spans":
+                self._export(frame[1])
+            elif kind == "requests":
+                for scope, describe, facts in frame[1]:
+                    try:
+                        finish_described(self._runtime_of(scope), describe, facts)
+                    except Exception:
+                        logger.debug("traceai export process: a request record failed", exc_info=True)
+                self._export(self._collected.spans)
+                self._collected.spans.clear()
+            elif kind == "points":
+                for (scope, name), value, attributes in frame[1]:
+                    getattr(self._runtime_of(scope).metrics, name).record(value, attributes)
+            elif kind == "flush":
+                if self._exporter is not None:
+                    self._exporter.force_flush()
+                self._meter_provider.force_flush()
+            elif kind == "shutdown":
+                self.stop()
+        except Exception:
+            logger.warning("traceai export process: %s failed", kind, exc_info=True)
+
+    def stop(self) -> None:
+        if self._stopped:
+            return
+        self._stopped = True
+        if self._exporter is not None:
+            self._exporter.shutdown()
+        self._meter_provider.shutdown()
+
+
 def child_main() -> int:
-    """The export process: rebuild spans and export them, finish requests, record histogram
-    points, ack markers."""
-    from types import SimpleNamespace
-
-    from opentelemetry.sdk.metrics import MeterProvider
-    from opentelemetry.sdk.resources import Resource
-    from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
-
-    from .request import finish_described
-    from .setup import _metric_readers, _sampler, _span_exporter
-
+    """The export process: handle each frame read from stdin; ack flush and shutdown markers."""
     stdin = sys.stdin.buffer
     acks = os.fdopen(int(sys.argv[1]), "w")
     first = _read_frame(stdin)
     if not first or first[0][0] != "config":
         return 2
     _, config, resource_attributes = first[0]
-    resource = Resource(resource_attributes)
-    exporter = _span_exporter(config)
-    meter_provider = MeterProvider(resource=resource, metric_readers=_metric_readers(config))
-    ids_and_sampler = SimpleNamespace(sampler=_sampler(config), id_generator=RandomIdGenerator())
-    collected = _Collected()
-    runtimes: dict[tuple, Any] = {}
-
-    def runtime_of(scope: tuple) -> Any:  # (name, version[, schema url])
-        runtime = runtimes.get(scope[:2])
-        if runtime is None:
-            runtime = runtimes[scope[:2]] = _child_runtime((*scope[:2], None), meter_provider, config,
-                                                           ids_and_sampler, collected)
-        return runtime
-
+    handler = _Handler(config, resource_attributes)
     while True:
         frames = _read_frame(stdin)
         if frames is None:  # the parent is gone: export what was received, then stop
-            _stop(exporter, meter_provider)
+            handler.stop()
             return 0
         for frame in frames:
-            kind = frame[0]
-            try:
-                if kind == "spans" and exporter is not None:
-                    exporter.export([span_from_tuple(s, resource) for s in frame[1]])
-                elif kind == "requests":
-                    for scope, describe, facts in frame[1]:
-                        try:
-                            finish_described(runtime_of(scope), describe, facts)
-                        except Exception:
-                            logger.debug("traceai export process: a request record failed", exc_info=True)
-                    if exporter is not None and collected.spans:
-                        exporter.export([span_from_tuple(s, resource) for s in collected.spans])
-                    collected.spans.clear()
-                elif kind == "points":
-                    for (scope, name), value, attributes in frame[1]:
-                        getattr(runtime_of(scope).metrics, name).record(value, attributes)
-                elif kind == "flush":
-                    if exporter is not None:
-                        exporter.force_flush()
-                    meter_provider.force_flush()
-                elif kind == "shutdown":
-                    _stop(exporter, meter_provider)
-            except Exception:
-                logger.warning("traceai export process: %s failed", kind, exc_info=True)
-            if kind in ("flush", "shutdown"):
+            handler.handle(frame)
+            if frame[0] in ("flush", "shutdown"):
                 acks.write(f"{frame[1]}\n")
                 acks.flush()
-            if kind == "shutdown":
+            if frame[0] == "shutdown":
                 return 0
-
-
-def _stop(exporter: Any, meter_provider: Any) -> None:
-    if exporter is not None:
-        exporter.shutdown()
-    meter_provider.shutdown()
 
 
 if __name__ == "__main__":
