@@ -4,8 +4,10 @@ one JSON message a line, and the small statistics they report (medians, quartile
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +57,29 @@ class WorkerProcess:
             self.proc.wait(timeout=10)
         if not self._log.closed:
             self._log.close()
+
+
+def worker_pipe() -> Any:
+    """In a worker: the pipe protocol owns the real stdout (one JSON object a line); everything
+    else that prints goes to stderr (the worker's log). Returns `send(obj)`; `send.flush()` too."""
+    proto = os.fdopen(os.dup(1), "w", buffering=1)
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+
+    def send(obj: dict[str, Any]) -> None:
+        proto.write(json.dumps(obj) + "\n")
+
+    send.flush = proto.flush  # type: ignore[attr-defined]
+    return send
+
+
+def round_order(variants: list[str], r: int) -> list[str]:
+    """The order the workers run in round `r`: rotated every round, reversed every other one."""
+    k = r % len(variants)
+    order = variants[k:] + variants[:k]
+    if r % 2:
+        order.reverse()
+    return order
 
 
 def has_module(python: str, module: str, env: dict[str, str]) -> bool:

@@ -61,7 +61,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _harness import WorkerProcess, fmt, has_module, median, quartiles  # noqa: E402
+from _harness import WorkerProcess, fmt, has_module, median, quartiles, round_order, worker_pipe  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_BENCH_VENV_PYTHON = REPO_ROOT / ".venv-bench" / "bin" / "python"
@@ -289,13 +289,7 @@ def _sdk_floor(telemetry: _Telemetry) -> None:
 
 
 def worker_main(args: argparse.Namespace) -> int:
-    # The pipe protocol owns the real stdout; anything else printing goes to stderr (the worker's log).
-    proto = os.fdopen(os.dup(1), "w", buffering=1)
-    os.dup2(2, 1)
-    sys.stdout = sys.stderr
-
-    def send(obj: dict[str, Any]) -> None:
-        proto.write(json.dumps(obj) + "\n")
+    send = worker_pipe()
 
     try:
         import torch
@@ -573,10 +567,7 @@ def driver_main(args: argparse.Namespace) -> int:
         cpu_samples: dict[str, dict[str, list[list[int]]]] = {v: {m: [] for m in MODES} for v in variants}
         cpu_totals: dict[str, dict[str, list[int]]] = {v: {m: [] for m in MODES} for v in variants}
         for r in range(args.rounds):
-            k = r % len(variants)
-            order = variants[k:] + variants[:k]
-            if r % 2:
-                order.reverse()
+            order = round_order(variants, r)
             for mode in MODES:
                 for v in order:
                     reply = workers[v].request({"cmd": "run", "mode": mode, "n": args.calls})

@@ -77,7 +77,6 @@ import json
 import os
 import re
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -87,7 +86,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _harness import WorkerProcess, fmt, has_module, median, quartiles  # noqa: E402
+from _harness import WorkerProcess, fmt, has_module, median, quartiles, round_order, worker_pipe  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 BENCH_VENV_SITE = (REPO_ROOT / ".venv-bench" / "lib" / f"python{sys.version_info[0]}.{sys.version_info[1]}"
@@ -142,14 +141,8 @@ def make_prompts(n: int) -> list[str]:
 
 # --------------------------------------------------------------------------------------------- worker side
 def worker_main(args: argparse.Namespace) -> int:
-    # The pipe protocol owns the real stdout; everything else that prints goes to stderr (the worker's log).
-    proto = os.fdopen(os.dup(1), "w", buffering=1)
-    os.dup2(2, 1)
-    sys.stdout = sys.stderr
+    send = worker_pipe()
     variant = args.worker
-
-    def send(obj: dict[str, Any]) -> None:
-        proto.write(json.dumps(obj) + "\n")
 
     try:
         from importlib.metadata import version
@@ -278,14 +271,14 @@ def worker_main(args: argparse.Namespace) -> int:
                 break
             else:
                 send({"error": f"unknown command {cmd!r}"})
-        proto.flush()
+        send.flush()
         os._exit(0)  # skip interpreter teardown (vLLM's atexit hooks, engine shutdown): providers are flushed
     except Exception as exc:  # noqa: BLE001
         import traceback
 
         traceback.print_exc()
         send({"error": f"{type(exc).__name__}: {exc}"})
-        proto.flush()
+        send.flush()
         os._exit(1)
 
 
@@ -299,12 +292,7 @@ def same_engine_worker_main(args: argparse.Namespace) -> int:
     exporting OTLP/gRPC to the driver's collector; their export happens after the timed window
     (flush_ns), inside the CPU count (cpu_ns: this process, all threads); the export process's own
     CPU is child_cpu_ns."""
-    proto = os.fdopen(os.dup(1), "w", buffering=1)
-    os.dup2(2, 1)
-    sys.stdout = sys.stderr
-
-    def send(obj: dict[str, Any]) -> None:
-        proto.write(json.dumps(obj) + "\n")
+    send = worker_pipe()
 
     try:
         from opentelemetry import metrics, trace
@@ -416,14 +404,14 @@ def same_engine_worker_main(args: argparse.Namespace) -> int:
                     export_process.close()
                 send({"bye": True})
                 break
-        proto.flush()
+        send.flush()
         os._exit(0)
     except Exception as exc:  # noqa: BLE001
         import traceback
 
         traceback.print_exc()
         send({"error": f"{type(exc).__name__}: {exc}"})
-        proto.flush()
+        send.flush()
         os._exit(1)
 
 
@@ -786,10 +774,7 @@ def driver_main(args: argparse.Namespace) -> int:
 
         results: dict[str, list[dict[str, Any]]] = {v: [] for v in variants}
         for r in range(args.rounds):
-            k = r % len(variants)
-            order = variants[k:] + variants[:k]
-            if r % 2:
-                order.reverse()
+            order = round_order(variants, r)
             for v in order:
                 reply = workers[v].request({"cmd": "run"})
                 _settle(collector)  # the collector's work must not run in the next worker's window
@@ -870,10 +855,7 @@ def _same_engine_driver(args: argparse.Namespace, variants: list[str], python: s
         _settle(collector)
         results: dict[str, list[dict[str, Any]]] = {v: [] for v in variants}
         for r in range(args.rounds):
-            k = r % len(variants)
-            order = variants[k:] + variants[:k]
-            if r % 2:
-                order.reverse()
+            order = round_order(variants, r)
             for v in order:
                 results[v].append(worker.request({"cmd": "run", "variant": v}))
                 _settle(collector)

@@ -39,7 +39,7 @@ from opentelemetry.trace import SpanKind
 
 from fi_evals_core.telemetry import RequestSpan, TelemetryRuntime, handoff, torch_framework_attributes
 from fi_evals_core.telemetry import attributes as A
-from fi_evals_core.telemetry.request import error_type_of
+from fi_evals_core.telemetry.request import error_details
 
 logger = logging.getLogger(__name__)
 
@@ -405,7 +405,6 @@ class RequestTracker:
         headers = tracked.headers
         parent = propagate.extract(headers) if headers else tracked.parent
         prompt_ids = getattr(origin, "prompt_token_ids", None)
-        kind = error_type_of(error) if error is not None else None
         return (
             info.model, info.framework, tracked.operation or _operation_for(external_id, sampling),
             str(external_id), sampling_values(sampling), tracked.n, bool(headers), self.runtime.parent_ids(parent),
@@ -414,7 +413,7 @@ class RequestTracker:
             getattr(child.state, "num_cached_tokens", None), tracked.reasons, child.timing(last_token_ts),
             self.kv_cache_usage, tracked.embedding_dims, tracked.prompt, tracked.texts,
             self.runtime.gpu_end(info.gpu_index) if info.gpu_index is not None else None, tracked.eval_context,
-            kind, (str(error)[:500] or kind) if error is not None else None,
+            *error_details(error),
         )
 
     def scheduler_stats_wrapper(self, wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:

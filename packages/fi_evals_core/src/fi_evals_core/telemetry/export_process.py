@@ -118,43 +118,31 @@ class ExportProcess:
         return not self._dead
 
     def send_spans(self, spans: list[tuple]) -> bool:
-        if self._stopping or not self._ensure_started():
-            self.dropped += len(spans)
-            return False
-        room = MAX_PENDING - len(self._spans)
-        if room < len(spans):
-            self.dropped += len(spans) - max(0, room)
-            spans = spans[:max(0, room)]
-        self._spans.extend(spans)
-        if self._dead:  # it died meanwhile: what is queued will never be sent
-            self._count_queued_as_dropped()
-            return False
-        if len(self._spans) >= SEND_BATCH:
-            with self._cond:
-                self._cond.notify()
-        return True
+        """Ended spans (`span_to_tuple`), exported by the child."""
+        return all([self._enqueue(self._spans, span) for span in spans])
 
     def send_request(self, scope: tuple, describe: Any, facts: Any) -> None:
         """One finished request, made into its span and histograms in the child by
         `request.finish_described(<the scope's runtime there>, describe, facts)`."""
-        record = (scope, describe, facts)
-        if self._stopping or len(self._records) >= MAX_PENDING or not self._ensure_started():
-            self.dropped += 1
-            return
-        self._records.append(record)
-        if self._dead:
-            self._count_queued_as_dropped()
-        elif len(self._records) >= SEND_BATCH:
-            with self._cond:
-                self._cond.notify()
+        self._enqueue(self._records, (scope, describe, facts))
 
     def record(self, point: tuple) -> None:
-        """One histogram point: (scope, instrument, value, attributes). Called on the telemetry
-        worker; a deque append, shipped by the sender thread."""
-        if self._stopping or len(self._points) >= MAX_PENDING or not self._ensure_started():
+        """One histogram point: (scope, instrument, value, attributes), recorded in the child."""
+        self._enqueue(self._points, point)
+
+    def _enqueue(self, queue: deque, item: Any) -> bool:
+        """A deque append for the sender thread, or counted as dropped (bounded, never blocking)."""
+        if self._stopping or len(queue) >= MAX_PENDING or not self._ensure_started():
             self.dropped += 1
-            return
-        self._points.append(point)
+            return False
+        queue.append(item)
+        if self._dead:  # it died meanwhile: what is queued will never be sent
+            self._count_queued_as_dropped()
+            return False
+        if len(queue) >= SEND_BATCH:
+            with self._cond:
+                self._cond.notify()
+        return True
 
     def flush(self, timeout_s: float = 30.0) -> bool:
         """Everything handed over so far is exported by the child (spans sent, metrics collected)."""
@@ -576,39 +564,15 @@ def _read_frame(stream: Any) -> list[tuple] | None:
     return pickle.loads(payload)
 
 
-class _Collected:
-    """Stands in for the ExportProcess behind the child's DirectSpans: span tuples to export."""
+class _Collected(SpanProcessor):
+    """The span processor of the request spans made from records: collects them for one export
+    per frame (the handler's exporter is shared with the span tuples, on one thread)."""
 
     def __init__(self) -> None:
-        self.spans: list[tuple] = []
+        self.spans: list[ReadableSpan] = []
 
-    def send_spans(self, spans: list[tuple]) -> bool:
-        self.spans.extend(spans)
-        return True
-
-
-def _child_runtime(scope: tuple, meter_provider: Any, config: Any, ids_and_sampler: Any,
-                   collected: "_Collected") -> Any:
-    """A TelemetryRuntime for one instrumentation scope, in the export process: its histograms
-    are recorded here, and its finished spans are sampled and given ids as the serving process's
-    provider would (the same sampler, built from the same configuration), then collected for export."""
-    from .runtime import TelemetryRuntime
-
-    class ChildRuntime(TelemetryRuntime):
-        def record_export(self) -> None:
-            return None
-
-        def start_finished_span(self, name: str, kind: Any, context: Any, attributes: dict[str, Any],
-                                start_time: int) -> Any:
-            return start_direct_span(collected, ids_and_sampler, self.scope, name, kind, context, attributes,
-                                     start_time)
-
-    from opentelemetry.trace import NoOpTracerProvider
-
-    runtime = ChildRuntime(scope[0], scope[1], tracer_provider=NoOpTracerProvider(), meter_provider=meter_provider,
-                           config=config)
-    runtime.scope = scope
-    return runtime
+    def on_end(self, span: ReadableSpan) -> None:
+        self.spans.append(span)
 
 
 class _Handler:
@@ -617,35 +581,40 @@ class _Handler:
     (`child_main`), or by the serving process's sender thread when no child could run."""
 
     def __init__(self, config: Any, resource_attributes: dict[str, Any]) -> None:
-        from types import SimpleNamespace
-
         from opentelemetry.sdk.metrics import MeterProvider
         from opentelemetry.sdk.resources import Resource
-        from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
+        from opentelemetry.sdk.trace import TracerProvider
 
         from .setup import _metric_readers, _sampler, _span_exporter
 
         self._config = config
         self._resource = Resource(resource_attributes)
         self._exporter = _span_exporter(config)
-        # shut down by a shutdown frame (the serving process's provider shutdown, or EOF in the child)
+        # Shut down by a shutdown frame (the serving process's provider shutdown, or EOF in the child).
         self._meter_provider = MeterProvider(resource=self._resource, metric_readers=_metric_readers(config),
                                              shutdown_on_exit=False)
-        self._ids_and_sampler = SimpleNamespace(sampler=_sampler(config), id_generator=RandomIdGenerator())
+        # Request spans are sampled and given ids as the serving process's provider would: the same
+        # sampler, built from the same configuration.
+        self._tracer_provider = TracerProvider(resource=self._resource, sampler=_sampler(config),
+                                               shutdown_on_exit=False)
         self._collected = _Collected()
+        self._tracer_provider.add_span_processor(self._collected)
         self._runtimes: dict[tuple, Any] = {}
         self._stopped = False
 
     def _runtime_of(self, scope: tuple) -> Any:  # (name, version[, schema url])
+        from .runtime import TelemetryRuntime
+
         runtime = self._runtimes.get(scope[:2])
         if runtime is None:
-            runtime = self._runtimes[scope[:2]] = _child_runtime(
-                (*scope[:2], None), self._meter_provider, self._config, self._ids_and_sampler, self._collected)
+            runtime = self._runtimes[scope[:2]] = TelemetryRuntime(
+                scope[0], scope[1], tracer_provider=self._tracer_provider, meter_provider=self._meter_provider,
+                config=self._config)
         return runtime
 
-    def _export(self, tuples: list[tuple]) -> None:
-        if self._exporter is not None and tuples:
-            self._exporter.export([span_from_tuple(t, self._resource) for t in tuples])
+    def _export(self, spans: list[ReadableSpan]) -> None:
+        if self._exporter is not None and spans:
+            self._exporter.export(spans)
 
     def handle(self, frame: tuple) -> None:
         from .request import finish_described
@@ -653,7 +622,7 @@ class _Handler:
         kind = frame[0]
         try:
             if kind == "spans":
-                self._export(frame[1])
+                self._export([span_from_tuple(t, self._resource) for t in frame[1]])
             elif kind == "requests":
                 for scope, describe, facts in frame[1]:
                     try:

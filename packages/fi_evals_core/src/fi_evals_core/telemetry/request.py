@@ -201,7 +201,7 @@ class RequestSpan:
         The caller's cost is noting the instant and the GPU allocator counters (host-side, no
         device sync); `finalize` (e.g. counting tokens) runs on the worker before the span ends.
         `cheap_finalize=True` says `finalize` only reads host-side numbers: when the request is
-        handed to the export process as a record (see `_ship`), that is then done right here,
+        handed to the export process as a record (see `_shipped_to`), that is then done right here,
         with no worker hop.
         """
         end_ns = time.perf_counter_ns() if end_ns is None else end_ns
@@ -236,10 +236,7 @@ class RequestSpan:
                 finalize(self)
             except Exception:
                 logger.debug("request finalizer failed", exc_info=True)
-        error_type = message = None
-        if error is not None:
-            error_type = error_type_of(error)
-            message = str(error)[:500] or error_type
+        error_type, message = error_details(error)
         try:
             if process is not None:
                 process.send_request(self.runtime.scope, request_from_record,
@@ -418,8 +415,12 @@ def request_from_record(runtime: Any, record: tuple) -> tuple:
     return request, end_ns, error_type, error_message
 
 
-def error_type_of(error: BaseException) -> str:
-    """The `error.type` of an exception: its qualified class name (the module too, unless builtin)."""
+def error_details(error: BaseException | None) -> tuple[str | None, str | None]:
+    """A failed request's `error.type` (the exception's qualified class name, with its module
+    unless builtin) and status description (its message, or the type); (None, None) for no error."""
+    if error is None:
+        return None, None
     cls = type(error)
     module = cls.__module__
-    return cls.__qualname__ if module in ("builtins", None) else f"{module}.{cls.__qualname__}"
+    error_type = cls.__qualname__ if module in ("builtins", None) else f"{module}.{cls.__qualname__}"
+    return error_type, str(error)[:500] or error_type
