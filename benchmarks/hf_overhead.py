@@ -38,10 +38,12 @@ The A/A row shows how large these figures get when nothing differs.
 Spans (and metric points / log records) are counted per mode and printed, so that an instrumentation that
 silently records nothing cannot pass for a free one.
 
-Interpreter: the workers run under ``--python`` (default: /work/main/.venv-bench/bin/python when it exists,
-made by benchmarks/setup_bench_env.sh, else this interpreter). All variants use the same interpreter so
-that torch, transformers and the OpenTelemetry SDK are identical; a peer that is not installed there is
-skipped with a note.
+Interpreter: the workers run under ``--python`` (default: .venv-bench/bin/python at the repository root
+when it exists, made by benchmarks/setup_bench_env.sh, else this interpreter). All variants use the same
+interpreter so that torch, transformers and the OpenTelemetry SDK are identical; a peer that is not
+installed there is skipped with a note.
+
+Method in detail: benchmarks/README.md. Measured results (date, command, machine): benchmarks/RESULTS.md.
 """
 
 from __future__ import annotations

@@ -12,6 +12,8 @@ completion is either scored or counted as dropped (offered == scored + dropped, 
 
     python benchmarks/inline_eval.py                        # ~2 min on 2 cores
     python benchmarks/inline_eval.py --nli-model PATH       # a real checkpoint for part 2
+
+Measured results (date, command, machine): benchmarks/RESULTS.md.
 """
 
 from __future__ import annotations

@@ -27,8 +27,8 @@ Variants
 - fused: `FusedEncoder` in bf16, packed without padding; attention `auto` (torch's `varlen_attn`,
   FlashAttention-2, where it exists); `fused-triton` forces this package's Triton attention kernel
   (BERT/RoBERTa family); `fused-graphs` (with `--cuda-graphs`) replays CUDA graphs per bucket.
-A pass scores every pair and ends in the per-claim maximum and per-response mean (the fused head
-for the fused variants, vectorized PyTorch for HF's). Each variant: one untimed warm-up pass over all
+A pass scores every pair and ends in the per-claim maximum and per-response mean (vectorized
+PyTorch, the same for every variant). Each variant: one untimed warm-up pass over all
 batches (Triton compiles, cuBLAS picks its kernels),
 then `--repeats` timed passes, variants alternated pass by pass; a pass is timed with CUDA events
 (perf_counter on the CPU). Reported: the median pass in pairs/s, the quartiles, ratios to both HF
@@ -37,6 +37,8 @@ attention products; `fi_evals_core.evals.fused.encoder.count_flops`) over the ca
 rate measured here (an 8192^3 bf16 matmul), i.e. the pairs/s no implementation can beat, and how
 far from it each variant is. Before timing, the fused path is checked against HF eager fp32 on the
 first batch: in fp32 (must agree within 1e-4 relative) and in bf16 (printed).
+
+Measured results (date, card, command): benchmarks/RESULTS.md.
 """
 
 from __future__ import annotations
@@ -60,7 +62,7 @@ import torch  # noqa: E402
 
 
 def fused_modules():
-    """`fi_evals_core.evals.fused` (its encoder and head) from this checkout, without running
+    """`fi_evals_core.evals.fused`'s encoder from this checkout, without running
     `fi_evals_core/__init__.py`: that imports the OpenTelemetry SDK, which GPU images may lack, and
     the fused path needs only torch, triton and transformers. The parent packages are stood in by
     bare package modules pointing at their folders."""
@@ -72,9 +74,9 @@ def fused_modules():
             module = types.ModuleType(name)
             module.__path__ = [str(folder)]
             sys.modules[name] = module
-    from fi_evals_core.evals.fused import encoder, head
+    from fi_evals_core.evals.fused import encoder
 
-    return encoder, head
+    return encoder
 
 DATA = REPO.parent / "shared" / "data" / "qags_xsum.json"
 # QAGS-XSum pair lengths (tokens, estimated as below) in 32-token bins: {bin start: pairs}
@@ -179,7 +181,7 @@ def with_attention(model, dtype: torch.dtype, implementation: str):
 
 def make_batches(model, lengths: list[int], batch_size: int, device: torch.device, seed: int):
     """Length-sorted batches, each as padded HF inputs and as packed fused inputs (same tokens)."""
-    pack = fused_modules()[0].pack
+    pack = fused_modules().pack
 
     g = torch.Generator().manual_seed(seed)
     vocab, pad = model.config.vocab_size, model.config.pad_token_id
@@ -247,7 +249,7 @@ def torch_head(logits, support, contradiction, pair_claim, claim_response):
     n_claims = claim_response.numel()
     claim = torch.zeros(n_claims, device=logits.device).scatter_reduce(
         0, pair_claim, probs[:, support], "amax", include_self=False)
-    if contradiction is not None:  # computed as the fused head computes it (the scores use support only)
+    if contradiction is not None:  # computed as the scorer does (the scores use support only)
         torch.zeros(n_claims, device=logits.device).scatter_reduce(
             0, pair_claim, probs[:, contradiction], "amax", include_self=False)
     n_responses = n_claims and int(claim_response[-1]) + 1
@@ -270,10 +272,9 @@ def relative(out: torch.Tensor, ref: torch.Tensor) -> float:
 def run_model(kind: str, args, device: torch.device, lengths: list[int], rate: float) -> dict:
     """Build, check and time every variant on one model shape. A variant that fails (to build, to
     run, or to compile its kernels) is reported with its error and left out: the run goes on."""
-    encoder, head_module = fused_modules()
+    encoder = fused_modules()
     FusedEncoder, CudaGraphEncoder = encoder.FusedEncoder, encoder.CudaGraphEncoder
     count_flops = encoder.count_flops
-    nli_head = head_module.nli_head
 
     half = torch.bfloat16
     base = build_model(kind, args.smoke, device)
@@ -348,14 +349,12 @@ def run_model(kind: str, args, device: torch.device, lengths: list[int], rate: f
     log(f"{kind}: checked, fp32 {'ok' if ok else 'FAILED'}")
 
     # every pass ends in the per-claim / per-response aggregation (two chunks per claim, one claim
-    # per response as in QAGS-XSum): the fused head for the fused variants, PyTorch ops for HF's
+    # per response as in QAGS-XSum), in PyTorch ops for every variant
     support, contradiction = 1, (0 if base.config.num_labels == 3 else None)
     pair_claim = torch.arange(n_pairs, device=device) // 2
     claim_response = torch.arange((n_pairs + 1) // 2, device=device)
 
     def head(name, logits):
-        if name.startswith("fused"):
-            return nli_head(logits, support, contradiction, pair_claim, claim_response).response_score
         return torch_head(logits, support, contradiction, pair_claim, claim_response)
 
     timer = Timer(device)

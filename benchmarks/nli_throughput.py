@@ -12,7 +12,8 @@ each, timed in turn round after round (the order rotates):
   same items: whole documents, chunked, every (chunk, claim) pair once, sorted, batched.
 * `ours-bf16`: the same with bf16 weights, `MALLOC_MMAP_MAX_=0` and a huge `MALLOC_TRIM_THRESHOLD_` in the
   worker's environment (`ours-bf16-mmap-only`, when named: the first alone).
-* `ours-bf16-eager`: `ours-bf16` with the CPU fast paths off (`FI_EVALS_FUSED=0`): transformers'
+* `ours-bf16-eager`: `ours-bf16` with the CPU fast paths off (`FI_EVALS_FUSED=0`, the older name of
+  `FI_EVALS_ACCELERATION=off`): transformers'
   eager DeBERTa attention (not `fi_evals_core.evals.deberta_cpu`'s) and plain `nn.Linear` (not
   `fi_evals_core.evals.cpu_linear`'s oneDNN-packed weights), for the side-by-side gain.
 * `ours-fp32-eager`: only when named.
@@ -23,6 +24,8 @@ of each variant's items/s to the anchor's.
 
     python benchmarks/nli_throughput.py                 # ~6 min on 2 quiet cores
     python benchmarks/nli_throughput.py --rounds 5 --variants anchor,ours-bf16
+
+Measured results (date, command, machine): benchmarks/RESULTS.md.
 """
 
 from __future__ import annotations

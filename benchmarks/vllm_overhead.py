@@ -67,6 +67,8 @@ and the export process's own CPU per request is printed. It takes the difference
 (memory layout, CPU) out of the figures.
 
 Run it with the project venv's interpreter (the driver needs rotel and opentelemetry-proto for the collector).
+
+Method in detail: benchmarks/README.md. Measured results (date, command, machine): benchmarks/RESULTS.md.
 """
 
 from __future__ import annotations
@@ -158,22 +160,17 @@ def worker_main(args: argparse.Namespace) -> int:
 
         endpoint = args.endpoint
         resource = Resource.create({})  # service.name and bench.variant come from OTEL_* variables
-        meter_provider = MeterProvider(resource=resource, metric_readers=[PeriodicExportingMetricReader(
-            OTLPMetricExporter(endpoint=endpoint, insecure=True), export_interval_millis=3_600_000)])
-        metrics.set_meter_provider(meter_provider)
         tracer_provider: Any = None
+        sink: Any = None
         if variant == "traceai-export-process":  # what register() builds with TRACEAI_EXPORT_PROCESS=1
-            from fi_evals_core.telemetry import TelemetryConfig
-            from fi_evals_core.telemetry.export_process import ExportProcess
-
-            os.environ["OTEL_METRIC_EXPORT_INTERVAL"] = "3600000"  # the child's reader: as the in-process one
-            export_process = ExportProcess(TelemetryConfig.from_env(
-                {"OTEL_EXPORTER_OTLP_ENDPOINT": endpoint, "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"}),
-                dict(resource.attributes))
-            tracer_provider = TracerProvider(resource=resource)
-            tracer_provider.add_span_processor(export_process.span_processor())
+            telemetry = _registered(variant, endpoint, Path(args.worker_tmp))
+            tracer_provider, meter_provider, sink = telemetry.tracer_provider, telemetry.meter_provider, telemetry.sink
+        else:
+            meter_provider = MeterProvider(resource=resource, metric_readers=[PeriodicExportingMetricReader(
+                OTLPMetricExporter(endpoint=endpoint, insecure=True), export_interval_millis=3_600_000)])
+        metrics.set_meter_provider(meter_provider)
+        if tracer_provider is not None:
             trace.set_tracer_provider(tracer_provider)
-            tracer_provider._fi_export_process = meter_provider._fi_export_process = export_process
         elif variant != "vllm-tracing":  # vLLM's own tracing installs its own provider (same pipeline)
             tracer_provider = TracerProvider(resource=resource)
             tracer_provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=endpoint, insecure=True)))
@@ -191,7 +188,7 @@ def worker_main(args: argparse.Namespace) -> int:
             VLLMInstrumentor().instrument(
                 tracer_provider=NoOpTracerProvider() if variant == "traceai-noop-sdk" else tracer_provider,
                 meter_provider=NoOpMeterProvider() if variant in ("traceai-no-metrics", "traceai-noop-sdk")
-                else meter_provider)
+                else meter_provider, telemetry_sink=sink)
             info["version"] = version("traceai-vllm")
             info["tree"] = str(Path(sys.modules["traceai_vllm"].__file__).resolve().parents[4])
         elif variant == "openlit":
@@ -283,7 +280,36 @@ def worker_main(args: argparse.Namespace) -> int:
 
 
 SAME_ENGINE_VARIANTS = ("baseline", "baseline-aa", "traceai", "traceai-export-process", "traceai-no-metrics",
-                        "traceai-noop-sdk")
+                        "traceai-noop-sdk", "traceai-export-process-eval-1pct", "traceai-export-process-eval-100pct")
+# Inline evaluation's sample rate per variant: with the export process it runs there (a random tiny
+# BERT NLI checkpoint; what the serving process pays is shipping the texts).
+EVAL_SAMPLE_RATES = {"traceai-export-process-eval-1pct": "0.01", "traceai-export-process-eval-100pct": "1"}
+
+
+def _registered(variant: str, endpoint: str, tmp: Path) -> Any:
+    """What register() builds for `variant` with TRACEAI_EXPORT_PROCESS=1 (and inline evaluation at
+    the variant's rate): the export process is started now, with that environment."""
+    from fi_evals_core import register
+    from fi_evals_core.telemetry import TelemetryConfig
+
+    overrides = {"OTEL_EXPORTER_OTLP_ENDPOINT": endpoint, "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc",
+                 "OTEL_RESOURCE_ATTRIBUTES": f"bench.variant={variant}", "TRACEAI_EXPORT_PROCESS": "1",
+                 "OTEL_METRIC_EXPORT_INTERVAL": "3600000"}
+    if variant in EVAL_SAMPLE_RATES:
+        sys.path.insert(0, str(REPO_ROOT))
+        from tests.support.tiny_nli import build_nli_checkpoint
+
+        overrides.update({"FI_EVALS_SAMPLE_RATE": EVAL_SAMPLE_RATES[variant], "FI_EVALS_DEVICE": "cpu",
+                          "FI_EVALS_MODEL": str(build_nli_checkpoint(tmp / "tiny-nli", "bert"))})
+    saved = dict(os.environ)
+    os.environ.update(overrides)
+    try:
+        telemetry = register(config=TelemetryConfig.from_env(), set_global=False, instrument=False)
+        telemetry.export_process.flush(120)  # starts the child, which inherits this environment
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    return telemetry
 
 
 def same_engine_worker_main(args: argparse.Namespace) -> int:
@@ -306,29 +332,24 @@ def same_engine_worker_main(args: argparse.Namespace) -> int:
         from opentelemetry.sdk.trace.export import BatchSpanProcessor
         from opentelemetry.trace import NoOpTracerProvider
 
-        from fi_evals_core.telemetry import TelemetryConfig, drain
-        from fi_evals_core.telemetry.export_process import ExportProcess
+        from fi_evals_core.telemetry import drain
         from traceai_vllm import VLLMInstrumentor
 
         endpoint = args.endpoint
-        os.environ["OTEL_METRIC_EXPORT_INTERVAL"] = "3600000"  # the export process's reader: as the others
-        providers: dict[str, tuple[Any, Any]] = {}
-        export_process = None
+        providers: dict[str, tuple[Any, Any, Any]] = {}  # variant -> tracer provider, meter provider, sink
+        export_processes: dict[str, Any] = {}
         for v in SAME_ENGINE_VARIANTS:
+            if v.startswith("traceai-export-process"):
+                telemetry = _registered(v, endpoint, Path(args.worker_tmp))
+                providers[v] = (telemetry.tracer_provider, telemetry.meter_provider, telemetry.sink)
+                export_processes[v] = telemetry.export_process
+                continue
             resource = Resource.create({"bench.variant": v})
             meter_provider = MeterProvider(resource=resource, metric_readers=[PeriodicExportingMetricReader(
                 OTLPMetricExporter(endpoint=endpoint, insecure=True), export_interval_millis=3_600_000)])
             tracer_provider = TracerProvider(resource=resource)
-            if v == "traceai-export-process":  # what register() builds with TRACEAI_EXPORT_PROCESS=1
-                export_process = ExportProcess(TelemetryConfig.from_env(
-                    {"OTEL_EXPORTER_OTLP_ENDPOINT": endpoint, "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"}),
-                    dict(resource.attributes))
-                tracer_provider.add_span_processor(export_process.span_processor())
-                tracer_provider._fi_export_process = meter_provider._fi_export_process = export_process
-            else:
-                tracer_provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=endpoint,
-                                                                                       insecure=True)))
-            providers[v] = (tracer_provider, meter_provider)
+            tracer_provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=endpoint, insecure=True)))
+            providers[v] = (tracer_provider, meter_provider, None)
         trace.set_tracer_provider(providers["baseline"][0])
         metrics.set_meter_provider(providers["baseline"][1])
         instrumentor = VLLMInstrumentor()
@@ -337,18 +358,18 @@ def same_engine_worker_main(args: argparse.Namespace) -> int:
             if instrumentor.is_instrumented_by_opentelemetry:
                 instrumentor.uninstrument()
             if v.startswith("traceai"):
-                tracer_provider, meter_provider = providers[v]
+                tracer_provider, meter_provider, sink = providers[v]
                 instrumentor.instrument(
                     tracer_provider=NoOpTracerProvider() if v == "traceai-noop-sdk" else tracer_provider,
                     meter_provider=NoOpMeterProvider() if v in ("traceai-no-metrics", "traceai-noop-sdk")
-                    else meter_provider)
+                    else meter_provider, telemetry_sink=sink)
 
         def flush(v: str) -> None:
             drain()
             providers[v][0].force_flush()
 
-        def child_cpu_ns() -> int:
-            proc = getattr(export_process, "_proc", None)
+        def child_cpu_ns(v: str) -> int:
+            proc = getattr(export_processes.get(v), "_proc", None)
             if proc is None or proc.poll() is not None:
                 return 0
             fields = Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -385,13 +406,13 @@ def same_engine_worker_main(args: argparse.Namespace) -> int:
                 switch(v)
                 gc.collect()
                 wall0 = time.time_ns()
-                t0, c0, k0 = time.perf_counter_ns(), time.process_time_ns(), child_cpu_ns()
+                t0, c0, k0 = time.perf_counter_ns(), time.process_time_ns(), child_cpu_ns(v)
                 tokens = generate()
                 drain()  # traceai's telemetry thread finishes what is still queued: inside the window
                 t1 = time.perf_counter_ns()
                 wall1 = time.time_ns()
                 flush(v)
-                t2, c2, k2 = time.perf_counter_ns(), time.process_time_ns(), child_cpu_ns()
+                t2, c2, k2 = time.perf_counter_ns(), time.process_time_ns(), child_cpu_ns(v)
                 send({"total_ns": t1 - t0, "generate_ns": t1 - t0, "flush_ns": t2 - t1, "cpu_ns": c2 - c0,
                       "child_cpu_ns": k2 - k0, "tokens": tokens, "wall_start_ns": wall0, "wall_end_ns": wall1})
             elif msg["cmd"] == "warmup":
@@ -400,8 +421,8 @@ def same_engine_worker_main(args: argparse.Namespace) -> int:
                 for v in SAME_ENGINE_VARIANTS:
                     flush(v)
                     providers[v][1].force_flush()
-                if export_process is not None:
-                    export_process.close()
+                for process in export_processes.values():
+                    process.close()
                 send({"bye": True})
                 break
         send.flush()
@@ -588,10 +609,14 @@ def replay_main(args: argparse.Namespace) -> int:
             tracer_provider, span_processor = NoOpTracerProvider(), None
         meter_provider = (MeterProvider(metric_readers=[InMemoryMetricReader()]) if with_metrics
                           else NoOpMeterProvider())
+        sink = None
         if export_process is not None:
-            tracer_provider._fi_export_process = meter_provider._fi_export_process = export_process
+            from fi_evals_core.telemetry import Emitter, ExportProcessSink
+
+            sink = ExportProcessSink(export_process, Emitter(tracer_provider, meter_provider,
+                                                             TelemetryConfig().capture_content))
         runtime = TelemetryRuntime(TRACEAI_SCOPE, "0", tracer_provider=tracer_provider,
-                                   meter_provider=meter_provider, config=TelemetryConfig())
+                                   meter_provider=meter_provider, config=TelemetryConfig(), sink=sink)
         tracker = _engine.RequestTracker(runtime)
         added = []
         for r in range(args.rounds + 1):

@@ -83,7 +83,7 @@ def main() -> int:
     print(f"\nstreamed {len(streamed)} characters\n")
     print(_table(spans))
     print(f"\n{len(spans)} spans went to {telemetry.destination}")
-    if telemetry.inline_evaluation is not None:
+    if telemetry.completion_sink is not None:
         _print_evaluations(shown.get_finished_spans(), spans)
     telemetry.shutdown()
     return 0

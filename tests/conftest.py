@@ -7,8 +7,14 @@ against a real collector (test_otlp_export.py).
 
 from __future__ import annotations
 
-import gc
 import os
+
+# Before anything imports torch (and with it triton): Triton decides interpreter or compiler when
+# its functions are decorated, and these machines have no GPU. The fused kernels' tests run
+# interpreted (test_evals_fused.py); the ahead-of-time GPU compile check runs in a child without it.
+os.environ["TRITON_INTERPRET"] = "1"
+
+import gc  # noqa: E402
 from dataclasses import dataclass
 
 import pytest

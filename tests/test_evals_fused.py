@@ -1,24 +1,21 @@
 """The fused NLI path (fi_evals_core.evals.fused) checked on the CPU: no GPU needed.
 
 - Numerics under Triton's interpreter. Triton decides interpreter or compiler when a function is
-  decorated with `@triton.jit`, including triton's own library functions (`tl.sum`, `tl.max`, ...),
-  decorated when triton is first imported. In a pytest process triton is imported long before this
-  module (transformers imports it through torch._dynamo), so setting TRITON_INTERPRET=1 here would
-  be too late ("Cannot call @triton.jit'd outside of the scope of a kernel"). So the @interpreted
-  tests run in one child pytest of this file started with TRITON_INTERPRET=1
-  (`test_fused_path_under_interpreter`); a process started with it runs them directly. Shapes are
-  tiny (hidden 64, 2 layers, at most 64 positions): interpreted kernels are slow.
-- Compilation for the GPU: every kernel compiled to sm_90 / sm_80 cubins by Triton's bundled ptxas.
+  decorated with `@triton.jit`, including its own library functions, decorated when triton is first
+  imported (transformers imports it through torch._dynamo): so the test session sets
+  TRITON_INTERPRET=1 before anything imports torch (tests/conftest.py), and every test here runs in
+  it. Shapes are tiny (hidden 64, 2 layers, at most 64 positions): interpreted kernels are slow.
+- Compilation for the GPU: every kernel compiled to sm_90 / sm_80 cubins by Triton's bundled ptxas,
+  in a child process without the interpreter (tests/support/triton_aot.py).
 - The GPU benchmark end to end with `--smoke` (tiny shapes, interpreter, in a subprocess).
 
 Inputs are fresh random draws each run, seeded from the clock; every assertion message carries the
-seed, and `FI_EVALS_TEST_SEED=<seed>` replays a failing run (the child gets the parent's seed).
+seed, and `FI_EVALS_TEST_SEED=<seed>` replays a failing run.
 """
 
 from __future__ import annotations
 
 import os
-import re
 import subprocess
 import sys
 import time
@@ -34,31 +31,13 @@ from transformers import AutoModelForSequenceClassification  # noqa: E402
 from fi_evals_core.evals.fused import (  # noqa: E402
     FusedEncoder,
     fused_forward_available,
-    nli_head,
-    nli_head_reference,
     unsupported_reason,
     use_fused,
 )
 from fi_evals_core.evals.fused.encoder import CudaGraphEncoder  # noqa: E402
-from fi_evals_core.evals.fused.head import _segments, aggregate, empty_outputs  # noqa: E402
 
-INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
-CHILD = os.environ.get("FI_EVALS_FUSED_TEST_CHILD") == "1"
-
-
-def interpreted(test):
-    """Defined only in the TRITON_INTERPRET=1 child of test_fused_path_under_interpreter (not skipped
-    in the parent: not collected there)."""
-    return test if INTERPRETED else None
-
-
-def compiled(test):
-    """Defined only where the kernels are compiled, not interpreted (the parent process)."""
-    return None if INTERPRETED else test
-
-
-def parent_only(test):
-    return None if CHILD else test
+if os.environ.get("TRITON_INTERPRET", "0") in ("", "0"):  # never skipped: the session must set it
+    raise RuntimeError("tests/test_evals_fused.py needs TRITON_INTERPRET=1 from the start (tests/conftest.py)")
 SEED = int(os.environ.get("FI_EVALS_TEST_SEED") or time.time_ns() % 2**31)
 MAX_POSITIONS = 64
 TOLERANCE = 1e-4  # relative: norm of the difference over norm of the reference
@@ -121,19 +100,26 @@ def lengths_many(salt):
 
 def test_use_fused_decision(models, monkeypatch):
     bert = models("bert")
+    monkeypatch.delenv("FI_EVALS_ACCELERATION", raising=False)
     monkeypatch.delenv("FI_EVALS_FUSED", raising=False)
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     assert fused_forward_available(bert)
     assert use_fused(bert, "cuda") and use_fused(bert, torch.device("cuda", 0))
     assert not use_fused(bert, "cpu")
-    monkeypatch.setenv("FI_EVALS_FUSED", "1")
+    monkeypatch.setenv("FI_EVALS_ACCELERATION", "on")
     assert not use_fused(bert, "cpu"), "never on the CPU without the interpreter"
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     assert use_fused(bert, "cpu")
-    monkeypatch.setenv("FI_EVALS_FUSED", "0")
+    monkeypatch.setenv("FI_EVALS_ACCELERATION", "off")
     assert not use_fused(bert, "cuda") and not use_fused(bert, "cpu")
-    monkeypatch.setenv("FI_EVALS_FUSED", "maybe")
-    with pytest.raises(ValueError, match="FI_EVALS_FUSED"):
+    monkeypatch.setenv("FI_EVALS_ACCELERATION", "maybe")
+    with pytest.raises(ValueError, match="FI_EVALS_ACCELERATION='maybe' is not valid"):
+        use_fused(bert, "cuda")
+    monkeypatch.delenv("FI_EVALS_ACCELERATION")
+    monkeypatch.setenv("FI_EVALS_FUSED", "0")  # the older name still works, and is named in errors
+    assert not use_fused(bert, "cuda")
+    monkeypatch.setenv("FI_EVALS_FUSED", "sometimes")
+    with pytest.raises(ValueError, match="FI_EVALS_FUSED='sometimes' is not valid"):
         use_fused(bert, "cuda")
     monkeypatch.delenv("FI_EVALS_FUSED")
 
@@ -172,9 +158,6 @@ def test_pack_and_limits(models):
         with pytest.raises(ValueError, match="longer than"):
             encoder([list(range(5, 6 + MAX_POSITIONS))])
     assert FusedEncoder(models("deberta-v2")).max_len is None  # relative positions only
-    if not INTERPRETED:
-        with pytest.raises(RuntimeError, match="TRITON_INTERPRET"):
-            FusedEncoder(models("bert"))([[5, 6]])
     assert FusedEncoder(models("bert"))([]).shape == (0, 3)
     with pytest.raises(ValueError, match="no fused forward"):
         FusedEncoder(type("M", (), {"config": type("C", (), {"model_type": "t5"})()})())
@@ -183,7 +166,6 @@ def test_pack_and_limits(models):
 # -- packed encoder vs Hugging Face eager, fp32 ----------------------------------------------------
 
 
-@interpreted
 @pytest.mark.parametrize("family", ["bert", "roberta"])
 def test_packed_logits_match_hf_eager(models, family):
     model = models(family)
@@ -204,8 +186,7 @@ def test_packed_logits_match_hf_eager(models, family):
     assert torch.equal(again, out), f"seed {SEED}"
 
 
-@interpreted
-def test_deberta_packing_and_head_match_pytorch_path(models):
+def test_deberta_packing_matches_pytorch_path(models):
     model = models("deberta-v2")
     encoder = FusedEncoder(model)
     lengths = lengths_many(2)
@@ -214,17 +195,8 @@ def test_deberta_packing_and_head_match_pytorch_path(models):
     out = encoder(seqs, token_type_ids=types)
     err = relative(out, ref)
     assert err <= TOLERANCE, f"deberta-v2 lengths={lengths}: relative error {err:.2e} (seed {SEED})"
-    # the head on its logits: 3 responses, the second without claims
-    pair_claim = torch.tensor([0, 1, 1, 1, 2, 3, 3, 3, 3, 2, 1, 0])
-    pair_claim = pair_claim[torch.randperm(len(lengths), generator=rng(21))]
-    claim_response = torch.tensor([0, 0, 2, 2])
-    fused = nli_head(out, 0, 2, pair_claim, claim_response, n_responses=3)
-    oracle = nli_head_reference(ref, 0, 2, pair_claim, claim_response, n_responses=3)
-    assert torch.allclose(fused.response_score, oracle.response_score, atol=1e-5), f"seed {SEED}"
-    assert torch.allclose(fused.claim_support, oracle.claim_support, atol=1e-5), f"seed {SEED}"
 
 
-@interpreted
 def test_bf16_within_half_precision_of_fp32(models):
     """bf16 weights and activations, fp32 accumulation: as close to fp32 as HF's own bf16 forward."""
     lengths = lengths_many(3)
@@ -238,7 +210,6 @@ def test_bf16_within_half_precision_of_fp32(models):
     assert err <= max(3 * hf_err, 2e-2), f"bf16 fused {err:.2e} vs HF bf16 {hf_err:.2e} (seed {SEED})"
 
 
-@interpreted
 def test_bucketed_static_forward_matches(models):
     """The CUDA-graph buckets' static-shape forward (filler tokens, empty sequence slots), run eagerly."""
     for family in ("bert", "roberta"):
@@ -254,7 +225,6 @@ def test_bucketed_static_forward_matches(models):
 # -- kernels: every output element written ------------------------------------------------------------
 
 
-@interpreted
 def test_kernels_write_every_element():
     g = rng(50)
     lengths = [1, 16, 17, 40]
@@ -293,118 +263,21 @@ def test_kernels_write_every_element():
     assert torch.allclose(y, torch.nn.functional.gelu(x + bias), atol=1e-6), f"seed {SEED}"
 
 
-@compiled
-@pytest.mark.filterwarnings("ignore:TRITON_DEFAULT_FP_FUSION")
 def test_kernels_compile_for_h100_and_a100():
     """Every kernel, with the launchers' block sizes, compiled to sm_90 and sm_80 cubins by Triton's
-    bundled ptxas: what the interpreter cannot check (loop-carried types, shared memory, registers)."""
-    from fi_evals_core.evals.fused import kernels
-
-    compiled = kernels.compile_for_gpu(90) + kernels.compile_for_gpu(80, dtypes=("bf16",))
-    assert len(compiled) == 20, compiled
-
-
-# -- the fused head ---------------------------------------------------------------------------------
-
-
-def check_head(logits, support, contradiction, pair_claim, claim_response, n_responses):
-    """Fused head vs PyTorch: probabilities to fp32 rounding, the aggregation exactly."""
-    n_claims = claim_response.numel()
-    out = empty_outputs(logits.shape[0], n_claims, n_responses, "cpu", fill=float("nan"))
-    fused = nli_head(logits, support, contradiction, pair_claim, claim_response, n_responses=n_responses,
-                     out=out)
-    for name, value in fused._asdict().items():
-        if value.dtype.is_floating_point:
-            assert not value.isnan().any(), f"{name} not fully written (seed {SEED})"
-        else:
-            assert (value != -(2 ** 31)).all(), f"{name} not fully written (seed {SEED})"
-    oracle = nli_head_reference(logits, support, contradiction, pair_claim, claim_response,
-                                n_responses=n_responses)
-    for name in ("pair_support", "pair_contradiction"):
-        a, b = getattr(fused, name), getattr(oracle, name)
-        assert torch.allclose(a, b, rtol=0, atol=1e-6), f"{name} (seed {SEED})"
-    # the aggregation, exactly: the PyTorch aggregation of the kernel's own pair probabilities
-    order, cu_pairs, cu_claims, _, _ = _segments(pair_claim, claim_response, None, n_responses)
-    again = aggregate(fused.pair_support, fused.pair_contradiction, order, cu_pairs, cu_claims)
-    for name, a, b in zip(fused._fields, fused, again):
-        assert torch.equal(a, b), f"{name}: {a} != {b} (seed {SEED})"
-    return fused, oracle
-
-
-@interpreted
-def test_head_hand_built():
-    # response 0: claim 0 with one chunk, claim 1 with five; response 1: no claims;
-    # response 2: claim 2 without chunks, claim 3 with three chunks that tie
-    logits = torch.tensor([
-        [2.0, 0.0, -1.0],  # claim 1
-        [0.0, 0.0, 3.0],   # claim 3 (tie)
-        [-1.0, 0.5, 0.0],  # claim 0, its only chunk
-        [4.0, 0.0, 0.0],   # claim 1, best support
-        [0.0, 0.0, 3.0],   # claim 3 (tie)
-        [0.0, 1.0, 5.0],   # claim 1, strongest contradiction
-        [1.0, 1.0, 1.0],   # claim 1
-        [0.0, 0.0, 3.0],   # claim 3 (tie)
-        [4.0, 0.0, 0.0],   # claim 1, ties the best: the earlier pair (3) wins
-    ])
-    pair_claim = torch.tensor([1, 3, 0, 1, 3, 1, 1, 3, 1])
-    claim_response = torch.tensor([0, 0, 2, 2])
-    fused, oracle = check_head(logits, 0, 2, pair_claim, claim_response, 3)
-    assert fused.claim_best.tolist() == [2, 3, -1, 1] == oracle.claim_best.tolist()
-    assert fused.claim_worst.tolist() == [2, 5, -1, 1] == oracle.claim_worst.tolist()
-    assert fused.claim_support[2] == 0 and fused.claim_contradiction[2] == 0
-    probs = torch.softmax(logits, -1)
-    assert fused.claim_support.tolist() == pytest.approx(
-        [probs[2, 0].item(), probs[3, 0].item(), 0.0, probs[1, 0].item()], abs=1e-6)
-    # what FactualConsistency computes from the per-claim maxima (a Python sum over claims)
-    claims = fused.claim_support.tolist()
-    assert fused.response_score.tolist() == [(claims[0] + claims[1]) / 2, 0.0, (claims[2] + claims[3]) / 2]
-    assert fused.response_worst.tolist() == [1, -1, 3] == oracle.response_worst.tolist()
-    assert fused.response_contradiction[0] == fused.claim_contradiction[1]
-    # a 2-way checkpoint: no contradiction label, contradiction written as 0
-    two_way = check_head(logits[:, :2], 1, None, pair_claim, claim_response, 3)[0]
-    assert not two_way.pair_contradiction.any() and two_way.response_worst.tolist() == [0, -1, 2]
-
-
-@interpreted
-def test_head_random_segments():
-    """Many claims with one chunk and with many (more than one block of pairs), shuffled pairs."""
-    g = rng(60)
-    n_responses = 7
-    claims_per = torch.randint(0, 5, (n_responses,), generator=g)
-    claim_response = torch.repeat_interleave(torch.arange(n_responses), claims_per)
-    chunks = torch.randint(0, 40, (claim_response.numel(),), generator=g)
-    chunks[: min(3, chunks.numel())] = 1
-    pair_claim = torch.repeat_interleave(torch.arange(chunks.numel()), chunks)
-    pair_claim = pair_claim[torch.randperm(pair_claim.numel(), generator=g)]
-    logits = torch.randn(pair_claim.numel(), 3, generator=g) * 3
-    fused, oracle = check_head(logits, 1, 0, pair_claim, claim_response, n_responses)
-    assert torch.allclose(fused.response_score, oracle.response_score, atol=1e-6), f"seed {SEED}"
-
-
-def test_head_rejects_unordered_claims():
-    with pytest.raises(ValueError, match="non-decreasing"):
-        nli_head(torch.zeros(2, 3), 0, 2, torch.tensor([0, 1]), torch.tensor([1, 0]))
+    bundled ptxas: what the interpreter cannot check (loop-carried types, shared memory, registers).
+    In a child without TRITON_INTERPRET: kernels defined for the interpreter cannot be compiled."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    result = subprocess.run([sys.executable, str(REPO / "tests" / "support" / "triton_aot.py"), "90", "80:bf16"],
+                            cwd=REPO, env=env, capture_output=True, text=True, timeout=280)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    compiled = result.stdout.splitlines()
+    assert len(compiled) == 16 and all(" sm_" in line for line in compiled), compiled  # 4 kernels x (3 + 1)
 
 
 # -- the GPU benchmark, end to end on the CPU ---------------------------------------------------------
 
 
-@compiled
-@parent_only
-def test_fused_path_under_interpreter():
-    """Every @interpreted test of this file, in a child pytest started with TRITON_INTERPRET=1."""
-    env = {**os.environ, "TRITON_INTERPRET": "1", "FI_EVALS_FUSED_TEST_CHILD": "1",
-           "FI_EVALS_TEST_SEED": str(SEED), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")}
-    result = subprocess.run([sys.executable, "-m", "pytest", __file__, "-q", "-rs", "-p", "no:cacheprovider"],
-                            cwd=REPO, env=env, capture_output=True, text=True, timeout=280)
-    report = result.stdout[-6000:] + result.stderr[-3000:]
-    assert result.returncode == 0, f"seed {SEED}\n{report}"
-    passed = re.search(r"(\d+) passed", result.stdout)
-    assert passed and int(passed.group(1)) >= 11, report  # the @interpreted tests ran
-    assert "skipped" not in result.stdout, report
-
-
-@parent_only
 def test_gpu_benchmark_smoke_run(tmp_path):
     """`benchmarks/nli_fused_gpu.py --smoke`: tiny shapes, the interpreter, every variant and the table."""
     env = {**os.environ, "TRITON_INTERPRET": "1", "OMP_NUM_THREADS": "1"}
@@ -416,29 +289,22 @@ def test_gpu_benchmark_smoke_run(tmp_path):
     assert (tmp_path / "out.json").exists()
 
 
-@parent_only
-def test_the_scorer_takes_the_fused_path_when_chosen(nli_checkpoint):
-    """NLIScorer with FI_EVALS_FUSED=1 under the interpreter runs FusedEncoder, with the same scores
-    as the PyTorch path; FI_EVALS_FUSED=0 keeps PyTorch; a bad value names the variable."""
-    script = (
-        "import os, sys\n"
-        "from fi_evals_core.evals import FactualConsistency, NLIScorer\n"
-        "fused = NLIScorer.from_pretrained(sys.argv[1], device='cpu')\n"
-        "os.environ['FI_EVALS_FUSED'] = '0'\n"
-        "plain = NLIScorer.from_pretrained(sys.argv[1], device='cpu')\n"
-        "assert fused.fused is not None and plain.fused is None\n"
-        "doc = 'The council approved a new arena on Tuesday. Tickets go on sale in May. ' * 3\n"
-        "a = FactualConsistency(scorer=fused).evaluate(response='Tickets go on sale in May.', reference=doc)\n"
-        "b = FactualConsistency(scorer=plain).evaluate(response='Tickets go on sale in May.', reference=doc)\n"
-        "assert abs(a.score - b.score) < 1e-5, (a.score, b.score)\n"
-        "os.environ['FI_EVALS_FUSED'] = 'sometimes'\n"
-        "try:\n"
-        "    NLIScorer.from_pretrained(sys.argv[1], device='cpu')\n"
-        "except ValueError as exc:\n"
-        "    assert 'FI_EVALS_FUSED' in str(exc)\n"
-        "    print('OK')\n"
-    )
-    env = {**os.environ, "TRITON_INTERPRET": "1", "FI_EVALS_FUSED": "1"}
-    result = subprocess.run([sys.executable, "-c", script, nli_checkpoint("roberta")], cwd=REPO, env=env,
-                            capture_output=True, text=True, timeout=240)
-    assert result.returncode == 0 and "OK" in result.stdout, result.stdout[-2000:] + result.stderr[-3000:]
+def test_the_scorer_takes_the_fused_path_when_chosen(nli_checkpoint, monkeypatch):
+    """NLIScorer with FI_EVALS_ACCELERATION=on under the interpreter runs FusedEncoder, with the same
+    scores as the PyTorch path; off keeps PyTorch; a bad value names the variable."""
+    from fi_evals_core.evals import FactualConsistency, NLIScorer
+    from fi_evals_core.telemetry import ConfigError
+
+    path = nli_checkpoint("roberta")
+    monkeypatch.setenv("FI_EVALS_ACCELERATION", "on")
+    fused = NLIScorer.from_pretrained(path, device="cpu")
+    monkeypatch.setenv("FI_EVALS_ACCELERATION", "off")
+    plain = NLIScorer.from_pretrained(path, device="cpu")
+    assert fused.fused is not None and plain.fused is None
+    doc = "The council approved a new arena on Tuesday. Tickets go on sale in May. " * 3
+    a = FactualConsistency(scorer=fused).evaluate(response="Tickets go on sale in May.", reference=doc)
+    b = FactualConsistency(scorer=plain).evaluate(response="Tickets go on sale in May.", reference=doc)
+    assert abs(a.score - b.score) < 1e-5, (a.score, b.score)
+    monkeypatch.setenv("FI_EVALS_ACCELERATION", "sometimes")
+    with pytest.raises(ConfigError, match="FI_EVALS_ACCELERATION"):
+        NLIScorer.from_pretrained(path, device="cpu")

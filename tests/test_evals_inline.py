@@ -220,8 +220,11 @@ def test_task_completion_takes_the_task_from_the_context(instrument_with, inline
     assert "covers the expected answer" in span.attributes["gen_ai.evaluation.explanation"]
 
 
+@pytest.mark.parametrize("export_process", ["0", "1"])
 def test_register_turns_it_on_from_the_environment_and_results_reach_a_collector(
-        collector, nli_checkpoint, hf_server, hub_online, monkeypatch):
+        collector, nli_checkpoint, hf_server, hub_online, monkeypatch, export_process):
+    """In-process, and with the export process (which then runs the evaluator: the serving process
+    only ships the texts along with the finished request)."""
     from huggingface_hub import InferenceClient
 
     collector.clear()
@@ -230,17 +233,24 @@ def test_register_turns_it_on_from_the_environment_and_results_reach_a_collector
     monkeypatch.setenv("FI_EVALS_MODEL", nli_checkpoint("bert"))
     monkeypatch.setenv("FI_EVALS_DEVICE", "cpu")
     monkeypatch.setenv("FI_EVALS_COHORT", "canary")
-    env = {**collector.otel_env("grpc"), "OTEL_SERVICE_NAME": "inline-evals", "OTEL_EXPORTER_OTLP_TIMEOUT": "5000"}
+    service = f"inline-evals-{export_process}"
+    env = {**collector.otel_env("grpc"), "OTEL_SERVICE_NAME": service, "OTEL_EXPORTER_OTLP_TIMEOUT": "5000",
+           "TRACEAI_EXPORT_PROCESS": export_process}
     telemetry = register(config=TelemetryConfig.from_env(env), set_global=False)
     try:
-        assert telemetry.inline_evaluation is not None
+        if export_process == "1":  # evaluated in the export process: nothing scores here
+            assert telemetry.completion_sink is None and handoff.get_sink() is None
+            assert telemetry.sink.evaluates_remotely
+        else:
+            assert telemetry.completion_sink is not None and handoff.get_sink() is telemetry.completion_sink
         InferenceClient(base_url=hf_server.base_url).chat_completion(
             [{"role": "user", "content": "Tell me about the quiet house"}], max_tokens=6)
     finally:
         telemetry.shutdown()  # drains request spans, scores the queue, flushes both providers
     assert handoff.get_sink() is None
 
-    spans = collector.wait_for_spans(lambda s: s["name"].startswith(("chat", "evaluation")), count=3, timeout=20)
+    spans = collector.wait_for_spans(lambda s: s["name"].startswith(("chat", "evaluation"))
+                                     and s["resource_attributes"].get("service.name") == service, count=3, timeout=20)
     chat = next(s for s in spans if s["name"].startswith("chat"))
     results = [s for s in spans if s["name"].startswith("evaluation")]
     assert sorted(s["name"] for s in results) == ["evaluation faithfulness", "evaluation groundedness"]
@@ -249,8 +259,9 @@ def test_register_turns_it_on_from_the_environment_and_results_reach_a_collector
         assert span["attributes"]["fi_evals.cohort"] == "canary"
         assert span["attributes"][A.RESPONSE_ID] == chat["attributes"][A.RESPONSE_ID]
     assert "quiet house" not in json.dumps(spans)
-    counts = collector.wait_for_metrics(RESULTS_METRIC, timeout=15)
-    assert counts
+    counts = collector.wait_for_metrics(lambda m: m["name"] == RESULTS_METRIC
+                                        and m["resource_attributes"].get("service.name") == service, timeout=15)
+    assert sum(p["value"] for p in counts[-1]["data_points"]) == 2  # one result per evaluator, counted
 
 
 def test_start_from_config_is_off_at_rate_zero(monkeypatch):

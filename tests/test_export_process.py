@@ -159,7 +159,7 @@ def _request_scenario(runtime, app_span, error=None):
     request.set_response(response_id="r-1", finish_reasons=["length"])
     request.use_engine_latency(0.25, 0.5)
     request.set_attribute(A.VLLM_QUEUE_TIME, 0.125)
-    request.end(error=error, finalize=lambda r: r.set_attribute(A.VLLM_KV_CACHE_USAGE, 0.5), cheap_finalize=True)
+    request.end(error=error, finalize=lambda r: r.set_attribute(A.VLLM_KV_CACHE_USAGE, 0.5))
     batch.end()
     return batch, request
 
@@ -167,11 +167,10 @@ def _request_scenario(runtime, app_span, error=None):
 @pytest.mark.parametrize("sampler", ["parentbased_always_on", "traceidratio"])
 def test_finished_requests_are_made_into_spans_by_the_export_process(tmp_path, sampler):
     """A deferred request that nothing in the serving process needs goes to the export process as a
-    record: the child derives the same attributes, status and parent link as `_finish` would here,
-    with the provider's sampler; its deferred parent (the batch) goes there as a DirectSpan, whose ids
-    the serving process knows."""
-    from fi_evals_core.telemetry import TelemetryRuntime, drain
-    from fi_evals_core.telemetry.export_process import DirectSpan
+    record: the child derives the same attributes, status and parent link as the telemetry worker
+    would here, with the provider's sampler; its deferred parent (the batch), whose ids its child
+    needed, is a span made here and handed over when it ends."""
+    from fi_evals_core.telemetry import ExportProcessSink, TelemetryRuntime, drain
 
     traces = tmp_path / "spans.jsonl"
     env = {"TRACEAI_TRACES_FILE": str(traces), "TRACEAI_EXPORT_PROCESS": "1", "OTEL_TRACES_SAMPLER": sampler,
@@ -179,16 +178,16 @@ def test_finished_requests_are_made_into_spans_by_the_export_process(tmp_path, s
     telemetry = register(config=TelemetryConfig.from_env(env), set_global=False, instrument=False)
     try:
         runtime = TelemetryRuntime("direct-test", "1.2", tracer_provider=telemetry.tracer_provider,
-                                   meter_provider=telemetry.meter_provider, config=telemetry.config)
-        assert runtime.direct_export() is telemetry.export_process
-        assert runtime.record_export() is telemetry.export_process
+                                   meter_provider=telemetry.meter_provider, config=telemetry.config,
+                                   sink=telemetry.sink)
+        assert isinstance(runtime.sink, ExportProcessSink) and runtime.sink.direct
         app = telemetry.tracer_provider.get_tracer("app").start_span("app")  # parentbased: sampled parent
         batch, request = _request_scenario(runtime, app, ValueError("boom"))
         drain()
         app.end()
-        assert request.span is None  # finished in the child, from its record
+        assert request.span is None  # made in the child, from its record
         if sampler == "parentbased_always_on":
-            assert isinstance(batch.span, DirectSpan)  # its child needed its ids here
+            assert batch.span.get_span_context().is_valid  # its child needed its ids here
         # The provider's own flush: once it returns, the child has written the spans.
         assert telemetry.tracer_provider.force_flush()
         lines = traces.read_text().splitlines() if traces.exists() else []
@@ -220,7 +219,7 @@ def test_a_request_finished_in_the_export_process_matches_one_finished_here(coll
     from its record: the same attributes and the same histogram points, at the real collector."""
     from opentelemetry import trace
 
-    from fi_evals_core.telemetry import TelemetryRuntime, drain
+    from fi_evals_core.telemetry import ExportProcessSink, TelemetryRuntime, drain
 
     collector.clear()
     exported = {}
@@ -229,8 +228,9 @@ def test_a_request_finished_in_the_export_process_matches_one_finished_here(coll
         telemetry = register(config=TelemetryConfig.from_env(env), set_global=False, instrument=False)
         try:
             runtime = TelemetryRuntime("record-test", "1", tracer_provider=telemetry.tracer_provider,
-                                       meter_provider=telemetry.meter_provider, config=telemetry.config)
-            assert (runtime.record_export() is not None) == (mode == "1")
+                                       meter_provider=telemetry.meter_provider, config=telemetry.config,
+                                       sink=telemetry.sink)
+            assert isinstance(runtime.sink, ExportProcessSink) == (mode == "1")
             app = trace.NonRecordingSpan(trace.SpanContext(0x1234, 0x5678, is_remote=True,
                                                            trace_flags=trace.TraceFlags(1)))
             _, request = _request_scenario(runtime, app)
@@ -276,8 +276,9 @@ def test_an_extra_span_processor_keeps_sdk_spans(tmp_path):
         memory = InMemorySpanExporter()
         telemetry.tracer_provider.add_span_processor(SimpleSpanProcessor(memory))
         runtime = TelemetryRuntime("direct-test", "1", tracer_provider=telemetry.tracer_provider,
-                                   meter_provider=telemetry.meter_provider, config=telemetry.config)
-        assert runtime.direct_export() is None
+                                   meter_provider=telemetry.meter_provider, config=telemetry.config,
+                                   sink=telemetry.sink)
+        assert not runtime.sink.direct  # request spans are made here now, where the app's processor is
         runtime.start("op", {A.OPERATION_NAME: "op"}, defer_span=True).end()
         drain()
         assert [s.name for s in memory.get_finished_spans()] == ["op"]
@@ -315,7 +316,8 @@ def test_a_request_that_does_not_pickle_is_dropped_alone(tmp_path, caplog):
     telemetry = register(config=TelemetryConfig.from_env(env), set_global=False, instrument=False)
     try:
         runtime = TelemetryRuntime("pickle-test", "1", tracer_provider=telemetry.tracer_provider,
-                                   meter_provider=telemetry.meter_provider, config=telemetry.config)
+                                   meter_provider=telemetry.meter_provider, config=telemetry.config,
+                                   sink=telemetry.sink)
         bad = runtime.start("bad", {A.OPERATION_NAME: "op"}, defer_span=True)
         bad.set_attribute("app.lock", threading.Lock())  # not a valid attribute value, and no pickle
         good = runtime.start("good", {A.OPERATION_NAME: "op"}, defer_span=True)

@@ -8,9 +8,9 @@ ends when the last child finishes, with one finish reason per choice.
 
 The span starts at the request's arrival (vLLM's wall-clock `arrival_time`). On the request path
 the hooks only gather facts: the request and its caller's context when it is added, the timestamps
-as its outputs arrive, the counts and reasons when it finishes (`RequestTracker._facts`). The span
-is made from those facts by `describe_request`, off the request path: on the telemetry worker, or
-in the export process with `TRACEAI_EXPORT_PROCESS=1` (fi_evals_core.telemetry.request.finish_described).
+as its outputs arrive, the counts and reasons when it finishes, frozen then into a
+`FinishedRequest` (`RequestTracker._record`). Its span is made from that value off the request
+path: on the telemetry worker, or in the export process with `TRACEAI_EXPORT_PROCESS=1`.
 
 The latency breakdown (queue, prefill, decode, time to first token) follows vLLM's own definitions
 (`IterationStats.update_from_output`, `OutputProcessor.do_tracing`). When vLLM keeps per-request
@@ -37,9 +37,16 @@ from opentelemetry import propagate
 from opentelemetry.instrumentation.utils import is_instrumentation_enabled
 from opentelemetry.trace import SpanKind
 
-from fi_evals_core.telemetry import RequestSpan, TelemetryRuntime, handoff, torch_framework_attributes
+from fi_evals_core.telemetry import (
+    FinishedRequest,
+    RequestSpan,
+    SpanIds,
+    TelemetryRuntime,
+    error_details,
+    handoff,
+    torch_framework_attributes,
+)
 from fi_evals_core.telemetry import attributes as A
-from fi_evals_core.telemetry.request import error_details
 
 logger = logging.getLogger(__name__)
 
@@ -162,13 +169,13 @@ def _fallback_info(output_processor: Any) -> EngineInfo:
 class Tracked:
     """One traced request, as it arrived (the request, its engine, its caller's context) and, for
     `n > 1`, its children's results so far. Its span is made only when it has finished, from the
-    facts gathered here (`_facts`, `describe_request`), away from the request path."""
+    facts gathered here (`RequestTracker._record`), away from the request path."""
 
     __slots__ = ("origin", "info", "n", "operation", "headers", "parent", "eval_context", "pending", "reasons",
-                 "output_tokens", "max_output_tokens", "embedding_dims", "prompt", "texts")
+                 "output_tokens", "max_output_tokens", "embedding_dims", "prompt", "texts", "evaluated")
 
     def __init__(self, origin: Any, info: "EngineInfo", n: int, operation: str | None, headers: Any, parent: Any,
-                 eval_context: Any, wants_text: bool) -> None:
+                 eval_context: Any, wants_text: bool, evaluated: bool) -> None:
         self.origin = origin  # the (first) EngineCoreRequest
         self.info = info
         self.n = n
@@ -184,6 +191,7 @@ class Tracked:
         # Kept only when content capture or inline evaluation wants the text (references, no copies).
         self.prompt: str | None = None
         self.texts: list[str | None] | None = [None] * n if wants_text else None
+        self.evaluated = evaluated  # inline evaluation is on: the texts are offered to it
 
 
 class Child:
@@ -268,11 +276,11 @@ class RequestTracker:
                 return
         info = engine_infos.get(processor) or _fallback_info(processor)
         n = int(getattr(getattr(parent_req, "sampling_params", None), "n", None) or 1)
-        sink = handoff.get_sink()
+        evaluated = self.runtime.wants_text
         tracked = Tracked(request, info, n, current_operation.get(),
                           getattr(request, "trace_headers", None) or incoming_trace_headers.get(),
-                          self.runtime.current_parent(), handoff.current_eval_context() if sink else None,
-                          sink is not None or self.runtime.content.enabled)
+                          self.runtime.current_parent(), handoff.current_eval_context() if evaluated else None,
+                          evaluated or self.runtime.content.enabled, evaluated)
         if tracked.texts is not None:
             prompt = getattr(state, "prompt", None)
             tracked.prompt = prompt if isinstance(prompt, str) else None
@@ -390,31 +398,62 @@ class RequestTracker:
                 self.awaiting_first.discard(child_id)
         # The facts are read now (the request's state is final once it has finished); its span is
         # made from them on the telemetry worker, or in the export process.
-        self.runtime.finish_off_path(describe_request, self._facts(child, detokenizer is not None, last_token_ts,
-                                                                   now, error))
+        parent = tracked.parent if not tracked.headers else None
+        self.runtime.finish(self._record(child, detokenizer is not None, last_token_ts, now, error),
+                            deferred_parent=parent if isinstance(parent, RequestSpan) else None)
 
-    def _facts(self, child: Child, counted: bool, last_token_ts: float | None, end_wall_ns: int,
-               error: BaseException | None) -> tuple:
-        """Plain values (they may be pickled to the export process) for `describe_request`; the
-        latency breakdown is that of the last child to finish, as vLLM's tracing would give it for
-        that child (aborted and failed requests have no last token)."""
+    def _record(self, child: Child, counted: bool, last_token_ts: float | None, end_wall_ns: int,
+                error: BaseException | None) -> FinishedRequest:
+        """The finished request: started at its arrival, with tokens, finish reasons, vLLM's
+        latency breakdown (that of the last child to finish, as vLLM's tracing would give it for
+        that child; aborted and failed requests have no last token), the KV-cache usage and the
+        framework attributes."""
         tracked, origin = child.tracked, child.tracked.origin
         info = tracked.info
         sampling = getattr(origin, "sampling_params", None)
         external_id = getattr(origin, "external_req_id", None) or origin.request_id
+        operation = tracked.operation or _operation_for(external_id, sampling)
         headers = tracked.headers
         parent = propagate.extract(headers) if headers else tracked.parent
         prompt_ids = getattr(origin, "prompt_token_ids", None)
-        return (
-            info.model, info.framework, tracked.operation or _operation_for(external_id, sampling),
-            str(external_id), sampling_values(sampling), tracked.n, bool(headers), self.runtime.parent_ids(parent),
-            int(child.arrival_time * 1e9), end_wall_ns, len(prompt_ids) if prompt_ids is not None else None,
-            tracked.output_tokens if counted else None, tracked.max_output_tokens or None,
-            getattr(child.state, "num_cached_tokens", None), tracked.reasons, child.timing(last_token_ts),
-            self.kv_cache_usage, tracked.embedding_dims, tracked.prompt, tracked.texts,
-            self.runtime.gpu_end(info.gpu_index) if info.gpu_index is not None else None, tracked.eval_context,
-            *error_details(error),
-        )
+        reasons = [r or "abort" for r in tracked.reasons]
+        ttft, attributes = child.timing(last_token_ts)
+        attributes[A.RESPONSE_ID] = str(external_id)
+        attributes[A.RESPONSE_FINISH_REASONS] = reasons
+        cached = getattr(child.state, "num_cached_tokens", None)
+        if cached is not None:
+            attributes[A.USAGE_CACHE_READ_INPUT_TOKENS] = int(cached)
+        if self.kv_cache_usage is not None:
+            attributes[A.VLLM_KV_CACHE_USAGE] = self.kv_cache_usage
+        if tracked.embedding_dims is not None:
+            attributes[A.EMBEDDINGS_DIMENSION_COUNT] = tracked.embedding_dims
+        input_messages = output_messages = eval_pairs = None
+        texts = tracked.texts
+        if texts is not None:
+            content = self.runtime.content
+            if content.enabled:
+                if tracked.prompt is not None:
+                    input_messages = content.prompt(tracked.prompt)
+                output_messages = content.completions([t or "" for t in texts], reasons)
+            if tracked.evaluated:  # the choices that finished (not aborted)
+                eval_pairs = tuple((tracked.prompt, text) for text, reason in zip(texts, tracked.reasons)
+                                   if text and reason not in (None, "abort")) or None
+        arrival_ns = int(child.arrival_time * 1e9)
+        error_type, error_message = error_details(error)
+        return FinishedRequest(
+            scope=self.runtime.scope, name=f"{operation} {info.model}",
+            kind=(SpanKind.SERVER if headers else SpanKind.INTERNAL).value,
+            parent=None if isinstance(parent, RequestSpan) else SpanIds.of_context(parent),
+            start_attributes=start_attributes(operation, info.model, sampling_values(sampling), tracked.n),
+            start_wall_ns=arrival_ns, duration_ns=max(0, end_wall_ns - arrival_ns), attributes=attributes,
+            framework=info.framework, metrics="server", engine_ttft_s=ttft,
+            engine_decode_s=attributes.get(A.VLLM_DECODE_TIME) if ttft is not None else None,
+            input_tokens=len(prompt_ids) if prompt_ids is not None else None,
+            output_tokens=tracked.output_tokens if counted else None,
+            decode_steps=tracked.max_output_tokens or None,
+            gpu=self.runtime.gpu_end(info.gpu_index) if info.gpu_index is not None else None,
+            input_messages=input_messages, output_messages=output_messages, eval_pairs=eval_pairs,
+            eval_context=tracked.eval_context, error_type=error_type, error_message=error_message)
 
     def scheduler_stats_wrapper(self, wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
         """Keep the KV-cache usage the scheduler reports each step (one attribute read)."""
@@ -486,49 +525,6 @@ class RequestTracker:
         except Exception:
             logger.debug("could not end failed vLLM spans", exc_info=True)
         return wrapped(*args, **kwargs)
-
-
-def describe_request(runtime: TelemetryRuntime, facts: tuple) -> tuple:
-    """A finished request's span, from `RequestTracker._facts`: started at its arrival, with tokens,
-    finish reasons, the latency breakdown, the KV-cache usage and the framework attributes. Runs
-    on the telemetry worker, or in the export process (see request.finish_described)."""
-    (model, framework, operation, external_id, sampling, n, server, parent_ids, arrival_ns, end_wall_ns,
-     input_tokens, output_tokens, decode_steps, cached_tokens, reasons, (ttft, timing), kv_cache_usage,
-     embedding_dims, prompt, texts, gpu_at_end, eval_context, error_type, error_message) = facts
-    request = runtime.start(
-        f"{operation} {model}", start_attributes(operation, model, sampling, n),
-        kind=SpanKind.SERVER if server else SpanKind.INTERNAL, context=runtime.context_from_ids(parent_ids),
-        late_attributes=framework, defer_span=True, start_wall_ns=arrival_ns, metrics="server",
-    )
-    request.use_eval_context(eval_context)
-    request.set_attribute(A.RESPONSE_ID, external_id)
-    request.set_usage(input_tokens=input_tokens, output_tokens=output_tokens, cache_read_input_tokens=cached_tokens,
-                      decode_steps=decode_steps)
-    request.set_response(finish_reasons=[r or "abort" for r in reasons])
-    for key, value in timing.items():
-        request.set_attribute(key, value)
-    if ttft is not None:
-        request.use_engine_latency(ttft, timing.get(A.VLLM_DECODE_TIME))
-    request.set_attribute(A.VLLM_KV_CACHE_USAGE, kv_cache_usage)
-    request.set_attribute(A.EMBEDDINGS_DIMENSION_COUNT, embedding_dims)
-    for key, value in (gpu_at_end or {}).items():
-        request.set_attribute(key, value)
-    if texts is not None:
-        _record_text(request, prompt, texts, reasons)
-    return request, request.start_ns + (end_wall_ns - arrival_ns), error_type, error_message
-
-
-def _record_text(request: RequestSpan, prompt: str | None, texts: list, reasons: list) -> None:
-    """The prompt and each choice's text: exported only with content capture on; handed to inline
-    evaluation (in-process) for choices that finished (not aborted)."""
-    content = request.runtime.content
-    if content.enabled:
-        if prompt is not None:
-            request.record_content(input_json=content.prompt(prompt))
-        request.record_content(output_json=content.completions([t or "" for t in texts], reasons))
-    for text, reason in zip(texts, reasons):
-        if text and reason not in (None, "abort"):
-            request.offer_text(prompt, text)
 
 
 def engine_timing(first_token_latency: float | None, queued_ts: float | None, scheduled_ts: float | None,

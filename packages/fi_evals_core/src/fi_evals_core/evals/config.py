@@ -1,25 +1,29 @@
-"""The evaluators' environment variables, parsed once, in one place.
+"""The evaluators' environment variables, read with the project's one parser (`EnvReader`).
 
 `FI_EVALS_MODEL` names the NLI checkpoint (hub id or local path), `FI_EVALS_DEVICE` where it runs,
 `FI_EVALS_DTYPE` its weights' precision and `FI_EVALS_LABELS` the meaning of its outputs when the
 checkpoint's own `id2label` does not say. Inline evaluation of live traffic: `FI_EVALS_SAMPLE_RATE`
 (0 = off), `FI_EVALS_EVALUATORS`, `FI_EVALS_QUEUE_SIZE`, `FI_EVALS_BATCH_SIZE`, `FI_EVALS_COHORT`.
-A bad value raises `ConfigError` naming the variable.
+`FI_EVALS_ACCELERATION` (auto/on/off; the older name `FI_EVALS_FUSED` still works) is the one
+switch of the scorer's accelerated paths: the fused encoder on GPUs, the oneDNN linears and the
+DeBERTa attention on CPUs. A bad value raises `ConfigError` naming the variable.
 """
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import Mapping
 
-from ..telemetry.config import ConfigError
+from ..telemetry.config import ConfigError, EnvReader
 
 #: Apache-2.0; 3-way NLI (contradiction / entailment / neutral). Model card: 92.38 % accuracy on the
 #: SNLI test set, 90.04 % on MNLI mismatched.
 DEFAULT_MODEL = "cross-encoder/nli-deberta-v3-base"
 DEVICES = "auto, cpu, cuda or cuda:N"
 DTYPES = ("auto", "float32", "bfloat16", "float16")
+#: The evaluators by name (evaluators.EVALUATORS holds their classes under these names).
+EVALUATOR_NAMES = ("factual_consistency", "faithfulness", "groundedness", "task_completion")
+ACCELERATION_VARIABLE = "FI_EVALS_ACCELERATION"
 
 
 @dataclass(frozen=True)
@@ -36,13 +40,8 @@ class EvalsConfig:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "EvalsConfig":
-        env = os.environ if environ is None else environ
-        model = env.get("FI_EVALS_MODEL", "").strip() or DEFAULT_MODEL
-        device = parse_device(env.get("FI_EVALS_DEVICE", "auto"), "FI_EVALS_DEVICE")
-        dtype = env.get("FI_EVALS_DTYPE", "auto").strip().lower() or "auto"
-        if dtype not in DTYPES:
-            raise ConfigError("FI_EVALS_DTYPE", dtype, "one of " + ", ".join(DTYPES))
-        raw_labels = env.get("FI_EVALS_LABELS", "").strip()
+        env = EnvReader(environ)
+        raw_labels = env.text("FI_EVALS_LABELS")
         labels = tuple(part.strip() for part in raw_labels.split(",")) if raw_labels else None
         if labels is not None and (len(labels) not in (2, 3) or not all(labels)):
             raise ConfigError(
@@ -50,33 +49,22 @@ class EvalsConfig:
                 "2 or 3 comma-separated label names in the checkpoint's output order, "
                 "e.g. 'unsupported,supported' or 'contradiction,entailment,neutral'",
             )
-        rate_text = env.get("FI_EVALS_SAMPLE_RATE", "0").strip() or "0"
-        try:
-            sample_rate = float(rate_text)
-        except ValueError:
-            sample_rate = -1.0
-        if not 0.0 <= sample_rate <= 1.0:
-            raise ConfigError("FI_EVALS_SAMPLE_RATE", rate_text, "a number from 0 (off) to 1 (every request)")
-        names = tuple(n.strip() for n in env.get("FI_EVALS_EVALUATORS", "groundedness").split(",") if n.strip())
-        from .evaluators import EVALUATORS  # light: no torch
-
-        unknown = [n for n in names if n not in EVALUATORS]
-        if not names or unknown:
-            raise ConfigError("FI_EVALS_EVALUATORS", env.get("FI_EVALS_EVALUATORS", ""),
-                              "comma-separated evaluator names from " + ", ".join(EVALUATORS))
-        return cls(model=model, device=device, dtype=dtype, labels=labels, sample_rate=sample_rate,
-                   evaluators=names, queue_size=_positive_int(env, "FI_EVALS_QUEUE_SIZE", 1000),
-                   batch_size=_positive_int(env, "FI_EVALS_BATCH_SIZE", 16),
-                   cohort=env.get("FI_EVALS_COHORT", "").strip() or None)
+        return cls(
+            model=env.text("FI_EVALS_MODEL", DEFAULT_MODEL),
+            device=parse_device(env.text("FI_EVALS_DEVICE", "auto"), "FI_EVALS_DEVICE"),
+            dtype=env.choice("FI_EVALS_DTYPE", DTYPES, "auto"),
+            labels=labels,
+            sample_rate=env.number("FI_EVALS_SAMPLE_RATE", 0.0, low=0.0, high=1.0),
+            evaluators=env.names("FI_EVALS_EVALUATORS", EVALUATOR_NAMES, ("groundedness",)),
+            queue_size=env.integer("FI_EVALS_QUEUE_SIZE", 1000, low=1),
+            batch_size=env.integer("FI_EVALS_BATCH_SIZE", 16, low=1),
+            cohort=env.text("FI_EVALS_COHORT"),
+        )
 
 
-def _positive_int(env: Mapping[str, str], name: str, default: int) -> int:
-    text = env.get(name, "").strip()
-    if not text:
-        return default
-    if not text.isdigit() or int(text) < 1:
-        raise ConfigError(name, text, "a whole number of at least 1")
-    return int(text)
+def acceleration(environ: Mapping[str, str] | None = None) -> str:
+    """`FI_EVALS_ACCELERATION` (or the older `FI_EVALS_FUSED`): "auto", "on" or "off"."""
+    return EnvReader(environ).switch(ACCELERATION_VARIABLE, old_name="FI_EVALS_FUSED")
 
 
 def parse_device(value: str, name: str = "device") -> str:

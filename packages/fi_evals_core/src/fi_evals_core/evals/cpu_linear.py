@@ -11,7 +11,7 @@ same outputs in bf16. The FFN's exact-erf GELU runs as the GEMM's post-op (fp32,
 `pack_linears(model)` installs it on every `nn.Linear` of a model on the CPU (in place); the packed
 copy is checked against the weight's storage and version on every call and repacked when the
 weights change (fine-tuning, `load_state_dict`). Training, gradients, other devices or dtypes, and
-a torch without the op run the original `forward`. `FI_EVALS_FUSED=0` turns it off, like every
+a torch without the op run the original `forward`. `FI_EVALS_ACCELERATION=off` turns it off, like every
 accelerated path. The packed copy doubles the linear weights' memory (a base model: ~170 MB in bf16).
 """
 
@@ -21,7 +21,7 @@ import logging
 import types
 from typing import Any
 
-from .fused.select import fused_setting
+from .config import acceleration
 
 logger = logging.getLogger(__name__)
 
@@ -58,12 +58,12 @@ def pack_linears(model: Any) -> Any:
     """Route every `nn.Linear` of `model` (on the CPU) through packed oneDNN weights, fusing an exact
     GELU that directly follows one (`*Intermediate` blocks of BERT, RoBERTa, DeBERTa); returns `model`.
 
-    A no-op when `FI_EVALS_FUSED=0`, when the model is not on the CPU, or when the op is missing.
+    A no-op when `FI_EVALS_ACCELERATION=off`, when the model is not on the CPU, or when the op is missing.
     Sets `model._fi_packed_linears` to the number of layers installed.
     """
     import torch
 
-    if fused_setting() == "0" or not _on_cpu(model) or not available():
+    if acceleration() == "off" or not _on_cpu(model) or not available():
         return model
     count = 0
     for module in model.modules():

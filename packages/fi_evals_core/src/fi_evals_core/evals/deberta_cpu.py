@@ -23,7 +23,7 @@ transpose, add, mask, softmax). Here, per layer:
 (its CPU flash kernel in bf16): 15 % slower per pair than the three ops above at these shapes.
 
 `accelerate_for_cpu(model)` installs it on a loaded DeBERTa-v2/v3 model on the CPU (anything else is
-returned unchanged); `FI_EVALS_FUSED=0` turns it off. Padded query rows get different (unused) values
+returned unchanged); `FI_EVALS_ACCELERATION=off` turns it off. Padded query rows get different (unused) values
 than in eager mode, where they attend uniformly; they never reach an unpadded token's output: padded
 keys are masked for every query, and the classifier reads token 0. Training, `output_attentions`,
 gradients and cross-attention (`query_states`) run the eager forward.
@@ -37,14 +37,14 @@ from typing import Any
 
 import torch
 
-from .fused.select import fused_setting
+from .config import acceleration
 
 HEAD_GROUP = 1  # heads per step of the attention loop: one head's (B, L, L) tensors stay in cache  # query rows / key columns per position-table block
 
 
 def fast_path_enabled() -> bool:
-    """False when `FI_EVALS_FUSED` is 0 (the documented switch for every accelerated path)."""
-    return fused_setting() != "0"
+    """False when `FI_EVALS_ACCELERATION` is off (the one switch of every accelerated path)."""
+    return acceleration() != "off"
 
 
 def supports(model: Any) -> bool:
@@ -67,7 +67,7 @@ def supports(model: Any) -> bool:
 def accelerate_for_cpu(model: Any) -> Any:
     """Install the fast attention on every DeBERTa-v2 self-attention of `model` (in place) and return it.
 
-    A no-op (the model is returned as is) when `FI_EVALS_FUSED=0`, when the model is not a
+    A no-op (the model is returned as is) when `FI_EVALS_ACCELERATION=off`, when the model is not a
     DeBERTa-v2/v3 model, or when it is not on the CPU. Sets `model._fi_cpu_fast = True` when installed.
     """
     if not fast_path_enabled() or not supports(model):

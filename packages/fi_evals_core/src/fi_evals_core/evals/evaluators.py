@@ -19,6 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable, ClassVar, Iterable, Mapping, Sequence
 
+from .config import EVALUATOR_NAMES
 from .result import ClaimResult, EvalResult
 from .scorer import ClaimEvidence, NLIScorer, ScoreRequest, shared_scorer
 from .text import has_words, split_claims
@@ -300,6 +301,7 @@ def _against(claim: ClaimResult) -> str:
 EVALUATORS: dict[str, type[Evaluator]] = {
     cls.name: cls for cls in (FactualConsistency, Faithfulness, Groundedness, TaskCompletion)
 }
+assert tuple(sorted(EVALUATORS)) == tuple(sorted(EVALUATOR_NAMES)), "config.EVALUATOR_NAMES is out of date"
 
 
 def evaluator_class(name: str) -> type[Evaluator]:

@@ -1,9 +1,10 @@
 """Inline evaluation: score a sampled share of live completions in the background and attach the
 results to their traces.
 
-Flow: a request span of a generation operation ends -> on the telemetry worker it offers its prompt
-and completion (telemetry.handoff) -> if its trace id falls in the sampled share, the completion
-goes into a bounded queue (full: dropped and counted, never waited for) -> one background thread
+Flow: a finished request of a generation operation is emitted (telemetry.emit: on the telemetry
+worker, or in the export process, wherever its span is made) -> it offers its prompt and completion
+(telemetry.handoff) -> if its trace id falls in the sampled share, the completion goes into a
+bounded queue (full: dropped and counted, never waited for) -> one background thread
 takes micro-batches across requests, runs each configured evaluator's batched scorer call, and
 emits per result a child span of the evaluated span (`evaluation {name}`, with a
 `gen_ai.evaluation.result` event) plus a score histogram and a pass/fail counter.
@@ -18,7 +19,6 @@ content capture is on; otherwise they carry numbers (score, claim index, probabi
 
 from __future__ import annotations
 
-import atexit
 import logging
 import os
 import queue
@@ -32,8 +32,7 @@ from opentelemetry.trace import NonRecordingSpan, SpanKind, Status, StatusCode, 
 
 from ..telemetry import attributes as A
 from ..telemetry import handoff
-from ..telemetry.worker import drain as drain_telemetry
-from ..telemetry.worker import drain_before_exit_shutdowns, wrap_provider_flushes
+from ..telemetry.worker import finish_queued, hook_flushes
 from .config import EvalsConfig
 from .evaluators import Evaluator, evaluator_class
 from .result import EvalResult
@@ -257,78 +256,50 @@ def explanation(result: EvalResult, may_quote: bool) -> str:
     return text
 
 
-_active: InlineEvaluator | None = None
+class InlineEvaluationExtension:
+    """The `fi_evals_core.completion_sinks` entry point: on when `FI_EVALS_SAMPLE_RATE` > 0.
+    `register()` starts it where request spans are made (this process, or the export process)."""
+
+    def enabled(self) -> bool:
+        return EvalsConfig.from_env().sample_rate > 0
+
+    def start(self, tracer_provider: TracerProvider | None, meter_provider: MeterProvider | None) -> InlineEvaluator:
+        return _from_config(EvalsConfig.from_env(), tracer_provider, meter_provider)
+
+
+extension = InlineEvaluationExtension()
+
+
+def _from_config(config: EvalsConfig, tracer_provider: TracerProvider | None, meter_provider: MeterProvider | None,
+                 evaluators: Sequence[Evaluator] | None = None) -> InlineEvaluator:
+    if evaluators is None:
+        evaluators = [evaluator_class(name)(model=config.model, device=config.device) for name in config.evaluators]
+    return InlineEvaluator(evaluators, sample_rate=config.sample_rate, queue_size=config.queue_size,
+                           batch_size=config.batch_size, cohort=config.cohort,
+                           tracer_provider=tracer_provider, meter_provider=meter_provider)
 
 
 def start_inline_evaluation(tracer_provider: TracerProvider | None = None,
                             meter_provider: MeterProvider | None = None,
                             config: EvalsConfig | None = None,
                             evaluators: Sequence[Evaluator] | None = None) -> InlineEvaluator | None:
-    """Install inline evaluation as configured (FI_EVALS_*); None when the sample rate is 0."""
-    global _active
+    """Install inline evaluation in this process, on the given providers (None: the global ones),
+    as configured (FI_EVALS_*); None when the sample rate is 0. For providers you built yourself:
+    `register()` does this from the environment. The providers' flush and shutdown score what is
+    queued first."""
     config = config or EvalsConfig.from_env()
     stop_inline_evaluation()
     if config.sample_rate <= 0:
         return None
-    if evaluators is None:
-        evaluators = [evaluator_class(name)(model=config.model, device=config.device)
-                      for name in config.evaluators]
-    _install_flush_hooks()
-    _active = InlineEvaluator(evaluators, sample_rate=config.sample_rate, queue_size=config.queue_size,
-                              batch_size=config.batch_size, cohort=config.cohort,
-                              tracer_provider=tracer_provider, meter_provider=meter_provider)
-    handoff.set_sink(_active)
-    drain_before_exit_shutdowns(_at_exit)  # before the providers' exit-time shutdown
-    return _active
+    evaluator = _from_config(config, tracer_provider, meter_provider, evaluators)
+    handoff.set_sink(evaluator)
+    hook_flushes(tracer_provider or trace.get_tracer_provider())
+    hook_flushes(meter_provider or get_meter_provider())
+    return evaluator
 
 
 def stop_inline_evaluation(timeout_s: float = 30.0) -> None:
-    """Finish queued request spans (they may still offer completions), score what is queued within
-    `timeout_s`, count the rest as dropped, and uninstall."""
-    global _active
-    if _active is not None:
-        drain_telemetry()
-        handoff.set_sink(None)
-        _active.shutdown(timeout_s)
-        _active = None
-
-
-def active_inline_evaluation() -> InlineEvaluator | None:
-    return _active
-
-
-FLUSH_TIMEOUT_S = 30.0
-SHUTDOWN_TIMEOUT_S = 10.0
-_hooks_installed = False
-
-
-def _flush_first(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
-    """Provider force_flush/shutdown: finish queued request spans (which offer completions), then
-    score what is queued, so the results go out with this flush. Shutdown scores within a bound
-    and counts the rest as dropped; nothing waits forever."""
-    active = _active
-    if active is not None:
-        try:
-            if wrapped.__name__ == "shutdown":
-                stop_inline_evaluation(SHUTDOWN_TIMEOUT_S)
-            else:
-                drain_telemetry()
-                active.force_flush(FLUSH_TIMEOUT_S)
-        except Exception:
-            logger.debug("inline evaluation flush failed", exc_info=True)
-    return wrapped(*args, **kwargs)
-
-
-def _install_flush_hooks() -> None:
-    global _hooks_installed
-    if _hooks_installed:
-        return
-    _hooks_installed = True
-    wrap_provider_flushes(_flush_first)
-
-
-def _at_exit() -> None:
-    stop_inline_evaluation(SHUTDOWN_TIMEOUT_S)
-
-
-atexit.register(_at_exit)
+    """Emit the requests that have ended (they may still offer completions), score what is queued
+    within `timeout_s`, count the rest as dropped, and uninstall."""
+    if handoff.get_sink() is not None:
+        finish_queued(shutdown=True, timeout_s=timeout_s)

@@ -81,7 +81,7 @@ class NLIScorer:
         # Claims are capped so a chunk keeps at least half of the window.
         self.max_claim_tokens = max(8, (self.max_length - self.special_tokens) // 2)
         # The packed, padding-free Triton encoder (fused/): chosen on CUDA for BERT/RoBERTa-family
-        # checkpoints; FI_EVALS_FUSED=0 keeps the PyTorch path.
+        # checkpoints; FI_EVALS_ACCELERATION=off keeps the PyTorch path.
         from .fused import use_fused  # light: no torch/triton import
 
         self.fused = None
@@ -109,7 +109,7 @@ class NLIScorer:
         model = AutoModelForSequenceClassification.from_pretrained(name, dtype=torch_dtype)
         model.eval().to(target)
         # On the CPU: DeBERTa-v2/v3's faster attention and oneDNN-packed linears, same maths
-        # (FI_EVALS_FUSED=0 turns both off).
+        # (FI_EVALS_ACCELERATION=off turns both off).
         model = pack_linears(accelerate_for_cpu(model))
         scheme = LabelScheme.from_config(model.config.id2label, name,
                                          labels if labels is not None else config.labels)

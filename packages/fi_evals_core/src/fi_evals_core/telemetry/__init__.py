@@ -8,17 +8,23 @@ from .framework import torch_framework_attributes
 from .gpu import DeviceMemory, GpuMemorySource, GpuMonitor
 from .instrumentor import PatchingInstrumentor
 from .patching import Patcher
+from .emit import Emitter
+from .finished import FinishedRequest, SpanIds, error_details
 from .request import RequestSpan
 from .runtime import TelemetryRuntime, set_gpu_memory_source
 from .setup import Telemetry, register
+from .sinks import ExportProcessSink, RequestSink, WorkerSink
 from .streams import ObservedAsyncStream, ObservedStream, StreamObserver
-from .worker import drain, get_worker
+from .worker import drain, finish_queued, get_worker, hook_flushes
 
 __all__ = [
     "ConfigError",
     "ContentCapture",
     "ContentPolicy",
     "DeviceMemory",
+    "Emitter",
+    "ExportProcessSink",
+    "FinishedRequest",
     "GpuMemorySource",
     "GpuMonitor",
     "JsonlSpanExporter",
@@ -26,14 +32,20 @@ __all__ = [
     "ObservedStream",
     "Patcher",
     "PatchingInstrumentor",
+    "RequestSink",
     "RequestSpan",
+    "SpanIds",
     "StreamObserver",
     "Telemetry",
     "TelemetryConfig",
     "TelemetryRuntime",
+    "WorkerSink",
     "attributes",
     "handoff",
     "drain",
+    "error_details",
+    "finish_queued",
+    "hook_flushes",
     "get_worker",
     "get_config",
     "register",

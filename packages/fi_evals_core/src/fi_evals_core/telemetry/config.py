@@ -1,8 +1,10 @@
 """Configuration from environment variables, parsed once, in one place.
 
-Both instrumentors and `register()` read the same `TelemetryConfig`, so a value means the same
-thing everywhere and a bad value fails once, with a message naming the variable and what it
-accepts, instead of being silently replaced by a default deep inside an exporter.
+`EnvReader` is the one parser of every variable this project reads (the telemetry's here, the
+evaluators' in `fi_evals_core.evals.config`), and `ConfigError` its one error: a bad value fails
+once, with a message naming the variable and what it accepts, instead of being silently replaced
+by a default deep inside an exporter. Both instrumentors and `register()` read the same
+`TelemetryConfig`, so a value means the same thing everywhere.
 """
 
 from __future__ import annotations
@@ -81,29 +83,25 @@ class TelemetryConfig:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "TelemetryConfig":
-        env = os.environ if environ is None else environ
-        get = lambda name: (env.get(name) or "").strip()  # noqa: E731 - empty means unset
-
-        protocol = _choice(env, "OTEL_EXPORTER_OTLP_PROTOCOL", OTLP_PROTOCOLS, "grpc")
-        protocol = _choice(env, "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", OTLP_PROTOCOLS, protocol)
-        base_endpoint = _url(env, "OTEL_EXPORTER_OTLP_ENDPOINT")
-        traces_endpoint = _url(env, "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or _signal_endpoint(
+        env = EnvReader(environ)
+        protocol = env.choice("OTEL_EXPORTER_OTLP_PROTOCOL", OTLP_PROTOCOLS, "grpc")
+        protocol = env.choice("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", OTLP_PROTOCOLS, protocol)
+        base_endpoint = env.url("OTEL_EXPORTER_OTLP_ENDPOINT")
+        traces_endpoint = env.url("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or _signal_endpoint(
             base_endpoint, protocol, "traces"
         )
-        metrics_endpoint = _url(env, "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT") or _signal_endpoint(
+        metrics_endpoint = env.url("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT") or _signal_endpoint(
             base_endpoint, protocol, "metrics"
         )
-        traces_exporter = _choice(
-            env, "OTEL_TRACES_EXPORTER", TRACES_EXPORTERS, "otlp" if traces_endpoint else "jsonl"
-        )
+        traces_exporter = env.choice("OTEL_TRACES_EXPORTER", TRACES_EXPORTERS, "otlp" if traces_endpoint else "jsonl")
         if traces_exporter == "otlp" and not traces_endpoint:
             raise ConfigError(
                 "OTEL_TRACES_EXPORTER",
                 "otlp",
                 "otlp needs OTEL_EXPORTER_OTLP_ENDPOINT or OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
             )
-        metrics_exporter = _choice(
-            env, "OTEL_METRICS_EXPORTER", METRICS_EXPORTERS, "otlp" if metrics_endpoint else "none"
+        metrics_exporter = env.choice(
+            "OTEL_METRICS_EXPORTER", METRICS_EXPORTERS, "otlp" if metrics_endpoint else "none"
         )
         if metrics_exporter == "otlp" and not metrics_endpoint:
             raise ConfigError(
@@ -111,28 +109,28 @@ class TelemetryConfig:
                 "otlp",
                 "otlp needs OTEL_EXPORTER_OTLP_ENDPOINT or OTEL_EXPORTER_OTLP_METRICS_ENDPOINT",
             )
-        sampler = _choice(env, "OTEL_TRACES_SAMPLER", SAMPLERS, "parentbased_always_on")
+        sampler = env.choice("OTEL_TRACES_SAMPLER", SAMPLERS, "parentbased_always_on")
         sampler_arg = None
         if sampler.endswith("traceidratio"):
-            sampler_arg = _float(env, "OTEL_TRACES_SAMPLER_ARG", 1.0, low=0.0, high=1.0)
-        headers = _headers(env, "OTEL_EXPORTER_OTLP_HEADERS")
-        headers.update(_headers(env, "OTEL_EXPORTER_OTLP_TRACES_HEADERS"))
+            sampler_arg = env.number("OTEL_TRACES_SAMPLER_ARG", 1.0, low=0.0, high=1.0)
+        headers = env.headers("OTEL_EXPORTER_OTLP_HEADERS")
+        headers.update(env.headers("OTEL_EXPORTER_OTLP_TRACES_HEADERS"))
         return cls(
-            service_name=get("OTEL_SERVICE_NAME") or "unknown_service",
+            service_name=env.text("OTEL_SERVICE_NAME", "unknown_service"),
             traces_exporter=traces_exporter,
             metrics_exporter=metrics_exporter,
             otlp_protocol=protocol,
             otlp_traces_endpoint=traces_endpoint,
             otlp_metrics_endpoint=metrics_endpoint,
             otlp_headers=headers,
-            otlp_timeout_s=_float(env, "OTEL_EXPORTER_OTLP_TIMEOUT", 10_000.0, low=1.0) / 1000.0,
+            otlp_timeout_s=env.number("OTEL_EXPORTER_OTLP_TIMEOUT", 10_000.0, low=1.0) / 1000.0,
             sampler=sampler,
             sampler_arg=sampler_arg,
-            traces_file=Path(get("TRACEAI_TRACES_FILE") or DEFAULT_TRACES_FILE),
-            capture_content=_capture(env),
-            max_content_length=_int(env, "TRACEAI_MAX_CONTENT_LENGTH", 8192, low=1),
-            gpu_poll_interval_s=_float(env, "TRACEAI_GPU_POLL_INTERVAL", 1.0, low=0.01),
-            export_process=parse_flag(env, "TRACEAI_EXPORT_PROCESS", False),
+            traces_file=Path(env.text("TRACEAI_TRACES_FILE", DEFAULT_TRACES_FILE)),
+            capture_content=env.capture(),
+            max_content_length=env.integer("TRACEAI_MAX_CONTENT_LENGTH", 8192, low=1),
+            gpu_poll_interval_s=env.number("TRACEAI_GPU_POLL_INTERVAL", 1.0, low=0.01),
+            export_process=env.flag("TRACEAI_EXPORT_PROCESS", False),
         )
 
 
@@ -156,66 +154,131 @@ def set_config(config: TelemetryConfig | None) -> None:
         _cached = config
 
 
-def _choice(env: Mapping[str, str], name: str, accepted: tuple[str, ...], default: str) -> str:
-    raw = (env.get(name) or "").strip()
-    if not raw:
-        return default
-    value = raw.lower()
-    if value not in accepted:
-        raise ConfigError(name, raw, "accepted values are " + ", ".join(accepted))
-    return value
+class EnvReader:
+    """The one parser of this project's environment variables (OTEL_*, TRACEAI_*, FI_EVALS_*): each
+    method reads one variable, treats empty as unset (the default), and raises `ConfigError` naming
+    the variable and what it accepts."""
+
+    def __init__(self, environ: Mapping[str, str] | None = None) -> None:
+        self.env = os.environ if environ is None else environ
+
+    def text(self, name: str, default: str | None = None) -> str | None:
+        return (self.env.get(name) or "").strip() or default
+
+    def choice(self, name: str, accepted: tuple[str, ...], default: str) -> str:
+        raw = self.text(name)
+        if raw is None:
+            return default
+        value = raw.lower()
+        if value not in accepted:
+            raise ConfigError(name, raw, "accepted values are " + ", ".join(accepted))
+        return value
+
+    def flag(self, name: str, default: bool) -> bool:
+        """An on/off variable: 1/0, true/false, yes/no, on/off."""
+        raw = self.text(name)
+        if raw is None:
+            return default
+        value = raw.lower()
+        if value in _ON:
+            return True
+        if value in _OFF:
+            return False
+        raise ConfigError(name, raw, "accepted values are 1/0, true/false, yes/no, on/off")
+
+    def switch(self, name: str, *, old_name: str | None = None) -> str:
+        """"auto", "on" or "off" (also 1/0, true/false, yes/no); `old_name` is read when `name` is unset."""
+        if old_name is not None and self.text(name) is None and self.text(old_name) is not None:
+            name = old_name
+        raw = self.text(name)
+        if raw is None or raw.lower() == "auto":
+            return "auto"
+        if raw.lower() in _ON:
+            return "on"
+        if raw.lower() in _OFF:
+            return "off"
+        raise ConfigError(name, raw, "accepted values are auto, on (1) or off (0)")
+
+    def integer(self, name: str, default: int, *, low: int) -> int:
+        raw = self.text(name)
+        if raw is None:
+            return default
+        try:
+            value = int(raw)
+        except ValueError:
+            raise ConfigError(name, raw, f"an integer >= {low} is expected") from None
+        if value < low:
+            raise ConfigError(name, raw, f"an integer >= {low} is expected")
+        return value
+
+    def number(self, name: str, default: float, *, low: float, high: float | None = None) -> float:
+        raw = self.text(name)
+        if raw is None:
+            return default
+        expected = f"a number >= {low}" + (f" and <= {high}" if high is not None else "")
+        try:
+            value = float(raw)
+        except ValueError:
+            raise ConfigError(name, raw, expected + " is expected") from None
+        if value != value or value < low or (high is not None and value > high):
+            raise ConfigError(name, raw, expected + " is expected")
+        return value
+
+    def url(self, name: str) -> str | None:
+        raw = self.text(name)
+        if raw is None:
+            return None
+        parsed = urlparse(raw)
+        if parsed.scheme not in ("http", "https") or not parsed.netloc:
+            raise ConfigError(name, raw, "an http:// or https:// URL with a host is expected")
+        return raw.rstrip("/") if parsed.path in ("", "/") else raw
+
+    def names(self, name: str, accepted: tuple[str, ...], default: tuple[str, ...]) -> tuple[str, ...]:
+        """A comma-separated list of names, each one of `accepted`."""
+        raw = self.text(name)
+        if raw is None:
+            return default
+        names = tuple(n.strip() for n in raw.split(",") if n.strip())
+        if not names or any(n not in accepted for n in names):
+            raise ConfigError(name, raw, "comma-separated names from " + ", ".join(accepted))
+        return names
+
+    def headers(self, name: str) -> dict[str, str]:
+        """W3C-baggage-style `key=value,key2=value2`, values URL-encoded (the OTLP exporter format)."""
+        raw = self.text(name)
+        headers: dict[str, str] = {}
+        if raw is None:
+            return headers
+        for item in raw.split(","):
+            if not item.strip():
+                continue
+            key, sep, value = item.partition("=")
+            if not sep or not key.strip():
+                # Never echo the value: headers carry credentials.
+                raise ConfigError(name, "<redacted>", "comma-separated key=value pairs are expected")
+            headers[unquote(key.strip()).lower()] = unquote(value.strip())
+        return headers
+
+    def capture(self, name: str = "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT") -> ContentCapture:
+        raw = self.text(name)
+        if raw is None or raw.lower() == "false":
+            return ContentCapture.NO_CONTENT
+        if raw.lower() == "true":
+            return ContentCapture.SPAN_ONLY
+        try:
+            return ContentCapture(raw.upper())
+        except ValueError:
+            accepted = "true, false, " + ", ".join(m.value for m in ContentCapture)
+            raise ConfigError(name, raw, "accepted values are " + accepted) from None
+
+
+_ON = ("1", "true", "yes", "on")
+_OFF = ("0", "false", "no", "off")
 
 
 def parse_flag(env: Mapping[str, str], name: str, default: bool) -> bool:
-    """An on/off variable: 1/0, true/false, yes/no, on/off; empty means `default`."""
-    raw = (env.get(name) or "").strip()
-    if not raw:
-        return default
-    value = raw.lower()
-    if value in ("1", "true", "yes", "on"):
-        return True
-    if value in ("0", "false", "no", "off"):
-        return False
-    raise ConfigError(name, raw, "accepted values are 1/0, true/false, yes/no, on/off")
-
-
-def _int(env: Mapping[str, str], name: str, default: int, *, low: int) -> int:
-    raw = (env.get(name) or "").strip()
-    if not raw:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ConfigError(name, raw, f"an integer >= {low} is expected") from None
-    if value < low:
-        raise ConfigError(name, raw, f"an integer >= {low} is expected")
-    return value
-
-
-def _float(
-    env: Mapping[str, str], name: str, default: float, *, low: float, high: float | None = None
-) -> float:
-    raw = (env.get(name) or "").strip()
-    if not raw:
-        return default
-    expected = f"a number >= {low}" + (f" and <= {high}" if high is not None else "")
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ConfigError(name, raw, expected + " is expected") from None
-    if value != value or value < low or (high is not None and value > high):
-        raise ConfigError(name, raw, expected + " is expected")
-    return value
-
-
-def _url(env: Mapping[str, str], name: str) -> str | None:
-    raw = (env.get(name) or "").strip()
-    if not raw:
-        return None
-    parsed = urlparse(raw)
-    if parsed.scheme not in ("http", "https") or not parsed.netloc:
-        raise ConfigError(name, raw, "an http:// or https:// URL with a host is expected")
-    return raw.rstrip("/") if parsed.path in ("", "/") else raw
+    """An on/off variable (see `EnvReader.flag`)."""
+    return EnvReader(env).flag(name, default)
 
 
 def _signal_endpoint(base: str | None, protocol: str, signal: str) -> str | None:
@@ -223,34 +286,3 @@ def _signal_endpoint(base: str | None, protocol: str, signal: str) -> str | None
     if base is None:
         return None
     return base if protocol == "grpc" else f"{base}/v1/{signal}"
-
-
-def _headers(env: Mapping[str, str], name: str) -> dict[str, str]:
-    """W3C-baggage-style `key=value,key2=value2`, values URL-encoded (the OTLP exporter format)."""
-    raw = (env.get(name) or "").strip()
-    headers: dict[str, str] = {}
-    if not raw:
-        return headers
-    for item in raw.split(","):
-        if not item.strip():
-            continue
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            # Never echo the value: headers carry credentials.
-            raise ConfigError(name, "<redacted>", "comma-separated key=value pairs are expected")
-        headers[unquote(key.strip()).lower()] = unquote(value.strip())
-    return headers
-
-
-def _capture(env: Mapping[str, str]) -> ContentCapture:
-    name = "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT"
-    raw = (env.get(name) or "").strip()
-    if not raw or raw.lower() == "false":
-        return ContentCapture.NO_CONTENT
-    if raw.lower() == "true":
-        return ContentCapture.SPAN_ONLY
-    try:
-        return ContentCapture(raw.upper())
-    except ValueError:
-        accepted = "true, false, " + ", ".join(m.value for m in ContentCapture)
-        raise ConfigError(name, raw, "accepted values are " + accepted) from None

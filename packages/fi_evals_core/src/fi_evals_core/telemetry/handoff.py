@@ -1,9 +1,11 @@
 """Hand-off of generated text to an in-process consumer (inline evaluation), never via exports.
 
-The telemetry core knows no evaluator: `fi_evals_core.evals.inline` installs a `CompletionSink`
-here, and request spans of generation operations offer their prompt and completion to it after
-the span has ended, on the telemetry worker. With no sink installed (the default) the request path
-pays one `is None` check.
+The telemetry core knows no evaluator. An extension declares a `CompletionSinkFactory` under the
+`fi_evals_core.completion_sinks` entry-point group (inline evaluation does); `register()` starts the
+enabled ones in the process that emits the request spans (this one, or the export process), where
+they are installed here with `set_sink`. Each finished request of a generation operation then
+offers its prompt and completion to the sink after its span has been made (emit.py). With no sink
+installed (the default) the request path pays one `is None` check.
 
 `eval_context(...)` lets the application say what a request's answer should be checked against
 (a reference, retrieved passages, the task, an expected answer); it is read once, when the request
@@ -14,10 +16,14 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import logging
 from dataclasses import dataclass, field
+from importlib.metadata import entry_points
 from typing import Any, Iterator, Mapping, Protocol, Sequence
 
 from opentelemetry.trace import SpanContext
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -48,6 +54,47 @@ class CompletionSink(Protocol):
 
     def offer(self, completion: Completion) -> None:
         """Take the completion or count it dropped; never block, never raise."""
+
+    def force_flush(self, timeout_s: float) -> bool:
+        """Finish what was offered so far (its results emitted); False if `timeout_s` passed."""
+
+    def shutdown(self, timeout_s: float) -> bool:
+        """Finish what was offered within `timeout_s`, count the rest as dropped, stop."""
+
+
+class CompletionSinkFactory(Protocol):
+    """What an entry point of `SINK_ENTRY_POINT_GROUP` names: an extension configured from the
+    environment (read by `enabled`), started where request spans are emitted."""
+
+    def enabled(self) -> bool: ...
+
+    def start(self, tracer_provider: Any, meter_provider: Any) -> CompletionSink: ...
+
+
+SINK_ENTRY_POINT_GROUP = "fi_evals_core.completion_sinks"
+
+
+def enabled_sink_factories() -> list[CompletionSinkFactory]:
+    """The installed completion sinks (inline evaluation) that the environment turns on. A bad
+    setting raises its ConfigError: a misconfigured evaluation is not silently off."""
+    enabled = []
+    for ep in entry_points(group=SINK_ENTRY_POINT_GROUP):
+        factory = ep.load()
+        if factory.enabled():
+            enabled.append(factory)
+    return enabled
+
+
+def start_sink(factories: Sequence[CompletionSinkFactory], tracer_provider: Any,
+               meter_provider: Any) -> CompletionSink | None:
+    """Start the first enabled completion sink in this process and install it (one at a time)."""
+    if not factories:
+        return None
+    if len(factories) > 1:
+        logger.warning("traceai: %d completion sinks are enabled; only the first runs", len(factories))
+    sink = factories[0].start(tracer_provider, meter_provider)
+    set_sink(sink)
+    return sink
 
 
 _current: contextvars.ContextVar[EvalContext | None] = contextvars.ContextVar("fi_evals_context", default=None)

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from opentelemetry import metrics, trace
 from opentelemetry.instrumentation.instrumentor import BaseInstrumentor
 
 from .patching import Patcher
 from .runtime import TelemetryRuntime
-from .worker import drain
+from .worker import drain, hook_flushes
 
 
 class PatchingInstrumentor(BaseInstrumentor):
@@ -24,13 +25,21 @@ class PatchingInstrumentor(BaseInstrumentor):
         raise NotImplementedError
 
     def _instrument(self, **kwargs: Any) -> None:
+        """`tracer_provider`, `meter_provider` (None: the global ones), `config`, and from
+        `register()` the `telemetry_sink` its finished requests go to (otherwise this process's
+        telemetry worker emits them on the providers)."""
+        sink = kwargs.get("telemetry_sink")
         self.runtime = TelemetryRuntime(
             self.scope_name,
             self.scope_version,
             tracer_provider=kwargs.get("tracer_provider"),
             meter_provider=kwargs.get("meter_provider"),
             config=kwargs.get("config"),
+            sink=sink,
         )
+        if sink is None:  # providers register() did not build: their flushes emit what has ended first
+            hook_flushes(kwargs.get("tracer_provider") or trace.get_tracer_provider())
+            hook_flushes(kwargs.get("meter_provider") or metrics.get_meter_provider())
         patcher = Patcher(self.owner, self.strict_modules)
         self.add_targets(patcher, self.runtime)
         patcher.apply()

@@ -3,8 +3,8 @@
 Ending a span costs more than starting it: derived latency figures, attribute validation, the
 span processor hand-off, four metric records, and for local generation the reading of token ids
 (a device-to-host copy on a GPU). The request path only notes the end instant and queues the rest
-here, where it runs in batches. `drain()` runs what is queued and waits: the SDK providers'
-`force_flush()` / `shutdown()` call it first (hooked below), and it runs at interpreter exit.
+here, where it runs in batches. `drain()` runs what is queued and waits: the providers' own
+`force_flush()` / `shutdown()` call it first (`hook_flushes`), and it runs at interpreter exit.
 """
 
 from __future__ import annotations
@@ -13,10 +13,13 @@ import atexit
 import logging
 import os
 import threading
+import weakref
 from collections import deque
 from typing import Callable
 
 import wrapt
+
+from . import handoff
 
 logger = logging.getLogger(__name__)
 
@@ -82,9 +85,8 @@ def get_worker() -> TelemetryWorker:
     if _worker is None:
         with _worker_lock:
             if _worker is None:
-                _install_flush_hooks()
                 _worker = TelemetryWorker()
-                drain_before_exit_shutdowns(_drain_at_exit)
+                drain_before_exit_shutdowns(_finish_queued_at_exit)
     return _worker
 
 
@@ -110,26 +112,54 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_forget_worker_after_fork)
 
 
-def _drain_first(wrapped: Callable, instance: object, args: tuple, kwargs: dict) -> object:
-    drain()
+def hook_flushes(provider: object) -> None:
+    """Make `provider.force_flush()` / `shutdown()` first finish what has ended and is still queued
+    (here, and in inline evaluation), so code that flushes its providers (tests, serverless
+    handlers, exit hooks) never misses a request that ended a moment before. Only the provider
+    given is hooked (an instance attribute, once); the SDK's classes are left alone."""
+    if (provider is None or not hasattr(provider, "force_flush") or provider in _hooked
+            or getattr(type(provider), "finishes_queued_first", False)):  # register()'s own do it themselves
+        return
+    try:
+        _hooked.add(provider)
+    except TypeError:  # not weak-referenceable
+        return
+    for method in ("force_flush", "shutdown"):
+        try:
+            wrapt.wrap_function_wrapper(provider, method, _finish_queued_first)
+        except Exception:
+            logger.debug("could not hook %s.%s", type(provider).__name__, method, exc_info=True)
+    drain_before_exit_shutdowns(_finish_queued_at_exit)
+
+
+_hooked: "weakref.WeakSet[object]" = weakref.WeakSet()
+
+
+def _finish_queued_first(wrapped: Callable, instance: object, args: tuple, kwargs: dict) -> object:
+    finish_queued(shutdown=wrapped.__name__ == "shutdown")
     return wrapped(*args, **kwargs)
 
 
-def _install_flush_hooks() -> None:
-    """Make the SDK providers' own `force_flush()` / `shutdown()` drain the queue first, so code
-    that flushes its providers (tests, serverless handlers, exit hooks) never misses a request
-    that ended a moment before. Installed once, with the worker; harmless when nothing is queued."""
-    wrap_provider_flushes(_drain_first)
+def finish_queued(shutdown: bool = False, timeout_s: float = 30.0) -> bool:
+    """Emit every request that has ended, then have the in-process completion sink (inline
+    evaluation) score what it holds; at shutdown, within a bound, and it is stopped."""
+    done = drain(min(timeout_s, 10.0))
+    sink = handoff.get_sink()
+    if sink is not None:
+        try:
+            if shutdown:
+                handoff.set_sink(None)
+                done = sink.shutdown(min(timeout_s, 10.0)) and done
+            else:
+                done = sink.force_flush(timeout_s) and done
+        except Exception:
+            logger.debug("inline evaluation flush failed", exc_info=True)
+            return False
+    return done
 
 
-def wrap_provider_flushes(wrapper: Callable[..., object]) -> None:
-    """Wrap `force_flush` and `shutdown` of the SDK's TracerProvider and MeterProvider (wrapt)."""
-    for module, cls in (("opentelemetry.sdk.trace", "TracerProvider"), ("opentelemetry.sdk.metrics", "MeterProvider")):
-        for method in ("force_flush", "shutdown"):
-            try:
-                wrapt.wrap_function_wrapper(module, f"{cls}.{method}", wrapper)
-            except Exception:
-                logger.debug("could not hook %s.%s.%s", module, cls, method, exc_info=True)
+def _finish_queued_at_exit() -> None:
+    finish_queued(shutdown=True, timeout_s=5.0)
 
 
 def drain(timeout_s: float = 10.0) -> bool:
@@ -137,8 +167,4 @@ def drain(timeout_s: float = 10.0) -> bool:
     return _worker.drain(timeout_s) if _worker is not None else True
 
 
-def _drain_at_exit() -> None:
-    drain(5.0)
-
-
-atexit.register(_drain_at_exit)  # for providers created after the worker started (see drain_before_exit_shutdowns)
+atexit.register(_finish_queued_at_exit)  # for providers created after the worker started (see drain_before_exit_shutdowns)

@@ -49,7 +49,7 @@ relative-position embeddings inside the score matrix, which neither kernel above
 - not supported (`fused_forward_available` is False, the scorer keeps the PyTorch path): DeBERTa-v2
   with a convolution layer (`conv_kernel_size`, e.g. deberta-v2-xlarge) or an embedding projection.
 
-The per-claim / per-response aggregation is `head.nli_head`, for every family.
+The softmax and the per-claim aggregation stay in the scorer: a few numbers per claim, on the host.
 """
 
 from __future__ import annotations

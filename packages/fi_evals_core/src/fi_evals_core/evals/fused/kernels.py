@@ -20,12 +20,9 @@ Kernels
   folded in); with neither bias nor residual it is a plain LayerNorm.
 - `embed_layernorm`: word + position + token-type embedding rows gathered per packed token and
   normalized, in one pass.
-- `nli_head`: classifier logits -> softmax -> support / contradiction probability per pair ->
-  per-claim maximum over its chunks -> per-response mean of claim support and maximum of claim
-  contradiction, one program per response, every output element written.
 
-`compile_for_gpu(capability)` compiles them all for an NVIDIA GPU without one (Triton's bundled
-ptxas): the CPU tests use it for sm_90 (H100) and sm_80 (A100).
+The CPU tests compile them all for sm_90 (H100) and sm_80 (A100) with Triton's bundled ptxas, no
+GPU needed (tests/support/triton_aot.py).
 """
 
 from __future__ import annotations
@@ -265,140 +262,28 @@ def embed_layernorm(ids: torch.Tensor, positions: torch.Tensor | None, types: to
     return out
 
 
-# -- the NLI head ---------------------------------------------------------------------------------
+# -- the launchers' contract, for ahead-of-time compilation -------------------------------------------
 
 
-@triton.jit
-def _running_max(values, live, slot, best, best_at):
-    """Fold a block into a running (maximum, first slot holding it): ties go to the earlier slot."""
-    values = tl.where(live, values, -1.0)
-    block_best = tl.max(values, axis=0)
-    block_at = tl.min(tl.where(values == block_best, slot, 2147483647), axis=0)
-    take = block_best > best
-    return tl.where(take, block_best, best), tl.where(take, block_at, best_at)
-
-
-@triton.jit
-def _nli_head_kernel(LOGITS, stride_logits, n_labels, support_label, contra_label,
-                     ORDER, CU_PAIRS, CU_CLAIMS,
-                     PAIR_SUP, PAIR_CON, CLAIM_SUP, CLAIM_BEST, CLAIM_CON, CLAIM_WORST,
-                     RESP_SCORE, RESP_CON, RESP_WORST,
-                     BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
-    resp = tl.program_id(0)
-    c0 = tl.load(CU_CLAIMS + resp)
-    c1 = tl.load(CU_CLAIMS + resp + 1)
-    cols = tl.arange(0, BLOCK_C)
-    col_mask = cols < n_labels
-    total = tl.zeros([1], dtype=tl.float64).sum(axis=0)  # fp64, summed in claim order
-    resp_con = tl.zeros([1], dtype=tl.float32).sum(axis=0)
-    resp_worst = tl.zeros([1], dtype=tl.int32).sum(axis=0) - 1
-    for claim in range(c0, c1):
-        p0 = tl.load(CU_PAIRS + claim)
-        p1 = tl.load(CU_PAIRS + claim + 1)
-        best = tl.zeros([1], dtype=tl.float32).sum(axis=0) - 1.0
-        best_at = tl.zeros([1], dtype=tl.int32).sum(axis=0) - 1
-        worst = tl.zeros([1], dtype=tl.float32).sum(axis=0) - 1.0
-        worst_at = tl.zeros([1], dtype=tl.int32).sum(axis=0) - 1
-        for first in range(p0, p1, BLOCK_P):
-            slot = first + tl.arange(0, BLOCK_P)
-            live = slot < p1
-            pair = tl.load(ORDER + slot, mask=live, other=0)
-            x = tl.load(LOGITS + pair.to(tl.int64)[:, None] * stride_logits + cols[None, :],
-                        mask=live[:, None] & col_mask[None, :], other=0.0).to(tl.float32)
-            x = tl.where(col_mask[None, :], x, float("-inf"))  # rows past the claim: finite, never stored
-            x = x - tl.max(x, axis=1)[:, None]
-            e = tl.where(col_mask[None, :], tl.exp(x), 0.0)
-            denom = tl.sum(e, axis=1)
-            sup = tl.sum(tl.where(cols[None, :] == support_label, e, 0.0), axis=1) / denom
-            con = tl.sum(tl.where(cols[None, :] == contra_label, e, 0.0), axis=1) / denom
-            tl.store(PAIR_SUP + pair, sup, mask=live)
-            tl.store(PAIR_CON + pair, con, mask=live)
-            best, best_at = _running_max(sup, live, slot, best, best_at)
-            worst, worst_at = _running_max(con, live, slot, worst, worst_at)
-        has = best_at >= 0
-        best_pair = tl.load(ORDER + tl.where(has, best_at, 0), mask=has, other=-1)
-        worst_pair = tl.load(ORDER + tl.where(has, worst_at, 0), mask=has, other=-1)
-        best = tl.where(has, best, 0.0)  # a claim without chunks: support 0, contradiction 0
-        worst = tl.where(has, worst, 0.0)
-        tl.store(CLAIM_SUP + claim, best)
-        tl.store(CLAIM_BEST + claim, tl.where(has, best_pair, -1))
-        tl.store(CLAIM_CON + claim, worst)
-        tl.store(CLAIM_WORST + claim, tl.where(has, worst_pair, -1))
-        total += best.to(tl.float64)
-        take = worst > resp_con
-        resp_worst = tl.where(take | (resp_worst < 0), claim, resp_worst)
-        resp_con = tl.where(take, worst, resp_con)
-    n = c1 - c0
-    tl.store(RESP_SCORE + resp, tl.where(n > 0, total / tl.maximum(n, 1).to(tl.float64), 0.0))
-    tl.store(RESP_CON + resp, resp_con)
-    tl.store(RESP_WORST + resp, resp_worst)
-
-
-def nli_head_launch(logits: torch.Tensor, support_label: int, contra_label: int, order: torch.Tensor,
-                    cu_pairs: torch.Tensor, cu_claims: torch.Tensor,
-                    outputs: dict[str, torch.Tensor]) -> None:
-    n_responses = cu_claims.numel() - 1
-    if n_responses == 0:
-        return
-    _nli_head_kernel[(n_responses,)](
-        logits, logits.stride(0), logits.shape[1], support_label, contra_label, order, cu_pairs, cu_claims,
-        outputs["pair_support"], outputs["pair_contradiction"], outputs["claim_support"],
-        outputs["claim_best"], outputs["claim_contradiction"], outputs["claim_worst"],
-        outputs["response_score"], outputs["response_contradiction"], outputs["response_worst"],
-        **head_meta(logits.shape[1], INTERPRETED))
-
-
-def head_meta(n_labels: int, interpreted: bool) -> dict:
-    return {"BLOCK_P": 16 if interpreted else 64, "BLOCK_C": _pow2(n_labels, 2),
-            "num_warps": 1 if interpreted else 2}
-
-
-# -- ahead-of-time compilation (no GPU needed) --------------------------------------------------------
-
-
-def compile_for_gpu(capability: int = 90, dtypes: tuple[str, ...] = ("bf16", "fp16", "fp32"),
-                    head_dim: int = 64, hidden: int = 1024, n_labels: int = 3) -> list[str]:
-    """Compile every kernel to a cubin for an NVIDIA GPU of `capability` (90: H100, 80: A100) with
-    the launch options the launchers use, through Triton's bundled ptxas: no GPU or driver needed,
-    so the CPU tests catch what the interpreter cannot (typing of loop-carried values, shared
-    memory, register limits). Returns a line per kernel compiled; raises on the first failure."""
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
-
-    if INTERPRETED:
-        raise RuntimeError("kernels were defined under TRITON_INTERPRET=1: nothing to compile")
-    target = GPUTarget("cuda", capability, 32)
-    done = []
-
-    def build(kernel, signature: dict, meta: dict) -> None:
-        meta = dict(meta)
-        options = {k: meta.pop(k) for k in ("num_warps", "num_stages") if k in meta}
-        signature = {**signature, **{name: "constexpr" for name in meta}}
-        compiled = triton.compile(ASTSource(fn=kernel, signature=signature, constexprs=meta), target=target,
-                                  options=options)
-        done.append(f"{kernel.__name__} sm_{capability} {dt}: {compiled.metadata.shared} B shared memory")
-
-    torch_types = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-    for dt in dtypes:
-        build(_varlen_attention_kernel,
-              {"QKV": f"*{dt}", "OUT": f"*{dt}", "CU": "*i32", "stride_qkv": "i32", "stride_out": "i32",
-               "hidden": "i32", "qk_scale": "fp32"}, attention_meta(head_dim, torch_types[dt], False))
-        build(_bias_gelu_kernel, {"X": f"*{dt}", "BIAS": f"*{dt}", "n_elements": "i32", "n_cols": "i32"},
-              gelu_meta(False))
-        rows = {"n_rows": "i32"}
-        build(_layernorm_kernel,
-              {**{name: f"*{dt}" for name in ("X", "BIAS", "RES", "W", "B", "OUT")}, **rows,
-               "stride_x": "i32", "stride_res": "i32", "stride_out": "i32", "n_cols": "i32", "eps": "fp32"},
-              {"HAS_BIAS": True, "HAS_RES": True, **rows_meta(hidden, False)})
-        build(_embed_layernorm_kernel,
-              {"IDS": "*i64", "POS": "*i64", "TYPES": "*i64",
-               **{name: f"*{dt}" for name in ("WORD", "POSW", "TYPEW", "W", "B", "OUT")}, **rows,
-               "stride_out": "i32", "n_cols": "i32", "eps": "fp32"},
-              {"HAS_POS": True, "HAS_TYPE": True, **rows_meta(hidden, False)})
-        build(_nli_head_kernel,
-              {"LOGITS": f"*{dt}", "stride_logits": "i32", "n_labels": "i32", "support_label": "i32",
-               "contra_label": "i32", "ORDER": "*i32", "CU_PAIRS": "*i32", "CU_CLAIMS": "*i32",
-               "PAIR_SUP": "*fp32", "PAIR_CON": "*fp32", "CLAIM_SUP": "*fp32", "CLAIM_BEST": "*i32",
-               "CLAIM_CON": "*fp32", "CLAIM_WORST": "*i32", "RESP_SCORE": "*fp64", "RESP_CON": "*fp32",
-               "RESP_WORST": "*i32"}, head_meta(n_labels, False))
-    return done
+def launch_specs(dtype: str, head_dim: int = 64, hidden: int = 1024) -> list[tuple]:
+    """(kernel, argument types, compile-time constants) of every kernel as its launcher calls it,
+    for storage type `dtype` ("bf16", "fp16", "fp32"): what compiling them for a GPU without one
+    needs (tests/support/triton_aot.py compiles them for sm_90 and sm_80 with Triton's ptxas)."""
+    torch_type = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[dtype]
+    rows = {"n_rows": "i32"}
+    return [
+        (_varlen_attention_kernel,
+         {"QKV": f"*{dtype}", "OUT": f"*{dtype}", "CU": "*i32", "stride_qkv": "i32", "stride_out": "i32",
+          "hidden": "i32", "qk_scale": "fp32"}, attention_meta(head_dim, torch_type, False)),
+        (_bias_gelu_kernel, {"X": f"*{dtype}", "BIAS": f"*{dtype}", "n_elements": "i32", "n_cols": "i32"},
+         gelu_meta(False)),
+        (_layernorm_kernel,
+         {**{name: f"*{dtype}" for name in ("X", "BIAS", "RES", "W", "B", "OUT")}, **rows,
+          "stride_x": "i32", "stride_res": "i32", "stride_out": "i32", "n_cols": "i32", "eps": "fp32"},
+         {"HAS_BIAS": True, "HAS_RES": True, **rows_meta(hidden, False)}),
+        (_embed_layernorm_kernel,
+         {"IDS": "*i64", "POS": "*i64", "TYPES": "*i64",
+          **{name: f"*{dtype}" for name in ("WORD", "POSW", "TYPEW", "W", "B", "OUT")}, **rows,
+          "stride_out": "i32", "n_cols": "i32", "eps": "fp32"},
+         {"HAS_POS": True, "HAS_TYPE": True, **rows_meta(hidden, False)}),
+    ]

@@ -7,6 +7,8 @@ import importlib.util
 import os
 from typing import Any
 
+from ..config import acceleration
+
 # model_type -> (attribute of the base model on the *ForSequenceClassification, family)
 ABSOLUTE_FAMILIES = {"bert": "bert", "roberta": "roberta", "xlm-roberta": "roberta"}
 RELATIVE_FAMILIES = {"deberta-v2": "deberta-v2"}
@@ -54,34 +56,21 @@ def fused_forward_available(model: Any) -> bool:
     return unsupported_reason(model) is None and importlib.util.find_spec("triton") is not None
 
 
-def fused_setting() -> str:
-    """`FI_EVALS_FUSED` as `auto`, `0` or `1`: the one switch of every accelerated path (this fused
-    GPU encoder and the CPU DeBERTa attention). Anything else is an error naming the variable."""
-    setting = os.environ.get("FI_EVALS_FUSED", "auto").strip().lower()
-    if setting in ("0", "false", "no", "off"):
-        return "0"
-    if setting in ("1", "true", "yes", "on"):
-        return "1"
-    if setting in ("", "auto"):
-        return "auto"
-    raise ValueError(f"FI_EVALS_FUSED={setting!r} is not valid: 0 (PyTorch path), 1 or auto")
-
-
 def use_fused(model: Any, device: Any) -> bool:
     """Whether the scorer should run `model` through the fused path on `device`.
 
-    `FI_EVALS_FUSED=0` forces the PyTorch path; unset (or `auto`), the fused path is chosen on CUDA
-    for supported checkpoints; `FI_EVALS_FUSED=1` also asks for it on the CPU, which is honoured only
-    under Triton's interpreter (`TRITON_INTERPRET=1`, for tests: interpreted kernels are slow).
-    On the CPU without `TRITON_INTERPRET` the fused path is never chosen.
+    `FI_EVALS_ACCELERATION=off` forces the PyTorch path; unset (or `auto`), the fused path is chosen
+    on CUDA for supported checkpoints; `on` also asks for it on the CPU, which is honoured only under
+    Triton's interpreter (`TRITON_INTERPRET=1`, for tests: interpreted kernels are slow). On the CPU
+    without `TRITON_INTERPRET` the fused path is never chosen.
     """
-    setting = fused_setting()
-    if setting == "0":
+    setting = acceleration()
+    if setting == "off":
         return False
     kind = getattr(device, "type", None) or str(device).split(":")[0]
     if kind == "cuda":
         return fused_forward_available(model)
     interpreted = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
-    if kind == "cpu" and setting == "1" and interpreted:
+    if kind == "cpu" and setting == "on" and interpreted:
         return fused_forward_available(model)
     return False

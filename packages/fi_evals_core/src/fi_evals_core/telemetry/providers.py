@@ -1,0 +1,140 @@
+"""The OpenTelemetry SDK pieces the configuration asks for, built in one place: the sampler, the
+span exporter, the metric readers, and the providers `register()` builds. The export process
+builds its own from the same functions and the same configuration, so both decide alike.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any, Callable
+
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import (
+    ConsoleMetricExporter,
+    MetricReader,
+    PeriodicExportingMetricReader,
+)
+from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace.export import ConsoleSpanExporter, SpanExporter
+from opentelemetry.sdk.trace.sampling import (
+    ALWAYS_OFF,
+    ALWAYS_ON,
+    DEFAULT_OFF,
+    DEFAULT_ON,
+    ParentBasedTraceIdRatio,
+    Sampler,
+    TraceIdRatioBased,
+)
+
+from .config import ConfigError, TelemetryConfig
+from .exporters import JsonlSpanExporter
+from .worker import finish_queued
+
+
+class RegisteredTracerProvider(TracerProvider):
+    """The tracer provider `register()` builds: its flush and shutdown first emit the requests that
+    have ended (and score what inline evaluation holds), and it says when the application adds a
+    span processor of its own (`on_processor_added`), so request spans can be made where that
+    processor sees them."""
+
+    finishes_queued_first = True
+    on_processor_added: Callable[[], None] | None = None
+
+    def add_span_processor(self, span_processor: SpanProcessor) -> None:
+        super().add_span_processor(span_processor)
+        if self.on_processor_added is not None:
+            self.on_processor_added()
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        queued = finish_queued(timeout_s=timeout_millis / 1000)
+        return super().force_flush(timeout_millis) and queued
+
+    def shutdown(self) -> None:
+        finish_queued(shutdown=True)
+        super().shutdown()
+
+
+class RegisteredMeterProvider(MeterProvider):
+    """The meter provider `register()` builds: flushed after the requests that have ended recorded
+    their histogram points."""
+
+    finishes_queued_first = True
+
+    def force_flush(self, timeout_millis: float = 10_000) -> bool:
+        queued = finish_queued(timeout_s=timeout_millis / 1000)
+        return super().force_flush(timeout_millis) and queued
+
+    def shutdown(self, timeout_millis: float = 30_000) -> None:
+        finish_queued(shutdown=True)
+        super().shutdown(timeout_millis)
+
+
+def sampler(config: TelemetryConfig) -> Sampler:
+    name = config.sampler
+    if name == "traceidratio":
+        return TraceIdRatioBased(config.sampler_arg if config.sampler_arg is not None else 1.0)
+    if name == "parentbased_traceidratio":
+        return ParentBasedTraceIdRatio(config.sampler_arg if config.sampler_arg is not None else 1.0)
+    return {
+        "always_on": ALWAYS_ON,
+        "always_off": ALWAYS_OFF,
+        "parentbased_always_on": DEFAULT_ON,
+        "parentbased_always_off": DEFAULT_OFF,
+    }[name]
+
+
+def span_exporter(config: TelemetryConfig) -> SpanExporter | None:
+    kind = config.traces_exporter
+    if kind == "none":
+        return None
+    if kind == "console":
+        return ConsoleSpanExporter()
+    if kind == "jsonl":
+        return JsonlSpanExporter(config.traces_file)
+    return _otlp_exporter(config, "traces", config.otlp_traces_endpoint)
+
+
+def span_destination(config: TelemetryConfig) -> str:
+    """Where `span_exporter(config)` sends, in words (for the user)."""
+    return {
+        "none": "nowhere (OTEL_TRACES_EXPORTER=none)",
+        "console": "the console",
+        "jsonl": f"{config.traces_file.resolve()}",
+    }.get(config.traces_exporter, f"OTLP {config.otlp_protocol} {config.otlp_traces_endpoint}")
+
+
+def metric_readers(config: TelemetryConfig) -> list[MetricReader]:
+    if config.metrics_exporter == "none":
+        return []
+    if config.metrics_exporter == "console":
+        return [PeriodicExportingMetricReader(ConsoleMetricExporter())]
+    exporter = _otlp_exporter(config, "metrics", config.otlp_metrics_endpoint)
+    return [PeriodicExportingMetricReader(exporter)]
+
+
+_OTLP_EXPORTERS = {
+    ("grpc", "traces"): ("opentelemetry.exporter.otlp.proto.grpc.trace_exporter", "OTLPSpanExporter"),
+    ("grpc", "metrics"): ("opentelemetry.exporter.otlp.proto.grpc.metric_exporter", "OTLPMetricExporter"),
+    ("http/protobuf", "traces"): ("opentelemetry.exporter.otlp.proto.http.trace_exporter", "OTLPSpanExporter"),
+    ("http/protobuf", "metrics"): ("opentelemetry.exporter.otlp.proto.http.metric_exporter", "OTLPMetricExporter"),
+}
+
+
+def _otlp_exporter(config: TelemetryConfig, signal: str, endpoint: str | None) -> Any:
+    module_name, class_name = _OTLP_EXPORTERS[(config.otlp_protocol, signal)]
+    try:
+        exporter_class = getattr(importlib.import_module(module_name), class_name)
+    except ImportError as exc:
+        raise ConfigError(
+            "OTEL_EXPORTER_OTLP_PROTOCOL",
+            config.otlp_protocol,
+            f"its exporter is not installed ({exc.name}); pip install 'fi-evals-core[otlp]'",
+        ) from exc
+    kwargs: dict[str, Any] = {
+        "endpoint": endpoint,
+        "headers": dict(config.otlp_headers) or None,
+        "timeout": config.otlp_timeout_s,
+    }
+    if config.otlp_protocol == "grpc" and endpoint:
+        kwargs["insecure"] = endpoint.startswith("http://")
+    return exporter_class(**kwargs)
