@@ -17,7 +17,8 @@ import pytest
 from fi_evals_core.evals import FactualConsistency, NLIScorer
 from fi_evals_core.evals.dataset import Dataset
 from fi_evals_core.evals.generate import generate_responses
-from fi_evals_core.evals.regression import compare, newcombe_interval, wilson_interval
+from fi_evals_core.evals.dataset import compare
+from fi_evals_core.evals.regression import newcombe_interval, wilson_interval
 
 DOCS = [
     ("The cat sat on the mat. The mat was red and the room was warm.", "The cat sat on a red mat.", "animals"),

@@ -176,7 +176,7 @@ def _generation_device(device: str | None) -> str | None:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from .regression import compare
+    from .dataset import compare
 
     for path in (args.baseline, args.candidate):
         if not Path(path).is_file():

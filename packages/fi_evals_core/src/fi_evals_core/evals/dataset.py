@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping, Sequence
 
 from .evaluators import Evaluator, evaluator_class
-from .regression import Comparison, cohort_key, compare
+from .regression import Comparison, cohort_key, compare_results, evaluation_names
 from .result import EvalResult
 
 if TYPE_CHECKING:
@@ -332,14 +332,30 @@ def result_columns(name: str, result: EvalResult) -> dict[str, Any]:
     return {f"{name}.{field}": data[field] for field in RESULT_FIELDS}
 
 
-def evaluation_names(rows: Sequence[Mapping[str, Any]]) -> list[str]:
-    """Evaluations present in results rows: prefixes N with both `N.passed` and `N.score` columns."""
-    names: dict[str, None] = {}
-    for row in rows:
-        for key in row:
-            if key.endswith(".passed") and f"{key[:-len('.passed')]}.score" in row:
-                names.setdefault(key[:-len(".passed")])
-    return list(names)
+def compare(baseline: "Dataset | str | Path", candidate: "Dataset | str | Path", max_delta: float = 0.02,
+            by: str | Sequence[str] | None = None, confidence: float = 0.95,
+            evaluations: Sequence[str] | None = None) -> Comparison:
+    """Pass-rate change per evaluation and cohort, with Newcombe intervals and regression flags.
+
+    Each side is a `Dataset` that has run (or been read with `from_results`) or a results file
+    path. Evaluations default to those present on both sides (`regression.compare_results`).
+    """
+    base_rows, base_label = _results(baseline, "baseline")
+    cand_rows, cand_label = _results(candidate, "candidate")
+    return compare_results(base_rows, cand_rows, base_label=base_label, cand_label=cand_label, max_delta=max_delta,
+                           by=by, confidence=confidence, evaluations=evaluations)
+
+
+def _results(side: Any, role: str) -> tuple[list[Mapping[str, Any]], str]:
+    if isinstance(side, (str, Path)):
+        side = Dataset.from_results(side)
+    if not isinstance(side, Dataset):
+        raise TypeError(f"{role} must be a Dataset or a results file path, got {type(side).__name__}")
+    if side.results is None:
+        raise ValueError(f"the {role} dataset has no results: run() it first")
+    checkpoints = list(dict.fromkeys(str(r["checkpoint"]) for r in side.results if r.get("checkpoint") is not None))
+    label = checkpoints[0] if len(checkpoints) == 1 else (side.source or role)
+    return side.results, label
 
 
 def pick_evaluation(names: Sequence[str], evaluation: str | None) -> str:

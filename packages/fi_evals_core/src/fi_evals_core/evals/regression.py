@@ -28,12 +28,8 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from statistics import NormalDist
-from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
-
-if TYPE_CHECKING:
-    from .dataset import Dataset
+from typing import Any, Iterable, Mapping, Sequence
 
 METHOD = "Newcombe hybrid score interval (Wilson, no continuity correction)"
 OVERALL = "(all)"
@@ -181,22 +177,17 @@ def compare_counts(evaluation: str, column: str | None, value: Any, baseline: Si
                          significant=high < 0 or low > 0, regression=change < -max_delta and high < 0)
 
 
-def compare(baseline: "Dataset | str | Path", candidate: "Dataset | str | Path", max_delta: float = 0.02,
-            by: str | Sequence[str] | None = None, confidence: float = 0.95,
-            evaluations: Sequence[str] | None = None) -> Comparison:
-    """Pass-rate change per evaluation and cohort, with Newcombe intervals and regression flags.
-
-    Each side is a `Dataset` that has run (or been read with `from_results`) or a results file
-    path. Evaluations default to those present on both sides.
-    """
+def compare_results(base_rows: Sequence[Mapping[str, Any]], cand_rows: Sequence[Mapping[str, Any]], *,
+                    base_label: str = "baseline", cand_label: str = "candidate", max_delta: float = 0.02,
+                    by: str | Sequence[str] | None = None, confidence: float = 0.95,
+                    evaluations: Sequence[str] | None = None) -> Comparison:
+    """Pass-rate change per evaluation and cohort between two sets of results rows, with Newcombe
+    intervals and regression flags (`dataset.compare` takes Datasets or results files). Evaluations
+    default to those present on both sides."""
     if isinstance(max_delta, bool) or not isinstance(max_delta, (int, float)) or not 0 <= max_delta < 1:
         raise ValueError(f"max_delta must be a number from 0 to 1 (0.02 = 2 points), got {max_delta!r}")
     z_value(confidence)
     columns = [by] if isinstance(by, str) else list(by or [])
-    base_rows, base_label = _results(baseline, "baseline")
-    cand_rows, cand_label = _results(candidate, "candidate")
-    from .dataset import evaluation_names
-
     base_names, cand_names = evaluation_names(base_rows), evaluation_names(cand_rows)
     if evaluations is None:
         names = [n for n in base_names if n in cand_names]
@@ -228,18 +219,14 @@ def compare(baseline: "Dataset | str | Path", candidate: "Dataset | str | Path",
                       candidate_label=cand_label, skipped_evaluations=skipped)
 
 
-def _results(side: Any, role: str) -> tuple[list[Mapping[str, Any]], str]:
-    from .dataset import Dataset
-
-    if isinstance(side, (str, Path)):
-        side = Dataset.from_results(side)
-    if not isinstance(side, Dataset):
-        raise TypeError(f"{role} must be a Dataset or a results file path, got {type(side).__name__}")
-    if side.results is None:
-        raise ValueError(f"the {role} dataset has no results: run() it first")
-    checkpoints = list(dict.fromkeys(str(r["checkpoint"]) for r in side.results if r.get("checkpoint") is not None))
-    label = checkpoints[0] if len(checkpoints) == 1 else (side.source or role)
-    return side.results, label
+def evaluation_names(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Evaluations present in results rows: prefixes N with both `N.passed` and `N.score` columns."""
+    names: dict[str, None] = {}
+    for row in rows:
+        for key in row:
+            if key.endswith(".passed") and f"{key[:-len('.passed')]}.score" in row:
+                names.setdefault(key[:-len(".passed")])
+    return list(names)
 
 
 def _count(rows: Iterable[Mapping[str, Any]], name: str) -> Side:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import Any, Callable, Protocol, Sequence
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
@@ -27,12 +27,23 @@ from opentelemetry.trace import Span, SpanKind
 from . import attributes as A
 from . import handoff
 from .finished import FinishedRequest, SpanIds, error_details
+from .sinks import RequestSink
 from .worker import get_worker
 
-if TYPE_CHECKING:
-    from .runtime import TelemetryRuntime
-
 logger = logging.getLogger(__name__)
+
+
+class RequestOwner(Protocol):
+    """What a request needs of the runtime that started it (runtime.TelemetryRuntime)."""
+
+    scope: tuple[str, str]
+    tracer: trace.Tracer
+    sink: RequestSink
+
+    @property
+    def wants_text(self) -> bool: ...
+
+    def gpu_end(self, index: int) -> dict[str, Any]: ...
 
 
 class RequestSpan:
@@ -43,7 +54,7 @@ class RequestSpan:
         "_engine_decode_s", "_metrics", "_eval_on", "_eval_context", "_eval_texts", "encloses", "_ended", "_lock",
     )
 
-    def __init__(self, runtime: "TelemetryRuntime", name: str, kind: SpanKind, parent: Any,
+    def __init__(self, runtime: RequestOwner, name: str, kind: SpanKind, parent: Any,
                  start_attributes: dict[str, Any], start_wall_ns: int, start_ns: int, *, gpu_index: int | None = None,
                  metrics: str | None = "client", framework: dict[str, Any] | None = None,
                  span: Span | None = None) -> None:
