@@ -14,6 +14,11 @@ from typing import Any
 from opentelemetry import metrics as otel_metrics
 from opentelemetry import trace
 from opentelemetry.metrics import MeterProvider
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import Event, ReadableSpan, SpanProcessor
+from opentelemetry.sdk.trace.id_generator import IdGenerator
+from opentelemetry.sdk.trace.sampling import Sampler
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode, TracerProvider
 
 from . import attributes as A
@@ -28,15 +33,66 @@ logger = logging.getLogger(__name__)
 METRIC_KEYS = (A.OPERATION_NAME, A.PROVIDER_NAME, A.REQUEST_MODEL, A.SERVER_ADDRESS, A.SERVER_PORT)
 
 
+class DirectSpans:
+    """Finished spans made straight from records and handed to one span processor, with no SDK
+    `Span` in between: for the export process, whose provider and processor are its own. Ids and
+    the sampling decision are taken as `Tracer.start_span` takes them (the provider's id generator
+    and sampler); the attribute values are the ones emit() built (valid OpenTelemetry types)."""
+
+    def __init__(self, sampler: Sampler, id_generator: IdGenerator, resource: Resource,
+                 processor: SpanProcessor) -> None:
+        self.sampler = sampler
+        self.id_generator = id_generator
+        self.resource = resource
+        self.processor = processor
+        self._scopes: dict[tuple[str, str], InstrumentationScope] = {}
+
+    def emit(self, record: FinishedRequest, attrs: dict[str, Any], event: dict[str, str] | None) -> trace.SpanContext:
+        parent = record.parent.span_context() if record.parent is not None else None
+        if parent is None:
+            trace_id = self.id_generator.generate_trace_id()
+            random_trace_id = self.id_generator.is_trace_id_random()
+        else:
+            trace_id = parent.trace_id
+            random_trace_id = parent.trace_flags.random_trace_id
+        kind = SpanKind(record.kind)
+        result = self.sampler.should_sample(record.parent.as_parent() if record.parent is not None else None,
+                                            trace_id, record.name, kind, record.start_attributes, ())
+        flags = trace.TraceFlags.SAMPLED if result.decision.is_sampled() else trace.TraceFlags.DEFAULT
+        if random_trace_id:
+            flags |= trace.TraceFlags.RANDOM_TRACE_ID
+        context = trace.SpanContext(trace_id, self.id_generator.generate_span_id(), is_remote=False,
+                                    trace_flags=trace.TraceFlags(flags), trace_state=result.trace_state)
+        if not result.decision.is_recording():
+            return context
+        scope = self._scopes.get(record.scope)
+        if scope is None:
+            scope = self._scopes[record.scope] = InstrumentationScope(*record.scope)
+        attributes = dict(result.attributes or {})  # the start attributes, as the sampler returns them
+        attributes.update(attrs)
+        end = record.end_wall_ns
+        self.processor.on_end(ReadableSpan(
+            name=record.name, context=context, parent=parent, resource=self.resource, attributes=attributes,
+            events=(Event(A.CONTENT_EVENT, event, end),) if event else (), kind=kind,
+            status=Status(StatusCode.ERROR, record.error_message) if record.error_type is not None else _UNSET,
+            start_time=record.start_wall_ns, end_time=end, instrumentation_scope=scope))
+        return context
+
+
+_UNSET = Status(StatusCode.UNSET)
+
+
 class Emitter:
     """Makes spans and histogram points of finished requests on the given providers (None: the
-    global ones), one tracer and one set of GenAI instruments per instrumentation scope."""
+    global ones), one tracer and one set of GenAI instruments per instrumentation scope; request
+    spans go straight to `direct` when given (the export process)."""
 
     def __init__(self, tracer_provider: TracerProvider | None, meter_provider: MeterProvider | None,
-                 capture: ContentCapture) -> None:
+                 capture: ContentCapture, direct: DirectSpans | None = None) -> None:
         self._tracer_provider = tracer_provider
         self._meter_provider = meter_provider
         self._capture = capture
+        self._direct = direct
         self._scopes: dict[tuple[str, str], tuple[trace.Tracer, GenAIMetrics]] = {}
 
     def _instruments(self, scope: tuple[str, str]) -> tuple[trace.Tracer, GenAIMetrics]:
@@ -99,6 +155,8 @@ class Emitter:
 
         if record.span_ids is not None:
             span_context = record.span_ids.span_context()
+        elif live_span is None and self._direct is not None:
+            span_context = self._direct.emit(record, attrs, event)
         else:
             span = live_span
             if span is None:

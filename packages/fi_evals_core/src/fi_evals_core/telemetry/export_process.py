@@ -50,7 +50,7 @@ from opentelemetry.trace import Link, SpanKind, Status, StatusCode
 
 from . import handoff, providers
 from .config import TelemetryConfig
-from .emit import Emitter
+from .emit import DirectSpans, Emitter
 from .finished import FinishedRequest, SpanIds
 
 logger = logging.getLogger(__name__)
@@ -459,9 +459,13 @@ class _Handler:
         self._tracer_provider = TracerProvider(resource=self._resource, sampler=providers.sampler(config),
                                                shutdown_on_exit=False)
         self._batch = BatchSpanProcessor(exporter) if exporter is not None else None
+        direct = None
         if self._batch is not None:
             self._tracer_provider.add_span_processor(self._batch)
-        self._emitter = Emitter(self._tracer_provider, self._meter_provider, config.capture_content)
+            # request spans go straight to the batch processor, sampled as the provider would
+            direct = DirectSpans(self._tracer_provider.sampler, self._tracer_provider.id_generator, self._resource,
+                                 self._batch)
+        self._emitter = Emitter(self._tracer_provider, self._meter_provider, config.capture_content, direct)
         # Inline evaluation, when the environment turns it on: here, where the request spans are made.
         self._completion_sink = handoff.start_sink(handoff.enabled_sink_factories(), self._tracer_provider,
                                                    self._meter_provider)

@@ -113,7 +113,7 @@ def metric_readers(config: TelemetryConfig) -> list[MetricReader]:
 
 
 _OTLP_EXPORTERS = {
-    ("grpc", "traces"): ("opentelemetry.exporter.otlp.proto.grpc.trace_exporter", "OTLPSpanExporter"),
+    ("grpc", "traces"): ("fi_evals_core.telemetry.otlp_grpc", "GrpcSpanExporter"),  # attributes encoded once
     ("grpc", "metrics"): ("opentelemetry.exporter.otlp.proto.grpc.metric_exporter", "OTLPMetricExporter"),
     ("http/protobuf", "traces"): ("opentelemetry.exporter.otlp.proto.http.trace_exporter", "OTLPSpanExporter"),
     ("http/protobuf", "metrics"): ("opentelemetry.exporter.otlp.proto.http.metric_exporter", "OTLPMetricExporter"),
