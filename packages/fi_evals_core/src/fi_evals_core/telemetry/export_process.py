@@ -60,6 +60,9 @@ SEND_INTERVAL_S = 0.5  # what waits goes to the child at least this often
 SEND_BATCH = 512  # or as soon as this many items wait
 _HEADER = struct.Struct(">I")
 _instances: "weakref.WeakSet[ExportProcess]" = weakref.WeakSet()
+# The child's entry: this module imported under its own name (not run as __main__, whose classes
+# would not be the ones the frames unpickle to).
+_CHILD_PROGRAM = "import sys; from fi_evals_core.telemetry.export_process import child_main; sys.exit(child_main())"
 _inherited_after_fork: list[tuple] = []
 
 
@@ -168,7 +171,7 @@ class ExportProcess:
             ack_read, ack_write = os.pipe()
             try:
                 self._proc = subprocess.Popen(
-                    [sys.executable, "-m", "fi_evals_core.telemetry.export_process", str(ack_write)],
+                    [sys.executable, "-c", _CHILD_PROGRAM, str(ack_write)],
                     stdin=subprocess.PIPE, close_fds=True, pass_fds=(ack_write,))
             finally:
                 os.close(ack_write)
@@ -525,9 +528,3 @@ def child_main() -> int:
                 acks.flush()
                 if item.kind == "shutdown":
                     return 0
-
-
-if __name__ == "__main__":  # run as `-m`: use the importable module's classes (what frames unpickle to)
-    from fi_evals_core.telemetry.export_process import child_main as _child_main
-
-    sys.exit(_child_main())
