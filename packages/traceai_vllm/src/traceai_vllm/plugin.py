@@ -6,9 +6,8 @@ instruments vLLM; request spans come from the process that runs the output proce
 server / front-end). Without the variable, loading the plugin is one environment lookup.
 
 Here `TRACEAI_EXPORT_PROCESS` defaults to on: a server's request spans are made and exported by a
-helper process (fi_evals_core.telemetry.export_process), which keeps the serving process's cost per
-request at about a fifth of exporting in-process (benchmarks/vllm_overhead.py). Set it to 0 to
-export in-process.
+helper process (fi_evals_core.telemetry.export_process), which takes most of the per-request cost
+off the serving process (benchmarks/RESULTS.md). Set it to 0 to export in-process.
 """
 
 from __future__ import annotations

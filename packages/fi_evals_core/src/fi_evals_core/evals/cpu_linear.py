@@ -4,9 +4,9 @@ Why: on the CPU, an NLI encoder spends most of its time in its linear layers, an
 re-lays out the weight for the GEMM kernel on every call (and in fp32 this torch build's default
 GEMM runs at less than half of oneDNN's rate on these machines). Packing each weight once into
 oneDNN's blocked layout (`torch.ops.mkldnn._reorder_linear_weight`, the op torch.compile's CPU
-"freezing" uses) and calling `torch.ops.mkldnn._linear_pointwise` with it measured here (2 cores,
-M = 2400 rows, hidden 768): bf16 ~850 -> ~1,040 GFLOP/s, fp32 ~220 -> ~510 GFLOP/s, bitwise the
-same outputs in bf16. The FFN's exact-erf GELU runs as the GEMM's post-op (fp32, before rounding).
+"freezing" uses) and calling `torch.ops.mkldnn._linear_pointwise` with it is faster in bf16 and
+about twice as fast in fp32 (benchmarks/RESULTS.md), with bitwise the same outputs in bf16. The
+FFN's exact-erf GELU runs as the GEMM's post-op (fp32, before rounding).
 
 `pack_linears(model)` installs it on every `nn.Linear` of a model on the CPU (in place); the packed
 copy is checked against the weight's storage and version on every call and repacked when the

@@ -19,8 +19,8 @@ transpose, add, mask, softmax). Here, per layer:
   rows before the sum), then `baddbmm_` adds the scaled q.k in place, softmax (fp32 accumulation),
   and one bmm with the values; one head at a time, so a head's (B, L, L) tensors stay in cache.
 
-`torch.nn.functional.scaled_dot_product_attention` with the bias as a float mask was measured too
-(its CPU flash kernel in bf16): 15 % slower per pair than the three ops above at these shapes.
+`torch.nn.functional.scaled_dot_product_attention` with the bias as a float mask (its CPU flash
+kernel in bf16) was measured too, and was slower at these shapes (benchmarks/RESULTS.md).
 
 `accelerate_for_cpu(model)` installs it on a loaded DeBERTa-v2/v3 model on the CPU (anything else is
 returned unchanged); `FI_EVALS_ACCELERATION=off` turns it off. Padded query rows get different (unused) values
@@ -39,7 +39,7 @@ import torch
 
 from .config import acceleration
 
-HEAD_GROUP = 1  # heads per step of the attention loop: one head's (B, L, L) tensors stay in cache  # query rows / key columns per position-table block
+HEAD_GROUP = 1  # heads per step of the attention loop: one head's (B, L, L) tensors stay in cache
 
 
 def fast_path_enabled() -> bool:

@@ -95,6 +95,10 @@ class Emitter:
         self._direct = direct
         self._scopes: dict[tuple[str, str], tuple[trace.Tracer, GenAIMetrics]] = {}
 
+    def use_sdk_spans(self) -> None:
+        """Make request spans through the tracer from now on (another span processor must see them)."""
+        self._direct = None
+
     def _instruments(self, scope: tuple[str, str]) -> tuple[trace.Tracer, GenAIMetrics]:
         found = self._scopes.get(scope)
         if found is None:

@@ -2,9 +2,9 @@
 of its provider) over a pipe, and a child process makes their spans and histograms, exports them,
 and runs inline evaluation when it is on.
 
-Why: inside the serving process every exported span costs its creation, its OTLP encoding (about
-45 µs for a vLLM request span, in Python) and its histogram points, and on a busy host all of it
-takes the GIL from the engine loop. Handing a `FinishedRequest` over costs its pickling, and the
+Why: inside the serving process every exported span costs its creation, its OTLP encoding and its
+histogram points (benchmarks/RESULTS.md has the figures), and on a busy host all of it takes the
+GIL from the engine loop. Handing a `FinishedRequest` over costs its pickling, and the
 child runs on another core. On with `TRACEAI_EXPORT_PROCESS=1` for what `register()` builds (the
 vLLM plugin's default); providers you build yourself are left as they are.
 

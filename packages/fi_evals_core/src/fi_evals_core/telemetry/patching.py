@@ -7,10 +7,10 @@ skipped: the library is left as it was.
 
 Wrappers take wrapt's signature, `wrapper(wrapped, instance, args, kwargs)`. A plain synchronous
 function (a method defined in its class, or a module function) is replaced by a plain function
-that calls the wrapper: measured in a running vLLM engine, wrapt's proxies (a bound proxy built on
-every attribute access) cost about 10 µs per request over its seven hooked calls, a plain function
-about nothing (benchmarks/vllm_overhead.py). Everything else (async functions, generators,
-descriptors, inherited attributes) is wrapped by wrapt.
+that calls the wrapper: in a running vLLM engine wrapt's proxies (a bound proxy built on every
+attribute access) cost measurably per request over its seven hooked calls, a plain function about
+nothing (benchmarks/RESULTS.md). Everything else (async functions, generators, descriptors,
+inherited attributes) is wrapped by wrapt.
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
 from . import handoff, providers
 from .config import TelemetryConfig, set_config
-from .emit import Emitter
+from .emit import DirectSpans, Emitter
 from .export_process import ExportProcess
 from .sinks import ExportProcessSink, RequestSink, WorkerSink
 
@@ -106,7 +106,12 @@ def register(
     else:
         span_exporter = providers.span_exporter(config)
         if span_exporter is not None:
-            tracer_provider.add_span_processor(BatchSpanProcessor(span_exporter))
+            batch = BatchSpanProcessor(span_exporter)
+            tracer_provider.add_span_processor(batch)
+            # Request spans go straight to it (no SDK Span), until the application adds a processor.
+            local = Emitter(tracer_provider, meter_provider, config.capture_content,
+                            DirectSpans(tracer_provider.sampler, tracer_provider.id_generator, resource, batch))
+            tracer_provider.on_processor_added = local.use_sdk_spans
         sink = WorkerSink(local)
         completion_sink = handoff.start_sink(sinks, tracer_provider, meter_provider)
 
