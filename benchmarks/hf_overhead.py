@@ -5,14 +5,16 @@
     python benchmarks/hf_overhead.py                       # defaults: ~3 minutes on 2 cores
     python benchmarks/hf_overhead.py --calls 30 --rounds 14 --new-tokens 16
 
-A tiny, randomly initialised Llama (tests/support/tiny_models.py; no Hub access) generates exactly
+A tiny, randomly initialised Llama (fi_evals_core.testing.tiny_models; no Hub access) generates exactly
 ``--new-tokens`` tokens per call, greedily, through ``model.generate`` and through
 ``pipeline("text-generation")``. Each variant lives in its own worker process (instrumentations cannot
 always be removed cleanly, and some patch things at import time):
 
     baseline      no instrumentation
     baseline-aa   a second, identical uninstrumented worker: an A/A control whose "overhead" is the noise
-    traceai       this project's HuggingFaceInstrumentor
+    traceai       this project's HuggingFaceInstrumentor (spans and histograms made in-process)
+    traceai-export-process  the same with register(TRACEAI_EXPORT_PROCESS=1): a child process makes,
+                  writes (JSONL) and aggregates them
     openllmetry   opentelemetry-instrumentation-transformers (traceloop)
     openlit       openlit (openlit.init with only its transformers instrumentation enabled)
 
@@ -75,6 +77,9 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "baseline-aa": {"label": "baseline again (A/A noise)", "spans": {"generate": 0, "pipeline": 0}, "needs": None},
     "traceai": {"label": "traceai HuggingFaceInstrumentor", "spans": {"generate": 1, "pipeline": 2},
                 "needs": "traceai_huggingface"},
+    # register() with TRACEAI_EXPORT_PROCESS=1: spans (JSONL) and histograms made by a child process
+    "traceai-export-process": {"label": "traceai, export process", "spans": {"generate": 1, "pipeline": 2},
+                               "needs": "traceai_huggingface"},
     "openllmetry": {"label": "OpenLLMetry transformers", "spans": {"generate": 0, "pipeline": 1},
                     "needs": "opentelemetry.instrumentation.transformers"},
     "openlit": {"label": "OpenLIT", "spans": {"generate": 0, "pipeline": 1}, "needs": "openlit"},
@@ -123,6 +128,8 @@ class _Telemetry:
                 pass
 
         resource = Resource.create({"service.name": "hf-overhead-bench"})
+        self.registered: Any = None  # what register() built, for the export-process variant
+        self.spans_file: Path | None = None
         self.span_exporter = CountingSpanExporter()
         self.tracer_provider = TracerProvider(resource=resource)
         self.tracer_provider.add_span_processor(BatchSpanProcessor(self.span_exporter))
@@ -169,8 +176,17 @@ class _Telemetry:
 
     def flush(self) -> None:
         self.tracer_provider.force_flush()
+        if self.registered is not None:
+            self.registered.force_flush()
         if self.logger_provider is not None:
             self.logger_provider.force_flush()
+
+    def spans_by_name(self) -> Counter[str]:
+        """Spans exported so far: by the counting exporter, or read back from the export process's file."""
+        if self.spans_file is None:
+            return Counter(self.span_exporter.by_name)
+        lines = self.spans_file.read_text().splitlines() if self.spans_file.exists() else []
+        return Counter(json.loads(line)["name"] for line in lines)
 
     def metric_points(self) -> dict[str, int]:
         """Number of recorded measurements per instrument (histogram counts, sum of counter points)."""
@@ -212,8 +228,18 @@ def _instrument(variant: str, telemetry: _Telemetry, content: str, tmpdir: Path)
             from opentelemetry.trace import NoOpTracerProvider
 
             tracer_provider = NoOpTracerProvider()
+        sink = None
+        if variant == "traceai-export-process":  # register()'s providers; the child writes the spans
+            from fi_evals_core import register
+            from fi_evals_core.telemetry import TelemetryConfig
+
+            telemetry.spans_file = tmpdir / "spans.jsonl"
+            registered = telemetry.registered = register(config=TelemetryConfig.from_env(
+                {"TRACEAI_EXPORT_PROCESS": "1", "TRACEAI_TRACES_FILE": str(telemetry.spans_file)}),
+                set_global=False, instrument=False)
+            tracer_provider, meter_provider, sink = registered.tracer_provider, registered.meter_provider, registered.sink
         inst = HuggingFaceInstrumentor()
-        inst.instrument(tracer_provider=tracer_provider, meter_provider=meter_provider)
+        inst.instrument(tracer_provider=tracer_provider, meter_provider=meter_provider, telemetry_sink=sink)
         info["version"] = version("traceai-huggingface")
         info["content"] = inst.runtime.config.capture_content.value
         return info
@@ -335,7 +361,7 @@ def worker_main(args: argparse.Namespace) -> int:
             threads=torch.get_num_threads(),
         )
         telemetry.flush()
-        seen: Counter[str] = Counter(telemetry.span_exporter.by_name)
+        seen: Counter[str] = telemetry.spans_by_name()
         logs_seen: Counter[str] = Counter(telemetry.log_records)
         per_mode: dict[str, Counter[str]] = {m: Counter() for m in (*MODES, "warmup")}
         per_mode_logs: dict[str, Counter[str]] = {m: Counter() for m in (*MODES, "warmup")}
@@ -346,7 +372,7 @@ def worker_main(args: argparse.Namespace) -> int:
         def account(bucket: str) -> None:
             nonlocal seen, logs_seen
             telemetry.flush()
-            now = Counter(telemetry.span_exporter.by_name)
+            now = telemetry.spans_by_name()
             per_mode[bucket].update(now - seen)
             seen = now
             now_logs = Counter(telemetry.log_records)
@@ -471,8 +497,7 @@ def _profile_report(profiles: dict[str, Any], profiled: Counter, top: int) -> di
 
 
 def build_main(args: argparse.Namespace) -> int:
-    sys.path.insert(0, str(REPO_ROOT))
-    from tests.support import tiny_models
+    from fi_evals_core.testing import tiny_models
 
     builder = {"llama": tiny_models.build_llama, "gpt2": tiny_models.build_gpt2}[args.model]
     path = builder(args.build)

@@ -20,24 +20,21 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+from opentelemetry.trace import SpanContext, SpanKind, TraceFlags
 
-from opentelemetry.sdk.metrics import MeterProvider  # noqa: E402
-from opentelemetry.sdk.metrics.export import InMemoryMetricReader  # noqa: E402
-from opentelemetry.sdk.trace import TracerProvider  # noqa: E402
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult  # noqa: E402
-from opentelemetry.trace import SpanContext, SpanKind, TraceFlags  # noqa: E402
-
-from fi_evals_core.evals import Groundedness, NLIScorer  # noqa: E402
-from fi_evals_core.evals.inline import InlineEvaluator  # noqa: E402
-from fi_evals_core.telemetry import TelemetryConfig, TelemetryRuntime, drain, handoff  # noqa: E402
-from fi_evals_core.telemetry import attributes as A  # noqa: E402
+from fi_evals_core.evals import Groundedness, NLIScorer
+from fi_evals_core.evals.inline import InlineEvaluator
+from fi_evals_core.telemetry import TelemetryConfig, TelemetryRuntime, drain, handoff
+from fi_evals_core.telemetry import attributes as A
 
 PROMPT = "The old man walked to the garden"
 COMPLETION = "He found a red apple under the tree. Then he sat down and read a book."
@@ -101,7 +98,7 @@ def part1(args, scorer: NLIScorer) -> None:
 def pipeline_rounds(args, scorer: NLIScorer) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer, pipeline
 
-    from tests.support.tiny_models import build_llama
+    from fi_evals_core.testing.tiny_models import build_llama
     from traceai_huggingface import HuggingFaceInstrumentor
 
     tmp = Path(tempfile.mkdtemp())
@@ -201,7 +198,7 @@ def main() -> None:
     if args.nli_model:
         path = args.nli_model
     else:
-        from tests.support.tiny_nli import build_nli_checkpoint
+        from fi_evals_core.testing.tiny_nli import build_nli_checkpoint
 
         path = str(build_nli_checkpoint(Path(tempfile.mkdtemp()) / "nli", "bert"))
     scorer = NLIScorer.from_pretrained(path, device="cpu")

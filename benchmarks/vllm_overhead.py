@@ -7,7 +7,7 @@
 One timed batch is one ``LLM.generate`` call of ``--prompts`` prompts (default 128, all different, ~20
 prompt tokens) x ``--tokens`` output tokens (default 32; ``SamplingParams(max_tokens=32, ignore_eos=True,
 temperature=0)``, so every request produces exactly that many tokens) on a tiny, randomly initialised Llama
-(tests/support/tiny_models.py, built once by the driver; no Hub access). Engine: float32, eager, in-process
+(fi_evals_core.testing.tiny_models, built once by the driver; no Hub access). Engine: float32, eager, in-process
 (``VLLM_ENABLE_V1_MULTIPROCESSING=0``), ``max_num_seqs`` 32, ``OMP_NUM_THREADS=1``.
 
 Variants, one worker process (and one engine) each:
@@ -18,8 +18,12 @@ Variants, one worker process (and one engine) each:
                       (a span per request with tokens and traceai's own TTFT, a span per generate call)
     traceai-stats     the same with disable_log_stats=False: the breakdown is then vLLM's own RequestStateStats
                       (traceai reads the same timestamps without them), at the cost of vLLM's stats collection
-    traceai-export-process   traceai as register() sets it up with TRACEAI_EXPORT_PROCESS=1: spans and the
-                      GenAI histograms handed to a child process that encodes, sends and aggregates them
+    traceai-export-process   traceai as register() sets it up with TRACEAI_EXPORT_PROCESS=1: each finished
+                      request handed to a child process (a FinishedRequest) that makes its span and GenAI
+                      histograms, encodes, sends and aggregates them
+    traceai-export-process-eval-1pct, -eval-100pct   only with --same-engine: the same with inline evaluation
+                      (FI_EVALS_SAMPLE_RATE 0.01 / 1, groundedness, a tiny random BERT NLI checkpoint) scored
+                      in the export process
     vllm-stats-only   no instrumentation, disable_log_stats=False: vLLM's stats collection alone
     vllm-tracing      vLLM's own tracing: LLM(otlp_traces_endpoint=<collector>, disable_log_stats=False)
                       (one ``llm_request`` span per request; it needs the stats)
@@ -29,7 +33,7 @@ Variants, one worker process (and one engine) each:
     traceai-ref       only with --ref-tree DIR: traceai as in another checkout of this repository (e.g. a
                       `git worktree` of an older commit), paired with the working tree's in the same rounds
 
-All spans go to ONE real collector (``rotel-agent``, tests/support/collector.py) started by the driver, over
+All spans go to ONE real collector (``rotel-agent``, fi_evals_core.testing.collector) started by the driver, over
 OTLP/gRPC, through an SDK ``BatchSpanProcessor``: the workers build TracerProvider + BatchSpanProcessor +
 OTLPSpanExporter (gRPC) as their global provider, except vllm-tracing, where vLLM builds exactly that itself
 (vllm/tracing/otel.py: ``init_otel_tracer``, gRPC with ``insecure=True``). Every worker also has an SDK
@@ -115,6 +119,11 @@ VARIANTS: dict[str, dict[str, Any]] = {
                          "ablation": True},
     "traceai-ref": {"label": "traceai of --ref-tree (stats off)", "log_stats": False, "needs": "traceai_vllm",
                     "ablation": True},
+    # --same-engine only: the export process with inline evaluation scored there (EVAL_SAMPLE_RATES)
+    "traceai-export-process-eval-1pct": {"label": "  export process, evaluating 1 %", "log_stats": False,
+                                         "needs": "traceai_vllm", "ablation": True},
+    "traceai-export-process-eval-100pct": {"label": "  export process, evaluating 100 %", "log_stats": False,
+                                           "needs": "traceai_vllm", "ablation": True},
 }
 DEFAULT_VARIANTS = [v for v, spec in VARIANTS.items() if not spec.get("ablation")]
 BASELINE = "baseline"
@@ -280,10 +289,13 @@ def worker_main(args: argparse.Namespace) -> int:
 
 
 SAME_ENGINE_VARIANTS = ("baseline", "baseline-aa", "traceai", "traceai-export-process", "traceai-no-metrics",
-                        "traceai-noop-sdk", "traceai-export-process-eval-1pct", "traceai-export-process-eval-100pct")
-# Inline evaluation's sample rate per variant: with the export process it runs there (a random tiny
-# BERT NLI checkpoint; what the serving process pays is shipping the texts).
-EVAL_SAMPLE_RATES = {"traceai-export-process-eval-1pct": "0.01", "traceai-export-process-eval-100pct": "1"}
+                        "traceai-noop-sdk", "traceai-export-process-eval-1pct", "traceai-export-process-eval-100pct",
+                        "traceai-eval-1pct", "traceai-eval-100pct")
+# Inline evaluation's sample rate per variant (a random tiny BERT NLI checkpoint, groundedness): with
+# the export process it is scored there (the serving process ships the texts), otherwise in the
+# serving process on the evaluator's own thread.
+EVAL_SAMPLE_RATES = {"traceai-export-process-eval-1pct": "0.01", "traceai-export-process-eval-100pct": "1",
+                     "traceai-eval-1pct": "0.01", "traceai-eval-100pct": "1"}
 
 
 def _registered(variant: str, endpoint: str, tmp: Path) -> Any:
@@ -294,10 +306,10 @@ def _registered(variant: str, endpoint: str, tmp: Path) -> Any:
 
     overrides = {"OTEL_EXPORTER_OTLP_ENDPOINT": endpoint, "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc",
                  "OTEL_RESOURCE_ATTRIBUTES": f"bench.variant={variant}", "TRACEAI_EXPORT_PROCESS": "1",
+                 "OTEL_TRACES_EXPORTER": "otlp", "OTEL_METRICS_EXPORTER": "otlp",
                  "OTEL_METRIC_EXPORT_INTERVAL": "3600000"}
     if variant in EVAL_SAMPLE_RATES:
-        sys.path.insert(0, str(REPO_ROOT))
-        from tests.support.tiny_nli import build_nli_checkpoint
+        from fi_evals_core.testing.tiny_nli import build_nli_checkpoint
 
         overrides.update({"FI_EVALS_SAMPLE_RATE": EVAL_SAMPLE_RATES[variant], "FI_EVALS_DEVICE": "cpu",
                           "FI_EVALS_MODEL": str(build_nli_checkpoint(tmp / "tiny-nli", "bert"))})
@@ -338,6 +350,7 @@ def same_engine_worker_main(args: argparse.Namespace) -> int:
         endpoint = args.endpoint
         providers: dict[str, tuple[Any, Any, Any]] = {}  # variant -> tracer provider, meter provider, sink
         export_processes: dict[str, Any] = {}
+        evaluators: dict[str, Any] = {}  # in-process inline evaluation, per variant
         for v in SAME_ENGINE_VARIANTS:
             if v.startswith("traceai-export-process"):
                 telemetry = _registered(v, endpoint, Path(args.worker_tmp))
@@ -350,13 +363,25 @@ def same_engine_worker_main(args: argparse.Namespace) -> int:
             tracer_provider = TracerProvider(resource=resource)
             tracer_provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=endpoint, insecure=True)))
             providers[v] = (tracer_provider, meter_provider, None)
+            if v in EVAL_SAMPLE_RATES:  # scored in this process: installed while the variant runs (switch)
+                from fi_evals_core.evals import Groundedness
+                from fi_evals_core.evals.inline import InlineEvaluator
+                from fi_evals_core.testing.tiny_nli import build_nli_checkpoint
+
+                model = build_nli_checkpoint(Path(args.worker_tmp) / "tiny-nli-here", "bert")
+                evaluators[v] = InlineEvaluator([Groundedness(model=str(model), device="cpu")],
+                                                sample_rate=float(EVAL_SAMPLE_RATES[v]),
+                                                tracer_provider=tracer_provider, meter_provider=meter_provider)
         trace.set_tracer_provider(providers["baseline"][0])
         metrics.set_meter_provider(providers["baseline"][1])
         instrumentor = VLLMInstrumentor()
 
+        from fi_evals_core.telemetry import handoff
+
         def switch(v: str) -> None:
             if instrumentor.is_instrumented_by_opentelemetry:
                 instrumentor.uninstrument()
+            handoff.set_sink(evaluators.get(v))
             if v.startswith("traceai"):
                 tracer_provider, meter_provider, sink = providers[v]
                 instrumentor.instrument(
@@ -492,8 +517,7 @@ def _profile_rows(prof: Any, per_request: int, top: int = 22) -> dict[str, Any]:
 
 
 def build_main(args: argparse.Namespace) -> int:
-    sys.path.insert(0, str(REPO_ROOT))
-    from tests.support import tiny_models
+    from fi_evals_core.testing import tiny_models
 
     print(tiny_models.build_llama(args.build))
     return 0
@@ -711,9 +735,8 @@ def _settle(collector: Any, quiet_s: float = 0.12, max_s: float = 3.0) -> None:
 def driver_main(args: argparse.Namespace) -> int:
     t_begin = time.monotonic()
     load_start = _loadavg()
-    sys.path.insert(0, str(REPO_ROOT))
     try:
-        from tests.support.collector import RotelCollector
+        from fi_evals_core.testing.collector import RotelCollector
     except ImportError as exc:
         raise SystemExit(f"the driver needs the project venv (rotel, opentelemetry-proto): run it with "
                          f"{REPO_ROOT / '.venv' / 'bin' / 'python'} ({exc})")
@@ -953,8 +976,12 @@ def _attribute_spans(variants: list[str], results: dict[str, list[dict[str, Any]
         names: Counter[str] = Counter()
         outside = 0
         attrs_seen: Counter[str] = Counter()
+        evaluations = 0
         for s in spans:
             if s["resource_attributes"].get("bench.variant") != v:
+                continue
+            if s["scope_name"] == "fi_evals_core.evals.inline":  # scored after their request: counted apart
+                evaluations += 1
                 continue
             end = s["end_time_unix_nano"]
             idx = next((i for i, (a, b) in enumerate(windows) if a <= end <= b), None)
@@ -968,7 +995,7 @@ def _attribute_spans(variants: list[str], results: dict[str, list[dict[str, Any]
                 if key in s["attributes"]:
                     attrs_seen[key] += 1
         recorded[v] = {"per_batch": [dict(c) for c in per_batch], "totals": [sum(c.values()) for c in per_batch],
-                       "outside": outside, "names": names, "attrs": dict(attrs_seen)}
+                       "outside": outside, "names": names, "attrs": dict(attrs_seen), "evaluations": evaluations}
     return recorded
 
 
@@ -1014,7 +1041,8 @@ def _print_recorded(variants: list[str], recorded: dict, args: argparse.Namespac
         attrs = ", ".join(f"{k} on {c / max(1, n):.0f}/batch" for k, c in sorted(rec["attrs"].items()))
         print(f"  {v:<18} {status}" + (f": {names}" if names else "")
               + (f"\n{'':<21}attributes: {attrs}" if attrs else "")
-              + f"\n{'':<21}{rec['outside']} spans outside the timed batches (engine start-up, warm-up, profiling)")
+              + f"\n{'':<21}{rec['outside']} spans outside the timed batches (engine start-up, warm-up, profiling)"
+              + (f"\n{'':<21}{rec['evaluations']} inline evaluation results" if rec["evaluations"] else ""))
         if sum(ok) != n:
             problems.append(f"{v}: {n - sum(ok)} of {n} timed batches did not have the expected spans {expected}")
     return problems
@@ -1074,7 +1102,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         f"variant's providers): {', '.join(SAME_ENGINE_VARIANTS)}; the export of each batch's spans "
                         "follows its timed window (its CPU is in +CPU; an export process's own CPU is printed)")
     p.add_argument("--ref-tree", help="another checkout of this repository: adds the variant traceai-ref, traceai "
-                                      "from that tree's packages (e.g. git worktree add /tmp/ref OLD_COMMIT)")
+                                      "from that tree's packages (e.g. git worktree add ../ref OLD_COMMIT)")
     p.add_argument("--keep", action="store_true", help="keep the temporary directory (model, worker logs, rotel log)")
     p.add_argument("--model-dir", type=Path, default=None, help="use this model directory instead of building one")
     # internal entry points

@@ -25,8 +25,6 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from fi_evals_core import register
 from fi_evals_core.telemetry import attributes as A
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -46,7 +44,7 @@ def main() -> int:
     if args.model:
         source, label = args.model, args.model
     else:
-        from tests.support.tiny_models import build_llama
+        from fi_evals_core.testing.tiny_models import build_llama
 
         source = build_llama(Path(tempfile.mkdtemp(prefix="traceai-demo-")) / "tiny-llama")
         label = "tiny Llama with RANDOM weights (built locally; its text is gibberish, its tokens are real)"
@@ -90,7 +88,7 @@ def main() -> int:
 
 
 def _random_nli_for_inline_evaluation() -> None:
-    from tests.support.tiny_nli import build_nli_checkpoint
+    from fi_evals_core.testing.tiny_nli import build_nli_checkpoint
 
     path = build_nli_checkpoint(Path(tempfile.mkdtemp(prefix="traceai-demo-nli-")) / "tiny-nli", "bert")
     os.environ.update({"FI_EVALS_MODEL": str(path), "FI_EVALS_DEVICE": "cpu"})

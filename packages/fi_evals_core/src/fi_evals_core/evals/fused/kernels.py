@@ -22,7 +22,7 @@ Kernels
   normalized, in one pass.
 
 The CPU tests compile them all for sm_90 (H100) and sm_80 (A100) with Triton's bundled ptxas, no
-GPU needed (tests/support/triton_aot.py).
+GPU needed (`python -m fi_evals_core.testing.triton_aot`).
 """
 
 from __future__ import annotations
@@ -268,7 +268,7 @@ def embed_layernorm(ids: torch.Tensor, positions: torch.Tensor | None, types: to
 def launch_specs(dtype: str, head_dim: int = 64, hidden: int = 1024) -> list[tuple]:
     """(kernel, argument types, compile-time constants) of every kernel as its launcher calls it,
     for storage type `dtype` ("bf16", "fp16", "fp32"): what compiling them for a GPU without one
-    needs (tests/support/triton_aot.py compiles them for sm_90 and sm_80 with Triton's ptxas)."""
+    needs (fi_evals_core/testing/triton_aot.py compiles them for sm_90 and sm_80 with Triton's ptxas)."""
     torch_type = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[dtype]
     rows = {"n_rows": "i32"}
     return [

@@ -1,0 +1,181 @@
+"""The NLI scorer on real (tiny, random) BERT, RoBERTa and DeBERTa-v2 checkpoints: label mapping,
+chunking, batching, bounded inputs, configuration."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+from fi_evals_core.evals import EvalsConfig, LabelError, LabelScheme, NLIScorer, ScoreRequest
+from fi_evals_core.evals.text import split_sentences
+from fi_evals_core.telemetry.config import ConfigError
+from fi_evals_core.testing.tiny_nli import CROSS_ENCODER_LABELS, MINICHECK_LABELS, NLI_LABELS
+
+QAGS = json.loads((Path(__file__).parent / "fixtures" / "qags_xsum_sample.json").read_text())
+
+
+@pytest.mark.parametrize(
+    "names, support, contradiction",
+    [
+        (("entailment", "neutral", "contradiction"), 0, 2),
+        (("contradiction", "entailment", "neutral"), 1, 0),
+        (("CONTRADICTION", "Neutral", "Entailment"), 2, 0),
+        (("unsupported", "supported"), 1, None),
+        (("entailment", "not_entailment"), 0, None),
+        (("Supported", "Refuted"), 0, 1),
+    ],
+)
+def test_label_scheme_reads_any_order(names, support, contradiction):
+    scheme = LabelScheme.from_config(dict(enumerate(names)), "m")
+    assert (scheme.support, scheme.contradiction) == (support, contradiction)
+
+
+def test_label_scheme_refuses_what_it_cannot_read():
+    with pytest.raises(LabelError, match=r"0: 'LABEL_0', 1: 'LABEL_1'.*FI_EVALS_LABELS"):
+        LabelScheme.from_config({0: "LABEL_0", 1: "LABEL_1"}, "some/classifier")
+    with pytest.raises(LabelError, match="positive"):
+        LabelScheme.from_config({0: "negative", 1: "positive"}, "sentiment")
+    with pytest.raises(LabelError, match="3 labels given but the checkpoint has 2"):
+        LabelScheme.from_config({0: "LABEL_0", 1: "LABEL_1"}, "x", override=NLI_LABELS)
+    # documented generic names of a known family, and an explicit override
+    assert LabelScheme.from_config({0: "LABEL_0", 1: "LABEL_1"}, "lytang/MiniCheck-RoBERTa-Large").support == 1
+    assert LabelScheme.from_config({0: "LABEL_0", 1: "LABEL_1"}, "x", override=("supported", "no")).support == 0
+
+
+@pytest.mark.parametrize(
+    "family, labels",
+    [("bert", NLI_LABELS), ("roberta", CROSS_ENCODER_LABELS), ("deberta-v2", MINICHECK_LABELS)],
+)
+def test_probabilities_come_from_the_labelled_outputs(nli_checkpoint, family, labels):
+    path = nli_checkpoint(family, labels)
+    scorer = NLIScorer.from_pretrained(path, device="cpu")
+    premises, claims = ["The cat sees the door today.", "A dog likes a book."], ["The cat sees it.", "A dog reads."]
+    support, contradiction = scorer.score_pairs(premises, claims)
+
+    tok = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForSequenceClassification.from_pretrained(path).eval()
+    with torch.no_grad():
+        probs = torch.softmax(model(**tok(premises, claims, padding=True, return_tensors="pt")).logits, -1)
+    assert support == pytest.approx(probs[:, labels.index(labels[scorer.labels.support])].tolist(), abs=1e-6)
+    assert labels[scorer.labels.support] in ("entailment", "supported")
+    if "contradiction" in labels:
+        assert contradiction == pytest.approx(probs[:, labels.index("contradiction")].tolist(), abs=1e-6)
+    else:
+        assert contradiction is None
+
+
+@pytest.mark.parametrize("family", ["bert", "roberta", "deberta-v2"])
+def test_batched_scores_equal_one_at_a_time(nli_checkpoint, family):
+    scorer = NLIScorer.from_pretrained(nli_checkpoint(family), device="cpu", batch_size=8, chunk_tokens=120)
+    requests = [ScoreRequest([s.text for s in split_sentences(it["summary"] + " The report was published on Monday.")],
+                             [it["document"]]) for it in QAGS[:4]]
+    together = scorer.score(requests)
+    for request, evidence in zip(requests, together):
+        alone = scorer.score([request])[0]
+        assert [e.claim for e in evidence] == [e.claim for e in alone]
+        for a, b in zip(evidence, alone):
+            assert a.chunks == b.chunks and len(a.support) > 1
+            assert a.support == pytest.approx(b.support, abs=1e-5)
+            assert a.contradiction == pytest.approx(b.contradiction, abs=1e-5)
+
+
+def test_chunks_cover_the_document_at_sentence_boundaries(nli_checkpoint):
+    scorer = NLIScorer.from_pretrained(nli_checkpoint("bert"), device="cpu")
+    for item in QAGS:
+        doc = item["document"]
+        sentences = split_sentences(doc)
+        budget = 60
+        chunks = scorer.chunk([doc], budget)
+        starts, ends = {s.start for s in sentences}, {s.end for s in sentences}
+        long = [s for s in sentences if scorer.token_lengths([s.text])[0] > budget]
+
+        def in_long(pos):  # a too-long sentence is cut into token windows: the one place to cut inside
+            return any(s.start <= pos <= s.end for s in long)
+
+        assert len(chunks) >= 2
+        covered = set()
+        for chunk in chunks:
+            assert chunk.text == doc[chunk.start:chunk.end] and chunk.passage == 0
+            assert scorer.token_lengths([chunk.text])[0] <= budget
+            assert chunk.start in starts or in_long(chunk.start)
+            assert chunk.end in ends or in_long(chunk.end)
+            covered.update(s.start for s in sentences if chunk.start <= s.start and s.end <= chunk.end)
+        assert covered | {s.start for s in long} == starts  # every sentence is in some chunk
+        for before, after in zip(chunks, chunks[1:]):  # overlap is at most one sentence
+            shared = [s for s in sentences if after.start <= s.start and s.end <= before.end]
+            assert len(shared) <= 1 and after.end > before.end
+
+
+def test_a_sentence_longer_than_the_budget_becomes_token_windows(nli_checkpoint):
+    scorer = NLIScorer.from_pretrained(nli_checkpoint("bert"), device="cpu")
+    words = " ".join(f"word{i % 10}" for i in range(300)) + "."
+    chunks = scorer.chunk([words], 50)
+    assert len(chunks) >= 6
+    assert all(scorer.token_lengths([c.text])[0] <= 50 for c in chunks)
+    assert chunks[0].start == 0 and chunks[-1].end == len(words)
+
+
+def test_no_pair_exceeds_the_models_window(nli_checkpoint):
+    """A model with a 64-position table: long premises and a long claim still fit, nothing is lost."""
+    path = nli_checkpoint("roberta", max_positions=64)
+    scorer = NLIScorer.from_pretrained(path, device="cpu")
+    assert scorer.max_length == 64
+    seen: list[int] = []
+    claim = " ".join(["the cat sees the door"] * 20) + "."
+    evidence = scorer.score([ScoreRequest([claim, "A dog."], [QAGS[0]["document"]])])[0]
+    for item in evidence:
+        for chunk in item.chunks:
+            ids = scorer.tokenizer(chunk.text, item.claim)["input_ids"]
+            seen.append(len(ids))
+    assert max(seen) <= 64
+    assert evidence[0].claim != claim and claim.startswith(evidence[0].claim)  # capped at half the window
+
+
+def test_a_100000_word_reference_is_scored_whole_in_bounded_batches(nli_checkpoint):
+    scorer = NLIScorer.from_pretrained(nli_checkpoint("bert"), device="cpu", batch_size=16)
+    base = " ".join(it["document"] for it in QAGS)
+    words = base.split()
+    reference = " ".join(words[i % len(words)] for i in range(100_000))
+    batch_shapes: list[tuple[int, int]] = []
+    original = scorer.score_pairs
+
+    def recording(premises, hypotheses):
+        enc = scorer.tokenizer(list(premises), list(hypotheses), padding=True, truncation="only_first",
+                               max_length=scorer.max_length)
+        batch_shapes.append((len(enc["input_ids"]), len(enc["input_ids"][0])))
+        return original(premises, hypotheses)
+
+    scorer.score_pairs = recording
+    evidence = scorer.score([ScoreRequest(["The council said it would build an arena."], [reference])])[0]
+    chunks = evidence[0].chunks
+    assert len(chunks) >= 100_000 * 1.1 / 400  # at least a token per word, at most 400 per chunk
+    assert chunks[0].start == 0 and chunks[-1].end == len(reference.rstrip())
+    assert len(evidence[0].support) == len(chunks)
+    assert max(b for b, _ in batch_shapes) <= 16 and max(n for _, n in batch_shapes) <= scorer.max_length
+
+
+def test_configuration_from_the_environment(nli_checkpoint, monkeypatch):
+    path = nli_checkpoint("bert", ("LABEL_0", "LABEL_1", "LABEL_2"))
+    monkeypatch.setenv("FI_EVALS_MODEL", path)
+    monkeypatch.setenv("FI_EVALS_DEVICE", "auto")
+    with pytest.raises(LabelError, match="LABEL_0"):
+        NLIScorer.from_pretrained()
+    monkeypatch.setenv("FI_EVALS_LABELS", "neutral, contradiction, entailment")
+    scorer = NLIScorer.from_pretrained()
+    assert (scorer.labels.support, scorer.labels.contradiction) == (2, 1)
+    assert scorer.device.type == "cpu"
+    for var, value in [("FI_EVALS_DEVICE", "gpu"), ("FI_EVALS_DTYPE", "int8"), ("FI_EVALS_LABELS", "a,b,c,d")]:
+        with pytest.raises(ConfigError, match=var):
+            EvalsConfig.from_env({var: value})
+
+
+def test_bfloat16_weights_score_close_to_float32(nli_checkpoint):
+    path = nli_checkpoint("deberta-v2")
+    pairs = ([it["document"][:600] for it in QAGS], [it["summary"] for it in QAGS])
+    fp32, _ = NLIScorer.from_pretrained(path, device="cpu", dtype="float32").score_pairs(*pairs)
+    bf16, _ = NLIScorer.from_pretrained(path, device="cpu", dtype="bfloat16").score_pairs(*pairs)
+    assert max(abs(a - b) for a, b in zip(fp32, bf16)) < 0.03

@@ -1,0 +1,203 @@
+"""Zero code, real server: vLLM's OpenAI server in its default multi-process mode, traceai enabled
+only by `TRACEAI_VLLM_AUTO=1` (the `vllm.general_plugins` entry point), spans to a real collector.
+
+The client is an instrumented `InferenceClient` in this process: its span and the server's request
+span must share one trace, with the server span's parent the client span.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+
+from fi_evals_core.telemetry import attributes as A
+
+SERVER_ARGS = ["--dtype", "float32", "--enforce-eager", "--max-model-len", "256", "--max-num-seqs", "4",
+               "--kv-cache-memory-bytes", str(64 * 2**20)]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def vllm_server(model_dirs, collector, tmp_path_factory):
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "VLLM_", "TRACEAI_"))}
+    env.update({
+        "TRACEAI_VLLM_AUTO": "1",
+        "OTEL_EXPORTER_OTLP_ENDPOINT": collector.grpc_endpoint,
+        "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc",
+        "OTEL_SERVICE_NAME": "vllm-server-under-test",
+        "OTEL_BSP_SCHEDULE_DELAY": "200",
+        "OTEL_METRIC_EXPORT_INTERVAL": "500",
+        "HF_HUB_OFFLINE": "1",
+    })
+    log = (tmp_path_factory.mktemp("vllm-server") / "server.log").open("w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "vllm.entrypoints.launchers.api_server.entry", "--model", str(model_dirs["llama"]),
+         "--served-model-name", "tiny-llama", "--host", "127.0.0.1", "--port", str(port), *SERVER_ARGS],
+        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    base_url = f"http://127.0.0.1:{port}"
+    _server_group[:] = [proc.pid]  # its own session: the process group of every process it starts
+    try:
+        deadline = time.monotonic() + 240
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"vLLM server exited with {proc.returncode}: see {log.name}")
+            try:
+                with urllib.request.urlopen(f"{base_url}/health", timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"vLLM server not ready after 240 s: see {log.name}")
+            time.sleep(0.5)
+        yield base_url
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)  # the server, its EngineCore and workers
+            proc.wait(timeout=30)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+        log.close()
+
+
+_server_group: list[int] = []
+
+
+#: vLLM's own Prometheus histograms of the request breakdown (GET /metrics), by the span attribute that
+#: must carry the same figure
+VLLM_HISTOGRAMS = {
+    A.VLLM_QUEUE_TIME: "vllm:request_queue_time_seconds",
+    A.VLLM_PREFILL_TIME: "vllm:request_prefill_time_seconds",
+    A.VLLM_DECODE_TIME: "vllm:request_decode_time_seconds",
+    A.RESPONSE_TIME_TO_FIRST_CHUNK: "vllm:time_to_first_token_seconds",
+}
+_SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+(\S+)")
+
+
+def _vllm_histograms(base_url: str) -> dict[str, float]:
+    """`<histogram>_sum` and `<histogram>_count` of VLLM_HISTOGRAMS, summed over their label sets."""
+    with urllib.request.urlopen(f"{base_url}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    wanted = {f"{h}{suffix}" for h in VLLM_HISTOGRAMS.values() for suffix in ("_sum", "_count")}
+    values = dict.fromkeys(wanted, 0.0)
+    for line in text.splitlines():
+        match = _SAMPLE.match(line)
+        if match and match.group(1) in wanted:
+            values[match.group(1)] += float(match.group(3))
+    return values
+
+
+def _vllm_histograms_after(base_url: str, before: dict[str, float], requests: int) -> dict[str, float]:
+    """vLLM's histograms once it has recorded `requests` more requests than in `before` (its stat
+    logger records after the response may have left: a bounded poll of the server's endpoint)."""
+    deadline = time.monotonic() + 30
+    while True:
+        after = _vllm_histograms(base_url)
+        if all(after[f"{h}_count"] - before[f"{h}_count"] >= requests for h in VLLM_HISTOGRAMS.values()):
+            return after
+        if time.monotonic() > deadline:
+            raise AssertionError(f"vLLM recorded no request: {before} -> {after}")
+        time.sleep(0.2)
+
+
+def _server_spans(collector, count: int):
+    return collector.wait_for_spans(
+        lambda s: s["scope_name"] == "traceai_vllm" and s["resource_attributes"].get("service.name")
+        == "vllm-server-under-test", count=count, timeout=30)
+
+
+def test_server_request_span_joins_the_client_trace(vllm_server, collector, telemetry, hub_online):
+    from huggingface_hub import InferenceClient
+
+    collector.clear()
+    before = _vllm_histograms(vllm_server)
+    client = InferenceClient(base_url=vllm_server)
+    out = client.chat_completion([{"role": "user", "content": "Say something."}], model="tiny-llama",
+                                 max_tokens=6, seed=1)
+    (client_span,) = telemetry.spans()
+    (server_span,) = _server_spans(collector, 1)
+    assert server_span["trace_id"] == format(client_span.context.trace_id, "032x")
+    assert server_span["parent_span_id"] == format(client_span.context.span_id, "016x")
+    assert server_span["kind"] == "SERVER"
+    assert server_span["name"] == "chat tiny-llama"  # the chat route's requests are chat operations
+    assert server_span["attributes"][A.RESPONSE_ID] == out.id
+    a = server_span["attributes"]
+    assert a[A.USAGE_INPUT_TOKENS] == out.usage.prompt_tokens
+    assert a[A.USAGE_OUTPUT_TOKENS] == out.usage.completion_tokens
+    assert a[A.REQUEST_MODEL] == "tiny-llama"
+    assert a[A.REQUEST_MAX_TOKENS] == 6
+    # the server keeps request stats (its default): vLLM's own breakdown is on the span, the very
+    # figures vLLM's Prometheus histograms recorded for this one request
+    after = _vllm_histograms_after(vllm_server, before, 1)
+    for key, histogram in VLLM_HISTOGRAMS.items():
+        assert after[f"{histogram}_count"] - before[f"{histogram}_count"] == 1, histogram
+        assert a[key] == pytest.approx(after[f"{histogram}_sum"] - before[f"{histogram}_sum"], abs=1e-9), key
+    assert a[A.VLLM_PREFILL_TIME] > 0 and a[A.VLLM_DECODE_TIME] > 0 and a[A.RESPONSE_TIME_TO_FIRST_CHUNK] > 0
+    assert a[A.MODEL_ENGINE] == "vllm" and a[A.MODEL_FRAMEWORK] == "pytorch"
+
+
+def test_client_disconnect_mid_stream_ends_the_server_span_as_aborted(vllm_server, collector, hub_online):
+    from huggingface_hub import InferenceClient
+
+    collector.clear()
+    client = InferenceClient(base_url=vllm_server)  # kept: the client owns the response stream
+    stream = client.chat_completion(
+        [{"role": "user", "content": "Talk for a long time."}], model="tiny-llama", max_tokens=200,
+        stream=True, extra_body={"ignore_eos": True})
+    for i, _ in enumerate(stream):
+        if i == 2:
+            break
+    stream.close()
+    client.close()  # the HTTP connection goes; vLLM aborts the request
+    (server_span,) = _server_spans(collector, 1)
+    assert list(server_span["attributes"][A.RESPONSE_FINISH_REASONS]) == ["abort"]
+
+
+def test_the_plugin_exports_from_export_processes_by_default(vllm_server, collector, hub_online):
+    """Under TRACEAI_VLLM_AUTO, TRACEAI_EXPORT_PROCESS defaults to on: the spans above came from
+    export processes, children of the server's processes (in its process group), and so do the
+    request histograms (recorded there, from the requests' records)."""
+    durations = collector.wait_for_metrics(
+        lambda m: m["name"] == A.METRIC_SERVER_REQUEST_DURATION
+        and m["resource_attributes"].get("service.name") == "vllm-server-under-test"
+        and sum(p["count"] for p in m["data_points"]) >= 2, timeout=30)
+    operations = {p["attributes"][A.OPERATION_NAME] for p in durations[-1]["data_points"]}
+    assert operations == {"chat"} and durations[-1]["scope_name"] == "traceai_vllm"
+    assert sum(p["count"] for p in durations[-1]["data_points"]) == 2  # the two requests above, once each
+    (pgid,) = _server_group  # the API server's pid: the leader of the group its processes share
+    members, exporters = set(), {}  # pids in the server's group; export process -> its parent
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            cmdline = open(f"/proc/{entry}/cmdline", "rb").read().split(b"\0")
+            ppid, group = (int(v) for v in open(f"/proc/{entry}/stat").read().rsplit(")", 1)[1].split()[1:3])
+        except (OSError, ValueError, IndexError):
+            continue
+        if group != pgid:
+            continue
+        members.add(int(entry))
+        if any(b"fi_evals_core.telemetry.export_process" in arg for arg in cmdline):
+            exporters[int(entry)] = ppid
+    # the request spans and histograms above came from the API server's own export process: one
+    assert list(exporters.values()).count(pgid) == 1, exporters
+    # and any other is the one export process of another vLLM process of the server (EngineCore, worker)
+    parents = list(exporters.values())
+    assert len(set(parents)) == len(parents), exporters
+    assert all(parent in members and parent not in exporters for parent in parents), exporters
