@@ -455,6 +455,140 @@ def _dist_version(name: str) -> str:
         return "-"
 
 
+SAME_PROCESS_VARIANTS = ("baseline", "baseline-aa", "traceai", "traceai-export-process")
+
+
+def same_process_worker_main(args: argparse.Namespace) -> int:
+    """--same-process: ONE worker process (one model, one memory layout); every "run" message names
+    its variant, and traceai is switched on (with that variant's providers and sink) or off before
+    the batch: the figures carry no difference between worker processes."""
+    send = worker_pipe()
+    try:
+        import torch
+
+        torch.set_num_threads(1)
+        try:
+            torch.set_num_interop_threads(1)
+        except RuntimeError:
+            pass
+        import transformers
+        from transformers import AutoModelForCausalLM, AutoTokenizer, pipeline
+
+        from fi_evals_core.telemetry import drain
+        from traceai_huggingface import HuggingFaceInstrumentor
+
+        transformers.logging.set_verbosity_error()
+        tmpdir = Path(args.worker_tmp)
+        telemetry = _Telemetry()  # the in-process variant's providers (counting exporter)
+        registered = _Telemetry.__new__(_Telemetry)  # the export-process variant's: what register() builds
+        registered.logger_provider, registered.log_records = None, Counter()
+        registered.tracer_provider, registered.meter_provider = telemetry.tracer_provider, telemetry.meter_provider
+        info = _instrument("traceai-export-process", registered, args.content, tmpdir)
+        registered.tracer_provider = registered.registered.tracer_provider
+        instrumentor = HuggingFaceInstrumentor()
+        instrumentor.uninstrument()
+        kwargs = {"traceai": dict(tracer_provider=telemetry.tracer_provider, meter_provider=telemetry.meter_provider),
+                  "traceai-export-process": dict(tracer_provider=registered.registered.tracer_provider,
+                                                 meter_provider=registered.registered.meter_provider,
+                                                 telemetry_sink=registered.registered.sink)}
+        sources = {"traceai": telemetry, "traceai-export-process": registered}
+
+        def switch(v: str) -> None:
+            if instrumentor.is_instrumented_by_opentelemetry:
+                instrumentor.uninstrument()
+            if v in kwargs:
+                instrumentor.instrument(**kwargs[v])
+
+        tok = AutoTokenizer.from_pretrained(args.model_dir)
+        model = AutoModelForCausalLM.from_pretrained(args.model_dir)
+        model.eval()
+        pipe = pipeline("text-generation", model=model, tokenizer=tok)
+        enc = tok(PROMPT, return_tensors="pt")
+        gen_kwargs = dict(max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens, do_sample=False)
+        calls = {"generate": lambda: model.generate(enc["input_ids"], attention_mask=enc["attention_mask"],
+                                                    **gen_kwargs),
+                 "pipeline": lambda: pipe(PROMPT, **gen_kwargs)}
+        out = calls["generate"]()
+        info.update(torch=torch.__version__, transformers=transformers.__version__,
+                    otel_sdk=_dist_version("opentelemetry-sdk"), prompt_tokens=int(enc["input_ids"].shape[-1]),
+                    new_tokens=int(out.shape[-1] - enc["input_ids"].shape[-1]), threads=torch.get_num_threads())
+        seen = {v: src.spans_by_name() for v, src in sources.items()}
+        per_mode: dict[str, dict[str, Counter[str]]] = {v: {m: Counter() for m in (*MODES, "warmup")}
+                                                        for v in SAME_PROCESS_VARIANTS}
+        calls_done: dict[str, Counter[str]] = {v: Counter() for v in SAME_PROCESS_VARIANTS}
+
+        def account(v: str, bucket: str) -> None:
+            if v in sources:
+                sources[v].flush()
+                now = sources[v].spans_by_name()
+                per_mode[v][bucket].update(now - seen[v])
+                seen[v] = now
+
+        send({"ready": True, "info": info})
+        for line in sys.stdin:
+            msg = json.loads(line)
+            cmd, v = msg["cmd"], msg.get("variant", BASELINE)
+            if cmd == "warmup":
+                switch(v)
+                for mode in MODES:
+                    for _ in range(msg["n"]):
+                        calls[mode]()
+                drain()
+                account(v, "warmup")
+                send({"ok": True})
+            elif cmd == "run":
+                switch(v)
+                mode, n = msg["mode"], msg["n"]
+                fn = calls[mode]
+                times, cpu = [0] * n, [0] * n
+                gc.collect()
+                clock, cpu_clock = time.perf_counter_ns, time.thread_time_ns
+                t_start, c_start = clock(), cpu_clock()
+                for i in range(n):
+                    t0, c0 = clock(), cpu_clock()
+                    fn()
+                    times[i], cpu[i] = clock() - t0, cpu_clock() - c0
+                drain()  # what traceai's telemetry thread still has: inside the window
+                total, cpu_total = clock() - t_start, cpu_clock() - c_start
+                calls_done[v][mode] += n
+                account(v, mode)
+                send({"times_ns": times, "total_ns": total, "cpu_ns": cpu, "cpu_total_ns": cpu_total})
+            elif cmd == "stats":
+                send({"spans": {m: dict(c) for m, c in per_mode[v].items()}, "logs": {},
+                      "calls": dict(calls_done[v]),
+                      "metric_points": telemetry.metric_points() if v == "traceai" else {}})
+            elif cmd == "quit":
+                send({"bye": True})
+                break
+            else:
+                send({"error": f"unknown command {cmd!r} in --same-process"})
+        switch(BASELINE)
+        registered.registered.shutdown()
+        return 0
+    except Exception as exc:  # noqa: BLE001
+        import traceback
+
+        traceback.print_exc()
+        send({"error": f"{type(exc).__name__}: {exc}"})
+        return 1
+
+
+class _VariantOfSharedWorker:
+    """One variant's view of the --same-process worker: its requests carry the variant's name."""
+
+    def __init__(self, worker: Any, variant: str) -> None:
+        self.worker = worker
+        self.variant = variant
+        self.info: dict[str, Any] = {}
+
+    def request(self, msg: dict[str, Any] | None) -> dict[str, Any]:
+        return self.worker.request(None if msg is None else {**msg, "variant": self.variant})
+
+    def close(self) -> None:
+        if self.variant == BASELINE:
+            self.worker.close()
+
+
 def _profile_run(profiles: dict[str, Any], fn: Any, mode: str, n: int) -> None:
     import cProfile
 
@@ -560,10 +694,20 @@ def driver_main(args: argparse.Namespace) -> int:
                 print(built.stdout, built.stderr, file=sys.stderr)
                 raise SystemExit("could not build the tiny model")
 
-        workers: dict[str, Worker] = {}
-        for v in variants:  # start them all at once: imports overlap, nothing is timed yet
+        workers: dict[str, Any] = {}
+        if args.same_process:
+            unknown = [v for v in variants if v not in SAME_PROCESS_VARIANTS]
+            if unknown:
+                raise SystemExit(f"--same-process runs {', '.join(SAME_PROCESS_VARIANTS)}; not {', '.join(unknown)}")
+            shared = Worker("same-process", python, args, tmp, env)
+            ready = shared.request(None)["info"]
+            for v in variants:
+                workers[v] = _VariantOfSharedWorker(shared, v)
+                workers[v].info = dict(ready) if v.startswith("traceai") else {
+                    k: ready[k] for k in ready if k not in ("version", "content")}
+        for v in (() if args.same_process else variants):  # all at once: imports overlap, nothing is timed yet
             workers[v] = Worker(v, python, args, tmp, env)
-        for v in list(workers):
+        for v in ([] if args.same_process else list(workers)):
             try:
                 workers[v].info = workers[v].request(None)["info"]
             except Exception as exc:  # noqa: BLE001
@@ -618,7 +762,8 @@ def driver_main(args: argparse.Namespace) -> int:
         project = rows.get(PROJECT)
         over = project is not None and any(
             project[m]["added_us"] > GOAL_US or project[m]["ratio"] < GOAL_RATIO for m in MODES)
-        if PROJECT in workers and (args.profile == "always" or (args.profile == "auto" and over)):
+        if PROJECT in workers and not args.same_process and (
+                args.profile == "always" or (args.profile == "auto" and over)):
             print(f"\nprofile of {PROJECT} ({args.profile_calls} calls per mode, cProfile; cProfile inflates small "
                   f"functions, read the ranking more than the absolute numbers):")
             chunk = max(1, args.profile_calls // 10)
@@ -787,6 +932,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--keep", action="store_true", help="keep the temporary directory (model, worker logs)")
     p.add_argument("--model-dir", type=Path, default=None, help="use this model directory instead of building one")
     # internal: worker / model-builder entry points
+    p.add_argument("--same-process", action="store_true",
+                   help="one worker process for the variants baseline, baseline-aa, traceai and "
+                        "traceai-export-process, switched batch by batch (no difference between processes' "
+                        "memory layouts in the figures)")
     p.add_argument("--_worker", dest="worker", help=argparse.SUPPRESS)
     p.add_argument("--_model-dir", dest="worker_model_dir", help=argparse.SUPPRESS)
     p.add_argument("--_worker-tmp", dest="worker_tmp", help=argparse.SUPPRESS)
@@ -803,7 +952,7 @@ def main(argv: list[str] | None = None) -> int:
         return build_main(args)
     if args.worker:
         args.model_dir = args.worker_model_dir
-        return worker_main(args)
+        return same_process_worker_main(args) if args.worker == "same-process" else worker_main(args)
     return driver_main(args)
 
 

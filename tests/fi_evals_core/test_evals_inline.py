@@ -244,6 +244,9 @@ def test_register_turns_it_on_from_the_environment_and_results_reach_a_collector
             assert telemetry.sink.evaluates_remotely
         else:
             assert telemetry.completion_sink is not None and handoff.get_sink() is telemetry.completion_sink
+            # the model is loaded on the scoring thread at start, before any request
+            assert telemetry.completion_sink.loaded.wait(60)
+            assert all(e._scorer is not None for e in telemetry.completion_sink.evaluators)
         InferenceClient(base_url=hf_server.base_url).chat_completion(
             [{"role": "user", "content": "Tell me about the quiet house"}], max_tokens=6)
     finally:

@@ -95,6 +95,8 @@ class InlineEvaluator:
         self.dropped = 0  # completions offered but not scored (also the metric, by reason)
         self.scored = 0  # completions scored (by every evaluator)
         self._start_lock = threading.Lock()
+        self._load_first = False
+        self.loaded = threading.Event()  # the scoring thread is past loading the model(s)
         self._closed = False
         self._thread: threading.Thread | None = None
         self._pid = os.getpid()
@@ -158,7 +160,23 @@ class InlineEvaluator:
 
     # -- the worker thread ----------------------------------------------------------------------
 
+    def load_in_background(self) -> None:
+        """Start the scoring thread now and load the NLI model(s) there first, so that the first
+        sampled requests do not wait for the load and it does not happen mid-traffic."""
+        self._load_first = True
+        self._ensure_thread()
+
+    def _load(self) -> None:
+        for evaluator in self.evaluators:
+            try:
+                evaluator.scorer  # noqa: B018 - loads (and shares) the checkpoint
+            except Exception:  # scoring will report it per result (error.type), and retry per batch
+                logger.warning("inline evaluation: %s could not load its model", evaluator.name, exc_info=True)
+
     def _run(self) -> None:
+        if self._load_first:
+            self._load()
+        self.loaded.set()
         pending = self._queue
         while True:
             item = pending.get()
@@ -264,7 +282,9 @@ class InlineEvaluationExtension:
         return EvalsConfig.from_env().sample_rate > 0
 
     def start(self, tracer_provider: TracerProvider | None, meter_provider: MeterProvider | None) -> InlineEvaluator:
-        return _from_config(EvalsConfig.from_env(), tracer_provider, meter_provider)
+        evaluator = _from_config(EvalsConfig.from_env(), tracer_provider, meter_provider)
+        evaluator.load_in_background()
+        return evaluator
 
 
 extension = InlineEvaluationExtension()
