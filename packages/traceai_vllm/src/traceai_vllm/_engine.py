@@ -399,8 +399,9 @@ class RequestTracker:
         # The facts are read now (the request's state is final once it has finished); its span is
         # made from them on the telemetry worker, or in the export process.
         parent = tracked.parent if not tracked.headers else None
+        deferred = parent if isinstance(parent, RequestSpan) and parent.span is None else None
         self.runtime.finish(self._record(child, detokenizer is not None, last_token_ts, now, error),
-                            deferred_parent=parent if isinstance(parent, RequestSpan) else None)
+                            deferred_parent=deferred)
 
     def _record(self, child: Child, counted: bool, last_token_ts: float | None, end_wall_ns: int,
                 error: BaseException | None) -> FinishedRequest:
@@ -443,7 +444,7 @@ class RequestTracker:
         return FinishedRequest(
             scope=self.runtime.scope, name=f"{operation} {info.model}",
             kind=(SpanKind.SERVER if headers else SpanKind.INTERNAL).value,
-            parent=None if isinstance(parent, RequestSpan) else SpanIds.of_context(parent),
+            parent=_parent_ids(parent),
             start_attributes=start_attributes(operation, info.model, sampling_values(sampling), tracked.n),
             start_wall_ns=arrival_ns, duration_ns=max(0, end_wall_ns - arrival_ns), attributes=attributes,
             framework=info.framework, metrics="server", engine_ttft_s=ttft,
@@ -525,6 +526,14 @@ class RequestTracker:
         except Exception:
             logger.debug("could not end failed vLLM spans", exc_info=True)
         return wrapped(*args, **kwargs)
+
+
+def _parent_ids(parent: Any) -> SpanIds | None:
+    """The ids of a request's parent: a Context, or the grouping request it was started in (whose
+    span, when it has none yet, is made off the request path: runtime.finish)."""
+    if isinstance(parent, RequestSpan):
+        return SpanIds.of(parent.span.get_span_context()) if parent.span is not None else None
+    return SpanIds.of_context(parent)
 
 
 def engine_timing(first_token_latency: float | None, queued_ts: float | None, scheduled_ts: float | None,

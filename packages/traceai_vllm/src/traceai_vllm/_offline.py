@@ -31,10 +31,12 @@ def batch_wrapper(runtime: TelemetryRuntime, method: str, operation: str):
         try:
             processor = instance.llm_engine.output_processor
             model = (engine_infos.get(processor) or _fallback_info(processor)).model
+            # Its span is made now, once per batch, so each request's record carries its parent's
+            # ids and goes straight to the sink when the request finishes.
             batch = runtime.start(
                 f"LLM.{method} {model}",
                 {A.PROVIDER_NAME: PROVIDER, A.REQUEST_MODEL: model},
-                kind=SpanKind.INTERNAL, metrics=None, defer_span=True,
+                kind=SpanKind.INTERNAL, metrics=None,
             )
         except Exception:
             logger.debug("could not start a vLLM batch span", exc_info=True)

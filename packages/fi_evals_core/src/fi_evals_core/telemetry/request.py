@@ -187,7 +187,7 @@ class RequestSpan:
     def _needs_worker(self) -> bool:
         """Work left that must not run on the request path: a deferred parent's span to make, or
         texts for evaluation still to produce."""
-        if self.encloses or isinstance(self._parent, RequestSpan):
+        if self.encloses or (isinstance(self._parent, RequestSpan) and self._parent.span is None):
             return True
         return bool(self._eval_texts) and any(callable(entry) or callable(entry[0]) or callable(entry[1])
                                               for entry in self._eval_texts)
