@@ -124,6 +124,11 @@ VARIANTS: dict[str, dict[str, Any]] = {
                                          "needs": "traceai_vllm", "ablation": True},
     "traceai-export-process-eval-100pct": {"label": "  export process, evaluating 100 %", "log_stats": False,
                                            "needs": "traceai_vllm", "ablation": True},
+    # --same-engine only: in-process traceai with inline evaluation scored in the serving process
+    "traceai-eval-1pct": {"label": "  in-process, evaluating 1 %", "log_stats": False, "needs": "traceai_vllm",
+                          "ablation": True},
+    "traceai-eval-100pct": {"label": "  in-process, evaluating 100 %", "log_stats": False, "needs": "traceai_vllm",
+                            "ablation": True},
 }
 DEFAULT_VARIANTS = [v for v, spec in VARIANTS.items() if not spec.get("ablation")]
 BASELINE = "baseline"

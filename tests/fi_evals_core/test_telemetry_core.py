@@ -499,3 +499,15 @@ def test_gpu_memory_gauges_read_the_source_at_collection_time():
               for m in sm.metrics for p in m.data.data_points}
     assert values[(A.GPU_TORCH_ALLOCATED, 0)] == 12_345 and values[(A.GPU_TORCH_ALLOCATED, 1)] == 12_345
     assert values[(A.GPU_TORCH_RESERVED, 1)] == 4_000
+
+
+def test_framework_attributes_are_plain_values():
+    """What crosses to the export process holds no torch objects: unpickling one there would import
+    torch (torch.__version__ is a TorchVersion, a str subclass), racing inline evaluation's import."""
+    import pickle
+
+    from fi_evals_core.telemetry import torch_framework_attributes
+
+    attrs = torch_framework_attributes(engine="x", engine_version="1", dtype="torch.float32", device="cpu")
+    assert {type(v) for v in attrs.values()} == {str}
+    assert b"torch" not in pickle.dumps(attrs).replace(b"pytorch", b"")

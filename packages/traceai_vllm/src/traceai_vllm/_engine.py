@@ -83,9 +83,29 @@ def sampling_values(sampling: Any) -> tuple | None:
     """The sampling parameters a span reports, as plain values (None for pooling requests)."""
     if sampling is None:
         return None
+    stop = getattr(sampling, "stop", None)
     return (getattr(sampling, "max_tokens", None), getattr(sampling, "temperature", None),
             getattr(sampling, "top_p", None), getattr(sampling, "seed", None), getattr(sampling, "top_k", None),
-            getattr(sampling, "stop", None))
+            tuple(stop) if isinstance(stop, list) else stop)
+
+
+_START_ATTRIBUTES_KEPT = 1024
+_start_attributes: dict[tuple, dict[str, Any]] = {}
+
+
+def shared_start_attributes(operation: str, model: str, sampling: tuple | None, n: int = 1) -> dict[str, Any]:
+    """`start_attributes`, one dict per distinct set of values, shared by the requests that have
+    them (never changed afterwards): built once, and pickled once per hand-over frame."""
+    key = (operation, model, sampling, n)
+    try:
+        attrs = _start_attributes.get(key)
+    except TypeError:  # an unhashable parameter value
+        return start_attributes(operation, model, sampling, n)
+    if attrs is None:
+        if len(_start_attributes) >= _START_ATTRIBUTES_KEPT:
+            _start_attributes.clear()
+        attrs = _start_attributes[key] = start_attributes(operation, model, sampling, n)
+    return attrs
 
 
 def start_attributes(operation: str, model: str, sampling: tuple | None, n: int = 1) -> dict[str, Any]:
@@ -443,9 +463,9 @@ class RequestTracker:
         error_type, error_message = error_details(error)
         return FinishedRequest(
             scope=self.runtime.scope, name=f"{operation} {info.model}",
-            kind=(SpanKind.SERVER if headers else SpanKind.INTERNAL).value,
+            kind=_SERVER if headers else _INTERNAL,
             parent=_parent_ids(parent),
-            start_attributes=start_attributes(operation, info.model, sampling_values(sampling), tracked.n),
+            start_attributes=shared_start_attributes(operation, info.model, sampling_values(sampling), tracked.n),
             start_wall_ns=arrival_ns, duration_ns=max(0, end_wall_ns - arrival_ns), attributes=attributes,
             framework=info.framework, metrics="server", engine_ttft_s=ttft,
             engine_decode_s=attributes.get(A.VLLM_DECODE_TIME) if ttft is not None else None,
@@ -526,6 +546,9 @@ class RequestTracker:
         except Exception:
             logger.debug("could not end failed vLLM spans", exc_info=True)
         return wrapped(*args, **kwargs)
+
+
+_SERVER, _INTERNAL = SpanKind.SERVER.value, SpanKind.INTERNAL.value
 
 
 def _parent_ids(parent: Any) -> SpanIds | None:

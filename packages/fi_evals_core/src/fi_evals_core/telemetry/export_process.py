@@ -517,7 +517,13 @@ def child_main() -> int:
         return 2
     handler = _Handler(first[0].config, first[0].resource_attributes)
     while True:
-        frame = _read_frame(stdin)
+        try:
+            frame = _read_frame(stdin)
+        except EOFError:
+            frame = None
+        except Exception:  # a frame that cannot be read back: it is lost, the process goes on
+            logger.warning("traceai export process: a hand-over frame could not be read", exc_info=True)
+            continue
         if frame is None:  # the parent is gone: export what was received, then stop
             handler.stop()
             return 0

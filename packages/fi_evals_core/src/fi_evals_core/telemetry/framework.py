@@ -23,7 +23,8 @@ def torch_framework_attributes(
 
     attrs: dict[str, Any] = {
         A.MODEL_FRAMEWORK: "pytorch",
-        A.MODEL_FRAMEWORK_VERSION: torch.__version__,
+        # a plain str: torch's TorchVersion would make whoever unpickles it import torch
+        A.MODEL_FRAMEWORK_VERSION: str(torch.__version__),
         A.MODEL_ENGINE: engine,
     }
     if engine_version:
