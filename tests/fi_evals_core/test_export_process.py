@@ -243,14 +243,16 @@ def test_a_request_finished_in_the_export_process_matches_one_finished_here(coll
         (1, "input", "text_completion"), (1, "output", "text_completion")]
 
 
-def test_an_extra_span_processor_keeps_sdk_spans(tmp_path):
-    """Anything else on the provider (a processor the app added) sees real SDK spans."""
+@pytest.mark.parametrize("export_process", ["0", "1"])
+def test_an_extra_span_processor_keeps_sdk_spans(tmp_path, export_process):
+    """Anything else on the provider (a processor the app added) sees real SDK spans: request spans
+    are then made through the provider, in-process or with the export process alike."""
     from opentelemetry.sdk.trace.export import SimpleSpanProcessor
     from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
     from fi_evals_core.telemetry import TelemetryRuntime, drain
 
-    env = {"TRACEAI_TRACES_FILE": str(tmp_path / "spans.jsonl"), "TRACEAI_EXPORT_PROCESS": "1"}
+    env = {"TRACEAI_TRACES_FILE": str(tmp_path / "spans.jsonl"), "TRACEAI_EXPORT_PROCESS": export_process}
     telemetry = register(config=TelemetryConfig.from_env(env), set_global=False, instrument=False)
     try:
         memory = InMemorySpanExporter()
@@ -262,8 +264,11 @@ def test_an_extra_span_processor_keeps_sdk_spans(tmp_path):
         runtime.start("op", {A.OPERATION_NAME: "op"}, defer_span=True).end()
         drain()
         assert [s.name for s in memory.get_finished_spans()] == ["op"]
+        assert telemetry.force_flush()
     finally:
         telemetry.shutdown()
+    # and the configured exporter still got it
+    assert [json.loads(line)["name"] for line in (tmp_path / "spans.jsonl").read_text().splitlines()] == ["op"]
 
 
 def test_an_export_process_that_cannot_start_means_exporting_in_process(tmp_path, monkeypatch, caplog):

@@ -71,12 +71,11 @@ class ExportProcessSink:
         every span processor of the provider sees them (one the application added, say); their
         histograms and evaluation stay with the export process."""
         self.direct = False
-        self.submit = self._submit_here  # type: ignore[method-assign]
 
     def submit(self, record: FinishedRequest) -> None:
-        self.process.send_request(record)
-
-    def _submit_here(self, record: FinishedRequest) -> None:
+        if self.direct:
+            self.process.send_request(record)
+            return
         worker = get_worker()
         if worker.on_worker_thread:
             self._emit_here(record, None)
