@@ -630,6 +630,80 @@ def _profile_report(profiles: dict[str, Any], profiled: Counter, top: int) -> di
     return report
 
 
+def replay_main(args: argparse.Namespace) -> int:
+    """--replay: traceai's own CPU per call, without the model's compute. `generate` and the
+    pipeline are called on the tiny model with their forward replaced by a stub that returns the
+    ids a real call returned (so traceai counts the same tokens), instrumented and not, alternated,
+    for each sink: this process's CPU time, all threads (the telemetry worker's span and histogram
+    work included), per call, minus the same loop uninstrumented. The first-token hook does not
+    fire (no forward runs): its few microseconds are missing. Low noise, for the goal's per-call part."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, pipeline
+
+    from fi_evals_core import register
+    from fi_evals_core.telemetry import TelemetryConfig, drain
+    from traceai_huggingface import HuggingFaceInstrumentor
+
+    torch.set_num_threads(1)
+    model_dir = args.model_dir
+    tmp = Path(tempfile.mkdtemp(prefix="hf-replay-"))
+    if model_dir is None:
+        from fi_evals_core.testing import tiny_models
+
+        model_dir = tiny_models.build_llama(tmp / "tiny-llama")
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    enc = tok(PROMPT, return_tensors="pt")
+    gen_kwargs = dict(max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens, do_sample=False)
+    produced = model.generate(enc["input_ids"], attention_mask=enc["attention_mask"], **gen_kwargs)
+    from transformers.generation.utils import GenerationMixin
+
+    real_generate = GenerationMixin.generate  # what traceai wraps: the stub goes underneath it
+    GenerationMixin.generate = lambda self, *a, **k: produced  # every call returns those ids
+    instrumentor = HuggingFaceInstrumentor()
+    instrumentor.uninstrument()
+    pipe = pipeline("text-generation", model=model, tokenizer=tok)
+    calls = {"generate": lambda: model.generate(enc["input_ids"], attention_mask=enc["attention_mask"], **gen_kwargs),
+             "pipeline": lambda: pipe(PROMPT, **gen_kwargs)}
+    sinks = {}
+    for name, flag in (("in-process (register())", "0"), ("export process", "1")):
+        telemetry = register(config=TelemetryConfig.from_env(
+            {"TRACEAI_EXPORT_PROCESS": flag, "TRACEAI_TRACES_FILE": str(tmp / f"spans-{flag}.jsonl")}),
+            set_global=False, instrument=False)
+        sinks[name] = telemetry
+
+    def cpu_per_call(fn: Any, n: int) -> float:
+        gc.collect()
+        c0 = time.process_time_ns()
+        for _ in range(n):
+            fn()
+        drain()
+        return (time.process_time_ns() - c0) / n / 1e3
+
+    print(f"replay: {args.rounds} rounds x {args.calls} calls per mode; CPU us per call added by traceai "
+          "(this process, all threads), median [min, max] of paired rounds")
+    try:
+        for name, telemetry in sinks.items():
+            for mode, fn in calls.items():
+                added = []
+                for r in range(args.rounds + 1):
+                    base = cpu_per_call(fn, args.calls)
+                    instrumentor.instrument(tracer_provider=telemetry.tracer_provider,
+                                            meter_provider=telemetry.meter_provider, telemetry_sink=telemetry.sink)
+                    traced = cpu_per_call(fn, args.calls)
+                    instrumentor.uninstrument()
+                    telemetry.force_flush()
+                    if r:  # the first is a warm-up
+                        added.append(traced - base)
+                print(f"  {name:<26} {mode:<9} {median(added):7.1f}  [{min(added):.1f}, {max(added):.1f}]")
+    finally:
+        GenerationMixin.generate = real_generate
+        for telemetry in sinks.values():
+            telemetry.shutdown()
+        shutil.rmtree(tmp, ignore_errors=True)
+    return 0
+
+
 def build_main(args: argparse.Namespace) -> int:
     from fi_evals_core.testing import tiny_models
 
@@ -932,6 +1006,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--keep", action="store_true", help="keep the temporary directory (model, worker logs)")
     p.add_argument("--model-dir", type=Path, default=None, help="use this model directory instead of building one")
     # internal: worker / model-builder entry points
+    p.add_argument("--replay", action="store_true",
+                   help="traceai's own CPU per call with the model's compute stubbed out, in this process, "
+                        "in-process and export-process sinks (low noise; see replay_main)")
     p.add_argument("--same-process", action="store_true",
                    help="one worker process for the variants baseline, baseline-aa, traceai and "
                         "traceai-export-process, switched batch by batch (no difference between processes' "
@@ -950,6 +1027,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.build:
         return build_main(args)
+    if args.replay:
+        return replay_main(args)
     if args.worker:
         args.model_dir = args.worker_model_dir
         return same_process_worker_main(args) if args.worker == "same-process" else worker_main(args)
