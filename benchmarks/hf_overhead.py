@@ -316,50 +316,44 @@ def _sdk_floor(telemetry: _Telemetry) -> None:
                                 pipeline_span)
 
 
+def _timed_calls(model_dir: Any, new_tokens: int) -> tuple[dict[str, Any], dict[str, Any], Any]:
+    """torch on one thread, the tiny model and its text-generation pipeline, and the two timed calls
+    (`generate`, pipeline), each producing exactly `new_tokens` greedy tokens. Returns the calls, the
+    facts printed with the table, and the ids of one `generate` call (run here, as a warm-up)."""
+    import torch
+
+    torch.set_num_threads(1)
+    try:
+        torch.set_num_interop_threads(1)
+    except RuntimeError:
+        pass
+    import transformers
+    from transformers import AutoModelForCausalLM, AutoTokenizer, pipeline
+
+    transformers.logging.set_verbosity_error()
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    pipe = pipeline("text-generation", model=model, tokenizer=tok)
+    enc = tok(PROMPT, return_tensors="pt")
+    gen_kwargs = dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False)
+    calls = {"generate": lambda: model.generate(enc["input_ids"], attention_mask=enc["attention_mask"], **gen_kwargs),
+             "pipeline": lambda: pipe(PROMPT, **gen_kwargs)}
+    out = calls["generate"]()
+    info = dict(torch=torch.__version__, transformers=transformers.__version__,
+                otel_sdk=_dist_version("opentelemetry-sdk"), prompt_tokens=int(enc["input_ids"].shape[-1]),
+                new_tokens=int(out.shape[-1] - enc["input_ids"].shape[-1]), threads=torch.get_num_threads())
+    return calls, info, out
+
+
 def worker_main(args: argparse.Namespace) -> int:
     send = worker_pipe()
 
     try:
-        import torch
-
-        torch.set_num_threads(1)
-        try:
-            torch.set_num_interop_threads(1)
-        except RuntimeError:
-            pass
-        import transformers
-        from transformers import AutoModelForCausalLM, AutoTokenizer, pipeline
-
-        transformers.logging.set_verbosity_error()
         telemetry = _Telemetry()
         tmpdir = Path(args.worker_tmp)
         info = _instrument(args.worker, telemetry, args.content, tmpdir)
-
-        tok = AutoTokenizer.from_pretrained(args.model_dir)
-        model = AutoModelForCausalLM.from_pretrained(args.model_dir)
-        model.eval()
-        pipe = pipeline("text-generation", model=model, tokenizer=tok)
-        enc = tok(PROMPT, return_tensors="pt")
-        new = args.new_tokens
-        gen_kwargs = dict(max_new_tokens=new, min_new_tokens=new, do_sample=False)
-
-        def call_generate() -> Any:
-            return model.generate(enc["input_ids"], attention_mask=enc["attention_mask"], **gen_kwargs)
-
-        def call_pipeline() -> Any:
-            return pipe(PROMPT, **gen_kwargs)
-
-        calls = {"generate": call_generate, "pipeline": call_pipeline}
-        out = call_generate()
-        produced = int(out.shape[-1] - enc["input_ids"].shape[-1])
-        info.update(
-            torch=torch.__version__,
-            transformers=transformers.__version__,
-            otel_sdk=_dist_version("opentelemetry-sdk"),
-            prompt_tokens=int(enc["input_ids"].shape[-1]),
-            new_tokens=produced,
-            threads=torch.get_num_threads(),
-        )
+        calls, facts, _ = _timed_calls(args.model_dir, args.new_tokens)
+        info.update(facts)
         telemetry.flush()
         seen: Counter[str] = telemetry.spans_by_name()
         logs_seen: Counter[str] = Counter(telemetry.log_records)
@@ -464,20 +458,9 @@ def same_process_worker_main(args: argparse.Namespace) -> int:
     the batch: the figures carry no difference between worker processes."""
     send = worker_pipe()
     try:
-        import torch
-
-        torch.set_num_threads(1)
-        try:
-            torch.set_num_interop_threads(1)
-        except RuntimeError:
-            pass
-        import transformers
-        from transformers import AutoModelForCausalLM, AutoTokenizer, pipeline
-
         from fi_evals_core.telemetry import drain
         from traceai_huggingface import HuggingFaceInstrumentor
 
-        transformers.logging.set_verbosity_error()
         tmpdir = Path(args.worker_tmp)
         telemetry = _Telemetry()  # the in-process variant's providers (counting exporter)
         registered = _Telemetry.__new__(_Telemetry)  # the export-process variant's: what register() builds
@@ -499,19 +482,8 @@ def same_process_worker_main(args: argparse.Namespace) -> int:
             if v in kwargs:
                 instrumentor.instrument(**kwargs[v])
 
-        tok = AutoTokenizer.from_pretrained(args.model_dir)
-        model = AutoModelForCausalLM.from_pretrained(args.model_dir)
-        model.eval()
-        pipe = pipeline("text-generation", model=model, tokenizer=tok)
-        enc = tok(PROMPT, return_tensors="pt")
-        gen_kwargs = dict(max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens, do_sample=False)
-        calls = {"generate": lambda: model.generate(enc["input_ids"], attention_mask=enc["attention_mask"],
-                                                    **gen_kwargs),
-                 "pipeline": lambda: pipe(PROMPT, **gen_kwargs)}
-        out = calls["generate"]()
-        info.update(torch=torch.__version__, transformers=transformers.__version__,
-                    otel_sdk=_dist_version("opentelemetry-sdk"), prompt_tokens=int(enc["input_ids"].shape[-1]),
-                    new_tokens=int(out.shape[-1] - enc["input_ids"].shape[-1]), threads=torch.get_num_threads())
+        calls, facts, _ = _timed_calls(args.model_dir, args.new_tokens)
+        info.update(facts)
         seen = {v: src.spans_by_name() for v, src in sources.items()}
         per_mode: dict[str, dict[str, Counter[str]]] = {v: {m: Counter() for m in (*MODES, "warmup")}
                                                         for v in SAME_PROCESS_VARIANTS}
@@ -637,34 +609,23 @@ def replay_main(args: argparse.Namespace) -> int:
     for each sink: this process's CPU time, all threads (the telemetry worker's span and histogram
     work included), per call, minus the same loop uninstrumented. The first-token hook does not
     fire (no forward runs): its few microseconds are missing. Low noise, for the goal's per-call part."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer, pipeline
+    from transformers.generation.utils import GenerationMixin
 
     from fi_evals_core import register
     from fi_evals_core.telemetry import TelemetryConfig, drain
     from traceai_huggingface import HuggingFaceInstrumentor
 
-    torch.set_num_threads(1)
     model_dir = args.model_dir
     tmp = Path(tempfile.mkdtemp(prefix="hf-replay-"))
     if model_dir is None:
         from fi_evals_core.testing import tiny_models
 
         model_dir = tiny_models.build_llama(tmp / "tiny-llama")
-    tok = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
-    enc = tok(PROMPT, return_tensors="pt")
-    gen_kwargs = dict(max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens, do_sample=False)
-    produced = model.generate(enc["input_ids"], attention_mask=enc["attention_mask"], **gen_kwargs)
-    from transformers.generation.utils import GenerationMixin
-
+    calls, _, produced = _timed_calls(model_dir, args.new_tokens)
     real_generate = GenerationMixin.generate  # what traceai wraps: the stub goes underneath it
     GenerationMixin.generate = lambda self, *a, **k: produced  # every call returns those ids
     instrumentor = HuggingFaceInstrumentor()
     instrumentor.uninstrument()
-    pipe = pipeline("text-generation", model=model, tokenizer=tok)
-    calls = {"generate": lambda: model.generate(enc["input_ids"], attention_mask=enc["attention_mask"], **gen_kwargs),
-             "pipeline": lambda: pipe(PROMPT, **gen_kwargs)}
     sinks = {}
     for name, flag in (("in-process (register())", "0"), ("export process", "1")):
         telemetry = register(config=TelemetryConfig.from_env(

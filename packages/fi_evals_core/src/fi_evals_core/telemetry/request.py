@@ -176,11 +176,7 @@ class RequestSpan:
             if sink.direct and finalize is None and self.span is None and not self._needs_worker():
                 sink.submit(self._record(error, end_ns))
                 return
-            worker = get_worker()
-            if worker.on_worker_thread:
-                self._finish(error, end_ns, finalize)
-            else:
-                worker.submit(lambda: self._finish(error, end_ns, finalize))
+            get_worker().run_or_submit(lambda: self._finish(error, end_ns, finalize))
         except Exception:  # telemetry must never break the caller
             logger.debug("failed to end a request span", exc_info=True)
 
@@ -245,13 +241,6 @@ class RequestSpan:
             return SpanIds.of(parent.ensure_span().get_span_context())
         return SpanIds.of_context(parent)
 
-    def parent_context(self) -> otel_context.Context:
-        """The Context this request's span has as parent (a deferred parent's span is made now)."""
-        parent = self._parent
-        if isinstance(parent, RequestSpan):
-            return trace.set_span_in_context(parent.ensure_span())
-        return parent if parent is not None else trace.set_span_in_context(trace.INVALID_SPAN)
-
     def ensure_span(self) -> Span:
         """The SDK span, made now (backdated to the start) if it does not exist yet: for a grouping
         request whose children need its ids. Its children may finish on different threads."""
@@ -259,6 +248,14 @@ class RequestSpan:
             with self._lock:
                 if self.span is None:
                     self.span = self.runtime.tracer.start_span(
-                        self._name, context=self.parent_context(), kind=self._kind, attributes=self._start_attrs,
-                        start_time=self._start_wall_ns)
+                        self._name, context=parent_context(self._parent), kind=self._kind,
+                        attributes=self._start_attrs, start_time=self._start_wall_ns)
         return self.span
+
+
+def parent_context(parent: Any) -> otel_context.Context:
+    """The Context a span with `parent` (a Context, a grouping RequestSpan whose span is made now
+    if it has none yet, or None for a root) is started in."""
+    if isinstance(parent, RequestSpan):
+        return trace.set_span_in_context(parent.ensure_span())
+    return parent if parent is not None else trace.set_span_in_context(trace.INVALID_SPAN)

@@ -20,7 +20,7 @@ from .content import ContentPolicy
 from .emit import Emitter
 from .finished import FinishedRequest, SpanIds
 from .gpu import GpuMemorySource, GpuMonitor, TorchNvmlSource
-from .request import RequestSpan
+from .request import RequestSpan, parent_context
 from .sinks import RequestSink, WorkerSink
 from .worker import get_worker
 
@@ -69,21 +69,14 @@ class TelemetryRuntime:
         """Hand a finished request to the sink. A deferred parent's span is made (and the record's
         parent set to it) on the telemetry worker, not on the request path."""
         if deferred_parent is None:
-            if self.sink.direct:
-                self.sink.submit(record)
-            else:
-                get_worker().submit(lambda: self.sink.submit(record))
+            self.sink.submit(record)  # a sink that is not `direct` takes it to the worker itself
             return
 
         def with_parent() -> None:
             parent = SpanIds.of(deferred_parent.ensure_span().get_span_context())
             self.sink.submit(dataclasses.replace(record, parent=parent))
 
-        worker = get_worker()
-        if worker.on_worker_thread:
-            with_parent()
-        else:
-            worker.submit(with_parent)
+        get_worker().run_or_submit(with_parent)
 
     def current_parent(self) -> Any:
         """What a request starting now has as parent: the enclosing deferred request, or the
@@ -147,9 +140,7 @@ class TelemetryRuntime:
         parent = context if context is not None else self.current_parent()
         span = None
         if not defer_span:
-            parent_context = (trace.set_span_in_context(parent.ensure_span()) if isinstance(parent, RequestSpan)
-                              else parent)
-            span = self.tracer.start_span(name, context=parent_context, kind=kind, attributes=attributes,
+            span = self.tracer.start_span(name, context=parent_context(parent), kind=kind, attributes=attributes,
                                           start_time=start_wall_ns)
         if gpu_index is not None:
             self._gpu_monitor().begin(gpu_index)

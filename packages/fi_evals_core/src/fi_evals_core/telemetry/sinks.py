@@ -48,11 +48,7 @@ class WorkerSink:
         self.emitter = emitter
 
     def submit(self, record: FinishedRequest) -> None:
-        worker = get_worker()
-        if worker.on_worker_thread:
-            self.emitter.emit_safely(record)
-        else:
-            worker.submit(lambda: self.emitter.emit_safely(record))
+        get_worker().run_or_submit(lambda: self.emitter.emit_safely(record))
 
     def submit_live(self, record: FinishedRequest, span: Span) -> None:
         self.emitter.emit_safely(record, span)
@@ -76,11 +72,7 @@ class ExportProcessSink:
         if self.direct:
             self.process.send_request(record)
             return
-        worker = get_worker()
-        if worker.on_worker_thread:
-            self._emit_here(record, None)
-        else:
-            worker.submit(lambda: self._emit_here(record, None))
+        get_worker().run_or_submit(lambda: self._emit_here(record, None))
 
     def submit_live(self, record: FinishedRequest, span: Span) -> None:
         self._emit_here(record, span)

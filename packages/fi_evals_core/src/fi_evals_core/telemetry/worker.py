@@ -50,6 +50,13 @@ class TelemetryWorker:
                 self._flush_requested = True
                 self._cond.notify_all()
 
+    def run_or_submit(self, job: Callable[[], None]) -> None:
+        """Run `job` now when called on this worker (it is already off the request path), else queue it."""
+        if self.on_worker_thread:
+            job()
+        else:
+            self.submit(job)
+
     def drain(self, timeout_s: float = 10.0) -> bool:
         """Run every queued job now and wait for them; False if `timeout_s` passed first."""
         if self.on_worker_thread:
