@@ -60,7 +60,7 @@ def test_register_exports_spans_and_request_histograms_from_a_child_process(coll
     assert duration["scope_name"] == "traceai_huggingface" and duration["unit"] == "s"
     assert duration["resource_attributes"]["service.name"] == "export-process-test"
     (point,) = duration["data_points"]
-    assert point["count"] == 1 and list(point["explicit_bounds"]) == DURATION_BUCKETS
+    assert point["count"] == 1 and tuple(point["explicit_bounds"]) == DURATION_BUCKETS
     assert point["attributes"][A.OPERATION_NAME] == generate["attributes"][A.OPERATION_NAME]
     usage = collector.wait_for_metrics(A.METRIC_TOKEN_USAGE)[-1]
     sums = {p["attributes"][A.TOKEN_TYPE]: p["sum"] for p in usage["data_points"]}

@@ -50,6 +50,8 @@ class ContentCapture(enum.Enum):
 TRACES_EXPORTERS = ("otlp", "jsonl", "console", "none")
 METRICS_EXPORTERS = ("otlp", "console", "none")
 OTLP_PROTOCOLS = ("grpc", "http/protobuf")
+METRICS_TEMPORALITIES = ("cumulative", "delta", "lowmemory")
+HISTOGRAM_AGGREGATIONS = ("explicit_bucket_histogram", "base2_exponential_bucket_histogram")
 SAMPLERS = (
     "always_on",
     "always_off",
@@ -73,6 +75,8 @@ class TelemetryConfig:
     otlp_metrics_endpoint: str | None = None
     otlp_headers: Mapping[str, str] = field(default_factory=dict, repr=False)
     otlp_timeout_s: float = 10.0
+    metrics_temporality: str = "cumulative"  # OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE
+    histogram_aggregation: str = "explicit_bucket_histogram"  # OTEL_EXPORTER_OTLP_METRICS_DEFAULT_HISTOGRAM_AGGREGATION
     sampler: str = "parentbased_always_on"
     sampler_arg: float | None = None
     traces_file: Path = Path(DEFAULT_TRACES_FILE)
@@ -124,6 +128,10 @@ class TelemetryConfig:
             otlp_metrics_endpoint=metrics_endpoint,
             otlp_headers=headers,
             otlp_timeout_s=env.number("OTEL_EXPORTER_OTLP_TIMEOUT", 10_000.0, low=1.0) / 1000.0,
+            metrics_temporality=env.choice("OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE",
+                                           METRICS_TEMPORALITIES, "cumulative"),
+            histogram_aggregation=env.choice("OTEL_EXPORTER_OTLP_METRICS_DEFAULT_HISTOGRAM_AGGREGATION",
+                                             HISTOGRAM_AGGREGATIONS, "explicit_bucket_histogram"),
             sampler=sampler,
             sampler_arg=sampler_arg,
             traces_file=Path(env.text("TRACEAI_TRACES_FILE", DEFAULT_TRACES_FILE)),

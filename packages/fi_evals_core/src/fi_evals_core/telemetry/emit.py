@@ -25,6 +25,7 @@ from . import attributes as A
 from . import handoff
 from .config import ContentCapture
 from .finished import FinishedRequest
+from .histograms import HistogramStore, StoreMetrics
 from .metrics import GenAIMetrics
 
 logger = logging.getLogger(__name__)
@@ -84,27 +85,33 @@ _UNSET = Status(StatusCode.UNSET)
 
 class Emitter:
     """Makes spans and histogram points of finished requests on the given providers (None: the
-    global ones), one tracer and one set of GenAI instruments per instrumentation scope; request
-    spans go straight to `direct` when given (the export process)."""
+    global ones), one tracer and one set of GenAI histograms per instrumentation scope; request
+    spans go straight to `direct` when given, and histogram points to `histograms` (the store of
+    a meter provider `providers.meter_provider` built) rather than to SDK instruments."""
 
     def __init__(self, tracer_provider: TracerProvider | None, meter_provider: MeterProvider | None,
-                 capture: ContentCapture, direct: DirectSpans | None = None) -> None:
+                 capture: ContentCapture, direct: DirectSpans | None = None,
+                 histograms: HistogramStore | None = None) -> None:
         self._tracer_provider = tracer_provider
         self._meter_provider = meter_provider
         self._capture = capture
         self._direct = direct
-        self._scopes: dict[tuple[str, str], tuple[trace.Tracer, GenAIMetrics]] = {}
+        self._store = histograms
+        self._scopes: dict[tuple[str, str], tuple[trace.Tracer, GenAIMetrics | StoreMetrics]] = {}
 
     def use_sdk_spans(self) -> None:
         """Make request spans through the tracer from now on (another span processor must see them)."""
         self._direct = None
 
-    def _instruments(self, scope: tuple[str, str]) -> tuple[trace.Tracer, GenAIMetrics]:
+    def _instruments(self, scope: tuple[str, str]) -> tuple[trace.Tracer, GenAIMetrics | StoreMetrics]:
         found = self._scopes.get(scope)
         if found is None:
             tracer = trace.get_tracer(scope[0], scope[1], tracer_provider=self._tracer_provider)
-            meter = otel_metrics.get_meter(scope[0], scope[1], meter_provider=self._meter_provider)
-            found = self._scopes[scope] = (tracer, GenAIMetrics(meter))
+            if self._store is not None:
+                metrics: GenAIMetrics | StoreMetrics = self._store.metrics(scope)
+            else:
+                metrics = GenAIMetrics(otel_metrics.get_meter(scope[0], scope[1], meter_provider=self._meter_provider))
+            found = self._scopes[scope] = (tracer, metrics)
         return found
 
     def emit_safely(self, record: FinishedRequest, live_span: Span | None = None, *, histograms: bool = True,
@@ -179,6 +186,8 @@ class Emitter:
             _offer(record, attrs, span_context, self._capture.enabled)
         if histograms and record.metrics:
             _record_histograms(metrics, record, attrs, duration_s, ttft_s, tpot_s)
+            if self._store is not None:
+                self._store.count_request()
         return span_context
 
 
@@ -202,7 +211,7 @@ def latency(record: FinishedRequest) -> tuple[float | None, float | None]:
     return ttft_s, tpot_s
 
 
-def _record_histograms(metrics: GenAIMetrics, record: FinishedRequest, attrs: dict[str, Any], duration_s: float,
+def _record_histograms(metrics: Any, record: FinishedRequest, attrs: dict[str, Any], duration_s: float,
                        ttft_s: float | None, tpot_s: float | None) -> None:
     start = record.start_attributes
     point = {k: start[k] for k in METRIC_KEYS if k in start}

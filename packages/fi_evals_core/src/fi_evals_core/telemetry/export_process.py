@@ -41,7 +41,6 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import Event, ReadableSpan, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
@@ -457,8 +456,7 @@ class _Handler:
         self._resource = Resource(dict(resource_attributes))
         exporter = providers.span_exporter(config)
         # Shut down by a shutdown frame (the serving process's provider shutdown, or EOF in the child).
-        self._meter_provider = MeterProvider(resource=self._resource, metric_readers=providers.metric_readers(config),
-                                             shutdown_on_exit=False)
+        self._meter_provider, histograms = providers.meter_provider(config, self._resource, shutdown_on_exit=False)
         self._tracer_provider = TracerProvider(resource=self._resource, sampler=providers.sampler(config),
                                                shutdown_on_exit=False)
         self._batch = BatchSpanProcessor(exporter) if exporter is not None else None
@@ -468,7 +466,8 @@ class _Handler:
             # request spans go straight to the batch processor, sampled as the provider would
             direct = DirectSpans(self._tracer_provider.sampler, self._tracer_provider.id_generator, self._resource,
                                  self._batch)
-        self._emitter = Emitter(self._tracer_provider, self._meter_provider, config.capture_content, direct)
+        self._emitter = Emitter(self._tracer_provider, self._meter_provider, config.capture_content, direct,
+                                histograms)
         # Inline evaluation, when the environment turns it on: here, where the request spans are made.
         self._completion_sink = handoff.start_sink(handoff.enabled_sink_factories(), self._tracer_provider,
                                                    self._meter_provider)

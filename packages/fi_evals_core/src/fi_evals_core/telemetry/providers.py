@@ -1,6 +1,7 @@
 """The OpenTelemetry SDK pieces the configuration asks for, built in one place: the sampler, the
-span exporter, the metric readers, and the providers `register()` builds. The export process
-builds its own from the same functions and the same configuration, so both decide alike.
+span exporter, the meter provider with its readers and request histograms, and the providers
+`register()` builds. The export process builds its own from the same functions and the same
+configuration, so both decide alike.
 """
 
 from __future__ import annotations
@@ -8,12 +9,21 @@ from __future__ import annotations
 import importlib
 from typing import Any, Callable
 
-from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics import (
+    Counter,
+    Histogram,
+    MeterProvider,
+    ObservableCounter,
+    ObservableGauge,
+    ObservableUpDownCounter,
+    UpDownCounter,
+)
 from opentelemetry.sdk.metrics.export import (
+    AggregationTemporality,
     ConsoleMetricExporter,
-    MetricReader,
     PeriodicExportingMetricReader,
 )
+from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import ConsoleSpanExporter, SpanExporter
 from opentelemetry.sdk.trace.sampling import (
@@ -28,6 +38,7 @@ from opentelemetry.sdk.trace.sampling import (
 
 from .config import ConfigError, TelemetryConfig
 from .exporters import JsonlSpanExporter
+from .histograms import HistogramStore, MergingMetricExporter
 from .worker import finish_queued
 
 
@@ -103,13 +114,43 @@ def span_destination(config: TelemetryConfig) -> str:
     }.get(config.traces_exporter, f"OTLP {config.otlp_protocol} {config.otlp_traces_endpoint}")
 
 
-def metric_readers(config: TelemetryConfig) -> list[MetricReader]:
-    if config.metrics_exporter == "none":
-        return []
-    if config.metrics_exporter == "console":
-        return [PeriodicExportingMetricReader(ConsoleMetricExporter())]
-    exporter = _otlp_exporter(config, "metrics", config.otlp_metrics_endpoint)
-    return [PeriodicExportingMetricReader(exporter)]
+_DELTA, _CUMULATIVE = AggregationTemporality.DELTA, AggregationTemporality.CUMULATIVE
+# What OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE means per instrument kind (the OTLP spec's table).
+_TEMPORALITIES = {
+    "cumulative": {},
+    "delta": {Counter: _DELTA, Histogram: _DELTA, ObservableCounter: _DELTA},
+    "lowmemory": {Counter: _DELTA, Histogram: _DELTA},
+}
+
+
+def temporality(config: TelemetryConfig) -> dict[type, AggregationTemporality]:
+    """The temporality of each instrument kind, as the configuration prefers."""
+    kinds = (Counter, UpDownCounter, Histogram, ObservableCounter, ObservableUpDownCounter, ObservableGauge)
+    preferred = _TEMPORALITIES[config.metrics_temporality]
+    return {kind: preferred.get(kind, _CUMULATIVE) for kind in kinds}
+
+
+def meter_provider(config: TelemetryConfig, resource: Resource, provider_class: type[MeterProvider] = MeterProvider,
+                   **kwargs: Any) -> tuple[MeterProvider, HistogramStore | None]:
+    """A meter provider exporting as the configuration asks, and the store its request histograms
+    are recorded in (histograms.py). None when the histograms are exponential: then the SDK's own
+    instruments record them. With no exporter the store is disabled and recording costs nothing."""
+    preferred = temporality(config)
+    explicit = config.histogram_aggregation == "explicit_bucket_histogram"
+    store = HistogramStore(preferred[Histogram], enabled=config.metrics_exporter != "none") if explicit else None
+    readers = []
+    if config.metrics_exporter != "none":
+        if config.metrics_exporter == "console":
+            exporter = ConsoleMetricExporter(preferred_temporality=preferred)
+        else:
+            exporter = _otlp_exporter(config, "metrics", config.otlp_metrics_endpoint, preferred_temporality=preferred)
+        if store is not None:
+            exporter = MergingMetricExporter(exporter, store, resource, preferred)
+        readers.append(PeriodicExportingMetricReader(exporter))
+    provider = provider_class(resource=resource, metric_readers=readers, **kwargs)
+    if store is not None and store.enabled:
+        store.attach(provider)
+    return provider, store
 
 
 _OTLP_EXPORTERS = {
@@ -120,7 +161,7 @@ _OTLP_EXPORTERS = {
 }
 
 
-def _otlp_exporter(config: TelemetryConfig, signal: str, endpoint: str | None) -> Any:
+def _otlp_exporter(config: TelemetryConfig, signal: str, endpoint: str | None, **extra: Any) -> Any:
     module_name, class_name = _OTLP_EXPORTERS[(config.otlp_protocol, signal)]
     try:
         exporter_class = getattr(importlib.import_module(module_name), class_name)
@@ -137,4 +178,4 @@ def _otlp_exporter(config: TelemetryConfig, signal: str, endpoint: str | None) -
     }
     if config.otlp_protocol == "grpc" and endpoint:
         kwargs["insecure"] = endpoint.startswith("http://")
-    return exporter_class(**kwargs)
+    return exporter_class(**kwargs, **extra)

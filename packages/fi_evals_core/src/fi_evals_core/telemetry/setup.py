@@ -86,9 +86,8 @@ def register(
         resource = Resource.create()  # keep OTEL_RESOURCE_ATTRIBUTES' service.name, if any
 
     tracer_provider = providers.RegisteredTracerProvider(resource=resource, sampler=providers.sampler(config))
-    meter_provider = providers.RegisteredMeterProvider(resource=resource,
-                                                       metric_readers=providers.metric_readers(config))
-    local = Emitter(tracer_provider, meter_provider, config.capture_content)
+    meter_provider, histograms = providers.meter_provider(config, resource, providers.RegisteredMeterProvider)
+    local = Emitter(tracer_provider, meter_provider, config.capture_content, histograms=histograms)
     sinks = handoff.enabled_sink_factories()
     destination = providers.span_destination(config)
     export_process = completion_sink = None
@@ -110,7 +109,8 @@ def register(
             tracer_provider.add_span_processor(batch)
             # Request spans go straight to it (no SDK Span), until the application adds a processor.
             local = Emitter(tracer_provider, meter_provider, config.capture_content,
-                            DirectSpans(tracer_provider.sampler, tracer_provider.id_generator, resource, batch))
+                            DirectSpans(tracer_provider.sampler, tracer_provider.id_generator, resource, batch),
+                            histograms=histograms)
             tracer_provider.on_processor_added = local.use_sdk_spans
         sink = WorkerSink(local)
         completion_sink = handoff.start_sink(sinks, tracer_provider, meter_provider)
