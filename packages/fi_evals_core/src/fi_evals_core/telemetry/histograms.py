@@ -1,17 +1,17 @@
 """The GenAI request histograms of the providers `register()` (and the export process) builds,
 aggregated in plain Python and exported with that meter provider's other metrics.
 
-Why: the SDK's `Histogram.record` costs about 6.5 us on these machines (a `Measurement`, its
-attributes cleaned and hashed, an exemplar decision), and a vLLM request records five points:
-about half of the export process's CPU per request. Here a point costs a sorted tuple, a dict
-lookup and a bisect (about 1 us), with the SDK's semantics kept: explicit buckets with the
+Why: the SDK's `Histogram.record` makes a `Measurement`, cleans and hashes its attributes and
+decides on an exemplar for every point, and a vLLM request records five points: that was the
+largest part of the export process's CPU per request (benchmarks/RESULTS.md). Here a point costs a
+sorted tuple, a dict lookup and a bisect, with the SDK's semantics kept: explicit buckets with the
 semantic conventions' boundaries, count, sum, min and max, cumulative or delta temporality as the
 exporter prefers, at most `CARDINALITY_LIMIT` attribute sets per histogram (then one overflow point,
 `otel.metric.overflow`), non-finite and negative values refused. The points reach the exporter
 through `MergingMetricExporter`, which adds them to what the SDK collected (same resource, one
 scope entry per instrumentation scope); tests/fi_evals_core/test_histograms.py compares them with
 the SDK's for the same measurements. Providers the application built keep the SDK instruments
-(`metrics.GenAIMetrics`): their views and readers are theirs. Figures: benchmarks/RESULTS.md.
+(`metrics.GenAIMetrics`): their views and readers are theirs.
 """
 
 from __future__ import annotations
