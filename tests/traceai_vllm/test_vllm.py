@@ -90,6 +90,8 @@ def test_one_span_per_request_with_real_token_counts(vllm):
         assert a[A.USAGE_CACHE_READ_INPUT_TOKENS] == out.num_cached_tokens  # vLLM's own count (prefix cache)
         # span start = the request's arrival (vLLM's wall clock)
         assert abs(span.start_time - int(out.metrics.arrival_time * 1e9)) < 1_000_000
+        # the offline engine runs this process's own requests: INTERNAL, and no claim about streaming
+        assert span.kind.name == "INTERNAL" and A.REQUEST_STREAM not in a
     (batch,) = capture.spans("LLM.generate")
     assert all(s.parent.span_id == batch.context.span_id for s in spans)
     assert batch.attributes[A.VLLM_BATCH_REQUESTS] == 3
@@ -322,6 +324,22 @@ def test_async_llm_finished_and_cancelled_requests(vllm_setup, model_dirs):
     assert done[A.VLLM_PREFILL_TIME] > 0 and done[A.VLLM_DECODE_TIME] > 0
     assert list(spans["async-cancelled"].attributes[A.RESPONSE_FINISH_REASONS]) == ["abort"]
     assert len(instrumentor.tracker) == 0
+    # served through AsyncLLM: SERVER spans, streamed (outputs as they are produced), no "-i" cut
+    # from ids that are not a completions server's
+    from opentelemetry.trace import SpanKind
+
+    assert {s.kind for s in spans.values()} == {SpanKind.SERVER}
+    assert all(s.attributes[A.REQUEST_STREAM] is True for s in spans.values())
+
+
+def test_response_id_is_the_id_the_client_receives():
+    from traceai_vllm._engine import response_id
+
+    assert response_id("cmpl-3f9a-1", A.OP_TEXT_COMPLETION) == ("cmpl-3f9a", 1)
+    assert response_id("cmpl-my-request-id-12", A.OP_TEXT_COMPLETION) == ("cmpl-my-request-id", 12)
+    assert response_id("chatcmpl-3f9a", A.OP_CHAT) == ("chatcmpl-3f9a", None)
+    assert response_id("cmpl-7", A.OP_TEXT_COMPLETION) == ("cmpl-7", None)  # not "<id>-<i>"
+    assert response_id("batch-1", A.OP_TEXT_COMPLETION) == ("batch-1", None)  # the offline engine's own ids
 
 
 @pytest.mark.parametrize("setup, start_method", [("register", "fork"), ("plugin", "spawn")])

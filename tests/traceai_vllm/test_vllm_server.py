@@ -7,6 +7,7 @@ span must share one trace, with the server span's parent the client span.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -38,7 +39,8 @@ def vllm_server(model_dirs, collector, tmp_path_factory):
         "TRACEAI_VLLM_AUTO": "1",
         "OTEL_EXPORTER_OTLP_ENDPOINT": collector.grpc_endpoint,
         "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc",
-        "OTEL_SERVICE_NAME": "vllm-server-under-test",
+        # named only here: the plugin's default name ("vllm") must not override it
+        "OTEL_RESOURCE_ATTRIBUTES": "service.name=vllm-server-under-test,deployment.environment=test",
         "OTEL_BSP_SCHEDULE_DELAY": "200",
         "OTEL_METRIC_EXPORT_INTERVAL": "500",
         "HF_HUB_OFFLINE": "1",
@@ -167,6 +169,9 @@ def test_client_disconnect_mid_stream_ends_the_server_span_as_aborted(vllm_serve
     client.close()  # the HTTP connection goes; vLLM aborts the request
     (server_span,) = _server_spans(collector, 1)
     assert list(server_span["attributes"][A.RESPONSE_FINISH_REASONS]) == ["abort"]
+    # an uninstrumented client sends no trace context: still the server side of a remote call
+    assert server_span["kind"] == "SERVER" and server_span["parent_span_id"] is None
+    assert server_span["attributes"][A.REQUEST_STREAM] is True
 
 
 def test_the_plugin_exports_from_export_processes_by_default(vllm_server, collector, hub_online):
@@ -201,3 +206,27 @@ def test_the_plugin_exports_from_export_processes_by_default(vllm_server, collec
     parents = list(exporters.values())
     assert len(set(parents)) == len(parents), exporters
     assert all(parent in members and parent not in exporters for parent in parents), exporters
+
+
+def test_completions_spans_carry_the_id_the_client_receives_one_per_prompt(vllm_server, collector):
+    """/v1/completions with two prompts: vLLM runs them as `<id>-0` and `<id>-1`; each span says
+    the response's id and its prompt's index. Not streamed, no trace context. (After the
+    test above, which counts the chat requests' histogram points.)"""
+    collector.clear()
+    body = json.dumps({"model": "tiny-llama", "prompt": ["Once upon a time", "The weather today"],
+                       "max_tokens": 3, "seed": 1}).encode()
+    request = urllib.request.Request(f"{vllm_server}/v1/completions", data=body,
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=60) as response:
+        answer = json.loads(response.read())
+    spans = sorted(_server_spans(collector, 2), key=lambda s: s["attributes"][A.VLLM_PROMPT_INDEX])
+    assert [s["attributes"][A.VLLM_PROMPT_INDEX] for s in spans] == [0, 1]
+    for span, choice in zip(spans, sorted(answer["choices"], key=lambda c: c["index"])):
+        a = span["attributes"]
+        assert a[A.RESPONSE_ID] == answer["id"]
+        assert span["name"] == "text_completion tiny-llama" and span["kind"] == "SERVER"
+        assert a[A.REQUEST_STREAM] is False
+        assert list(a[A.RESPONSE_FINISH_REASONS]) == [choice["finish_reason"]]
+    assert sum(s["attributes"][A.USAGE_OUTPUT_TOKENS] for s in spans) == answer["usage"]["completion_tokens"]
+    assert spans[0]["resource_attributes"]["deployment.environment"] == "test"
+

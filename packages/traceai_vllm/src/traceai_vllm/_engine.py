@@ -62,6 +62,9 @@ current_operation: contextvars.ContextVar[str | None] = contextvars.ContextVar(
 incoming_trace_headers: contextvars.ContextVar[Any] = contextvars.ContextVar(
     "traceai_vllm_trace_headers", default=None
 )
+# The request came through AsyncLLM (the OpenAI server's engine client, or an application serving
+# with it): its span is a SERVER span, with or without an incoming trace context.
+served_request: contextvars.ContextVar[bool] = contextvars.ContextVar("traceai_vllm_served", default=False)
 _TRACE_HEADERS_POSITION = 6  # AsyncLLM.add_request(request_id, prompt, params, arrival_time,
 #                              lora_request, tokenization_kwargs, trace_headers, ...)
 
@@ -70,23 +73,29 @@ async def async_add_request_wrapper(wrapped: Any, instance: Any, args: tuple, kw
     headers = kwargs.get("trace_headers")
     if headers is None and len(args) > _TRACE_HEADERS_POSITION:
         headers = args[_TRACE_HEADERS_POSITION]
-    if not headers:
-        return await wrapped(*args, **kwargs)
-    token = incoming_trace_headers.set(headers)
+    served = served_request.set(True)
+    token = incoming_trace_headers.set(headers or None)
     try:
         return await wrapped(*args, **kwargs)
     finally:
         incoming_trace_headers.reset(token)
+        served_request.reset(served)
 
 
-def sampling_values(sampling: Any) -> tuple | None:
-    """The sampling parameters a span reports, as plain values (None for pooling requests)."""
+def sampling_values(sampling: Any, served: bool = False) -> tuple | None:
+    """The sampling parameters a span reports, as plain values (None for pooling requests). A
+    served request streams unless its outputs are delivered only at the end (the OpenAI server
+    asks for DELTA outputs when the client streams, FINAL_ONLY when not); the offline engine's
+    requests say nothing about streaming."""
     if sampling is None:
         return None
     stop = getattr(sampling, "stop", None)
+    stream = None
+    if served:
+        stream = getattr(getattr(sampling, "output_kind", None), "name", "FINAL_ONLY") != "FINAL_ONLY"
     return (getattr(sampling, "max_tokens", None), getattr(sampling, "temperature", None),
             getattr(sampling, "top_p", None), getattr(sampling, "seed", None), getattr(sampling, "top_k", None),
-            tuple(stop) if isinstance(stop, list) else stop)
+            tuple(stop) if isinstance(stop, list) else stop, stream)
 
 
 _START_ATTRIBUTES_KEPT = 1024
@@ -114,7 +123,7 @@ def start_attributes(operation: str, model: str, sampling: tuple | None, n: int 
     attrs: dict[str, Any] = {A.OPERATION_NAME: operation, A.PROVIDER_NAME: PROVIDER, A.REQUEST_MODEL: model}
     if sampling is None:
         return attrs
-    max_tokens, temperature, top_p, seed, top_k, stop = sampling
+    max_tokens, temperature, top_p, seed, top_k, stop, stream = sampling
     for key, value in ((A.REQUEST_MAX_TOKENS, max_tokens), (A.REQUEST_TEMPERATURE, temperature),
                        (A.REQUEST_TOP_P, top_p), (A.REQUEST_SEED, seed)):
         if value is not None:
@@ -125,7 +134,20 @@ def start_attributes(operation: str, model: str, sampling: tuple | None, n: int 
         attrs[A.REQUEST_STOP_SEQUENCES] = [stop] if isinstance(stop, str) else list(stop)
     if n != 1:
         attrs[A.REQUEST_CHOICE_COUNT] = n
+    if stream is not None:
+        attrs[A.REQUEST_STREAM] = stream
     return attrs
+
+
+def response_id(external_id: Any, operation: str) -> tuple[str, int | None]:
+    """The id the client receives, and the prompt's index for a completions request: the OpenAI
+    server runs prompt i of a `/v1/completions` request as `<response id>-<i>`."""
+    external_id = str(external_id)
+    if operation == A.OP_TEXT_COMPLETION and external_id.startswith("cmpl-"):
+        head, _, index = external_id.rpartition("-")
+        if index.isdigit() and head != "cmpl":
+            return head, int(index)
+    return external_id, None
 
 
 def _operation_for(external_id: Any, sampling: Any) -> str:
@@ -191,16 +213,17 @@ class Tracked:
     `n > 1`, its children's results so far. Its span is made only when it has finished, from the
     facts gathered here (`RequestTracker._record`), away from the request path."""
 
-    __slots__ = ("origin", "info", "n", "operation", "headers", "parent", "eval_context", "pending", "reasons",
-                 "output_tokens", "max_output_tokens", "embedding_dims", "prompt", "texts", "evaluated")
+    __slots__ = ("origin", "info", "n", "operation", "headers", "served", "parent", "eval_context", "pending",
+                 "reasons", "output_tokens", "max_output_tokens", "embedding_dims", "prompt", "texts", "evaluated")
 
-    def __init__(self, origin: Any, info: "EngineInfo", n: int, operation: str | None, headers: Any, parent: Any,
-                 eval_context: Any, wants_text: bool, evaluated: bool) -> None:
+    def __init__(self, origin: Any, info: "EngineInfo", n: int, operation: str | None, headers: Any, served: bool,
+                 parent: Any, eval_context: Any, wants_text: bool, evaluated: bool) -> None:
         self.origin = origin  # the (first) EngineCoreRequest
         self.info = info
         self.n = n
         self.operation = operation  # current_operation when it arrived (LLM.chat, LLM.embed, ...)
         self.headers = headers  # the incoming trace context, if any
+        self.served = served  # it came through AsyncLLM (a server): a SERVER span
         self.parent = parent  # the caller's Context, or the deferred LLM.generate span
         self.eval_context = eval_context
         self.pending = n
@@ -299,7 +322,7 @@ class RequestTracker:
         evaluated = self.runtime.wants_text
         tracked = Tracked(request, info, n, current_operation.get(),
                           getattr(request, "trace_headers", None) or incoming_trace_headers.get(),
-                          self.runtime.current_parent(), handoff.current_eval_context() if evaluated else None,
+                          served_request.get(), self.runtime.current_parent(), handoff.current_eval_context() if evaluated else None,
                           evaluated or self.runtime.content.enabled, evaluated)
         if tracked.texts is not None:
             prompt = getattr(state, "prompt", None)
@@ -439,7 +462,9 @@ class RequestTracker:
         prompt_ids = getattr(origin, "prompt_token_ids", None)
         reasons = [r or "abort" for r in tracked.reasons]
         ttft, attributes = child.timing(last_token_ts)
-        attributes[A.RESPONSE_ID] = str(external_id)
+        attributes[A.RESPONSE_ID], prompt_index = response_id(external_id, operation)
+        if prompt_index is not None:
+            attributes[A.VLLM_PROMPT_INDEX] = prompt_index
         attributes[A.RESPONSE_FINISH_REASONS] = reasons
         cached = getattr(child.state, "num_cached_tokens", None)
         if cached is not None:
@@ -463,9 +488,10 @@ class RequestTracker:
         error_type, error_message = error_details(error)
         return FinishedRequest(
             scope=self.runtime.scope, name=f"{operation} {info.model}",
-            kind=_SERVER if headers else _INTERNAL,
+            kind=_SERVER if headers or tracked.served else _INTERNAL,  # see _SERVER
             parent=_parent_ids(parent),
-            start_attributes=shared_start_attributes(operation, info.model, sampling_values(sampling), tracked.n),
+            start_attributes=shared_start_attributes(operation, info.model, sampling_values(sampling, tracked.served),
+                                                     tracked.n),
             start_wall_ns=arrival_ns, duration_ns=max(0, end_wall_ns - arrival_ns), attributes=attributes,
             framework=info.framework, metrics="server", engine_ttft_s=ttft,
             engine_decode_s=attributes.get(A.VLLM_DECODE_TIME) if ttft is not None else None,
@@ -496,13 +522,15 @@ class RequestTracker:
             sampling = params if hasattr(params, "max_tokens") else None
             request_id = args[0] if args else kwargs.get("request_id")
             operation = current_operation.get() or _operation_for(request_id, sampling)
-            attrs = start_attributes(operation, model, sampling_values(sampling))
+            served = served_request.get()
+            attrs = start_attributes(operation, model, sampling_values(sampling, served))
             headers = kwargs.get("trace_headers") or incoming_trace_headers.get()
             span = self.runtime.start(
-                f"{operation} {model}", attrs, kind=SpanKind.SERVER if headers else SpanKind.INTERNAL,
+                f"{operation} {model}", attrs, kind=SpanKind.SERVER if headers or served else SpanKind.INTERNAL,
                 context=propagate.extract(headers) if headers else None, defer_span=True, metrics="server",
             )
-            span.set_attribute(A.RESPONSE_ID, str(request_id) if request_id is not None else None)
+            if request_id is not None:
+                span.set_attribute(A.RESPONSE_ID, response_id(request_id, operation)[0])
             span.end(error)
         except Exception:
             logger.debug("could not record a refused vLLM request", exc_info=True)
@@ -548,6 +576,10 @@ class RequestTracker:
         return wrapped(*args, **kwargs)
 
 
+# Span kinds: a request a server (AsyncLLM: the OpenAI server) serves is the server side of a remote
+# call, SERVER, whether or not the client sent a trace context (OpenTelemetry's span kind rules;
+# the GenAI conventions' model-server spans). The offline engine runs requests of this process's
+# own code: INTERNAL.
 _SERVER, _INTERNAL = SpanKind.SERVER.value, SpanKind.INTERNAL.value
 
 

@@ -35,6 +35,16 @@ def enabled() -> bool:
         return False
 
 
+def default_service_name() -> str | None:
+    """"vllm", unless the environment names the service (`OTEL_SERVICE_NAME`, or `service.name` in
+    `OTEL_RESOURCE_ATTRIBUTES`): then None, and register() keeps the given name."""
+    if (os.environ.get("OTEL_SERVICE_NAME") or "").strip():
+        return None
+    from opentelemetry.sdk.resources import SERVICE_NAME, OTELResourceDetector
+
+    return None if OTELResourceDetector().detect().attributes.get(SERVICE_NAME) else "vllm"
+
+
 def load() -> None:
     """The `vllm.general_plugins` hook; vLLM calls it once per process."""
     global _telemetry
@@ -48,7 +58,7 @@ def load() -> None:
             from fi_evals_core.telemetry import TelemetryConfig
 
             config = TelemetryConfig.from_env({"TRACEAI_EXPORT_PROCESS": "1", **os.environ})
-            _telemetry = register(service_name=os.environ.get("OTEL_SERVICE_NAME") or "vllm", config=config)
+            _telemetry = register(service_name=default_service_name(), config=config)
             # In the processes that hold the model (EngineCore, workers; all of them in-process):
             # the torch allocator per device, as gauges read at metric collection time.
             from fi_evals_core.telemetry.gpu import register_gpu_memory_gauges

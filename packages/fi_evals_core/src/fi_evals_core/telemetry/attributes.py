@@ -70,6 +70,7 @@ VLLM_QUEUE_TIME = "vllm.request.queue_time"
 VLLM_PREFILL_TIME = "vllm.request.prefill_time"
 VLLM_DECODE_TIME = "vllm.request.decode_time"
 VLLM_NUM_PREEMPTIONS = "vllm.request.num_preemptions"
+VLLM_PROMPT_INDEX = "vllm.request.prompt_index"  # which prompt of a multi-prompt completions request
 VLLM_TENSOR_PARALLEL_SIZE = "vllm.parallel.tensor_parallel_size"
 VLLM_PIPELINE_PARALLEL_SIZE = "vllm.parallel.pipeline_parallel_size"
 VLLM_BATCH_REQUESTS = "vllm.batch.requests"
