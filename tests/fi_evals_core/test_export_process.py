@@ -318,3 +318,29 @@ def test_a_request_that_does_not_pickle_is_dropped_alone(tmp_path, caplog):
     assert [json.loads(line)["name"] for line in traces.read_text().splitlines()] == ["good"]
     assert dropped == 1 and alive
     assert "does not pickle" in caplog.text
+
+
+def test_ctrl_c_to_the_process_group_loses_no_span(collector, model_dirs):
+    """SIGINT to the whole process group, as a terminal sends it: the export process ignores it, the
+    app dies of KeyboardInterrupt without calling shutdown(), and at its exit the export process
+    exports both requests' spans, then exits."""
+    import os
+    import signal
+
+    collector.clear()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "TRACEAI_"))}
+    env.update({**collector.otel_env("grpc"), "OTEL_SERVICE_NAME": "interrupted-app", "TRACEAI_EXPORT_PROCESS": "1"})
+    proc = subprocess.Popen([sys.executable, str(PROGRAMS / "interrupted_app.py"), str(model_dirs["gpt2"])], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        assert proc.stdout.readline().strip() == "READY", proc.stderr.read()
+        os.killpg(proc.pid, signal.SIGINT)
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert "KeyboardInterrupt" in stderr  # the app itself was interrupted
+    spans = collector.wait_for_spans(lambda s: s["resource_attributes"].get("service.name") == "interrupted-app"
+                                     and s["scope_name"] == "traceai_huggingface", count=2)
+    assert len(spans) == 2
+    assert "export process is gone" not in stderr

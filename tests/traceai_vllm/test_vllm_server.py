@@ -53,6 +53,7 @@ def vllm_server(model_dirs, collector, tmp_path_factory):
     )
     base_url = f"http://127.0.0.1:{port}"
     _server_group[:] = [proc.pid]  # its own session: the process group of every process it starts
+    _server_log[:] = [log.name]
     try:
         deadline = time.monotonic() + 240
         while True:
@@ -79,6 +80,7 @@ def vllm_server(model_dirs, collector, tmp_path_factory):
 
 
 _server_group: list[int] = []
+_server_log: list[str] = []
 
 
 #: vLLM's own Prometheus histograms of the request breakdown (GET /metrics), by the span attribute that
@@ -230,3 +232,13 @@ def test_completions_spans_carry_the_id_the_client_receives_one_per_prompt(vllm_
     assert sum(s["attributes"][A.USAGE_OUTPUT_TOKENS] for s in spans) == answer["usage"]["completion_tokens"]
     assert spans[0]["resource_attributes"]["deployment.environment"] == "test"
 
+
+def test_each_server_process_says_once_what_it_instrumented_and_where_spans_go(vllm_server, collector):
+    """vLLM's API server mutes the root logger: traceai's start-up line still reaches its log, one per
+    process that loaded the plugin, naming vLLM and the collector."""
+    (log,) = _server_log
+    lines = [line for line in open(log, errors="replace") if "traceai: " in line and "spans to" in line]
+    assert lines, "no traceai start-up line in the server's log"
+    endpoint = collector.grpc_endpoint
+    assert all(f"spans to OTLP grpc {endpoint} (from an export process)" in line for line in lines), lines
+    assert any("instrumented" in line and "vllm" in line for line in lines), lines

@@ -119,6 +119,11 @@ class TelemetryConfig:
             sampler_arg = env.number("OTEL_TRACES_SAMPLER_ARG", 1.0, low=0.0, high=1.0)
         headers = env.headers("OTEL_EXPORTER_OTLP_HEADERS")
         headers.update(env.headers("OTEL_EXPORTER_OTLP_TRACES_HEADERS"))
+        # user:password@ in an endpoint: sent as HTTP basic authentication (as curl would), and the
+        # endpoint kept without it, so no exporter or log line ever shows it
+        (traces_endpoint, metrics_endpoint), basic = _split_credentials(traces_endpoint, metrics_endpoint)
+        if basic is not None:
+            headers.setdefault("authorization", basic)
         return cls(
             service_name=env.text("OTEL_SERVICE_NAME", "unknown_service"),
             traces_exporter=traces_exporter,
@@ -287,6 +292,23 @@ _OFF = ("0", "false", "no", "off")
 def parse_flag(env: Mapping[str, str], name: str, default: bool) -> bool:
     """An on/off variable (see `EnvReader.flag`)."""
     return EnvReader(env).flag(name, default)
+
+
+def _split_credentials(*urls: str | None) -> tuple[tuple[str | None, ...], str | None]:
+    """The URLs without `user:password@`, and the first such credentials as a basic-auth header."""
+    import base64
+
+    out, basic = [], None
+    for url in urls:
+        parts = urlparse(url) if url else None
+        if parts is None or (parts.username is None and parts.password is None):
+            out.append(url)
+            continue
+        if basic is None:
+            pair = f"{unquote(parts.username or '')}:{unquote(parts.password or '')}"
+            basic = "Basic " + base64.b64encode(pair.encode()).decode()
+        out.append(parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl())
+    return tuple(out), basic
 
 
 def _signal_endpoint(base: str | None, protocol: str, signal: str) -> str | None:

@@ -23,8 +23,9 @@ exporter prints where it would have). Bounded: at most `MAX_PENDING` items wait 
 beyond that they are dropped and counted (`dropped`), never blocking the caller. If no child can
 be started, or the child dies, one warning is logged and the sender thread does the child's work
 in the serving process from then on (`_Handler`: exporting in-process, as without the flag); what
-a dead child had read but not exported is lost with it. After a fork, the child process starts its
-own export process on first use.
+a dead child had read but not exported is lost with it. The child ignores SIGINT and SIGTERM sent to
+its process group (Ctrl-C): it stops when the serving process shuts it down or exits. After a fork,
+the child process starts its own export process on first use.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from __future__ import annotations
 import logging
 import os
 import pickle
+import signal
 import struct
 import subprocess
 import sys
@@ -508,7 +510,17 @@ class _Handler:
 
 
 def child_main() -> int:
-    """The export process: handle each item read from stdin; ack flush and shutdown markers."""
+    """The export process: handle each item read from stdin; ack flush and shutdown markers.
+
+    Ctrl-C and a SIGTERM sent to the terminal's (or a service manager's) process group reach this
+    process too: it ignores both and stops when its parent says so (a shutdown marker) or is gone
+    (end of its stdin), after exporting what it holds. SIGKILL still ends it."""
+    from . import logs
+
+    for name in ("SIGINT", "SIGTERM"):
+        if hasattr(signal, name):
+            signal.signal(getattr(signal, name), signal.SIG_IGN)
+    logs.make_visible()
     stdin = sys.stdin.buffer
     acks = os.fdopen(int(sys.argv[1]), "w")
     first = _read_frame(stdin)

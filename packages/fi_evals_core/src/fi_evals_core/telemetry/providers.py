@@ -37,6 +37,7 @@ from opentelemetry.sdk.trace.sampling import (
 )
 
 from .config import ConfigError, TelemetryConfig
+from .content import strip_credentials
 from .exporters import JsonlSpanExporter
 from .histograms import HistogramStore, MergingMetricExporter
 from .worker import finish_queued
@@ -106,12 +107,20 @@ def span_exporter(config: TelemetryConfig) -> SpanExporter | None:
 
 
 def span_destination(config: TelemetryConfig) -> str:
-    """Where `span_exporter(config)` sends, in words (for the user)."""
+    """Where `span_exporter(config)` sends, in words (for the user; no credentials)."""
     return {
         "none": "nowhere (OTEL_TRACES_EXPORTER=none)",
         "console": "the console",
         "jsonl": f"{config.traces_file.resolve()}",
-    }.get(config.traces_exporter, f"OTLP {config.otlp_protocol} {config.otlp_traces_endpoint}")
+    }.get(config.traces_exporter, f"OTLP {config.otlp_protocol} {strip_credentials(config.otlp_traces_endpoint or '')}")
+
+
+def metric_destination(config: TelemetryConfig) -> str:
+    """Where the metric reader exports, in words (for the user; no credentials)."""
+    return {
+        "none": "nowhere (OTEL_METRICS_EXPORTER=none)",
+        "console": "the console",
+    }.get(config.metrics_exporter, f"OTLP {config.otlp_protocol} {strip_credentials(config.otlp_metrics_endpoint or '')}")
 
 
 _DELTA, _CUMULATIVE = AggregationTemporality.DELTA, AggregationTemporality.CUMULATIVE

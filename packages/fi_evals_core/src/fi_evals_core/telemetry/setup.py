@@ -18,7 +18,7 @@ from opentelemetry import trace
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
-from . import handoff, providers
+from . import handoff, logs, providers
 from .config import TelemetryConfig, set_config
 from .emit import DirectSpans, Emitter
 from .export_process import ExportProcess
@@ -79,6 +79,7 @@ def register(
     `TRACEAI_EXPORT_PROCESS=1`, finished requests are made into spans and histograms, and exported,
     by a child process (export_process.py).
     """
+    logs.make_visible()
     config = config or TelemetryConfig.from_env()
     set_config(config)
     resource = Resource.create({SERVICE_NAME: service_name or config.service_name})
@@ -125,7 +126,22 @@ def register(
         telemetry.instrumentors = instrument_installed(
             tracer_provider=tracer_provider, meter_provider=meter_provider, config=config, telemetry_sink=sink
         )
+    logger.info("traceai: %s", describe(telemetry, instrument, bool(sinks)))
     return telemetry
+
+
+def describe(telemetry: Telemetry, instrument: bool, evaluating: bool) -> str:
+    """What `register()` set up, in one line: the start-up log line of each process."""
+    config = telemetry.config
+    if instrument:
+        instrumented = "instrumented " + (", ".join(sorted(telemetry.instrumentors)) or "nothing (no engine installed)")
+    else:
+        instrumented = "providers built (instrument=False)"
+    sampler = config.sampler + (f" {config.sampler_arg:g}" if config.sampler_arg is not None else "")
+    where = " in the export process" if telemetry.export_process is not None else ""
+    return (f"{instrumented}; spans to {telemetry.destination}; metrics to {providers.metric_destination(config)}; "
+            f"sampler {sampler}; content capture {config.capture_content.value}; "
+            f"inline evaluation {('on' + where) if evaluating else 'off'}")
 
 
 def instrument_installed(**kwargs: Any) -> dict[str, Any]:
