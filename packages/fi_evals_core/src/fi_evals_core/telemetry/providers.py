@@ -40,6 +40,7 @@ from .config import ConfigError, TelemetryConfig
 from .content import strip_credentials
 from .exporters import JsonlSpanExporter
 from .histograms import HistogramStore, MergingMetricExporter
+from .metric_export import StopWhenRefused
 from .worker import finish_queued
 
 
@@ -152,7 +153,9 @@ def meter_provider(config: TelemetryConfig, resource: Resource, provider_class: 
         if config.metrics_exporter == "console":
             exporter = ConsoleMetricExporter(preferred_temporality=preferred)
         else:
-            exporter = _otlp_exporter(config, "metrics", config.otlp_metrics_endpoint, preferred_temporality=preferred)
+            exporter = StopWhenRefused(
+                _otlp_exporter(config, "metrics", config.otlp_metrics_endpoint, preferred_temporality=preferred),
+                config.otlp_protocol, config.otlp_metrics_endpoint or "", config.otlp_headers, preferred)
         if store is not None:
             exporter = MergingMetricExporter(exporter, store, resource, preferred)
         readers.append(PeriodicExportingMetricReader(exporter))
