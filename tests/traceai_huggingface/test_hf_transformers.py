@@ -208,6 +208,9 @@ def test_pipeline_span_parents_generate_and_tokens_are_counted_once(gpt2, instru
     (message,) = json.loads(pipe.attributes[A.OUTPUT_MESSAGES])
     assert message["role"] == "assistant"
     assert message["parts"][0]["content"] == result[0]["generated_text"]
+    # the GenAI output message schema requires finish_reason: the generate call's
+    assert message["finish_reason"] == gen.attributes[A.RESPONSE_FINISH_REASONS][0] in ("stop", "length")
+    assert list(pipe.attributes[A.RESPONSE_FINISH_REASONS]) == list(gen.attributes[A.RESPONSE_FINISH_REASONS])
     usage = captured.metric_points(A.METRIC_TOKEN_USAGE)
     assert sorted(p.count for p in usage) == [1, 1]  # one input and one output point: counted once
     (duration,) = captured.metric_points(A.METRIC_OPERATION_DURATION)

@@ -162,6 +162,8 @@ class GenerateCall:
             attrs[A.REQUEST_CHOICE_COUNT] = int(n)
         if kwargs.get("streamer") is not None:
             attrs[A.REQUEST_STREAM] = True
+        enclosing = runtime.current_parent()  # a pipeline call's request, when within one
+        self.enclosing = enclosing if isinstance(enclosing, RequestSpan) else None
         self.request = runtime.start(
             f"{A.OP_TEXT_COMPLETION} {info.name}", attrs, kind=SpanKind.INTERNAL, gpu_index=info.gpu_index,
             late_attributes=info.framework, defer_span=True,
@@ -205,6 +207,8 @@ class GenerateCall:
             input_tokens, lengths, reasons, steps = counts
             self.request.set_usage(input_tokens=input_tokens, output_tokens=sum(lengths), decode_steps=steps)
             self.request.set_response(finish_reasons=reasons)
+            if self.enclosing is not None:  # the pipeline's output messages say why each one ended
+                self.enclosing.add_finish_reasons(reasons)
 
     def _count(self, sequences: Any) -> tuple[int | None, list[int], list[str], int] | None:
         """Real tokens per returned sequence: up to and including its first EOS, without the padding
@@ -323,7 +327,7 @@ def pipeline_wrapper(runtime: TelemetryRuntime):
             request.offer_texts(lambda: _eval_pairs(inputs, chat, result))
         if runtime.content.enabled:
             request.end(finalize=lambda r: r.record_content(
-                output_json=runtime.content.completions(_generated_texts(result))))
+                output_json=runtime.content.completions(_generated_texts(result), r.finish_reasons)))
         else:
             request.end()
         return result

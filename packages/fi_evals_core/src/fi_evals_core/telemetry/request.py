@@ -131,6 +131,17 @@ class RequestSpan:
         if finish_reasons:
             self.set_attribute(A.RESPONSE_FINISH_REASONS, [str(r) for r in finish_reasons])
 
+    def add_finish_reasons(self, reasons: Sequence[str]) -> None:
+        """Finish reasons of the requests this one encloses (a pipeline call's `generate` calls),
+        in the order they finished: `gen_ai.response.finish_reasons` of the grouping span."""
+        if reasons:
+            known = self._attrs.get(A.RESPONSE_FINISH_REASONS) or []
+            self._attrs[A.RESPONSE_FINISH_REASONS] = [*known, *(str(r) for r in reasons)]
+
+    @property
+    def finish_reasons(self) -> list[str]:
+        return list(self._attrs.get(A.RESPONSE_FINISH_REASONS) or [])
+
     def record_content(self, input_json: str | None = None, output_json: str | None = None) -> None:
         """GenAI message JSON; the capture mode decides where it goes (span, event, nowhere)."""
         if input_json is not None:
