@@ -134,7 +134,8 @@ class Emitter:
         Returns the span's context."""
         tracer, metrics = self._instruments(record.scope)
         attrs: dict[str, Any] = dict(record.framework) if record.framework else {}
-        attrs.update(record.attributes)
+        if record.attributes:
+            attrs.update(record.attributes)
         if record.input_tokens is not None:
             attrs[A.USAGE_INPUT_TOKENS] = record.input_tokens
         if record.output_tokens is not None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-import dataclasses
 import time
 from typing import Any, Iterator
 
@@ -74,7 +73,7 @@ class TelemetryRuntime:
 
         def with_parent() -> None:
             parent = SpanIds.of(deferred_parent.ensure_span().get_span_context())
-            self.sink.submit(dataclasses.replace(record, parent=parent))
+            self.sink.submit(record._replace(parent=parent))
 
         get_worker().run_or_submit(with_parent)
 

@@ -13,7 +13,6 @@ process its histograms and evaluation still happen there, from the same record.
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any, Protocol
 
 from opentelemetry.trace import Span
@@ -80,4 +79,4 @@ class ExportProcessSink:
     def _emit_here(self, record: FinishedRequest, span: Span | None) -> None:
         context = self.local.emit_safely(record, span, histograms=False, evaluate=False)
         if context is not None and (record.metrics or record.eval_pairs):  # the child's work
-            self.process.send_request(dataclasses.replace(record, span_ids=SpanIds.of(context) or _NO_SPAN))
+            self.process.send_request(record._replace(span_ids=SpanIds.of(context) or _NO_SPAN))
