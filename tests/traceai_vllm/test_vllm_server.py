@@ -41,6 +41,7 @@ def vllm_server(model_dirs, collector, tmp_path_factory):
         "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc",
         # named only here: the plugin's default name ("vllm") must not override it
         "OTEL_RESOURCE_ATTRIBUTES": "service.name=vllm-server-under-test,deployment.environment=test",
+        "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT": "SPAN_ONLY",
         "OTEL_BSP_SCHEDULE_DELAY": "200",
         "OTEL_METRIC_EXPORT_INTERVAL": "500",
         "HF_HUB_OFFLINE": "1",
@@ -242,3 +243,40 @@ def test_each_server_process_says_once_what_it_instrumented_and_where_spans_go(v
     endpoint = collector.grpc_endpoint
     assert all(f"spans to OTLP grpc {endpoint} (from an export process)" in line for line in lines), lines
     assert any("instrumented" in line and "vllm" in line for line in lines), lines
+
+
+@pytest.mark.parametrize("request_id_header, stream", [(None, False), ("my-own-id-7", False), (None, True)])
+def test_chat_spans_hold_the_messages_the_client_sent(vllm_server, collector, request_id_header, stream):
+    """With content capture on: the chat span's input messages are the client's messages (roles,
+    text), not the chat template the engine saw; its output messages carry finish_reason. Streamed
+    too (the engine request is added after the handler returned)."""
+    collector.clear()
+    messages = [{"role": "system", "content": "You answer briefly."},
+                {"role": "user", "content": [{"type": "text", "text": "Name a colour."}]}]
+    headers = {"Content-Type": "application/json"}
+    if request_id_header:
+        headers["X-Request-Id"] = request_id_header
+    body = json.dumps({"model": "tiny-llama", "messages": messages, "max_tokens": 3, "seed": 1,
+                       "stream": stream}).encode()
+    request = urllib.request.Request(f"{vllm_server}/v1/chat/completions", data=body, headers=headers)
+    with urllib.request.urlopen(request, timeout=60) as response:
+        if not stream:
+            answer = json.loads(response.read())
+        else:  # server-sent events: the chunks' text and the last finish_reason
+            chunks = [json.loads(line[6:]) for line in response.read().decode().splitlines()
+                      if line.startswith("data: {")]
+            text = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
+            reason = [c["choices"][0]["finish_reason"] for c in chunks if c["choices"]][-1]
+            answer = {"id": chunks[0]["id"],
+                      "choices": [{"finish_reason": reason, "message": {"content": text}}]}
+    (span,) = _server_spans(collector, 1)
+    a = span["attributes"]
+    assert a[A.RESPONSE_ID] == answer["id"]
+    if request_id_header:
+        assert answer["id"] == f"chatcmpl-{request_id_header}"
+    sent = json.loads(a[A.INPUT_MESSAGES])
+    assert [m["role"] for m in sent] == ["system", "user"]
+    assert [[p["content"] for p in m["parts"]] for m in sent] == [["You answer briefly."], ["Name a colour."]]
+    (reply,) = json.loads(a[A.OUTPUT_MESSAGES])
+    assert reply["role"] == "assistant" and reply["finish_reason"] == answer["choices"][0]["finish_reason"]
+    assert reply["parts"][0]["content"] == answer["choices"][0]["message"]["content"]

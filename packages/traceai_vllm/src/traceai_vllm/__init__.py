@@ -62,6 +62,8 @@ class VLLMInstrumentor(PatchingInstrumentor):
         patcher.add("vllm.v1.engine.llm_engine", "LLMEngine.__init__", _engine.engine_init_wrapper)
         patcher.add("vllm.v1.engine.async_llm", "AsyncLLM.__init__", _engine.engine_init_wrapper)
         patcher.add("vllm.v1.engine.async_llm", "AsyncLLM.add_request", _engine.async_add_request_wrapper)
+        patcher.add("vllm.entrypoints.openai.chat_completion.serving", "OpenAIServingChat.create_chat_completion",
+                    tracker.chat_completion_wrapper, optional=True)
         patcher.add("vllm.entrypoints.llm", "LLM.generate",
                     _offline.batch_wrapper(runtime, "generate", A.OP_TEXT_COMPLETION))
         patcher.add("vllm.entrypoints.llm", "LLM.chat", _offline.batch_wrapper(runtime, "chat", A.OP_CHAT))

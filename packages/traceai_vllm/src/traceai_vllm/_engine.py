@@ -28,6 +28,7 @@ and prefill are left out.
 from __future__ import annotations
 
 import contextvars
+import inspect
 import logging
 import time
 import weakref
@@ -65,6 +66,14 @@ incoming_trace_headers: contextvars.ContextVar[Any] = contextvars.ContextVar(
 # The request came through AsyncLLM (the OpenAI server's engine client, or an application serving
 # with it): its span is a SERVER span, with or without an incoming trace context.
 served_request: contextvars.ContextVar[bool] = contextvars.ContextVar("traceai_vllm_served", default=False)
+# The messages of the chat request the OpenAI server is handling (its response id and the messages
+# the client sent), for content capture and inline evaluation: the engine sees only the rendered
+# chat template. Set by `RequestTracker.chat_completion_wrapper` in the handler's task, and again
+# where a streamed response is iterated (another task: the engine request is added there); the id
+# check in `_on_add` keeps any later request in that task from taking them.
+chat_request: contextvars.ContextVar[tuple[str, Any] | None] = contextvars.ContextVar(
+    "traceai_vllm_chat_request", default=None
+)
 _TRACE_HEADERS_POSITION = 6  # AsyncLLM.add_request(request_id, prompt, params, arrival_time,
 #                              lora_request, tokenization_kwargs, trace_headers, ...)
 
@@ -214,7 +223,8 @@ class Tracked:
     facts gathered here (`RequestTracker._record`), away from the request path."""
 
     __slots__ = ("origin", "info", "n", "operation", "headers", "served", "parent", "eval_context", "pending",
-                 "reasons", "output_tokens", "max_output_tokens", "embedding_dims", "prompt", "texts", "evaluated")
+                 "reasons", "output_tokens", "max_output_tokens", "embedding_dims", "prompt", "messages", "texts",
+                 "evaluated")
 
     def __init__(self, origin: Any, info: "EngineInfo", n: int, operation: str | None, headers: Any, served: bool,
                  parent: Any, eval_context: Any, wants_text: bool, evaluated: bool) -> None:
@@ -233,6 +243,7 @@ class Tracked:
         self.embedding_dims: int | None = None
         # Kept only when content capture or inline evaluation wants the text (references, no copies).
         self.prompt: str | None = None
+        self.messages: Any = None  # a chat request's messages as the client sent them
         self.texts: list[str | None] | None = [None] * n if wants_text else None
         self.evaluated = evaluated  # inline evaluation is on: the texts are offered to it
 
@@ -325,8 +336,13 @@ class RequestTracker:
                           served_request.get(), self.runtime.current_parent(), handoff.current_eval_context() if evaluated else None,
                           evaluated or self.runtime.content.enabled, evaluated)
         if tracked.texts is not None:
-            prompt = getattr(state, "prompt", None)
-            tracked.prompt = prompt if isinstance(prompt, str) else None
+            chat = chat_request.get()
+            if chat is not None and chat[0] == getattr(request, "external_req_id", request_id):
+                tracked.messages = chat[1]  # not the rendered template
+                tracked.prompt = handoff.prompt_text(chat[1])
+            else:
+                prompt = getattr(state, "prompt", None)
+                tracked.prompt = prompt if isinstance(prompt, str) else None
         if info.gpu_index is not None:
             self.runtime.gpu_begin(info.gpu_index)
         self.by_request[request_id] = Child(tracked, state, request.arrival_time)
@@ -478,7 +494,9 @@ class RequestTracker:
         if texts is not None:
             content = self.runtime.content
             if content.enabled:
-                if tracked.prompt is not None:
+                if tracked.messages is not None:
+                    input_messages = content.input_messages(tracked.messages)
+                elif tracked.prompt is not None:
                     input_messages = content.prompt(tracked.prompt)
                 output_messages = content.completions([t or "" for t in texts], reasons)
             if tracked.evaluated:  # the choices that finished (not aborted)
@@ -509,6 +527,29 @@ class RequestTracker:
         if usage is not None:
             self.kv_cache_usage = float(usage)
         return wrapped(*args, **kwargs)
+
+    # -- the OpenAI server's chat route --------------------------------------------------------------
+    async def chat_completion_wrapper(self, wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
+        """Keep the chat request's messages for its span (only when content capture or inline
+        evaluation wants text), under the id the server will give the request: `chatcmpl-` and its
+        `X-Request-Id` header or the request's own id (vLLM's `_base_request_id`)."""
+        chat = None
+        if self.runtime.content.enabled or self.runtime.wants_text:
+            try:
+                request = args[0] if args else kwargs.get("request")
+                raw = args[1] if len(args) > 1 else kwargs.get("raw_request")
+                header = raw.headers.get("X-Request-Id") if raw is not None else None
+                base = header if header is not None else getattr(request, "request_id", None)
+                messages = getattr(request, "messages", None)
+                if base is not None and messages:
+                    chat = (f"chatcmpl-{base}", [_plain_message(m) for m in messages])
+                    chat_request.set(chat)
+            except Exception:
+                logger.debug("could not keep a chat request's messages", exc_info=True)
+        result = await wrapped(*args, **kwargs)
+        if chat is not None and inspect.isasyncgen(result):  # streamed: iterated in another task
+            return _with_chat_request(result, chat)
+        return result
 
     # -- requests the engine refuses (InputProcessor) --------------------------------------------
     def _rejected(self, processor: Any, args: tuple, kwargs: dict, error: BaseException) -> None:
@@ -581,6 +622,24 @@ class RequestTracker:
 # the GenAI conventions' model-server spans). The offline engine runs requests of this process's
 # own code: INTERNAL.
 _SERVER, _INTERNAL = SpanKind.SERVER.value, SpanKind.INTERNAL.value
+
+
+async def _with_chat_request(stream: Any, chat: tuple[str, Any]) -> Any:
+    """`stream`, with `chat_request` set where it is iterated; closing it closes `stream`."""
+    chat_request.set(chat)
+    try:
+        async for item in stream:
+            yield item
+    finally:
+        await stream.aclose()
+
+
+def _plain_message(message: Any) -> Any:
+    """A chat message as a plain dict (the server's request holds dicts or pydantic models)."""
+    if isinstance(message, dict):
+        return message
+    dump = getattr(message, "model_dump", None)
+    return dump() if callable(dump) else message
 
 
 def _parent_ids(parent: Any) -> SpanIds | None:
