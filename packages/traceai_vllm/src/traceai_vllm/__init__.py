@@ -9,11 +9,14 @@ or `from fi_evals_core import register; register()` for every installed engine.
 from __future__ import annotations
 
 import importlib.util
-from typing import Collection
+from typing import Any, Collection
+
+from opentelemetry import trace
 
 from opentelemetry.instrumentation.dependencies import DependencyConflict
 from fi_evals_core.telemetry import Patcher, PatchingInstrumentor, TelemetryRuntime
 from fi_evals_core.telemetry import attributes as A
+from fi_evals_core.telemetry.config import EnvReader
 
 from . import _engine, _offline
 from .package import SUPPORTED, _instruments
@@ -23,6 +26,7 @@ __all__ = ["VLLMInstrumentor", "__version__"]
 
 _OUTPUT_PROCESSOR = "vllm.v1.engine.output_processor"
 _SCHEDULER = "vllm.v1.core.sched.scheduler"
+STARTUP_SPANS = "TRACEAI_VLLM_STARTUP_SPANS"
 
 
 class VLLMInstrumentor(PatchingInstrumentor):
@@ -42,6 +46,25 @@ class VLLMInstrumentor(PatchingInstrumentor):
         if importlib.util.find_spec("vllm") is None:
             return DependencyConflict(SUPPORTED, None)
         return None
+
+    def _instrument(self, **kwargs: Any) -> None:
+        super()._instrument(**kwargs)
+        # vLLM's own spans (model loading, "Overall Loading" and the like: seconds long, made through
+        # the global tracer provider under vllm.* scopes) would sit among the request spans and
+        # dominate a service's latency percentiles: not recorded by the providers register() builds,
+        # unless TRACEAI_VLLM_STARTUP_SPANS=1. Providers you build yourself are left alone.
+        self._muted = None
+        provider = kwargs.get("tracer_provider") or trace.get_tracer_provider()
+        muted = getattr(provider, "muted_scopes", None)
+        if isinstance(muted, dict) and not EnvReader().flag(STARTUP_SPANS, False):
+            muted["vllm"] = f"vLLM's start-up spans; {STARTUP_SPANS}=1 keeps them"
+            self._muted = muted
+
+    def _uninstrument(self, **kwargs: Any) -> None:
+        if getattr(self, "_muted", None) is not None:
+            self._muted.pop("vllm", None)
+            self._muted = None
+        super()._uninstrument(**kwargs)
 
     def add_targets(self, patcher: Patcher, runtime: TelemetryRuntime) -> None:
         self.tracker = tracker = _engine.RequestTracker(runtime)

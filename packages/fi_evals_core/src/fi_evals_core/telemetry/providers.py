@@ -26,6 +26,7 @@ from opentelemetry.sdk.metrics.export import (
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import ConsoleSpanExporter, SpanExporter
+from opentelemetry.trace import NoOpTracer
 from opentelemetry.sdk.trace.sampling import (
     ALWAYS_OFF,
     ALWAYS_ON,
@@ -52,6 +53,18 @@ class RegisteredTracerProvider(TracerProvider):
 
     finishes_queued_first = True
     on_processor_added: Callable[[], None] | None = None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # instrumentation scopes (and their sub-scopes) whose tracers record nothing, and why: an
+        # instrumentor's choice (vLLM's own start-up spans), said in register()'s start-up line
+        self.muted_scopes: dict[str, str] = {}
+
+    def get_tracer(self, instrumenting_module_name: str, *args: Any, **kwargs: Any) -> Any:
+        for scope in self.muted_scopes:
+            if instrumenting_module_name == scope or instrumenting_module_name.startswith(scope + "."):
+                return NoOpTracer()
+        return super().get_tracer(instrumenting_module_name, *args, **kwargs)
 
     def add_span_processor(self, span_processor: SpanProcessor) -> None:
         super().add_span_processor(span_processor)

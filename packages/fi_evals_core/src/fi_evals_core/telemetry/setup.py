@@ -139,9 +139,10 @@ def describe(telemetry: Telemetry, instrument: bool, evaluating: bool) -> str:
         instrumented = "providers built (instrument=False)"
     sampler = config.sampler + (f" {config.sampler_arg:g}" if config.sampler_arg is not None else "")
     where = " in the export process" if telemetry.export_process is not None else ""
+    muted = "".join(f"; no spans of {scope}.* ({why})" for scope, why in telemetry.tracer_provider.muted_scopes.items())
     return (f"{instrumented}; spans to {telemetry.destination}; metrics to {providers.metric_destination(config)}; "
             f"sampler {sampler}; content capture {config.capture_content.value}; "
-            f"inline evaluation {('on' + where) if evaluating else 'off'}")
+            f"inline evaluation {('on' + where) if evaluating else 'off'}{muted}")
 
 
 def instrument_installed(**kwargs: Any) -> dict[str, Any]:
