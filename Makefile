@@ -1,7 +1,8 @@
 # The two commands of the README:
 #   make demo   builds .venv and runs the demo (a tiny random model, spans to ./traceai-traces.jsonl)
 #   make test   builds .venv with every test dependency and runs the whole test suite
-.PHONY: demo test bench
+#   make dist   builds the three packages' wheels and sdists into dist/ (to install elsewhere)
+.PHONY: demo test bench dist
 
 demo:
 	scripts/setup_env.sh demo
@@ -10,6 +11,10 @@ demo:
 test:
 	scripts/setup_env.sh test
 	.venv/bin/python -m pytest $(ARGS)
+
+dist:
+	scripts/setup_env.sh test
+	scripts/build_dist.sh dist
 
 bench:
 	scripts/setup_env.sh test

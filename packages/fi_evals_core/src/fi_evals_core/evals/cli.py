@@ -36,7 +36,10 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="fi-evals", description="NLI evaluations over datasets; regression gate; HTML report.")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    parser.add_argument("--version", action="store_true",
+                        help="the installed fi-evals-core, traceai-vllm and traceai-huggingface, and whether each is "
+                             "this project's (same-named packages on the package index are not)")
+    sub = parser.add_subparsers(dest="command", parser_class=_Parser)
 
     run = sub.add_parser("run", help="evaluate a dataset (optionally generating responses with a checkpoint first)")
     run.add_argument("dataset", help="JSONL, JSON, CSV, TSV or Parquet file (or a trace file with --traces)")
@@ -86,6 +89,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
+        if args.version:
+            from ..installed import describe
+
+            print(describe())
+            return 0
+        if args.command is None:
+            raise UsageError("a command is required: run, compare or report (or --version)", "fi-evals")
         return {"run": cmd_run, "compare": cmd_compare, "report": cmd_report}[args.command](args)
     except UsageError as exc:
         print(f"{exc.prog}: error: {exc}", file=sys.stderr)
