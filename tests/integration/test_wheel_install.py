@@ -9,17 +9,15 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
 import pytest
 
 from fi_evals_core.telemetry import attributes as A
+from fi_evals_core.testing.vllm_server import vllm_server
 
 ROOT = Path(__file__).resolve().parents[2]
 PROGRAMS = Path(__file__).resolve().parent / "programs"
@@ -86,52 +84,18 @@ def test_register_with_a_pipeline_from_the_wheels(wheel_venv, collector, model_d
     assert generate["attributes"][A.USAGE_OUTPUT_TOKENS] == 3
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def test_the_zero_code_vllm_server_from_the_wheels(wheel_venv, collector, model_dirs, tmp_path):
     collector.clear()
-    port = _free_port()
     env = _clean_env(**collector.otel_env("grpc"), TRACEAI_VLLM_AUTO="1", OTEL_SERVICE_NAME="wheel-vllm",
                      OTEL_BSP_SCHEDULE_DELAY="200")
-    log = (tmp_path / "server.log").open("w")
-    proc = subprocess.Popen(
-        [str(wheel_venv / "bin" / "python"), "-m", "vllm.entrypoints.openai.api_server", "--model",
-         str(model_dirs["llama"]), "--served-model-name", "tiny-llama", "--host", "127.0.0.1", "--port", str(port),
-         "--dtype", "float32", "--enforce-eager", "--max-model-len", "256", "--max-num-seqs", "2",
-         "--kv-cache-memory-bytes", str(64 * 2**20)],
-        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=tmp_path)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 240
-        while True:
-            assert proc.poll() is None, (tmp_path / "server.log").read_text()[-3000:]
-            try:
-                with urllib.request.urlopen(f"{base}/health", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            assert time.monotonic() < deadline, "vLLM server not ready after 240 s"
-            time.sleep(0.5)
+    with vllm_server(str(wheel_venv / "bin" / "python"), model_dirs["llama"], env, tmp_path / "server.log") as server:
         body = json.dumps({"model": "tiny-llama", "prompt": "Installed from wheels", "max_tokens": 3}).encode()
-        request = urllib.request.Request(f"{base}/v1/completions", data=body,
+        request = urllib.request.Request(f"{server.base_url}/v1/completions", data=body,
                                          headers={"Content-Type": "application/json"})
         with urllib.request.urlopen(request, timeout=60) as response:
             answer = json.loads(response.read())
         (span,) = collector.wait_for_spans(
             lambda s: s["resource_attributes"].get("service.name") == "wheel-vllm" and s["scope_name"] == "traceai_vllm",
             count=1, timeout=30)
-        assert span["attributes"][A.RESPONSE_ID] == answer["id"]
-        assert span["attributes"][A.USAGE_OUTPUT_TOKENS] == answer["usage"]["completion_tokens"]
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
-        log.close()
+    assert span["attributes"][A.RESPONSE_ID] == answer["id"]
+    assert span["attributes"][A.USAGE_OUTPUT_TOKENS] == answer["usage"]["completion_tokens"]

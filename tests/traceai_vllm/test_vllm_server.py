@@ -10,9 +10,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
-import socket
-import subprocess
 import sys
 import time
 import urllib.request
@@ -20,20 +17,10 @@ import urllib.request
 import pytest
 
 from fi_evals_core.telemetry import attributes as A
-
-SERVER_ARGS = ["--dtype", "float32", "--enforce-eager", "--max-model-len", "256", "--max-num-seqs", "4",
-               "--kv-cache-memory-bytes", str(64 * 2**20)]
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
+from fi_evals_core.testing.vllm_server import vllm_server as running_vllm_server
 
 @pytest.fixture(scope="module")
 def vllm_server(model_dirs, collector, tmp_path_factory):
-    port = _free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "VLLM_", "TRACEAI_"))}
     env.update({
         "TRACEAI_VLLM_AUTO": "1",
@@ -46,38 +33,12 @@ def vllm_server(model_dirs, collector, tmp_path_factory):
         "OTEL_METRIC_EXPORT_INTERVAL": "500",
         "HF_HUB_OFFLINE": "1",
     })
-    log = (tmp_path_factory.mktemp("vllm-server") / "server.log").open("w")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "vllm.entrypoints.launchers.api_server.entry", "--model", str(model_dirs["llama"]),
-         "--served-model-name", "tiny-llama", "--host", "127.0.0.1", "--port", str(port), *SERVER_ARGS],
-        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )
-    base_url = f"http://127.0.0.1:{port}"
-    _server_group[:] = [proc.pid]  # its own session: the process group of every process it starts
-    _server_log[:] = [log.name]
-    try:
-        deadline = time.monotonic() + 240
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"vLLM server exited with {proc.returncode}: see {log.name}")
-            try:
-                with urllib.request.urlopen(f"{base_url}/health", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"vLLM server not ready after 240 s: see {log.name}")
-            time.sleep(0.5)
-        yield base_url
-    finally:
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)  # the server, its EngineCore and workers
-            proc.wait(timeout=30)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
-        log.close()
+    log = tmp_path_factory.mktemp("vllm-server") / "server.log"
+    with running_vllm_server(sys.executable, model_dirs["llama"], env, log,
+                             module="vllm.entrypoints.launchers.api_server.entry") as server:
+        _server_group[:] = [server.process.pid]  # its own session: the group of every process it starts
+        _server_log[:] = [str(log)]
+        yield server.base_url
 
 
 _server_group: list[int] = []
