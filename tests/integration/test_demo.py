@@ -18,7 +18,13 @@ def test_demo_runs_on_the_embedded_default(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "RANDOM weights" in proc.stdout
     assert "no GPU" in proc.stdout and "pytorch" in proc.stdout
-    assert "vLLM is installed" in proc.stdout
+    assert "the same model on an in-process vLLM engine" in proc.stdout
+    # the libraries' own output (vLLM's engine log, progress bars) stays out of the table
+    assert "INFO" not in proc.stdout and "Loading weights" not in proc.stdout + proc.stderr
+    log = Path(proc.stdout.rsplit("what the libraries printed meanwhile: ", 1)[1].strip())
+    assert "Initializing a V1 LLM engine" in log.read_text()
+    rows = [line.split() for line in proc.stdout.splitlines() if line.startswith(("text_completion", "pipeline"))]
+    assert [row[2] for row in rows if row[0] == "text_completion"] == ["transformers"] * 3 + ["vllm"] * 2
     records = [json.loads(line) for line in traces.read_text().splitlines()]
     ours = [r for r in records if r["scope"]["name"].startswith("traceai_")]
     assert f"{len(ours)} spans went to {traces}" in proc.stdout
@@ -32,4 +38,5 @@ def test_demo_runs_on_the_embedded_default(tmp_path):
     results = [r for r in records if r["name"].startswith("evaluation groundedness")]
     pipeline_span = next(r for r in ours if r["name"].startswith("pipeline text-generation"))
     assert pipeline_span["span_id"] in {r["parent_span_id"] for r in results}
-    assert f"{len(results)} evaluation results" in proc.stdout
+    assert f"{len(results)} evaluation results went there too" in proc.stdout
+    assert sum("groundedness" in line for line in proc.stdout.splitlines()) == len(results)  # one column
