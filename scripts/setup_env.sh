@@ -9,7 +9,8 @@ cd "$(dirname "$0")/.."
 what="${1:-test}"
 python="${PYTHON:-python3}"
 stamp=".venv/.installed-$what"
-inputs=(packages/*/pyproject.toml requirements-test.txt requirements-vllm.txt scripts/setup_env.sh)
+inputs=(packages/*/pyproject.toml requirements-test.txt requirements-vllm.txt requirements-phoenix.txt
+        scripts/setup_env.sh)
 
 if [ -f "$stamp" ] && [ -z "$(find "${inputs[@]}" -newer "$stamp" 2>/dev/null)" ]; then
   exit 0
@@ -29,6 +30,11 @@ fi
 .venv/bin/python -m pip uninstall -y -q torchvision torchaudio torchcodec 2>/dev/null || true
 .venv/bin/python -c "import vllm, traceai_vllm"
 if [ "$what" = test ]; then
+  # tests/integration/test_phoenix.py: Phoenix, a real trace backend, in a virtualenv of its own
+  [ -x .venv-phoenix/bin/python ] || "$python" -m venv .venv-phoenix
+  .venv-phoenix/bin/python -m pip install --disable-pip-version-check -q -r requirements-phoenix.txt 2>&1 \
+    | grep -v '^WARNING: Location' || true
+  .venv-phoenix/bin/python -c "import phoenix"
   # tests/fi_evals_core/test_evals_report.py renders the HTML report in Debian's headless Chromium.
   if ! command -v chromium >/dev/null 2>&1; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null

@@ -70,7 +70,7 @@ def test_installed_from_wheels_they_say_they_are_this_projects(wheel_venv):
 def test_register_with_a_pipeline_from_the_wheels(wheel_venv, collector, model_dirs):
     collector.clear()
     env = _clean_env(**collector.otel_env("grpc"), OTEL_SERVICE_NAME="wheel-pipeline")
-    proc = subprocess.run([str(wheel_venv / "bin" / "python"), str(PROGRAMS / "wheel_pipeline.py"),
+    proc = subprocess.run([str(wheel_venv / "bin" / "python"), str(PROGRAMS / "register_pipeline.py"),
                            str(model_dirs["llama"])], capture_output=True, text=True, env=env, timeout=300,
                           cwd=wheel_venv)
     assert proc.returncode == 0 and "GENERATED" in proc.stdout, proc.stderr[-3000:]

@@ -1,7 +1,7 @@
-"""In the wheel-installed virtualenv: register() from the environment, one transformers pipeline
-call, shutdown. Prints where each package was imported from, and `GENERATED`.
+"""register() from the environment, one transformers pipeline call, shutdown: as a user's script.
+Prints where each package was imported from, and `GENERATED`.
 
-    python wheel_pipeline.py MODEL_DIR
+    python register_pipeline.py MODEL_DIR [PROMPT]
 """
 
 import sys
@@ -19,6 +19,6 @@ assert "huggingface" in telemetry.instrumentors, telemetry.instrumentors
 from transformers import pipeline  # noqa: E402
 
 pipe = pipeline("text-generation", model=sys.argv[1])
-pipe("The wheel is installed", max_new_tokens=3, do_sample=False)
+pipe(sys.argv[2] if len(sys.argv) > 2 else "The wheel is installed", max_new_tokens=3, do_sample=False)
 telemetry.shutdown()
 print("GENERATED")
