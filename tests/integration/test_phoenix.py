@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from fi_evals_core.testing.vllm_server import free_port, vllm_server
+from fi_evals_core.testing.servers import free_port, wait_for_http
+from fi_evals_core.testing.vllm_server import vllm_server
 
 ROOT = Path(__file__).resolve().parents[2]
 PHOENIX = ROOT / ".venv-phoenix" / "bin" / "phoenix"
@@ -35,17 +36,7 @@ def phoenix(tmp_path_factory):
     proc = subprocess.Popen([str(PHOENIX), "serve"], env=env, stdout=log, stderr=subprocess.STDOUT, cwd=work)
     base = f"http://127.0.0.1:{http_port}"
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert proc.poll() is None, (work / "phoenix.log").read_text()[-2000:]
-            try:
-                with urllib.request.urlopen(f"{base}/healthz", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            assert time.monotonic() < deadline, "Phoenix not ready after 120 s"
-            time.sleep(0.5)
+        wait_for_http(f"{base}/healthz", proc, 120, work / "phoenix.log", "Phoenix")
         yield {"http": base, "grpc": f"http://127.0.0.1:{grpc_port}"}
     finally:
         proc.terminate()

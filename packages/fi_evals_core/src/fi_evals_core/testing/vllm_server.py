@@ -7,13 +7,12 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import subprocess
-import time
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Mapping, Sequence
+
+from .servers import free_port, wait_for_http
 
 # a tiny model on the CPU: float32, no graph capture, a small KV cache
 CPU_ARGS = ("--dtype", "float32", "--enforce-eager", "--max-model-len", "256", "--max-num-seqs", "4",
@@ -25,12 +24,6 @@ class RunningServer:
     base_url: str
     process: subprocess.Popen
     log: Path
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @contextlib.contextmanager
@@ -46,19 +39,7 @@ def vllm_server(python: str, model_dir: str | Path, env: Mapping[str, str], log:
             env=dict(env), stdout=out, stderr=subprocess.STDOUT, start_new_session=True, cwd=log.parent)
     server = RunningServer(f"http://127.0.0.1:{port}", proc, log)
     try:
-        deadline = time.monotonic() + ready_timeout_s
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"vLLM server exited with {proc.returncode}: see {log}")
-            try:
-                with urllib.request.urlopen(f"{server.base_url}/health", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"vLLM server not ready after {ready_timeout_s:.0f} s: see {log}")
-            time.sleep(0.5)
+        wait_for_http(f"{server.base_url}/health", proc, ready_timeout_s, log, "vLLM server")
         yield server
     finally:
         try:

@@ -1,0 +1,34 @@
+"""Helpers for tests that start real servers on 127.0.0.1: a free port, and waiting until a
+process answers HTTP 200 on a URL (failing early, with its log, if it exits)."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for_http(url: str, process: subprocess.Popen, timeout_s: float, log: Path, what: str = "server") -> None:
+    """Return once `url` answers 200; raise RuntimeError naming `log` if `process` exits first or
+    `timeout_s` passes."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if process.poll() is not None:
+            raise RuntimeError(f"{what} exited with {process.returncode}: see {log}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{what} not ready after {timeout_s:.0f} s: see {log}")
+        time.sleep(0.5)
