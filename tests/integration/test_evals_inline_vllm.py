@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from fi_evals_core.telemetry import attributes as A
+from fi_evals_core.testing.genai_messages import check_messages
 
 PROGRAM = Path(__file__).resolve().parent / "programs" / "inline_vllm.py"
 
@@ -71,7 +72,7 @@ def test_vllm_requests_are_scored_under_their_spans(model_dirs, collector, nli_c
     else:  # captured: the vLLM spans carry their messages; the explanations may quote them
         by_id = {s["attributes"][A.RESPONSE_ID]: s for s in requests.values()}
         for request_id, choices in outputs:
-            messages = json.loads(by_id[request_id]["attributes"][A.OUTPUT_MESSAGES])
+            messages = check_messages(by_id[request_id]["attributes"][A.OUTPUT_MESSAGES], "output")
             assert [m["parts"][0]["content"] for m in messages] == choices
         # each result under eval_context names its premise span: the reference's only sentence
         assert all("red apples" in r["attributes"]["gen_ai.evaluation.explanation"] for r in with_context)

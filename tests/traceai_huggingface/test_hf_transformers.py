@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 
@@ -15,6 +14,7 @@ from transformers import GenerationMixin, TextIteratorStreamer, TextStreamer, pi
 
 from fi_evals_core.telemetry import ContentCapture
 from fi_evals_core.telemetry import attributes as A
+from fi_evals_core.testing.genai_messages import check_messages
 
 
 def real_lengths(generated: torch.Tensor, eos: int, pad: int) -> list[int]:
@@ -205,7 +205,8 @@ def test_pipeline_span_parents_generate_and_tokens_are_counted_once(gpt2, instru
     assert gen.attributes[A.USAGE_OUTPUT_TOKENS] == 5
     assert pipe.attributes[A.HF_PIPELINE_TASK] == "text-generation"
     assert "pipelines are" in pipe.attributes[A.INPUT_MESSAGES]
-    (message,) = json.loads(pipe.attributes[A.OUTPUT_MESSAGES])
+    check_messages(pipe.attributes[A.INPUT_MESSAGES], "input")
+    (message,) = check_messages(pipe.attributes[A.OUTPUT_MESSAGES], "output")
     assert message["role"] == "assistant"
     assert message["parts"][0]["content"] == result[0]["generated_text"]
     # the GenAI output message schema requires finish_reason: the generate call's
@@ -269,6 +270,8 @@ def test_content_as_event_and_truncated(gpt2, instrument_with):
     assert '"a prompt t' in event.attributes[A.INPUT_MESSAGES]
     assert "longer" not in event.attributes[A.INPUT_MESSAGES]
     assert "[truncated]" in event.attributes[A.INPUT_MESSAGES]
+    check_messages(event.attributes[A.INPUT_MESSAGES], "input")
+    check_messages(event.attributes[A.OUTPUT_MESSAGES], "output")
 
 
 def test_suppressed_instrumentation_records_nothing(telemetry, gpt2):

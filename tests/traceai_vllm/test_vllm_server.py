@@ -18,6 +18,7 @@ import pytest
 
 from fi_evals_core.telemetry import attributes as A
 from fi_evals_core.testing.vllm_server import vllm_server as running_vllm_server
+from fi_evals_core.testing.genai_messages import check_messages
 
 @pytest.fixture(scope="module")
 def vllm_server(model_dirs, collector, tmp_path_factory):
@@ -139,7 +140,7 @@ def test_client_disconnect_mid_stream_ends_the_server_span_as_aborted(vllm_serve
     collector.clear()
     client = InferenceClient(base_url=vllm_server)  # kept: the client owns the response stream
     stream = client.chat_completion(
-        [{"role": "user", "content": "Talk for a long time."}], model="tiny-llama", max_tokens=200,
+        [{"role": "user", "content": "Talk for a long time."}], model="tiny-llama", max_tokens=480,
         stream=True, extra_body={"ignore_eos": True})
     for i, _ in enumerate(stream):
         if i == 2:
@@ -207,6 +208,11 @@ def test_completions_spans_carry_the_id_the_client_receives_one_per_prompt(vllm_
         assert span["name"] == "text_completion tiny-llama" and span["kind"] == "SERVER"
         assert a[A.REQUEST_STREAM] is False
         assert list(a[A.RESPONSE_FINISH_REASONS]) == [choice["finish_reason"]]
+        # content capture is on in this module: the prompt and the choice, in the GenAI message schema
+        (prompt,) = check_messages(a[A.INPUT_MESSAGES], "input")
+        assert prompt["parts"][0]["content"] in ("Once upon a time", "The weather today")
+        (reply,) = check_messages(a[A.OUTPUT_MESSAGES], "output")
+        assert reply["finish_reason"] == choice["finish_reason"] and reply["parts"][0]["content"] == choice["text"]
     assert sum(s["attributes"][A.USAGE_OUTPUT_TOKENS] for s in spans) == answer["usage"]["completion_tokens"]
     assert spans[0]["resource_attributes"]["deployment.environment"] == "test"
 
@@ -251,9 +257,9 @@ def test_chat_spans_hold_the_messages_the_client_sent(vllm_server, collector, re
     assert a[A.RESPONSE_ID] == answer["id"]
     if request_id_header:
         assert answer["id"] == f"chatcmpl-{request_id_header}"
-    sent = json.loads(a[A.INPUT_MESSAGES])
+    sent = check_messages(a[A.INPUT_MESSAGES], "input")
     assert [m["role"] for m in sent] == ["system", "user"]
     assert [[p["content"] for p in m["parts"]] for m in sent] == [["You answer briefly."], ["Name a colour."]]
-    (reply,) = json.loads(a[A.OUTPUT_MESSAGES])
+    (reply,) = check_messages(a[A.OUTPUT_MESSAGES], "output")
     assert reply["role"] == "assistant" and reply["finish_reason"] == answer["choices"][0]["finish_reason"]
     assert reply["parts"][0]["content"] == answer["choices"][0]["message"]["content"]

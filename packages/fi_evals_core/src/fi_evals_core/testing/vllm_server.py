@@ -15,7 +15,7 @@ from typing import Iterator, Mapping, Sequence
 from .servers import free_port, wait_for_http
 
 # a tiny model on the CPU: float32, no graph capture, a small KV cache
-CPU_ARGS = ("--dtype", "float32", "--enforce-eager", "--max-model-len", "256", "--max-num-seqs", "4",
+CPU_ARGS = ("--dtype", "float32", "--enforce-eager", "--max-model-len", "512", "--max-num-seqs", "4",
             "--kv-cache-memory-bytes", str(64 * 2**20))
 
 
