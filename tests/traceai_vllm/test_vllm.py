@@ -497,3 +497,21 @@ def test_stop_string_found_by_the_front_end_ends_the_span(vllm):
     assert span.attributes[A.USAGE_OUTPUT_TOKENS] == len(out.outputs[0].token_ids) < 12
     assert list(span.attributes[A.REQUEST_STOP_SEQUENCES]) == [stop]
     assert len(instrumentor.tracker) == 0
+
+
+def test_request_fields_the_genai_conventions_name():
+    """Penalties when asked for (0, vLLM's default, is left out), a JSON response format as
+    gen_ai.output.type, streaming only for served requests."""
+    from vllm import SamplingParams
+    from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
+
+    from traceai_vllm._engine import sampling_values, start_attributes
+
+    asked = SamplingParams(max_tokens=5, frequency_penalty=0.5, presence_penalty=0.25,
+                           structured_outputs=StructuredOutputsParams(json_object=True),
+                           output_kind=RequestOutputKind.DELTA)
+    a = start_attributes(A.OP_CHAT, "m", sampling_values(asked, served=True))
+    assert a[A.REQUEST_FREQUENCY_PENALTY] == 0.5 and a[A.REQUEST_PRESENCE_PENALTY] == 0.25
+    assert a[A.OUTPUT_TYPE] == "json" and a[A.REQUEST_STREAM] is True and a[A.REQUEST_MAX_TOKENS] == 5
+    plain = start_attributes(A.OP_TEXT_COMPLETION, "m", sampling_values(SamplingParams(max_tokens=5)))
+    assert not {A.REQUEST_FREQUENCY_PENALTY, A.REQUEST_PRESENCE_PENALTY, A.OUTPUT_TYPE, A.REQUEST_STREAM} & set(plain)

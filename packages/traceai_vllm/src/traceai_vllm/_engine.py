@@ -102,9 +102,13 @@ def sampling_values(sampling: Any, served: bool = False) -> tuple | None:
     stream = None
     if served:
         stream = getattr(getattr(sampling, "output_kind", None), "name", "FINAL_ONLY") != "FINAL_ONLY"
+    structured = getattr(sampling, "structured_outputs", None)
+    json_output = structured is not None and bool(getattr(structured, "json", None) is not None
+                                                  or getattr(structured, "json_object", None))
     return (getattr(sampling, "max_tokens", None), getattr(sampling, "temperature", None),
             getattr(sampling, "top_p", None), getattr(sampling, "seed", None), getattr(sampling, "top_k", None),
-            tuple(stop) if isinstance(stop, list) else stop, stream)
+            tuple(stop) if isinstance(stop, list) else stop, stream, getattr(sampling, "frequency_penalty", None),
+            getattr(sampling, "presence_penalty", None), "json" if json_output else None)
 
 
 _START_ATTRIBUTES_KEPT = 1024
@@ -132,7 +136,7 @@ def start_attributes(operation: str, model: str, sampling: tuple | None, n: int 
     attrs: dict[str, Any] = {A.OPERATION_NAME: operation, A.PROVIDER_NAME: PROVIDER, A.REQUEST_MODEL: model}
     if sampling is None:
         return attrs
-    max_tokens, temperature, top_p, seed, top_k, stop, stream = sampling
+    max_tokens, temperature, top_p, seed, top_k, stop, stream, frequency_penalty, presence_penalty, output_type = sampling
     for key, value in ((A.REQUEST_MAX_TOKENS, max_tokens), (A.REQUEST_TEMPERATURE, temperature),
                        (A.REQUEST_TOP_P, top_p), (A.REQUEST_SEED, seed)):
         if value is not None:
@@ -145,6 +149,11 @@ def start_attributes(operation: str, model: str, sampling: tuple | None, n: int 
         attrs[A.REQUEST_CHOICE_COUNT] = n
     if stream is not None:
         attrs[A.REQUEST_STREAM] = stream
+    for key, value in ((A.REQUEST_FREQUENCY_PENALTY, frequency_penalty), (A.REQUEST_PRESENCE_PENALTY, presence_penalty)):
+        if value:  # 0 is vLLM's default: no penalty asked for
+            attrs[key] = value
+    if output_type is not None:  # a JSON response format (structured outputs)
+        attrs[A.OUTPUT_TYPE] = output_type
     return attrs
 
 

@@ -18,6 +18,7 @@ REQUEST_CHOICE_COUNT = "gen_ai.request.choice.count"
 REQUEST_STOP_SEQUENCES = "gen_ai.request.stop_sequences"
 REQUEST_FREQUENCY_PENALTY = "gen_ai.request.frequency_penalty"
 REQUEST_PRESENCE_PENALTY = "gen_ai.request.presence_penalty"
+OUTPUT_TYPE = "gen_ai.output.type"  # the content type requested: text, json, ...
 RESPONSE_ID = "gen_ai.response.id"
 RESPONSE_MODEL = "gen_ai.response.model"
 RESPONSE_FINISH_REASONS = "gen_ai.response.finish_reasons"
