@@ -44,6 +44,7 @@ def vllm_server(model_dirs, collector, tmp_path_factory):
 
 _server_group: list[int] = []
 _server_log: list[str] = []
+_chats_sent: list[str] = []  # chat requests the tests made, for the histogram count
 
 
 #: vLLM's own Prometheus histograms of the request breakdown (GET /metrics), by the span attribute that
@@ -110,6 +111,7 @@ def test_server_request_span_joins_the_client_trace(vllm_server, collector, tele
     collector.clear()
     before = _vllm_histograms(vllm_server)
     client = InferenceClient(base_url=vllm_server)
+    _chats_sent.append("joins")
     out = client.chat_completion([{"role": "user", "content": "Say something."}], model="tiny-llama",
                                  max_tokens=6, seed=1)
     (client_span,) = telemetry.spans()
@@ -135,20 +137,29 @@ def test_server_request_span_joins_the_client_trace(vllm_server, collector, tele
 
 
 def test_client_disconnect_mid_stream_ends_the_server_span_as_aborted(vllm_server, collector, hub_online):
+    """The client reads three chunks and hangs up: vLLM aborts the request and its span says so.
+    A race by nature (a loaded machine may let the request finish first: then it says "length"),
+    so up to five tries; abort handling that never works fails every one."""
     from huggingface_hub import InferenceClient
 
-    collector.clear()
-    client = InferenceClient(base_url=vllm_server)  # kept: the client owns the response stream
-    stream = client.chat_completion(
-        [{"role": "user", "content": "Talk for a long time."}], model="tiny-llama", max_tokens=480,
-        stream=True, extra_body={"ignore_eos": True})
-    for i, _ in enumerate(stream):
-        if i == 2:
+    reasons = []
+    for _ in range(5):
+        collector.clear()
+        client = InferenceClient(base_url=vllm_server)  # kept: the client owns the response stream
+        _chats_sent.append("disconnect")
+        stream = client.chat_completion(
+            [{"role": "user", "content": "Talk for a long time."}], model="tiny-llama", max_tokens=480,
+            stream=True, extra_body={"ignore_eos": True})
+        for i, _ in enumerate(stream):
+            if i == 2:
+                break
+        stream.close()
+        client.close()  # the HTTP connection goes; vLLM aborts the request
+        (server_span,) = _server_spans(collector, 1)
+        reasons.append(list(server_span["attributes"][A.RESPONSE_FINISH_REASONS]))
+        if reasons[-1] == ["abort"]:
             break
-    stream.close()
-    client.close()  # the HTTP connection goes; vLLM aborts the request
-    (server_span,) = _server_spans(collector, 1)
-    assert list(server_span["attributes"][A.RESPONSE_FINISH_REASONS]) == ["abort"]
+    assert reasons[-1] == ["abort"] and all(r in (["abort"], ["length"]) for r in reasons), reasons
     # an uninstrumented client sends no trace context: still the server side of a remote call
     assert server_span["kind"] == "SERVER" and server_span["parent_span_id"] is None
     assert server_span["attributes"][A.REQUEST_STREAM] is True
@@ -161,11 +172,11 @@ def test_the_plugin_exports_from_export_processes_by_default(vllm_server, collec
     durations = collector.wait_for_metrics(
         lambda m: m["name"] == A.METRIC_SERVER_REQUEST_DURATION
         and m["resource_attributes"].get("service.name") == "vllm-server-under-test"
-        and sum(p["count"] for p in m["data_points"] if p["attributes"][A.OPERATION_NAME] == "chat") >= 2,
-        timeout=30)
+        and sum(p["count"] for p in m["data_points"] if p["attributes"][A.OPERATION_NAME] == "chat")
+        >= len(_chats_sent), timeout=30)
     chat = [p for p in durations[-1]["data_points"] if p["attributes"][A.OPERATION_NAME] == "chat"]
     assert durations[-1]["scope_name"] == "traceai_vllm"
-    assert sum(p["count"] for p in chat) == 2  # the two chat requests above, once each
+    assert sum(p["count"] for p in chat) == len(_chats_sent) >= 2  # the chat requests above, once each
     (pgid,) = _server_group  # the API server's pid: the leader of the group its processes share
     members, exporters = set(), {}  # pids in the server's group; export process -> its parent
     for entry in os.listdir("/proc"):
