@@ -42,6 +42,9 @@ def main() -> int:
             _random_nli_for_inline_evaluation()
         print("inline evaluation: every completion, scored by a tiny NLI model with RANDOM weights "
               "(meaningless scores, real mechanics)")
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()  # the evaluator's model loads in the background meanwhile
     telemetry = register(service_name="traceai-demo")  # <- the one line
     shown = InMemorySpanExporter()  # a second, in-process copy of the spans, only to print the table
     telemetry.tracer_provider.add_span_processor(SimpleSpanProcessor(shown))
