@@ -198,6 +198,16 @@ def test_the_plugin_exports_from_export_processes_by_default(vllm_server, collec
     parents = list(exporters.values())
     assert len(set(parents)) == len(parents), exporters
     assert all(parent in members and parent not in exporters for parent in parents), exporters
+    # each is lean: after exporting real vLLM request records it has loaded neither torch nor vLLM
+    # (their native libraries would show in its memory map), and its resident memory stays small
+    for pid in exporters:
+        loaded = {line.split()[-1] for line in open(f"/proc/{pid}/maps") if "/site-packages/" in line}
+        # (vLLM's CPU platform LD_PRELOADs torch's libgomp into every child process: not torch itself)
+        heavy = sorted(path for path in loaded if ("/torch/" in path or "/vllm/" in path) and "libgomp" not in path)
+        assert heavy == [], (pid, heavy)
+        rss_kib = int(next(line for line in open(f"/proc/{pid}/status") if line.startswith("VmRSS:")).split()[1])
+        assert rss_kib < 150 * 1024, (pid, rss_kib)
+        print(f"export process {pid} (of {exporters[pid]}): {rss_kib / 1024:.0f} MiB resident")
 
 
 def test_completions_spans_carry_the_id_the_client_receives_one_per_prompt(vllm_server, collector):
