@@ -49,7 +49,7 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import Link, SpanKind, Status, StatusCode
 
-from . import handoff, providers
+from . import handoff, losses, providers
 from .config import TelemetryConfig
 from .emit import DirectSpans, Emitter
 from .finished import FinishedRequest, SpanIds
@@ -197,7 +197,7 @@ class ExportProcess:
         """A deque append for the sender thread, or counted as dropped (bounded, never blocking)."""
         queue = self._items
         if self._stopping or len(queue) >= MAX_PENDING or not self._ensure_started():
-            self.dropped += 1
+            self._drop(losses.HANDOVER_QUEUE_FULL if len(queue) >= MAX_PENDING else losses.EXPORT_PROCESS_LOST)
             return False
         queue.append(item)
         if self._dead:  # it died meanwhile: what is queued will never be sent
@@ -226,9 +226,6 @@ class ExportProcess:
                 self._proc.wait(timeout=timeout_s)
             except subprocess.TimeoutExpired:
                 self._proc.kill()
-        if self.dropped:
-            logger.warning("traceai: %d finished requests or spans were dropped by the export process hand-over",
-                           self.dropped)
 
     def _marker(self, kind: str, timeout_s: float) -> bool:
         if self._stopping or not self._ensure_started():
@@ -315,10 +312,8 @@ class ExportProcess:
                 pickle.dumps(item, protocol=pickle.HIGHEST_PROTOCOL)
                 kept.append(item)
             except Exception:
-                if not self.dropped:
-                    logger.warning("traceai: telemetry that does not pickle was dropped by the export process "
-                                   "hand-over", exc_info=True)
-                self.dropped += 1
+                logger.debug("not picklable: %r", item, exc_info=True)
+                self._drop(losses.NOT_PICKLABLE)
         return kept
 
     def _gone(self) -> None:
@@ -356,7 +351,7 @@ class ExportProcess:
         """Nothing can export any more: what is queued, and all that follows, is counted as dropped."""
         with self._die_lock:
             self._dead = True
-        self.dropped += lost
+        self._drop(losses.EXPORT_PROCESS_LOST, lost)
         self._count_queued_as_dropped()
         for event in list(self._acks.values()):
             event.set()
@@ -368,7 +363,11 @@ class ExportProcess:
                 queue.popleft()
             except IndexError:
                 break
-            self.dropped += 1
+            self._drop(losses.EXPORT_PROCESS_LOST)
+
+    def _drop(self, reason: str, count: int = 1) -> None:
+        self.dropped += count
+        losses.losses.add(reason, count, "finished requests or spans")
 
     def _ack_loop(self) -> None:
         acks = self._acks_in
@@ -507,6 +506,7 @@ class _Handler:
                 handoff.set_sink(None)
         self._tracer_provider.shutdown()
         self._meter_provider.shutdown()
+        losses.losses.report_totals()
 
 
 def child_main() -> int:

@@ -41,6 +41,7 @@ from .config import ConfigError, TelemetryConfig
 from .content import strip_credentials
 from .exporters import JsonlSpanExporter
 from .histograms import HistogramStore, MergingMetricExporter
+from .losses import CountingSpanExporter, losses
 from .metric_export import StopWhenRefused
 from .worker import finish_queued
 
@@ -110,14 +111,15 @@ def sampler(config: TelemetryConfig) -> Sampler:
 
 
 def span_exporter(config: TelemetryConfig) -> SpanExporter | None:
+    """The configured span exporter, what it fails to deliver counted (losses.py)."""
     kind = config.traces_exporter
     if kind == "none":
         return None
     if kind == "console":
-        return ConsoleSpanExporter()
+        return CountingSpanExporter(ConsoleSpanExporter())
     if kind == "jsonl":
-        return JsonlSpanExporter(config.traces_file)
-    return _otlp_exporter(config, "traces", config.otlp_traces_endpoint)
+        return CountingSpanExporter(JsonlSpanExporter(config.traces_file))
+    return CountingSpanExporter(_otlp_exporter(config, "traces", config.otlp_traces_endpoint))
 
 
 def span_destination(config: TelemetryConfig) -> str:
@@ -173,6 +175,8 @@ def meter_provider(config: TelemetryConfig, resource: Resource, provider_class: 
             exporter = MergingMetricExporter(exporter, store, resource, preferred)
         readers.append(PeriodicExportingMetricReader(exporter))
     provider = provider_class(resource=resource, metric_readers=readers, **kwargs)
+    if readers:
+        losses.attach(provider)  # traceai.telemetry.dropped
     if store is not None and store.enabled:
         store.attach(provider)
     return provider, store

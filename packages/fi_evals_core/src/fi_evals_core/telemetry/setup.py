@@ -19,6 +19,7 @@ from opentelemetry.sdk.resources import SERVICE_NAME, Resource
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
 from . import handoff, logs, providers
+from .losses import losses
 from .config import TelemetryConfig, set_config
 from .emit import DirectSpans, Emitter
 from .export_process import ExportProcess
@@ -63,6 +64,7 @@ class Telemetry:
         self.completion_sink = None
         if self.export_process is not None:
             self.export_process.close()
+        losses.report_totals()  # what never reached the backend, once, by reason
 
 
 def register(

@@ -1,0 +1,115 @@
+"""Telemetry that did not reach the backend, counted by reason, in one ledger per process.
+
+Every place that gives up on a span or a finished request says so here (`losses.add(reason, n)`):
+the export process hand-over (its queue full, a value that does not pickle, the child dead with
+what it held), and a span exporter that failed after its own retries (`CountingSpanExporter`: a
+collector down, a destination that cannot be written). The ledger:
+
+- is exported as the `traceai.telemetry.dropped` counter, one series per `reason`, by every meter
+  provider `register()` (or the export process) builds;
+- logs one WARNING per reason at most once a minute while losses go on (`WARN_INTERVAL_S`);
+- logs the totals once when telemetry shuts down (`report_totals`).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any, Sequence
+
+from opentelemetry.metrics import CallbackOptions, Observation
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
+
+logger = logging.getLogger(__name__)
+
+DROPPED_COUNTER = "traceai.telemetry.dropped"
+WARN_INTERVAL_S = 60.0
+# the reasons, as the counter's `reason` attribute says them
+HANDOVER_QUEUE_FULL = "handover_queue_full"  # the export process's hand-over queue was full
+NOT_PICKLABLE = "not_picklable"  # a value that cannot cross to the export process
+EXPORT_PROCESS_LOST = "export_process_lost"  # neither the child nor this process could export them
+EXPORT_FAILED = "export_failed"  # the span exporter gave up (after its own retries)
+
+_WORDS = {
+    HANDOVER_QUEUE_FULL: "the export process's hand-over queue was full",
+    NOT_PICKLABLE: "they could not be handed to the export process (not picklable)",
+    EXPORT_PROCESS_LOST: "no export process could take them",
+    EXPORT_FAILED: "the exporter failed to deliver them",
+}
+
+
+class Losses:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._counts: dict[str, int] = {}
+        self._warned_at: dict[str, float] = {}
+        self._reported: dict[str, int] = {}
+
+    def add(self, reason: str, count: int = 1, what: str = "spans") -> None:
+        if count <= 0:
+            return
+        now = time.monotonic()
+        with self._lock:
+            self._counts[reason] = self._counts.get(reason, 0) + count
+            total = self._counts[reason]
+            last = self._warned_at.get(reason)
+            warn = last is None or now - last >= WARN_INTERVAL_S
+            if warn:
+                self._warned_at[reason] = now
+        if warn:
+            logger.warning("traceai: %d %s dropped: %s (%d so far; counted in %s{reason=%s})", count, what,
+                           _WORDS.get(reason, reason), total, DROPPED_COUNTER, reason)
+
+    def counts(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self._counts)
+
+    def total(self) -> int:
+        with self._lock:
+            return sum(self._counts.values())
+
+    def observe(self, options: CallbackOptions) -> list[Observation]:
+        return [Observation(count, {"reason": reason}) for reason, count in self.counts().items()]
+
+    def attach(self, meter_provider: Any) -> None:
+        """Export the ledger from `meter_provider` (an SDK meter provider with readers)."""
+        meter_provider.get_meter("fi_evals_core.telemetry").create_observable_counter(
+            DROPPED_COUNTER, callbacks=[self.observe], unit="{item}",
+            description="Spans and finished requests that did not reach the backend, by reason")
+
+    def report_totals(self) -> None:
+        """One WARNING with what was lost since the last report (at shutdown); nothing if nothing."""
+        counts = self.counts()
+        new = {r: c - self._reported.get(r, 0) for r, c in counts.items() if c > self._reported.get(r, 0)}
+        self._reported = counts
+        if new:
+            logger.warning("traceai: telemetry dropped in this process: %s",
+                           ", ".join(f"{count} ({reason})" for reason, count in sorted(new.items())))
+
+
+losses = Losses()
+
+
+class CountingSpanExporter(SpanExporter):
+    """`exporter`, with what it fails to deliver counted in `losses` (EXPORT_FAILED)."""
+
+    def __init__(self, exporter: SpanExporter) -> None:
+        self.exporter = exporter
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        try:
+            result = self.exporter.export(spans)
+        except Exception:
+            logger.debug("span exporter raised", exc_info=True)
+            result = SpanExportResult.FAILURE
+        if result is not SpanExportResult.SUCCESS:
+            losses.add(EXPORT_FAILED, len(spans))
+        return result
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return self.exporter.force_flush(timeout_millis)
+
+    def shutdown(self) -> None:
+        self.exporter.shutdown()
