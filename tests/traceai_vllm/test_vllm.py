@@ -393,6 +393,21 @@ def test_plugin_is_inert_unless_enabled(tmp_path, value, expect_on):
         assert "TRACEAI_VLLM_AUTO='maybe' is not valid" in proc.stderr
 
 
+def test_plugin_with_an_unusable_trace_file_says_so_in_one_line_and_stays_off(tmp_path):
+    """A configuration error under the plugin: one warning naming the variable (even with the root
+    logger muted, as in vLLM's server), no traceback, telemetry off, the process unaffected."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "TRACEAI_"))}
+    env.update({"TRACEAI_VLLM_AUTO": "1", "TRACEAI_TRACES_FILE": str(tmp_path), "HF_HUB_OFFLINE": "1",
+                "TRACEAI_MUTE_ROOT_LOGGER": "1"})
+    proc = subprocess.run([sys.executable, str(PROGRAMS / "plugin_state.py")], env=env, capture_output=True,
+                          text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "STATE False False" in proc.stdout
+    lines = [line for line in proc.stderr.splitlines() if "TRACEAI_TRACES_FILE" in line]
+    assert len(lines) == 1 and "telemetry stays off" in lines[0], proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+
+
 def test_pooling_embed_and_classify_requests(model_dirs):
     """The tiny Llama converted to an embedding model (one embeddings span per input, no output
     tokens; LLM.score and LLM.encode on it too), then to a classifier. In a subprocess: a second in-process engine resets vLLM's process-wide parallel state."""

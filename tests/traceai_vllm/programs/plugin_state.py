@@ -1,9 +1,16 @@
 """Load vLLM's general plugins as vLLM does in every process, then report what traceai's plugin did.
 
-Prints `STATE <telemetry started> <OutputProcessor.add_request patched>`.
+Prints `STATE <telemetry started> <OutputProcessor.add_request patched>`. With
+TRACEAI_MUTE_ROOT_LOGGER=1 the root logger is at ERROR first, as in vLLM's API server.
 """
 
-from vllm.plugins import load_general_plugins
+import logging
+import os
+
+if os.environ.get("TRACEAI_MUTE_ROOT_LOGGER"):  # what vLLM's API server's imports do
+    logging.getLogger().setLevel(logging.ERROR)
+
+from vllm.plugins import load_general_plugins  # noqa: E402
 
 load_general_plugins()
 

@@ -50,10 +50,14 @@ def load() -> None:
     global _telemetry
     if not enabled():
         return
+    from fi_evals_core.telemetry.config import ConfigError
+    from fi_evals_core.telemetry.logs import make_visible
+
     with _lock:
         if _telemetry is not None:
             return
         try:
+            make_visible()  # vLLM's server mutes the root logger: these lines must still be seen
             from fi_evals_core import register
             from fi_evals_core.telemetry import TelemetryConfig
 
@@ -64,5 +68,7 @@ def load() -> None:
             from fi_evals_core.telemetry.gpu import register_gpu_memory_gauges
 
             register_gpu_memory_gauges(_telemetry.meter_provider.get_meter("traceai_vllm.gpu"))
+        except ConfigError as exc:  # a bad variable: one line naming it, telemetry off, the server unaffected
+            logger.warning("traceai: %s; telemetry stays off in this process", exc)
         except Exception:  # a telemetry problem must never stop the server
             logger.warning("traceai: could not enable vLLM instrumentation", exc_info=True)

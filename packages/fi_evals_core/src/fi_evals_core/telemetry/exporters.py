@@ -14,6 +14,8 @@ from typing import Sequence
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
+from .config import ConfigError
+
 
 def span_to_dict(span: ReadableSpan) -> dict:
     ctx = span.get_span_context()
@@ -40,10 +42,19 @@ def span_to_dict(span: ReadableSpan) -> dict:
 
 
 class JsonlSpanExporter(SpanExporter):
-    def __init__(self, path: str | Path) -> None:
+    """Appends to `path`, which must be writable now: a directory, a read-only file or a folder that
+    cannot be made is a `ConfigError` naming `variable`, not spans lost later."""
+
+    def __init__(self, path: str | Path, variable: str = "TRACEAI_TRACES_FILE") -> None:
         self.path = Path(path)
         self._lock = threading.Lock()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with self.path.open("a", encoding="utf-8"):
+                pass
+        except OSError as exc:
+            raise ConfigError(variable, str(path), f"a file this process can append to is expected "
+                                                   f"({exc.strerror or type(exc).__name__})") from None
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
         lines = "".join(json.dumps(span_to_dict(s), default=str) + "\n" for s in spans)

@@ -23,6 +23,7 @@ from .losses import losses
 from .config import TelemetryConfig, set_config
 from .emit import DirectSpans, Emitter
 from .export_process import ExportProcess
+from .exporters import JsonlSpanExporter
 from .sinks import ExportProcessSink, RequestSink, WorkerSink
 
 logger = logging.getLogger(__name__)
@@ -95,6 +96,8 @@ def register(
     destination = providers.span_destination(config)
     export_process = completion_sink = None
     exported = config.traces_exporter != "none" or config.metrics_exporter != "none"
+    if config.export_process and exported and config.traces_exporter == "jsonl":
+        JsonlSpanExporter(config.traces_file)  # the child appends there: an unusable file fails now, here
     if config.export_process and exported:
         # The child makes and exports the request spans and histograms, and runs the completion
         # sinks (it starts them from the same environment): texts go there with the requests.
