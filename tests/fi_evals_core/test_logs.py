@@ -71,3 +71,19 @@ def test_credentials_in_an_endpoint_become_basic_auth_and_leave_the_url():
                                          "OTEL_EXPORTER_OTLP_HEADERS": "Authorization=Bearer%20abc"})
     assert explicit.otlp_headers["authorization"] == "Bearer abc"  # the header given wins
     assert explicit.otlp_traces_endpoint == "http://collector:4317"
+
+
+@pytest.mark.parametrize("message, secret, kept", [
+    ("401 Client Error: Unauthorized for url: http://alice:s3cret@10.0.0.1:8080/v1/chat", "s3cret",
+     "http://10.0.0.1:8080/v1/chat"),
+    ("GET https://x.io/generate?api_key=abc123def&stream=1 failed", "abc123def", "stream=1"),
+    ("request headers {'Authorization': 'Bearer hf_abcdefgh1234'}", "hf_abcdefgh1234", "request headers"),
+    ("proxy said: authorization: Basic YWxpY2U6czNjcmV0", "YWxpY2U6czNjcmV0", "proxy said"),
+    ("x-api-key=sk-12345678 rejected", "sk-12345678", "rejected"),
+])
+def test_error_messages_lose_their_credentials(message, secret, kept):
+    from fi_evals_core.telemetry import error_details
+
+    error_type, description = error_details(RuntimeError(message))
+    assert secret not in description and kept in description and "<redacted>" in description or \
+        secret not in description and kept in description

@@ -147,6 +147,24 @@ def test_server_error_marks_span_and_reaches_caller_unchanged(telemetry, client,
     assert span.end_time is not None
 
 
+def test_a_401_with_credentials_in_the_url_records_none_of_them(telemetry, hf_server):
+    """A real 401 from the server, the client's base URL holding user:password@: the exception the
+    caller gets is untouched, the span's status description and attributes hold no credential."""
+    hf_server.clear_requests()
+    base = hf_server.base_url.replace("http://", "http://alice:pa55w0rd@")
+    client = InferenceClient(base_url=base, api_key=SECRET)
+    hf_server.fail_next(401, message="Invalid credentials")
+    with pytest.raises(HfHubHTTPError) as err:
+        client.chat_completion(MESSAGES, max_tokens=3)
+    assert err.value.response.status_code == 401
+    span = only_span(telemetry)
+    exported = json.dumps({"status": span.status.description, "attrs": dict(span.attributes),
+                           "events": [dict(e.attributes) for e in span.events]}, default=str)
+    assert span.status.status_code is StatusCode.ERROR and "401" in span.status.description
+    for secret in ("pa55w0rd", "alice:", SECRET):
+        assert secret not in exported, secret
+
+
 def test_stream_broken_out_of_ends_the_span(telemetry, client):
     stream = client.text_generation("Break early", max_new_tokens=20, stream=True)
     for _ in stream:

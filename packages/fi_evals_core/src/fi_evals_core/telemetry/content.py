@@ -8,6 +8,7 @@ are written in the GenAI conventions' JSON shape (`gen_ai.input.messages` /
 from __future__ import annotations
 
 import json
+import re
 from typing import Any, Iterable, Sequence
 from urllib.parse import urlsplit, urlunsplit
 
@@ -83,3 +84,24 @@ def strip_credentials(url: str) -> str:
     if parts.port:
         host = f"{host}:{parts.port}"
     return urlunsplit((parts.scheme, host, parts.path, "", ""))
+
+
+# Secrets that error messages carry: user:password@ in URLs, tokens and keys in query strings,
+# Authorization / API-key headers and bearer tokens.
+_URL_USERINFO = re.compile(r"(?P<scheme>\b[a-zA-Z][a-zA-Z0-9+.-]*://)[^/\s@]*@")
+_QUERY_SECRET = re.compile(
+    r"(?i)(?P<key>[?&](?:token|access_token|api[_-]?key|apikey|key|sig|signature|password|secret|auth)=)[^&\s#'\"]+")
+_HEADER_SECRET = re.compile(
+    r"(?i)(?P<key>\b(?:authorization|proxy-authorization|x-api-key|api-key)\b['\"]?\s*[:=]\s*['\"]?)"
+    r"(?:(?:bearer|basic|token)\s+)?[^\s'\",}]+")
+_BEARER = re.compile(r"(?i)\b(?P<key>bearer\s+)[A-Za-z0-9._~+/=-]{6,}")
+
+
+def redact_secrets(text: str) -> str:
+    """`text` (an exception's message, say) with credentials replaced by `<redacted>`: for span
+    status descriptions and anything else instrumentation records from an error. The exception the
+    caller receives is never changed."""
+    text = _URL_USERINFO.sub(r"\g<scheme>", text)
+    text = _QUERY_SECRET.sub(r"\g<key><redacted>", text)
+    text = _HEADER_SECRET.sub(r"\g<key><redacted>", text)
+    return _BEARER.sub(r"\g<key><redacted>", text)

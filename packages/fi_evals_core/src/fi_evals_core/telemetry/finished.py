@@ -18,6 +18,8 @@ from typing import Any, Mapping, NamedTuple
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 
+from .content import redact_secrets
+
 
 class SpanIds(NamedTuple):
     """A span context as plain values (trace and span ids, flags, remote, W3C trace state)."""
@@ -97,10 +99,11 @@ class FinishedRequest(NamedTuple):
 
 def error_details(error: BaseException | None) -> tuple[str | None, str | None]:
     """A failed request's `error.type` (the exception's qualified class name, with its module
-    unless builtin) and status description (its message, or the type); (None, None) for no error."""
+    unless builtin) and status description (its message without credentials, or the type);
+    (None, None) for no error."""
     if error is None:
         return None, None
     cls = type(error)
     module = cls.__module__
     error_type = cls.__qualname__ if module in ("builtins", None) else f"{module}.{cls.__qualname__}"
-    return error_type, str(error)[:500] or error_type
+    return error_type, redact_secrets(str(error))[:500] or error_type
