@@ -275,3 +275,33 @@ def test_start_from_config_is_off_at_rate_zero(monkeypatch):
     with pytest.raises(ValueError, match="FI_EVALS_SAMPLE_RATE"):
         start_inline_evaluation()
     stop_inline_evaluation()
+
+
+def test_evaluator_misconfiguration_is_said_once_at_start_up(tmp_path, caplog):
+    """A bad acceleration switch: a ConfigError at register() naming it. A model that cannot load:
+    one WARNING naming FI_EVALS_MODEL as the evaluator starts, before any traffic."""
+    import logging
+
+    import pytest as _pytest
+
+    from fi_evals_core import register
+    from fi_evals_core.telemetry import ConfigError, TelemetryConfig
+
+    env = {"FI_EVALS_SAMPLE_RATE": "1", "FI_EVALS_ACCELERATION": "maybe", "FI_EVALS_DEVICE": "cpu"}
+    with _pytest.MonkeyPatch.context() as mp:
+        for key, value in env.items():
+            mp.setenv(key, value)
+        with _pytest.raises(ConfigError, match="FI_EVALS_ACCELERATION='maybe'"):
+            register(config=TelemetryConfig.from_env({"TRACEAI_TRACES_FILE": str(tmp_path / "t.jsonl")}),
+                     set_global=False, instrument=False)
+        mp.setenv("FI_EVALS_ACCELERATION", "auto")
+        mp.setenv("FI_EVALS_MODEL", str(tmp_path / "no-such-model"))
+        with caplog.at_level(logging.WARNING):
+            telemetry = register(config=TelemetryConfig.from_env({"TRACEAI_TRACES_FILE": str(tmp_path / "t.jsonl")}),
+                                 set_global=False, instrument=False)
+            try:
+                assert telemetry.completion_sink.loaded.wait(60)
+            finally:
+                telemetry.shutdown()
+    lines = [r.getMessage() for r in caplog.records if "could not load its NLI model" in r.getMessage()]
+    assert len(lines) == 1 and "no-such-model" in lines[0] and "FI_EVALS_MODEL" in lines[0]

@@ -33,7 +33,7 @@ from opentelemetry.trace import NonRecordingSpan, SpanKind, Status, StatusCode, 
 from ..telemetry import attributes as A
 from ..telemetry import handoff
 from ..telemetry.worker import finish_queued, hook_flushes
-from .config import EvalsConfig
+from .config import EvalsConfig, acceleration
 from .evaluators import Evaluator, evaluator_class
 from .result import EvalResult
 
@@ -170,8 +170,11 @@ class InlineEvaluator:
         for evaluator in self.evaluators:
             try:
                 evaluator.scorer  # noqa: B018 - loads (and shares) the checkpoint
-            except Exception:  # scoring will report it per result (error.type), and retry per batch
-                logger.warning("inline evaluation: %s could not load its model", evaluator.name, exc_info=True)
+            except Exception as exc:  # scoring reports it per result (error.type), and retries per batch
+                logger.warning("inline evaluation: %s could not load its NLI model %r (FI_EVALS_MODEL): %s: %s; "
+                               "its results carry error.type until it loads", evaluator.name,
+                               getattr(evaluator, "_model", None), type(exc).__name__, exc)
+                logger.debug("model load failure", exc_info=True)
 
     def _run(self) -> None:
         if self._load_first:
@@ -279,7 +282,12 @@ class InlineEvaluationExtension:
     `register()` starts it where request spans are made (this process, or the export process)."""
 
     def enabled(self) -> bool:
-        return EvalsConfig.from_env().sample_rate > 0
+        """On when sampling; every FI_EVALS_* setting it will use is read now, so a bad one is a
+        ConfigError at start-up (naming the variable), not an error on each result later."""
+        if EvalsConfig.from_env().sample_rate <= 0:
+            return False
+        acceleration()
+        return True
 
     def start(self, tracer_provider: TracerProvider | None, meter_provider: MeterProvider | None) -> InlineEvaluator:
         evaluator = _from_config(EvalsConfig.from_env(), tracer_provider, meter_provider)
