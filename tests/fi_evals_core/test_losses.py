@@ -53,16 +53,20 @@ def test_a_trace_file_that_became_unwritable_counts_every_span_and_the_counter_r
 
 
 def test_a_collector_that_is_not_there_counts_the_spans_it_never_got():
-    before = losses.counts().get(EXPORT_FAILED, 0)
+    """Nothing listens: the spans wait in the outage buffer (a flush says False), and shutdown
+    counts them as collector_unreachable."""
+    from fi_evals_core.telemetry.outage import COLLECTOR_UNREACHABLE
+
+    before = losses.counts().get(COLLECTOR_UNREACHABLE, 0)
     env = {"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{free_port()}", "OTEL_METRICS_EXPORTER": "none",
            "OTEL_EXPORTER_OTLP_TIMEOUT": "1000"}
     telemetry = register(config=TelemetryConfig.from_env(env), set_global=False, instrument=False)
     try:
         _spans(telemetry, 4)
-        telemetry.force_flush()
+        assert telemetry.force_flush() is False  # not delivered, and it says so
     finally:
         telemetry.shutdown()
-    assert losses.counts()[EXPORT_FAILED] - before == 4
+    assert losses.counts()[COLLECTOR_UNREACHABLE] - before == 4
 
 
 def test_an_unusable_trace_file_is_an_error_at_register_naming_the_variable(tmp_path):

@@ -45,7 +45,7 @@ def test_the_cached_encoding_is_the_library_encoding():
 def test_register_exports_grpc_spans_through_it(collector):
     collector.clear()
     config = TelemetryConfig.from_env({**collector.otel_env("grpc"), "OTEL_SERVICE_NAME": "attribute-cache"})
-    assert isinstance(span_exporter(config).exporter, GrpcSpanExporter)  # inside the loss counting
+    assert isinstance(span_exporter(config).exporter, GrpcSpanExporter)  # inside the outage buffer
     telemetry = register(config=config, set_global=False, instrument=False)
     try:
         tracer = telemetry.tracer_provider.get_tracer("app")

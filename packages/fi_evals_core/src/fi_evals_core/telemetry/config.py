@@ -84,6 +84,7 @@ class TelemetryConfig:
     max_content_length: int = 8192
     gpu_poll_interval_s: float = 1.0
     export_process: bool = False  # TRACEAI_EXPORT_PROCESS: export from a child process (export_process.py)
+    export_buffer_spans: int = 10_000  # TRACEAI_EXPORT_BUFFER_SPANS: spans kept through a collector outage
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "TelemetryConfig":
@@ -144,6 +145,7 @@ class TelemetryConfig:
             max_content_length=env.integer("TRACEAI_MAX_CONTENT_LENGTH", 8192, low=1),
             gpu_poll_interval_s=env.number("TRACEAI_GPU_POLL_INTERVAL", 1.0, low=0.01),
             export_process=env.flag("TRACEAI_EXPORT_PROCESS", False),
+            export_buffer_spans=env.integer("TRACEAI_EXPORT_BUFFER_SPANS", 10_000, low=0),
         )
 
 

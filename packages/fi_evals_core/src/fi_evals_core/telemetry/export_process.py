@@ -45,7 +45,6 @@ from typing import Any, Mapping
 
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import Event, ReadableSpan, SpanProcessor, TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import Link, SpanKind, Status, StatusCode
 
@@ -460,7 +459,7 @@ class _Handler:
         self._meter_provider, histograms = providers.meter_provider(config, self._resource, shutdown_on_exit=False)
         self._tracer_provider = TracerProvider(resource=self._resource, sampler=providers.sampler(config),
                                                shutdown_on_exit=False)
-        self._batch = BatchSpanProcessor(exporter) if exporter is not None else None
+        self._batch = providers.ExportingSpanProcessor(exporter) if exporter is not None else None
         direct = None
         if self._batch is not None:
             self._tracer_provider.add_span_processor(self._batch)

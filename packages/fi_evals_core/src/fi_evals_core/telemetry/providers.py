@@ -25,7 +25,7 @@ from opentelemetry.sdk.metrics.export import (
 )
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
-from opentelemetry.sdk.trace.export import ConsoleSpanExporter, SpanExporter
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
 from opentelemetry.trace import NoOpTracer
 from opentelemetry.sdk.trace.sampling import (
     ALWAYS_OFF,
@@ -42,6 +42,7 @@ from .content import strip_credentials
 from .exporters import JsonlSpanExporter
 from .histograms import HistogramStore, MergingMetricExporter
 from .losses import CountingSpanExporter, losses
+from .outage import OutageBuffer
 from .metric_export import StopWhenRefused
 from .worker import finish_queued
 
@@ -111,7 +112,8 @@ def sampler(config: TelemetryConfig) -> Sampler:
 
 
 def span_exporter(config: TelemetryConfig) -> SpanExporter | None:
-    """The configured span exporter, what it fails to deliver counted (losses.py)."""
+    """The configured span exporter, what it fails to deliver counted (losses.py); OTLP through an
+    outage buffer (outage.py)."""
     kind = config.traces_exporter
     if kind == "none":
         return None
@@ -119,7 +121,22 @@ def span_exporter(config: TelemetryConfig) -> SpanExporter | None:
         return CountingSpanExporter(ConsoleSpanExporter())
     if kind == "jsonl":
         return CountingSpanExporter(JsonlSpanExporter(config.traces_file))
-    return CountingSpanExporter(_otlp_exporter(config, "traces", config.otlp_traces_endpoint))
+    otlp = _otlp_exporter(config, "traces", config.otlp_traces_endpoint)
+    if config.export_buffer_spans > 0:  # what fails waits (bounded) for the collector; losses counted there
+        return OutageBuffer(otlp, config.export_buffer_spans)
+    return CountingSpanExporter(otlp)
+
+
+class ExportingSpanProcessor(BatchSpanProcessor):
+    """The SDK's batch span processor, whose `force_flush` is True only when its exporter holds
+    nothing back (an outage buffer with spans still waiting says False)."""
+
+    def __init__(self, exporter: SpanExporter, **kwargs: Any) -> None:
+        super().__init__(exporter, **kwargs)
+        self.exporter = exporter
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return bool(super().force_flush(timeout_millis)) and self.exporter.force_flush(timeout_millis)
 
 
 def span_destination(config: TelemetryConfig) -> str:

@@ -16,7 +16,6 @@ from typing import Any
 from opentelemetry import metrics as otel_metrics
 from opentelemetry import trace
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
-from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
 from . import handoff, logs, providers
 from .losses import losses
@@ -111,7 +110,7 @@ def register(
     else:
         span_exporter = providers.span_exporter(config)
         if span_exporter is not None:
-            batch = BatchSpanProcessor(span_exporter)
+            batch = providers.ExportingSpanProcessor(span_exporter)
             tracer_provider.add_span_processor(batch)
             # Request spans go straight to it (no SDK Span), until the application adds a processor.
             local = Emitter(tracer_provider, meter_provider, config.capture_content,

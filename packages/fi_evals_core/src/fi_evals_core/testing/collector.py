@@ -413,6 +413,21 @@ class RotelCollector:
         except OSError:
             return ""
 
+    def kill(self) -> None:
+        """An outage: rotel is killed (SIGKILL); its ports refuse connections until `restart()`."""
+        proc, self._proc = self._proc, None
+        if proc is not None:
+            proc.kill()
+            proc.wait(timeout=10)
+        if self._log_handle is not None:
+            self._log_handle.close()
+            self._log_handle = None
+
+    def restart(self) -> None:
+        """rotel again, on the same ports (after `kill()`)."""
+        if not self._launch():
+            raise RuntimeError(f"rotel-agent failed to restart; log tail:\n{self._log_tail()}")
+
     def stop(self) -> None:
         """Terminate rotel (SIGTERM, then SIGKILL after 5 s) and the sink. Idempotent."""
         self._reap()

@@ -1,0 +1,123 @@
+"""Riding out a collector outage: spans the OTLP exporter could not deliver wait here, bounded, and
+go out once the collector answers again.
+
+`OutageBuffer` wraps the OTLP span exporter `register()` (or the export process) builds, under the
+SDK's batch span processor. A batch that fails (after the exporter's own retries) is kept, oldest
+first, and the collector is tried again with growing pauses (1 s, doubling, at most
+`MAX_BACKOFF_S`); meanwhile new batches are kept without waiting on the collector, so the batch
+processor's own queue keeps moving and the serving process is never slowed. With the collector
+back, the backlog goes out in order. Delivery is at least once: a batch whose answer timed out
+after the collector took it is sent again (backends see the same span ids twice). Bounds, each
+loss counted by reason (losses.py) and logged:
+
+- at most `max_spans` spans are kept (`TRACEAI_EXPORT_BUFFER_SPANS`): past it the oldest batches
+  are dropped (`buffer_full`);
+- `force_flush` tries the backlog once (not again within a pause) and says False if some is left;
+- `shutdown` makes at most one more attempt, and none when the last one failed less than a pause
+  ago: with the collector unreachable, stopping costs at most one export timeout
+  (`OTEL_EXPORTER_OTLP_TIMEOUT`), and what is left is counted (`collector_unreachable`).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from typing import Sequence
+
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
+
+from .losses import losses
+
+logger = logging.getLogger(__name__)
+
+MAX_BACKOFF_S = 30.0
+BUFFER_FULL = "buffer_full"
+COLLECTOR_UNREACHABLE = "collector_unreachable"
+
+
+class OutageBuffer(SpanExporter):
+    def __init__(self, exporter: SpanExporter, max_spans: int = 10_000) -> None:
+        self.exporter = exporter
+        self.max_spans = max_spans
+        self._backlog: deque[list[ReadableSpan]] = deque()
+        self._buffered = 0
+        self._lock = threading.Lock()  # the batch processor's thread, and flush/shutdown callers
+        self._retry_at = 0.0  # monotonic: no attempt before this while the collector is down
+        self._backoff = 1.0
+        self._down_since: float | None = None
+        self._shut = False
+
+    @property
+    def buffered(self) -> int:
+        """Spans waiting for the collector."""
+        return self._buffered
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        with self._lock:
+            if self._shut:
+                losses.add(COLLECTOR_UNREACHABLE, len(spans))
+                return SpanExportResult.FAILURE
+            self._keep(list(spans))
+            if time.monotonic() >= self._retry_at:
+                self._drain()
+            return SpanExportResult.SUCCESS  # delivered, or kept here (and counted if it never goes)
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        """Try the backlog (unless the collector failed less than a pause ago); True when nothing
+        is left waiting."""
+        with self._lock:
+            if self._backlog and time.monotonic() >= self._retry_at:
+                self._drain()
+            return not self._backlog and self.exporter.force_flush(timeout_millis)
+
+    def shutdown(self) -> None:
+        with self._lock:
+            if self._backlog and (self._down_since is None or time.monotonic() >= self._retry_at):
+                self._drain()  # one more attempt, unless the collector just failed
+            left = self._buffered
+            self._backlog.clear()
+            self._buffered = 0
+            self._shut = True
+        if left:
+            losses.add(COLLECTOR_UNREACHABLE, left)
+        self.exporter.shutdown()
+
+    def _keep(self, batch: list[ReadableSpan]) -> None:
+        if not batch:
+            return
+        self._backlog.append(batch)
+        self._buffered += len(batch)
+        while self._buffered > self.max_spans and self._backlog:
+            oldest = self._backlog.popleft()
+            self._buffered -= len(oldest)
+            losses.add(BUFFER_FULL, len(oldest))
+
+    def _drain(self) -> None:
+        """Send the backlog, oldest first, until a batch fails (then pause before the next try)."""
+        while self._backlog:
+            batch = self._backlog[0]
+            try:
+                ok = self.exporter.export(batch) is SpanExportResult.SUCCESS
+            except Exception:
+                logger.debug("span exporter raised", exc_info=True)
+                ok = False
+            if not ok:
+                now = time.monotonic()
+                if self._down_since is None:
+                    self._down_since = now
+                    logger.warning("traceai: the collector did not take spans; keeping up to %d and retrying "
+                                   "(TRACEAI_EXPORT_BUFFER_SPANS)", self.max_spans)
+                self._retry_at = now + self._backoff
+                self._backoff = min(self._backoff * 2, MAX_BACKOFF_S)
+                return
+            self._backlog.popleft()
+            self._buffered -= len(batch)
+        if self._down_since is not None:
+            logger.warning("traceai: the collector takes spans again after %.0f s; the kept spans were sent",
+                           time.monotonic() - self._down_since)
+        self._down_since = None
+        self._backoff = 1.0
+        self._retry_at = 0.0

@@ -1,0 +1,86 @@
+"""A collector outage ridden out (outage.py): the real collector killed and restarted on the same
+ports loses nothing; past the buffer's bound, every span is either delivered or counted."""
+
+from __future__ import annotations
+
+import time
+
+from fi_evals_core import register
+from fi_evals_core.telemetry import TelemetryConfig
+from fi_evals_core.telemetry.losses import losses
+from fi_evals_core.telemetry.outage import BUFFER_FULL, COLLECTOR_UNREACHABLE
+from fi_evals_core.testing.collector import RotelCollector
+
+
+def _emit(telemetry, prefix: str, n: int) -> None:
+    tracer = telemetry.tracer_provider.get_tracer("app")
+    for i in range(n):
+        tracer.start_span(f"{prefix} {i}").end()
+
+
+def _delivered(collector, service: str) -> list[str]:
+    return [s["name"] for s in collector.spans() if s["resource_attributes"].get("service.name") == service]
+
+
+def _env(collector, service: str, **extra: str) -> dict[str, str]:
+    return {**collector.otel_env("grpc"), "OTEL_SERVICE_NAME": service, "OTEL_METRICS_EXPORTER": "none",
+            "OTEL_EXPORTER_OTLP_TIMEOUT": "1000", **extra}
+
+
+def test_a_collector_killed_and_restarted_loses_nothing(tmp_path):
+    with RotelCollector(tmp_path) as collector:
+        before = losses.counts()
+        telemetry = register(config=TelemetryConfig.from_env(_env(collector, "outage-restart")), set_global=False,
+                             instrument=False)
+        try:
+            _emit(telemetry, "before", 10)
+            assert telemetry.force_flush()
+            # rotel forwards what it took to the test's sink asynchronously: let it, before killing it
+            collector.wait_for_spans(lambda s: s["resource_attributes"].get("service.name") == "outage-restart",
+                                     count=10)
+            collector.kill()
+            for batch in range(3):  # the collector is down: kept, and flushes say so
+                _emit(telemetry, f"during{batch}", 20)
+                assert telemetry.force_flush() is False
+            collector.restart()
+            _emit(telemetry, "after", 5)
+            # the backlog goes out first, then these, at the buffer's next try (its pause after the
+            # failures) once the exporter's channel has reconnected: a deadline poll
+            deadline = time.monotonic() + 60
+            while not telemetry.force_flush():
+                assert time.monotonic() < deadline, "the backlog never went out"
+                time.sleep(0.25)
+        finally:
+            telemetry.shutdown()
+        spans = collector.wait_for_spans(lambda s: s["resource_attributes"].get("service.name") == "outage-restart",
+                                         count=75)
+        # every span arrived; at least once: a batch whose answer timed out is sent again, and the
+        # backend sees its span ids twice
+        assert len({s["span_id"] for s in spans}) == 75
+        assert losses.counts() == before  # nothing dropped
+
+
+def test_past_the_bound_every_span_is_delivered_or_counted(tmp_path):
+    with RotelCollector(tmp_path) as collector:
+        before = losses.counts()
+        env = _env(collector, "outage-bounded", TRACEAI_EXPORT_BUFFER_SPANS="30")
+        telemetry = register(config=TelemetryConfig.from_env(env), set_global=False, instrument=False)
+        try:
+            _emit(telemetry, "before", 5)
+            assert telemetry.force_flush()
+            collector.wait_for_spans(lambda s: s["resource_attributes"].get("service.name") == "outage-bounded",
+                                     count=5)
+            collector.kill()
+            for batch in range(5):
+                _emit(telemetry, f"during{batch}", 20)
+                telemetry.force_flush()
+        finally:
+            telemetry.shutdown()  # still down: what is kept is counted, without waiting on the collector
+        after = losses.counts()
+        dropped = {reason: after.get(reason, 0) - before.get(reason, 0) for reason in (BUFFER_FULL,
+                                                                                     COLLECTOR_UNREACHABLE)}
+        # whole batches leave the buffer past the bound; at most 30 were still kept at shutdown
+        assert dropped[BUFFER_FULL] + dropped[COLLECTOR_UNREACHABLE] == 100, dropped
+        assert 0 < dropped[COLLECTOR_UNREACHABLE] <= 30 and dropped[BUFFER_FULL] >= 70, dropped
+        collector.restart()
+        assert len(_delivered(collector, "outage-bounded")) == 5  # delivered + counted = finished (105)
