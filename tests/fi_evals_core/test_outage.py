@@ -22,6 +22,15 @@ def _delivered(collector, service: str) -> list[str]:
     return [s["name"] for s in collector.spans() if s["resource_attributes"].get("service.name") == service]
 
 
+def _deliver_then_kill(telemetry, collector, service: str, n: int) -> None:
+    """`n` spans delivered, then the collector killed (an outage)."""
+    _emit(telemetry, "before", n)
+    assert telemetry.force_flush()
+    # rotel forwards what it took to the test's sink asynchronously: let it, before killing it
+    collector.wait_for_spans(lambda s: s["resource_attributes"].get("service.name") == service, count=n)
+    collector.kill()
+
+
 def _env(collector, service: str, **extra: str) -> dict[str, str]:
     return {**collector.otel_env("grpc"), "OTEL_SERVICE_NAME": service, "OTEL_METRICS_EXPORTER": "none",
             "OTEL_EXPORTER_OTLP_TIMEOUT": "1000", **extra}
@@ -33,12 +42,7 @@ def test_a_collector_killed_and_restarted_loses_nothing(tmp_path):
         telemetry = register(config=TelemetryConfig.from_env(_env(collector, "outage-restart")), set_global=False,
                              instrument=False)
         try:
-            _emit(telemetry, "before", 10)
-            assert telemetry.force_flush()
-            # rotel forwards what it took to the test's sink asynchronously: let it, before killing it
-            collector.wait_for_spans(lambda s: s["resource_attributes"].get("service.name") == "outage-restart",
-                                     count=10)
-            collector.kill()
+            _deliver_then_kill(telemetry, collector, "outage-restart", 10)
             for batch in range(3):  # the collector is down: kept, and flushes say so
                 _emit(telemetry, f"during{batch}", 20)
                 assert telemetry.force_flush() is False
@@ -66,11 +70,7 @@ def test_past_the_bound_every_span_is_delivered_or_counted(tmp_path):
         env = _env(collector, "outage-bounded", TRACEAI_EXPORT_BUFFER_SPANS="30")
         telemetry = register(config=TelemetryConfig.from_env(env), set_global=False, instrument=False)
         try:
-            _emit(telemetry, "before", 5)
-            assert telemetry.force_flush()
-            collector.wait_for_spans(lambda s: s["resource_attributes"].get("service.name") == "outage-bounded",
-                                     count=5)
-            collector.kill()
+            _deliver_then_kill(telemetry, collector, "outage-bounded", 5)
             for batch in range(5):
                 _emit(telemetry, f"during{batch}", 20)
                 telemetry.force_flush()
