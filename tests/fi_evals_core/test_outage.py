@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import time
 
+import pytest
+
 from fi_evals_core import register
 from fi_evals_core.telemetry import TelemetryConfig
 from fi_evals_core.telemetry.losses import losses
@@ -36,11 +38,14 @@ def _env(collector, service: str, **extra: str) -> dict[str, str]:
             "OTEL_EXPORTER_OTLP_TIMEOUT": "1000", **extra}
 
 
-def test_a_collector_killed_and_restarted_loses_nothing(tmp_path):
+@pytest.mark.parametrize("export_process", ["0", "1"])
+def test_a_collector_killed_and_restarted_loses_nothing(tmp_path, export_process):
+    """In-process, and with the export process (its buffer, its flushes answered "not delivered"
+    while the collector is down)."""
     with RotelCollector(tmp_path) as collector:
         before = losses.counts()
-        telemetry = register(config=TelemetryConfig.from_env(_env(collector, "outage-restart")), set_global=False,
-                             instrument=False)
+        env = _env(collector, "outage-restart", TRACEAI_EXPORT_PROCESS=export_process)
+        telemetry = register(config=TelemetryConfig.from_env(env), set_global=False, instrument=False)
         try:
             _deliver_then_kill(telemetry, collector, "outage-restart", 10)
             for batch in range(3):  # the collector is down: kept, and flushes say so

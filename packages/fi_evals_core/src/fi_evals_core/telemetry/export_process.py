@@ -148,6 +148,7 @@ class ExportProcess:
         self._child_gone = False  # the child died: the sender switches to `_local`
         self._sent_tokens: set[int] = set()  # markers written to the child, not yet acknowledged
         self._lost_tokens: set[int] = set()  # markers the child died with
+        self._undelivered_tokens: set[int] = set()  # flushes the child answered "not all delivered"
         self._acks_in: Any = None
         self._die_lock = threading.Lock()
         self._sender: threading.Thread | None = None
@@ -239,8 +240,9 @@ class ExportProcess:
             self._cond.notify()
         done = event.wait(timeout_s)
         self._acks.pop(token, None)
-        lost = token in self._lost_tokens
+        lost = token in self._lost_tokens or token in self._undelivered_tokens
         self._lost_tokens.discard(token)
+        self._undelivered_tokens.discard(token)
         return done and not lost and not self._dead
 
     def _send_loop(self) -> None:
@@ -298,11 +300,9 @@ class ExportProcess:
 
     def _handle_here(self, frames: list[Any]) -> None:
         for frame in frames:
-            self._local.handle(frame)
+            ok = self._local.handle(frame)
             if isinstance(frame, Marker):
-                event = self._acks.get(frame.token)
-                if event is not None:
-                    event.set()
+                self._acknowledged(frame.token, ok)
 
     def _picklable(self, frames: list[Any]) -> list[Any]:
         kept: list[Any] = []
@@ -373,15 +373,21 @@ class ExportProcess:
         if acks is None:
             return
         for line in acks:
-            try:
-                token = int(line)
+            try:  # "<token> <1: all delivered | 0: not>"
+                token_text, _, ok = line.decode().partition(" ")
+                token = int(token_text)
             except ValueError:
                 continue
             self._sent_tokens.discard(token)
-            event = self._acks.get(token)
-            if event is not None:
-                event.set()
+            self._acknowledged(token, ok.strip() != "0")
         self._gone()
+
+    def _acknowledged(self, token: int, delivered: bool) -> None:
+        if not delivered:
+            self._undelivered_tokens.add(token)
+        event = self._acks.get(token)
+        if event is not None:
+            event.set()
 
     def _after_fork_in_child(self) -> None:
         """Threads and pipes belong to the parent: start afresh on first use. The inherited pipe
@@ -473,7 +479,9 @@ class _Handler:
                                                    self._meter_provider)
         self._stopped = False
 
-    def handle(self, item: Any) -> None:
+    def handle(self, item: Any) -> bool:
+        """Handle one item; for a flush marker, whether everything was delivered (False while an
+        outage buffer still holds spans, say)."""
         try:
             if isinstance(item, FinishedRequest):
                 self._emitter.emit_safely(item)
@@ -482,18 +490,19 @@ class _Handler:
                     self._batch.on_end(item.readable(self._resource))
             elif isinstance(item, Marker):
                 if item.kind == "flush":
-                    self._flush()
-                else:
-                    self.stop()
+                    return self._flush()
+                self.stop()
+            return True
         except Exception:
             logger.warning("traceai export process: %s failed", type(item).__name__, exc_info=True)
+            return False
 
-    def _flush(self) -> None:
+    def _flush(self) -> bool:
         if self._completion_sink is not None:  # its results are exported with this flush
             self._completion_sink.force_flush(30.0)
-        if self._batch is not None:
-            self._batch.force_flush()
-        self._meter_provider.force_flush()
+        spans = self._batch.force_flush() if self._batch is not None else True
+        metrics = self._meter_provider.force_flush()
+        return bool(spans and metrics)
 
     def stop(self) -> None:
         if self._stopped:
@@ -538,9 +547,9 @@ def child_main() -> int:
             handler.stop()
             return 0
         for item in frame:
-            handler.handle(item)
+            ok = handler.handle(item)
             if isinstance(item, Marker):
-                acks.write(f"{item.token}\n")
+                acks.write(f"{item.token} {int(ok)}\n")
                 acks.flush()
                 if item.kind == "shutdown":
                     return 0
