@@ -87,3 +87,13 @@ def test_error_messages_lose_their_credentials(message, secret, kept):
     error_type, description = error_details(RuntimeError(message))
     assert error_type == "RuntimeError"
     assert secret not in description and kept in description
+
+
+@pytest.mark.parametrize("endpoint", ["http://[::1", "http://collector:99999", "http://collector:abc",
+                                      "http://col lector:4317", "http://op:s3cret@collector:0", "http://:4317"])
+def test_a_malformed_endpoint_is_an_error_naming_the_variable_without_the_password(endpoint):
+    from fi_evals_core.telemetry import TelemetryConfig
+
+    with pytest.raises(ConfigError, match="OTEL_EXPORTER_OTLP_ENDPOINT=") as err:
+        TelemetryConfig.from_env({"OTEL_EXPORTER_OTLP_ENDPOINT": endpoint})
+    assert "s3cret" not in str(err.value)

@@ -243,9 +243,15 @@ class EnvReader:
         raw = self.text(name)
         if raw is None:
             return None
-        parsed = urlparse(raw)
-        if parsed.scheme not in ("http", "https") or not parsed.netloc:
-            raise ConfigError(name, raw, "an http:// or https:// URL with a host is expected")
+        expected = "an http:// or https:// URL with a host (and a port from 1 to 65535, if any) is expected"
+        try:
+            parsed = urlparse(raw)
+            port = parsed.port  # raises for a port that is not a number in range
+        except ValueError:
+            raise ConfigError(name, _without_userinfo(raw), expected) from None
+        if (parsed.scheme not in ("http", "https") or not parsed.hostname or any(c.isspace() for c in raw)
+                or port == 0):
+            raise ConfigError(name, _without_userinfo(raw), expected)
         return raw.rstrip("/") if parsed.path in ("", "/") else raw
 
     def names(self, name: str, accepted: tuple[str, ...], default: tuple[str, ...]) -> tuple[str, ...]:
@@ -294,6 +300,12 @@ _OFF = ("0", "false", "no", "off")
 def parse_flag(env: Mapping[str, str], name: str, default: bool) -> bool:
     """An on/off variable (see `EnvReader.flag`)."""
     return EnvReader(env).flag(name, default)
+
+
+def _without_userinfo(url: str) -> str:
+    """For error messages: never echo a password."""
+    scheme, sep, rest = url.partition("://")
+    return f"{scheme}{sep}{rest.rpartition('@')[2]}" if sep and "@" in rest.split("/", 1)[0] else url
 
 
 def _split_credentials(*urls: str | None) -> tuple[tuple[str | None, ...], str | None]:
