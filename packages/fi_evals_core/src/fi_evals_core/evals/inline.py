@@ -24,7 +24,7 @@ import os
 import queue
 import threading
 import time
-from typing import Any, Mapping, Sequence
+from typing import Any, Sequence
 
 from opentelemetry import trace
 from opentelemetry.metrics import MeterProvider, get_meter_provider
