@@ -62,7 +62,11 @@ _HEADER = struct.Struct(">I")
 _instances: "weakref.WeakSet[ExportProcess]" = weakref.WeakSet()
 # The child's entry: this module imported under its own name (not run as __main__, whose classes
 # would not be the ones the frames unpickle to).
-_CHILD_PROGRAM = "import sys; from fi_evals_core.telemetry.export_process import child_main; sys.exit(child_main())"
+# Ctrl-C and SIGTERM to the process group are ignored from the child's first instruction, before
+# its imports (a child started during a shutdown would otherwise die of the same signal).
+_CHILD_PROGRAM = ("import signal; signal.signal(signal.SIGINT, signal.SIG_IGN); "
+                  "signal.signal(signal.SIGTERM, signal.SIG_IGN); import sys; "
+                  "from fi_evals_core.telemetry.export_process import child_main; sys.exit(child_main())")
 _inherited_after_fork: list[tuple] = []
 
 
