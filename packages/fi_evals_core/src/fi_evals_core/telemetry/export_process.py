@@ -327,8 +327,9 @@ class ExportProcess:
             if self._stopping:
                 self._dead = True
             elif not self._child_gone:
-                logger.warning("traceai: the export process is gone (exit status %s); exporting in-process from now "
-                               "on", self._exit_status())
+                logger.warning("traceai: the export process is gone (pid %s, started by pid %d, exit status %s); "
+                               "exporting in-process from now on", getattr(self._proc, "pid", None), os.getpid(),
+                               self._exit_status())
             self._child_gone = True
             lost_tokens = list(self._sent_tokens)
             self._sent_tokens.clear()
