@@ -3,7 +3,6 @@ ports loses nothing; past the buffer's bound, every span is either delivered or 
 
 from __future__ import annotations
 
-import time
 
 import pytest
 
@@ -12,6 +11,7 @@ from fi_evals_core.telemetry import TelemetryConfig
 from fi_evals_core.telemetry.losses import losses
 from fi_evals_core.telemetry.outage import BUFFER_FULL, COLLECTOR_UNREACHABLE
 from fi_evals_core.testing.collector import RotelCollector
+from fi_evals_core.testing.servers import wait_until
 
 
 def _emit(telemetry, prefix: str, n: int) -> None:
@@ -55,10 +55,7 @@ def test_a_collector_killed_and_restarted_loses_nothing(tmp_path, export_process
             _emit(telemetry, "after", 5)
             # the backlog goes out first, then these, at the buffer's next try (its pause after the
             # failures) once the exporter's channel has reconnected: a deadline poll
-            deadline = time.monotonic() + 60
-            while not telemetry.force_flush():
-                assert time.monotonic() < deadline, "the backlog never went out"
-                time.sleep(0.25)
+            wait_until(telemetry.force_flush, 60, "the backlog sent")
         finally:
             telemetry.shutdown()
         spans = collector.wait_for_spans(lambda s: s["resource_attributes"].get("service.name") == "outage-restart",
@@ -89,3 +86,21 @@ def test_past_the_bound_every_span_is_delivered_or_counted(tmp_path):
         assert 0 < dropped[COLLECTOR_UNREACHABLE] <= 30 and dropped[BUFFER_FULL] >= 70, dropped
         collector.restart()
         assert len(_delivered(collector, "outage-bounded")) == 5  # delivered + counted = finished (105)
+
+
+def test_kept_spans_go_out_on_their_own_once_the_collector_is_back(tmp_path):
+    """No new spans and no flush after the restart: the buffer's own retry sends the backlog (the
+    batch processor would never call it again)."""
+    with RotelCollector(tmp_path) as collector:
+        telemetry = register(config=TelemetryConfig.from_env(_env(collector, "outage-quiet")), set_global=False,
+                             instrument=False)
+        try:
+            _deliver_then_kill(telemetry, collector, "outage-quiet", 3)
+            _emit(telemetry, "during", 7)
+            assert telemetry.force_flush() is False  # tried, failed, kept
+            collector.restart()
+            spans = collector.wait_for_spans(
+                lambda s: s["resource_attributes"].get("service.name") == "outage-quiet", count=10, timeout=60)
+            assert len({s["span_id"] for s in spans}) == 10
+        finally:
+            telemetry.shutdown()

@@ -8,12 +8,12 @@ from __future__ import annotations
 import json
 import os
 import sys
-import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
 from fi_evals_core.telemetry.losses import DROPPED_COUNTER
 from fi_evals_core.testing.collector import RotelCollector
+from fi_evals_core.testing.servers import wait_until
 from fi_evals_core.testing.vllm_server import vllm_server
 
 SERVICE = "fault-server"
@@ -55,15 +55,16 @@ def test_a_collector_killed_mid_load_loses_no_request_span(tmp_path, model_dirs)
                 first = list(pool.map(lambda i: _complete(server.base_url, i), range(10)))
                 collector.kill()  # the collector goes down with requests still coming
                 during = list(pool.map(lambda i: _complete(server.base_url, i), range(10, 30)))
-                time.sleep(2)  # the export process has tried and failed meanwhile
+                # the export process has tried the dead collector and kept the spans (its log says so)
+                wait_until(lambda: "the collector did not take spans" in server.log.read_text(errors="replace"),
+                           60, "a failed export in the server's log")
                 collector.restart()
                 after = list(pool.map(lambda i: _complete(server.base_url, i), range(30, REQUESTS)))
             answered = set(first + during + after)
             assert len(answered) == REQUESTS  # serving answered every request
-            deadline = time.monotonic() + 90  # the buffer's next try comes after its pause (1 s, doubling)
-            while len(_delivered(collector) & answered) + _counted(collector) < REQUESTS:
-                assert time.monotonic() < deadline, (len(_delivered(collector) & answered), _counted(collector))
-                time.sleep(0.5)
+            # the buffer's next try comes after its pause (1 s, doubling)
+            wait_until(lambda: len(_delivered(collector) & answered) + _counted(collector) >= REQUESTS, 90,
+                       "every request delivered or counted")
     delivered = _delivered(collector) & answered
     # delivered + counted = finished; with the outage shorter than the buffer holds, nothing is lost
     assert len(delivered) + _counted(collector) == REQUESTS

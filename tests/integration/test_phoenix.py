@@ -10,13 +10,12 @@ import json
 import os
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
 import pytest
 
-from fi_evals_core.testing.servers import free_port, wait_for_http
+from fi_evals_core.testing.servers import free_port, wait_for_http, wait_until
 from fi_evals_core.testing.vllm_server import vllm_server
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -49,8 +48,7 @@ def phoenix(tmp_path_factory):
 
 def _phoenix_spans(phoenix, project: str, count: int, timeout_s: float = 60) -> list[dict]:
     """The spans of `project` once it holds at least `count` (Phoenix ingests asynchronously)."""
-    deadline = time.monotonic() + timeout_s
-    while True:
+    def held() -> list[dict] | None:
         try:
             with urllib.request.urlopen(f"{phoenix['http']}/v1/projects/{project}/spans?limit=100", timeout=10) as r:
                 spans = json.loads(r.read())["data"]
@@ -58,10 +56,9 @@ def _phoenix_spans(phoenix, project: str, count: int, timeout_s: float = 60) -> 
             if error.code != 404:
                 raise
             spans = []
-        if len(spans) >= count:
-            return spans
-        assert time.monotonic() < deadline, f"Phoenix holds {len(spans)} spans of {project}, not {count}"
-        time.sleep(0.5)
+        return spans if len(spans) >= count else None
+
+    return wait_until(held, timeout_s, f"{count} spans of {project} in Phoenix")
 
 
 def _otel_env(phoenix, project: str, **extra: str) -> dict[str, str]:

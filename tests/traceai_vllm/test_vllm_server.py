@@ -11,12 +11,12 @@ import json
 import os
 import re
 import sys
-import time
 import urllib.request
 
 import pytest
 
 from fi_evals_core.telemetry import attributes as A
+from fi_evals_core.testing.servers import wait_until
 from fi_evals_core.testing.vllm_server import vllm_server as running_vllm_server
 from fi_evals_core.testing.genai_messages import check_messages
 
@@ -74,14 +74,12 @@ def _vllm_histograms(base_url: str) -> dict[str, float]:
 def _vllm_histograms_after(base_url: str, before: dict[str, float], requests: int) -> dict[str, float]:
     """vLLM's histograms once it has recorded `requests` more requests than in `before` (its stat
     logger records after the response may have left: a bounded poll of the server's endpoint)."""
-    deadline = time.monotonic() + 30
-    while True:
+    def recorded() -> dict[str, float] | None:
         after = _vllm_histograms(base_url)
-        if all(after[f"{h}_count"] - before[f"{h}_count"] >= requests for h in VLLM_HISTOGRAMS.values()):
-            return after
-        if time.monotonic() > deadline:
-            raise AssertionError(f"vLLM recorded no request: {before} -> {after}")
-        time.sleep(0.2)
+        return after if all(after[f"{h}_count"] - before[f"{h}_count"] >= requests
+                            for h in VLLM_HISTOGRAMS.values()) else None
+
+    return wait_until(recorded, 30, f"{requests} more requests in vLLM's histograms")
 
 
 def _server_spans(collector, count: int):

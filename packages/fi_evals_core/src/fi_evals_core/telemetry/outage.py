@@ -4,8 +4,9 @@ go out once the collector answers again.
 `OutageBuffer` wraps the OTLP span exporter `register()` (or the export process) builds, under the
 SDK's batch span processor. A batch that fails (after the exporter's own retries) is kept, oldest
 first, and the collector is tried again with growing pauses (1 s, doubling, at most
-`MAX_BACKOFF_S`); meanwhile new batches are kept without waiting on the collector, so the batch
-processor's own queue keeps moving and the serving process is never slowed. With the collector
+`MAX_BACKOFF_S`) by a retry thread of its own that runs only while spans wait (with no new spans
+the batch processor would never call again); meanwhile new batches are kept without waiting on the
+collector, so the batch processor's own queue keeps moving and the serving process is never slowed. With the collector
 back, the backlog goes out in order. Delivery is at least once: a batch whose answer timed out
 after the collector took it is sent again (backends see the same span ids twice). Bounds, each
 loss counted by reason (losses.py) and logged:
@@ -49,6 +50,8 @@ class OutageBuffer(SpanExporter):
         self._backoff = 1.0
         self._down_since: float | None = None
         self._shut = False
+        self._retrying: threading.Thread | None = None
+        self._stop = threading.Event()
 
     @property
     def buffered(self) -> int:
@@ -81,9 +84,21 @@ class OutageBuffer(SpanExporter):
             self._backlog.clear()
             self._buffered = 0
             self._shut = True
+            self._stop.set()
         if left:
             losses.add(COLLECTOR_UNREACHABLE, left)
         self.exporter.shutdown()
+
+    def _retry_loop(self) -> None:
+        """Try the backlog at each retry time while it waits; ends when it is sent or at shutdown."""
+        while not self._stop.wait(max(0.0, self._retry_at - time.monotonic())):
+            with self._lock:
+                if self._shut or not self._backlog:
+                    return
+                if time.monotonic() >= self._retry_at:
+                    self._drain()
+                if not self._backlog:
+                    return
 
     def _keep(self, batch: list[ReadableSpan]) -> None:
         if not batch:
@@ -112,6 +127,10 @@ class OutageBuffer(SpanExporter):
                                    "(TRACEAI_EXPORT_BUFFER_SPANS)", self.max_spans)
                 self._retry_at = now + self._backoff
                 self._backoff = min(self._backoff * 2, MAX_BACKOFF_S)
+                if self._retrying is None or not self._retrying.is_alive():
+                    self._retrying = threading.Thread(target=self._retry_loop, name="traceai-outage-retry",
+                                                      daemon=True)
+                    self._retrying.start()
                 return
             self._backlog.popleft()
             self._buffered -= len(batch)

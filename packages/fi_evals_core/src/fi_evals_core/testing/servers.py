@@ -1,5 +1,6 @@
-"""Helpers for tests that start real servers on 127.0.0.1: a free port, and waiting until a
-process answers HTTP 200 on a URL (failing early, with its log, if it exits)."""
+"""Helpers for tests that start real servers on 127.0.0.1: a free port, waiting until a process
+answers HTTP 200 on a URL (failing early, with its log, if it exits), and waiting, with a deadline,
+for anything else a real component does asynchronously (`wait_until`)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,9 @@ import subprocess
 import time
 import urllib.request
 from pathlib import Path
+from typing import Callable, TypeVar
+
+T = TypeVar("T")
 
 
 def free_port() -> int:
@@ -32,3 +36,17 @@ def wait_for_http(url: str, process: subprocess.Popen, timeout_s: float, log: Pa
         if time.monotonic() > deadline:
             raise RuntimeError(f"{what} not ready after {timeout_s:.0f} s: see {log}")
         time.sleep(0.5)
+
+
+def wait_until(probe: Callable[[], T], timeout_s: float, what: str, interval_s: float = 0.25) -> T:
+    """`probe()`'s first truthy result, polled until `timeout_s` has passed; AssertionError naming
+    `what` (and the last result) otherwise. For what a real component does on its own schedule: a
+    server's ingest, an exporter's retry pause."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        result = probe()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"after {timeout_s:.0f} s, still not {what} (last: {result!r})")
+        time.sleep(interval_s)
