@@ -162,12 +162,11 @@ class GenerateCall:
             attrs[A.REQUEST_CHOICE_COUNT] = int(n)
         if kwargs.get("streamer") is not None:
             attrs[A.REQUEST_STREAM] = True
-        enclosing = runtime.current_parent()  # a pipeline call's request, when within one
-        self.enclosing = enclosing if isinstance(enclosing, RequestSpan) else None
         self.request = runtime.start(
             f"{A.OP_TEXT_COMPLETION} {info.name}", attrs, kind=SpanKind.INTERNAL, gpu_index=info.gpu_index,
             late_attributes=info.framework, defer_span=True,
         )
+        self.enclosing = self.request.enclosing_request  # a pipeline call's request, when within one
         self.input_ids = args[0] if args else kwargs.get("inputs", kwargs.get("input_ids"))
         self.attention_mask = kwargs.get("attention_mask")
         self.decoder_input_ids = kwargs.get("decoder_input_ids")

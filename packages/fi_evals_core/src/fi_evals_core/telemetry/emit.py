@@ -185,7 +185,7 @@ class Emitter:
 
         if evaluate and record.eval_pairs and record.error_type is None:
             _offer(record, attrs, span_context, self._capture.enabled)
-        if histograms and record.metrics:
+        if histograms and record.metrics and (self._store is None or self._store.enabled):
             _record_histograms(metrics, record, attrs, duration_s, ttft_s, tpot_s)
             if self._store is not None:
                 self._store.count_request()

@@ -79,13 +79,13 @@ class StoreHistogram:
         if not 0 <= amount < math.inf:  # NaN fails too
             store.refused(self.spec.name, amount)
             return
-        try:
-            key = tuple(sorted(attributes.items())) if attributes else ()
-            hash(key)
-        except TypeError:  # a list value: as a tuple, as the SDK hashes it
-            key = tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in attributes.items()))
+        key = tuple(sorted(attributes.items())) if attributes else ()
         with store.lock:
-            point = self._points.get(key)
+            try:
+                point = self._points.get(key)
+            except TypeError:  # a list value: as a tuple, as the SDK hashes it
+                key = tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in attributes.items()))
+                point = self._points.get(key)
             if point is None:
                 point = self._new_point(key, attributes)
             point.counts[bisect_left(self._bounds, amount)] += 1

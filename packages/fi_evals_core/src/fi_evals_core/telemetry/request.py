@@ -139,6 +139,11 @@ class RequestSpan:
             self._attrs[A.RESPONSE_FINISH_REASONS] = [*known, *(str(r) for r in reasons)]
 
     @property
+    def enclosing_request(self) -> "RequestSpan | None":
+        """The grouping request this one was started in (a pipeline call), if any."""
+        return self._parent if isinstance(self._parent, RequestSpan) else None
+
+    @property
     def finish_reasons(self) -> list[str]:
         return list(self._attrs.get(A.RESPONSE_FINISH_REASONS) or [])
 
