@@ -344,3 +344,74 @@ def test_ctrl_c_to_the_process_group_loses_no_span(collector, model_dirs):
                                      and s["scope_name"] == "traceai_huggingface", count=2)
     assert len(spans) == 2
     assert "export process is gone" not in stderr
+
+
+def _sigkilled_after(process: ExportProcess, spans: int, collector_up: bool) -> int:
+    """`spans` spans handed to the child and flushed (delivered, or kept in its outage buffer when
+    the collector is down); then the child is SIGKILLed. What the parent counts as lost with it."""
+    from fi_evals_core.telemetry.losses import EXPORT_PROCESS_LOST, losses
+    from fi_evals_core.testing.servers import wait_until
+
+    tracer = _provider(process).get_tracer("t")
+    for i in range(spans):
+        tracer.start_span(f"held {i}").end()
+    # the child has read them all: exported (True), or kept for a collector that is not there (False)
+    assert process.flush(30) is collector_up
+    before = losses.counts().get(EXPORT_PROCESS_LOST, 0)
+    process._proc.kill()
+    wait_until(lambda: process._child_gone, 30, "the parent noticing its export process is gone")
+    process.close(10)
+    return losses.counts().get(EXPORT_PROCESS_LOST, 0) - before
+
+
+def test_a_sigkilled_export_process_is_counted_for_exactly_what_it_held():
+    """The collector is down: the child keeps 7 spans in its outage buffer. SIGKILLed, it takes them
+    along, and the parent counts exactly those 7 (export_process_lost): it knows which hand-over
+    frames the child had not settled (`s N` lines)."""
+    from fi_evals_core.testing.servers import free_port
+
+    config = TelemetryConfig.from_env({"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{free_port()}",
+                                       "OTEL_METRICS_EXPORTER": "none", "OTEL_EXPORTER_OTLP_TIMEOUT": "1000"})
+    process = ExportProcess(config, {"service.name": "killed-holding"})
+    assert _sigkilled_after(process, 7, collector_up=False) == 7
+    assert process.dropped == 7
+
+
+def test_a_sigkilled_export_process_that_had_delivered_everything_is_counted_for_nothing(collector):
+    """Every span delivered (the collector acknowledged them) before the SIGKILL: nothing counted."""
+    collector.clear()
+    config = TelemetryConfig.from_env({**collector.otel_env("grpc"), "OTEL_METRICS_EXPORTER": "none",
+                                       "OTEL_SERVICE_NAME": "killed-delivered"})
+    process = ExportProcess(config, {"service.name": "killed-delivered"})
+    assert _sigkilled_after(process, 5, collector_up=True) == 0
+    assert len(collector.wait_for_spans(
+        lambda s: s["resource_attributes"].get("service.name") == "killed-delivered", count=5)) == 5
+
+
+def test_a_frame_the_child_cannot_read_back_is_counted_and_the_child_goes_on(tmp_path):
+    """An item that pickles here but not back in the child (an HTTPError in an attribute): its frame
+    is lost, counted by its item count (not_picklable), and the child exports what follows."""
+    import io
+    import time
+    import urllib.error
+
+    from fi_evals_core.telemetry.export_process import SpanData
+    from fi_evals_core.telemetry.finished import SpanIds
+
+    traces = tmp_path / "spans.jsonl"
+    process = ExportProcess(TelemetryConfig(traces_exporter="jsonl", traces_file=traces), {"service.name": "t"})
+    tracer = _provider(process).get_tracer("t")
+    tracer.start_span("before").end()
+    assert process.flush(30)
+    now = time.time_ns()
+    error = urllib.error.HTTPError("http://x", 401, "no", {}, io.BytesIO())
+    bad = SpanData("bad", SpanIds(1, 2), None, 1, now, now, 0, None, {"error": error}, (), (), None)
+    assert process.send_span(bad)
+    tracer.start_span("sent with it").end()  # same frame: lost with it, and counted
+    process.flush(30)
+    tracer.start_span("after").end()
+    assert process.flush(30)
+    names = [json.loads(line)["name"] for line in traces.read_text().splitlines()]
+    assert names == ["before", "after"]
+    assert process.dropped == 2 and process._proc.poll() is None
+    process.close(10)

@@ -84,3 +84,84 @@ def test_an_unusable_trace_file_is_an_error_at_register_naming_the_variable(tmp_
             env = {"TRACEAI_TRACES_FILE": str(path), "TRACEAI_EXPORT_PROCESS": export_process}
             with pytest.raises(ConfigError, match="TRACEAI_TRACES_FILE=.*a file this process can append to"):
                 register(config=TelemetryConfig.from_env(env), set_global=False, instrument=False)
+
+
+class _HeldExporter:
+    """A span exporter whose first export waits until released: the batch processor's queue fills
+    behind it."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.entered, self.release = threading.Event(), threading.Event()
+        self.exported: list[str] = []
+
+    def export(self, spans):
+        from opentelemetry.sdk.trace.export import SpanExportResult
+
+        self.entered.set()
+        self.release.wait(30)
+        self.exported.extend(s.name for s in spans)
+        return SpanExportResult.SUCCESS
+
+    def force_flush(self, timeout_millis=30000):
+        return True
+
+    def shutdown(self):
+        pass
+
+
+def test_the_batch_processors_own_drops_are_counted_queue_full_and_after_shutdown():
+    """OTEL_BSP_MAX_QUEUE_SIZE reached while the exporter is busy: the SDK pushes the oldest span out
+    of its queue (its warning says so, without a number); each is counted (queue_full), and a span
+    ended after shutdown too (ended_after_shutdown): delivered + counted = ended."""
+    from opentelemetry.sdk.trace import TracerProvider
+
+    from fi_evals_core.telemetry.losses import ENDED_AFTER_SHUTDOWN, QUEUE_FULL
+    from fi_evals_core.telemetry.providers import ExportingSpanProcessor
+
+    before = losses.counts()
+    exporter = _HeldExporter()
+    processor = ExportingSpanProcessor(exporter, max_queue_size=4, max_export_batch_size=2, schedule_delay_millis=10)
+    provider = TracerProvider()
+    provider.add_span_processor(processor)
+    tracer = provider.get_tracer("t")
+    for i in range(2):
+        tracer.start_span(f"first {i}").end()
+    assert exporter.entered.wait(30)  # the worker holds its first batch and waits in export()
+    for i in range(10):
+        tracer.start_span(f"queued {i}").end()  # 4 fit; 6 push older ones out
+    exporter.release.set()
+    provider.shutdown()
+    tracer.start_span("too late").end()
+    counted = {reason: losses.counts().get(reason, 0) - before.get(reason, 0)
+               for reason in (QUEUE_FULL, ENDED_AFTER_SHUTDOWN)}
+    assert counted == {QUEUE_FULL: 6, ENDED_AFTER_SHUTDOWN: 1}
+    assert len(exporter.exported) == 2 + 4  # the first batch, and the queue's last 4
+    assert exporter.exported[2:] == [f"queued {i}" for i in range(6, 10)]
+    assert len(exporter.exported) + sum(counted.values()) == 2 + 10 + 1
+
+
+def test_metric_points_of_a_failed_export_are_counted():
+    """A metric export that fails (nothing listens) counts its points (metric_export_failed, with
+    signal=metrics on the counter: not mixed with spans)."""
+    from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
+
+    from fi_evals_core.telemetry.losses import METRIC_EXPORT_FAILED
+    from fi_evals_core.telemetry.metric_export import StopWhenRefused
+
+    endpoint = f"http://127.0.0.1:{free_port()}"
+    exporter = StopWhenRefused(OTLPMetricExporter(endpoint=endpoint, insecure=True, timeout=1), "grpc", endpoint, None)
+    provider = MeterProvider(metric_readers=[PeriodicExportingMetricReader(exporter, export_interval_millis=3600000)])
+    counter = provider.get_meter("t").create_counter("work")
+    for kind in ("a", "b", "c"):
+        counter.add(1, {"kind": kind})
+    before = losses.counts().get(METRIC_EXPORT_FAILED, 0)
+    provider.force_flush()
+    assert losses.counts().get(METRIC_EXPORT_FAILED, 0) - before == 3
+    observed = {(o.attributes["reason"], o.attributes["signal"]) for o in losses.observe(None)}
+    assert (METRIC_EXPORT_FAILED, "metrics") in observed
+    assert all(signal == "traces" for reason, signal in observed if reason != METRIC_EXPORT_FAILED)
+    provider.shutdown()

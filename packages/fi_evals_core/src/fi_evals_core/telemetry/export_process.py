@@ -17,15 +17,20 @@ GenAI histograms, and the completion sinks (inline evaluation), started there fr
 environment.
 
 Wire format: length-prefixed pickle frames on the child's stdin, each a list of `Start`,
-`FinishedRequest`, `SpanData` and `Marker` values; the child acknowledges flush and shutdown markers
-by writing their token to a pipe of their own (its stdout and stderr stay the app's, so a console
-exporter prints where it would have). Bounded: at most `MAX_PENDING` items wait in the parent;
-beyond that they are dropped and counted (`dropped`), never blocking the caller. If no child can
-be started, or the child dies, one warning is logged and the sender thread does the child's work
-in the serving process from then on (`_Handler`: exporting in-process, as without the flag); what
-a dead child had read but not exported is lost with it. The child ignores SIGINT and SIGTERM sent to
-its process group (Ctrl-C): it stops when the serving process shuts it down or exits. After a fork,
-the child process starts its own export process on first use.
+`FinishedRequest`, `SpanData` and `Marker` values; the child answers on a pipe of its own (its
+stdout and stderr stay the app's, so a console exporter prints where it would have): a flush or
+shutdown marker's token once everything before it is exported, and `s N` once every span that
+frames 1..N gave it is out of its hands (delivered, or counted as dropped in its own ledger:
+`Custody`). Bounded: at most `MAX_PENDING` items wait in the parent; beyond that they are dropped
+and counted (`dropped`), never blocking the caller. If no child can be started, or the child dies,
+one warning is logged and the sender thread does the child's work in the serving process from then
+on (`_Handler`: exporting in-process, as without the flag); the items of the frames a dead child had
+not settled are counted as lost (`export_process_lost`): those it had not read, those it held in
+its queues or its outage buffer. (A span delivered in the instant between its export's answer and
+the child's `s N` line is counted too: delivered + counted can exceed finished by that batch, never
+fall short of it.) The child ignores SIGINT and SIGTERM sent to its process group (Ctrl-C): it
+stops when the serving process shuts it down or exits. After a fork, the child process starts its
+own export process on first use.
 """
 
 from __future__ import annotations
@@ -41,7 +46,7 @@ import threading
 import weakref
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import Event, ReadableSpan, SpanProcessor, TracerProvider
@@ -154,6 +159,10 @@ class ExportProcess:
         self._lost_tokens: set[int] = set()  # markers the child died with
         self._undelivered_tokens: set[int] = set()  # flushes the child answered "not all delivered"
         self._acks_in: Any = None
+        self._frames_written = 0  # frames written to the child, the Start frame being 1
+        self._unsettled: deque[tuple[int, int]] = deque()  # (frame, items) the child may still hold
+        self._unsettled_lock = threading.Lock()
+        self._frame_markers: dict[int, list[int]] = {}  # frame -> its markers' tokens, until settled
         self._die_lock = threading.Lock()
         self._sender: threading.Thread | None = None
         self._start_lock = threading.Lock()
@@ -282,10 +291,20 @@ class ExportProcess:
             payload = pickle.dumps(frames, protocol=pickle.HIGHEST_PROTOCOL)
         tokens = [f.token for f in frames if isinstance(f, Marker)]
         self._sent_tokens.update(tokens)
+        items = sum(1 for f in frames if isinstance(f, (FinishedRequest, SpanData)))
+        with self._unsettled_lock:  # before the write: the child may settle it before write() returns
+            self._frames_written += 1
+            if items:
+                self._unsettled.append((self._frames_written, items))
+            if tokens:
+                self._frame_markers[self._frames_written] = tokens
         try:
             self._proc.stdin.write(_HEADER.pack(len(payload)) + payload)
             self._proc.stdin.flush()
         except Exception:  # the child is gone: these frames never reached it, so they are done here
+            with self._unsettled_lock:
+                if self._unsettled and self._unsettled[-1][0] == self._frames_written:
+                    self._unsettled.pop()
             self._sent_tokens.difference_update(tokens)
             self._gone()
             if self._go_local():
@@ -323,6 +342,11 @@ class ExportProcess:
         """The child exited. Expected after a shutdown marker; otherwise one warning, and the sender
         does the child's work here from now on. What the child had read but not exported yet is lost
         with it (a flush that was waiting on it returns False)."""
+        with self._unsettled_lock:  # what it had not settled died with it
+            held = sum(items for _, items in self._unsettled)
+            self._unsettled.clear()
+        if held:
+            self._drop(losses.EXPORT_PROCESS_LOST, held)
         with self._die_lock:  # the writer and the ack reader may both notice
             if self._stopping:
                 self._dead = True
@@ -378,6 +402,12 @@ class ExportProcess:
         if acks is None:
             return
         for line in acks:
+            if line.startswith(b"s "):  # "s N": frames up to N settled
+                self._settled(int(line[2:]))
+                continue
+            if line.startswith(b"x "):  # "x N": frame N could not be read back: its items are lost
+                self._unreadable(int(line[2:]))
+                continue
             try:  # "<token> <1: all delivered | 0: not>"
                 token_text, _, ok = line.decode().partition(" ")
                 token = int(token_text)
@@ -386,6 +416,26 @@ class ExportProcess:
             self._sent_tokens.discard(token)
             self._acknowledged(token, ok.strip() != "0")
         self._gone()
+
+    def _settled(self, frame: int) -> None:
+        with self._unsettled_lock:
+            unsettled = self._unsettled
+            while unsettled and unsettled[0][0] <= frame:
+                unsettled.popleft()
+            for done in [f for f in self._frame_markers if f <= frame]:
+                del self._frame_markers[done]
+
+    def _unreadable(self, frame: int) -> None:
+        with self._unsettled_lock:
+            lost = [entry for entry in self._unsettled if entry[0] == frame]
+            for entry in lost:
+                self._unsettled.remove(entry)
+            tokens = self._frame_markers.pop(frame, [])
+        for _, items in lost:
+            self._drop(losses.NOT_PICKLABLE, items)
+        for token in tokens:  # its flush never reached the child: it says so (False)
+            self._sent_tokens.discard(token)
+            self._acknowledged(token, False)
 
     def _acknowledged(self, token: int, delivered: bool) -> None:
         if not delivered:
@@ -457,13 +507,79 @@ def _read_frame(stream: Any) -> list[Any] | None:
     return pickle.loads(payload)
 
 
+class Custody:
+    """In the child: which hand-over frames it still holds spans of. Each span the frame being
+    handled gives the batch processor is noted (`hold`); when its fate is final (delivered, or
+    counted as dropped: losses.settled) it is crossed off; once frames 1..N hold nothing and are
+    handled, `s N` goes to the parent, which then no longer counts them as lost if the child dies.
+    Spans the child makes itself (inline evaluation's) are not hand-over items and are not noted."""
+
+    def __init__(self, write_line: Callable[[str], None]) -> None:
+        self._write_line = write_line
+        self._lock = threading.Lock()
+        self._frame_of: dict[int, int] = {}  # span id -> the frame that gave it
+        self._held: dict[int, int] = {}  # frame -> its spans not settled yet
+        self._current = 0  # the frame being handled
+        self._handled = 0  # every frame up to this one is handled
+        self._said = 0  # the last `s N` written
+
+    def begin(self, frame: int) -> None:
+        self._current = frame
+
+    def hold(self, span: ReadableSpan) -> None:
+        frame = self._current
+        with self._lock:
+            self._frame_of[span.context.span_id] = frame
+            self._held[frame] = self._held.get(frame, 0) + 1
+
+    def end(self, frame: int) -> None:
+        with self._lock:
+            self._handled = frame
+            self._say()
+
+    def settled(self, spans: Any) -> None:
+        with self._lock:
+            frame_of, held = self._frame_of, self._held
+            for span in spans:
+                frame = frame_of.pop(span.context.span_id, None)
+                if frame is not None:
+                    left = held[frame] - 1
+                    if left:
+                        held[frame] = left
+                    else:
+                        del held[frame]
+            self._say()
+
+    def _say(self) -> None:
+        upto = min(min(self._held, default=self._handled + 1) - 1, self._handled)
+        if upto > self._said:
+            self._said = upto
+            self._write_line(f"s {upto}")
+
+
+class _HoldingProcessor(SpanProcessor):
+    """The batch processor, as the hand-over items' spans reach it in the child: each noted in
+    `custody` first."""
+
+    def __init__(self, batch: SpanProcessor, custody: Custody) -> None:
+        self.batch = batch
+        self.custody = custody
+
+    def on_end(self, span: ReadableSpan) -> None:
+        context = span.context
+        if context is not None and context.trace_flags.sampled:
+            self.custody.hold(span)
+        self.batch.on_end(span)
+
+
 class _Handler:
     """The export process's work on what it is handed: finished requests emitted (spans through
     the same sampler as the serving process's, histograms, evaluation), spans exported, flushes and
     shutdown. Run by the child (`child_main`), or by the serving process's sender thread when no
     child could run."""
 
-    def __init__(self, config: TelemetryConfig, resource_attributes: Mapping[str, Any]) -> None:
+    def __init__(self, config: TelemetryConfig, resource_attributes: Mapping[str, Any],
+                 custody: Custody | None = None) -> None:
         self._resource = Resource(dict(resource_attributes))
         exporter = providers.span_exporter(config)
         # Shut down by a shutdown frame (the serving process's provider shutdown, or EOF in the child).
@@ -471,12 +587,16 @@ class _Handler:
         self._tracer_provider = TracerProvider(resource=self._resource, sampler=providers.sampler(config),
                                                shutdown_on_exit=False)
         self._batch = providers.ExportingSpanProcessor(exporter) if exporter is not None else None
+        # where the hand-over items' spans go: the batch processor, through the child's custody
+        self._items: SpanProcessor | None = self._batch
         direct = None
         if self._batch is not None:
             self._tracer_provider.add_span_processor(self._batch)
+            if custody is not None:
+                self._items = _HoldingProcessor(self._batch, custody)
             # request spans go straight to the batch processor, sampled as the provider would
             direct = DirectSpans(self._tracer_provider.sampler, self._tracer_provider.id_generator, self._resource,
-                                 self._batch)
+                                 self._items)
         self._emitter = Emitter(self._tracer_provider, self._meter_provider, config.capture_content, direct,
                                 histograms)
         # Inline evaluation, when the environment turns it on: here, where the request spans are made.
@@ -491,8 +611,8 @@ class _Handler:
             if isinstance(item, FinishedRequest):
                 self._emitter.emit_safely(item)
             elif isinstance(item, SpanData):
-                if self._batch is not None:
-                    self._batch.on_end(item.readable(self._resource))
+                if self._items is not None:
+                    self._items.on_end(item.readable(self._resource))
             elif isinstance(item, Marker):
                 if item.kind == "flush":
                     return self._flush()
@@ -536,25 +656,44 @@ def child_main() -> int:
     logs.make_visible()
     stdin = sys.stdin.buffer
     acks = os.fdopen(int(sys.argv[1]), "w")
+    acks_lock = threading.Lock()  # lines come from this thread and from the exporters' threads
+
+    def write_line(line: str) -> None:
+        with acks_lock:
+            acks.write(line + "\n")
+            acks.flush()
+
     first = _read_frame(stdin)
     if not first or not isinstance(first[0], Start):
         return 2
-    handler = _Handler(first[0].config, first[0].resource_attributes)
+    custody = Custody(write_line)
+    losses.on_settled = custody.settled
+    handler = _Handler(first[0].config, first[0].resource_attributes, custody)
+    frame_number = 1  # the Start frame
     while True:
         try:
             frame = _read_frame(stdin)
         except EOFError:
             frame = None
-        except Exception:  # a frame that cannot be read back: it is lost, the process goes on
+        except Exception:  # a frame that cannot be read back: the parent counts it lost; this goes on
             logger.warning("traceai export process: a hand-over frame could not be read", exc_info=True)
+            frame_number += 1
+            write_line(f"x {frame_number}")
+            custody.end(frame_number)
             continue
         if frame is None:  # the parent is gone: export what was received, then stop
             handler.stop()
             return 0
+        frame_number += 1
+        custody.begin(frame_number)
         for item in frame:
+            if isinstance(item, Marker):
+                # a frame's markers follow its items: those are handled, so what the flush or the
+                # shutdown settles is said (`s N`) before the marker's answer
+                custody.end(frame_number)
             ok = handler.handle(item)
             if isinstance(item, Marker):
-                acks.write(f"{item.token} {int(ok)}\n")
-                acks.flush()
+                write_line(f"{item.token} {int(ok)}")
                 if item.kind == "shutdown":
                     return 0
+        custody.end(frame_number)

@@ -6,7 +6,10 @@ the endpoint once, with an empty OTLP metrics request, whether it serves metrics
 UNIMPLEMENTED, or an HTTP 404, 405, 415 or 501, means it does not. Then one WARNING names the
 setting that avoids it (`OTEL_METRICS_EXPORTER=none`), and later exports are skipped and counted
 (`skipped_exports`). Any other failure (a collector that is down or restarting) changes nothing:
-exports go on, and the endpoint is asked again after the next failure until it answers.
+exports go on, and the endpoint is asked again after the next failure until it answers. The points
+of every failed export are counted (`traceai.telemetry.dropped{reason=metric_export_failed,
+signal=metrics}`): with delta temporality they are lost; a cumulative series carries their totals
+in its next export, and only the interval's resolution is lost.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from urllib.parse import urlsplit
 from opentelemetry.sdk.metrics.export import AggregationTemporality, MetricExporter, MetricExportResult, MetricsData
 
 from .content import strip_credentials
+from .losses import METRIC_EXPORT_FAILED, losses
 
 logger = logging.getLogger(__name__)
 
@@ -82,6 +86,8 @@ class StopWhenRefused(MetricExporter):
             self.skipped_exports += 1
             return MetricExportResult.FAILURE
         result = self.exporter.export(metrics_data, timeout_millis=timeout_millis, **kwargs)
+        if result is MetricExportResult.FAILURE:
+            losses.add(METRIC_EXPORT_FAILED, _points(metrics_data), "metric points")
         if result is MetricExportResult.FAILURE and not self._answered:
             refused = refuses_metrics(self.protocol, self.endpoint, self._headers)
             self._answered = refused is not None  # unreachable now: asked again after the next failure
@@ -98,3 +104,10 @@ class StopWhenRefused(MetricExporter):
 
     def shutdown(self, timeout_millis: float = 30_000, **kwargs: Any) -> None:
         self.exporter.shutdown(timeout_millis=timeout_millis, **kwargs)
+
+
+def _points(metrics_data: MetricsData | None) -> int:
+    if metrics_data is None:
+        return 0
+    return sum(len(metric.data.data_points) for resource in metrics_data.resource_metrics
+               for scope in resource.scope_metrics for metric in scope.metrics)

@@ -30,13 +30,12 @@ from typing import Sequence
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
-from .losses import losses
+from .losses import BUFFER_FULL, COLLECTOR_UNREACHABLE, losses, settled
 
 logger = logging.getLogger(__name__)
 
 MAX_BACKOFF_S = 30.0
-BUFFER_FULL = "buffer_full"
-COLLECTOR_UNREACHABLE = "collector_unreachable"
+__all__ = ["OutageBuffer", "BUFFER_FULL", "COLLECTOR_UNREACHABLE"]
 
 
 class OutageBuffer(SpanExporter):
@@ -62,6 +61,7 @@ class OutageBuffer(SpanExporter):
         with self._lock:
             if self._shut:
                 losses.add(COLLECTOR_UNREACHABLE, len(spans))
+                settled(spans)
                 return SpanExportResult.FAILURE
             self._keep(list(spans))
             if time.monotonic() >= self._retry_at:
@@ -81,12 +81,14 @@ class OutageBuffer(SpanExporter):
             if self._backlog and (self._down_since is None or time.monotonic() >= self._retry_at):
                 self._drain()  # one more attempt, unless the collector just failed
             left = self._buffered
+            kept = [span for batch in self._backlog for span in batch]
             self._backlog.clear()
             self._buffered = 0
             self._shut = True
             self._stop.set()
         if left:
             losses.add(COLLECTOR_UNREACHABLE, left)
+            settled(kept)
         self.exporter.shutdown()
 
     def _retry_loop(self) -> None:
@@ -109,6 +111,7 @@ class OutageBuffer(SpanExporter):
             oldest = self._backlog.popleft()
             self._buffered -= len(oldest)
             losses.add(BUFFER_FULL, len(oldest))
+            settled(oldest)
 
     def _drain(self) -> None:
         """Send the backlog, oldest first, until a batch fails (then pause before the next try)."""
@@ -134,6 +137,7 @@ class OutageBuffer(SpanExporter):
                 return
             self._backlog.popleft()
             self._buffered -= len(batch)
+            settled(batch)
         if self._down_since is not None:
             logger.warning("traceai: the collector takes spans again after %.0f s; the kept spans were sent",
                            time.monotonic() - self._down_since)

@@ -7,6 +7,7 @@ configuration, so both decide alike.
 from __future__ import annotations
 
 import importlib
+from collections import deque
 from typing import Any, Callable
 
 from opentelemetry.sdk.metrics import (
@@ -24,7 +25,7 @@ from opentelemetry.sdk.metrics.export import (
     PeriodicExportingMetricReader,
 )
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
 from opentelemetry.trace import NoOpTracer
 from opentelemetry.sdk.trace.sampling import (
@@ -41,7 +42,7 @@ from .config import ConfigError, TelemetryConfig
 from .content import strip_credentials
 from .exporters import JsonlSpanExporter
 from .histograms import HistogramStore, MergingMetricExporter
-from .losses import CountingSpanExporter, losses
+from .losses import ENDED_AFTER_SHUTDOWN, QUEUE_FULL, SHUTDOWN_TIMEOUT, CountingSpanExporter, losses, settled
 from .outage import OutageBuffer
 from .metric_export import StopWhenRefused
 from .worker import finish_queued
@@ -128,12 +129,50 @@ def span_exporter(config: TelemetryConfig) -> SpanExporter | None:
 
 
 class ExportingSpanProcessor(BatchSpanProcessor):
-    """The SDK's batch span processor, whose `force_flush` is True only when its exporter holds
-    nothing back (an outage buffer with spans still waiting says False)."""
+    """The SDK's batch span processor, with what it drops counted (losses.py): a span pushed out
+    of its full queue (`queue_full`; the SDK drops the oldest, as its own warning says), a span
+    ended after its shutdown (`ended_after_shutdown`), spans still queued when its shutdown timed
+    out (`shutdown_timeout`). Its `force_flush` is True only when its exporter holds nothing back
+    (an outage buffer with spans still waiting says False).
+
+    It reads the SDK processor's queue (`_batch_processor._queue`, a bounded deque); with an SDK
+    where that is not there, spans go to the SDK's `on_end` and its drops are not counted."""
 
     def __init__(self, exporter: SpanExporter, **kwargs: Any) -> None:
         super().__init__(exporter, **kwargs)
         self.exporter = exporter
+        processor = getattr(self, "_batch_processor", None)
+        self._processor = processor if isinstance(getattr(processor, "_queue", None), deque) else None
+
+    def on_end(self, span: ReadableSpan) -> None:
+        processor = self._processor
+        if processor is None:
+            super().on_end(span)
+            return
+        if not (span.context and span.context.trace_flags.sampled):
+            return
+        if processor._shutdown:
+            losses.add(ENDED_AFTER_SHUTDOWN)
+            settled((span,))
+            return
+        queue = processor._queue
+        if len(queue) >= queue.maxlen:
+            try:
+                pushed_out = queue[-1]  # the oldest: the SDK's appendleft drops it
+            except IndexError:  # the worker took a batch meanwhile: nothing is dropped
+                pushed_out = None
+            if pushed_out is not None:
+                losses.add(QUEUE_FULL)
+                settled((pushed_out,))
+        processor.emit(span)
+
+    def shutdown(self) -> None:
+        super().shutdown()
+        if self._processor is not None and self._processor._queue:
+            left = list(self._processor._queue)  # its worker did not drain them within the timeout
+            self._processor._queue.clear()
+            losses.add(SHUTDOWN_TIMEOUT, len(left))
+            settled(left)
 
     def force_flush(self, timeout_millis: int = 30000) -> bool:
         return bool(super().force_flush(timeout_millis)) and self.exporter.force_flush(timeout_millis)
