@@ -415,3 +415,14 @@ def test_a_frame_the_child_cannot_read_back_is_counted_and_the_child_goes_on(tmp
     assert names == ["before", "after"]
     assert process.dropped == 2 and process._proc.poll() is None
     process.close(10)
+
+
+def test_the_export_process_says_at_its_stop_which_heavy_modules_it_imported():
+    """Its last line: INFO "imported none of torch, transformers, vllm" (the vLLM fault tests read
+    it from a real server's log), or a WARNING naming what a hand-over value pulled in."""
+    import torch  # noqa: F401  (as a TorchVersion handed over would import it in the child)
+
+    from fi_evals_core.telemetry.export_process import heavy_modules_line
+
+    level, line = heavy_modules_line()
+    assert level == logging.WARNING and "imported torch" in line and "not a plain built-in type" in line

@@ -104,3 +104,50 @@ def test_kept_spans_go_out_on_their_own_once_the_collector_is_back(tmp_path):
             assert len({s["span_id"] for s in spans}) == 10
         finally:
             telemetry.shutdown()
+
+
+def test_a_collector_back_a_moment_before_shutdown_gets_the_backlog_and_a_hung_one_costs_one_timeout(tmp_path):
+    """Shutdown within the buffer's pause after a failure: the collector that refused connections
+    then and takes them now (restarted just before a Ctrl-C) gets one more attempt and every span;
+    one that takes connections and never answers (blackholed) gets none, and its spans are counted."""
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import TracerProvider
+
+    from fi_evals_core.telemetry.outage import OutageBuffer
+    from fi_evals_core.telemetry.providers import ExportingSpanProcessor, span_exporter
+    from fi_evals_core.testing.servers import Blackhole
+
+    with RotelCollector(tmp_path) as collector:
+        collector.kill()
+        config = TelemetryConfig.from_env(_env(collector, "outage-back", OTEL_EXPORTER_OTLP_TIMEOUT="3000"))
+        exporter = span_exporter(config)
+        assert isinstance(exporter, OutageBuffer)
+        processor = ExportingSpanProcessor(exporter)
+        provider = TracerProvider(resource=Resource({"service.name": "outage-back"}))
+        provider.add_span_processor(processor)
+        for i in range(6):
+            provider.get_tracer("app").start_span(f"kept {i}").end()
+        assert processor.force_flush() is False and exporter.buffered == 6  # refused: kept, a pause begins
+        collector.restart()
+        before = losses.counts().get(COLLECTOR_UNREACHABLE, 0)
+        provider.shutdown()  # within the pause: asked whether it listens, it does: one attempt
+        assert losses.counts().get(COLLECTOR_UNREACHABLE, 0) == before
+        assert len(collector.wait_for_spans(lambda s: s["resource_attributes"].get("service.name") == "outage-back",
+                                            count=6)) == 6
+
+    with Blackhole() as hole:
+        config = TelemetryConfig.from_env({"OTEL_EXPORTER_OTLP_ENDPOINT": hole.endpoint, "OTEL_METRICS_EXPORTER": "none",
+                                           "OTEL_EXPORTER_OTLP_TIMEOUT": "1000"})
+        exporter = span_exporter(config)
+        provider = TracerProvider()
+        provider.add_span_processor(ExportingSpanProcessor(exporter))
+        for i in range(4):
+            provider.get_tracer("app").start_span(f"hung {i}").end()
+        calls = []
+        inner = exporter.exporter.export
+        exporter.exporter.export = lambda batch: calls.append(len(batch)) or inner(batch)
+        assert provider.force_flush() is False  # one attempt, hung until the timeout
+        before = losses.counts().get(COLLECTOR_UNREACHABLE, 0)
+        provider.shutdown()
+        assert calls == [4]  # no second attempt at shutdown: it would hang again
+        assert losses.counts().get(COLLECTOR_UNREACHABLE, 0) - before == 4

@@ -642,6 +642,20 @@ class _Handler:
         losses.losses.report_totals()
 
 
+# What the export process must never import: a hand-over value that pulls one in (a TorchVersion
+# for a str, say) costs the child hundreds of MB and seconds before its first export.
+HEAVY_MODULES = ("torch", "transformers", "vllm")
+
+
+def heavy_modules_line() -> tuple[int, str]:
+    """The export process's last log line: which of HEAVY_MODULES it imported (none: INFO)."""
+    imported = [name for name in HEAVY_MODULES if name in sys.modules]
+    if not imported:
+        return logging.INFO, f"traceai export process: stopped; imported none of {', '.join(HEAVY_MODULES)}"
+    return logging.WARNING, (f"traceai export process: stopped; imported {', '.join(imported)} (a value handed "
+                             "over from the serving process is not a plain built-in type)")
+
+
 def child_main() -> int:
     """The export process: handle each item read from stdin; ack flush and shutdown markers.
 
@@ -683,6 +697,7 @@ def child_main() -> int:
             continue
         if frame is None:  # the parent is gone: export what was received, then stop
             handler.stop()
+            logger.log(*heavy_modules_line())
             return 0
         frame_number += 1
         custody.begin(frame_number)
@@ -693,6 +708,8 @@ def child_main() -> int:
                 custody.end(frame_number)
             ok = handler.handle(item)
             if isinstance(item, Marker):
+                if item.kind == "shutdown":
+                    logger.log(*heavy_modules_line())
                 write_line(f"{item.token} {int(ok)}")
                 if item.kind == "shutdown":
                     return 0

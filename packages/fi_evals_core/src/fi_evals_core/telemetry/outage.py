@@ -15,17 +15,22 @@ loss counted by reason (losses.py) and logged:
   are dropped (`buffer_full`);
 - `force_flush` tries the backlog once (not again within a pause) and says False if some is left;
 - `shutdown` makes at most one more attempt, and none when the last one failed less than a pause
-  ago: with the collector unreachable, stopping costs at most one export timeout
-  (`OTEL_EXPORTER_OTLP_TIMEOUT`), and what is left is counted (`collector_unreachable`).
+  ago while the collector's port took the connection (a hung or blackholed collector: another
+  attempt would cost another timeout): with the collector unreachable, stopping costs at most one
+  export timeout (`OTEL_EXPORTER_OTLP_TIMEOUT`), and what is left is counted
+  (`collector_unreachable`). A collector that refused connections at the last failure and takes
+  them now (restarted a moment before the stop, as with Ctrl-C after a redeploy) gets the attempt.
 """
 
 from __future__ import annotations
 
 import logging
+import socket
 import threading
 import time
 from collections import deque
 from typing import Sequence
+from urllib.parse import urlsplit
 
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
@@ -39,9 +44,11 @@ __all__ = ["OutageBuffer", "BUFFER_FULL", "COLLECTOR_UNREACHABLE"]
 
 
 class OutageBuffer(SpanExporter):
-    def __init__(self, exporter: SpanExporter, max_spans: int = 10_000) -> None:
+    def __init__(self, exporter: SpanExporter, max_spans: int = 10_000, endpoint: str | None = None) -> None:
         self.exporter = exporter
         self.max_spans = max_spans
+        self._address = _address(endpoint)  # (host, port) of the collector, to ask whether it listens
+        self._refused = False  # the collector's port refused connections at the last failure
         self._backlog: deque[list[ReadableSpan]] = deque()
         self._buffered = 0
         self._lock = threading.Lock()  # the batch processor's thread, and flush/shutdown callers
@@ -78,8 +85,9 @@ class OutageBuffer(SpanExporter):
 
     def shutdown(self) -> None:
         with self._lock:
-            if self._backlog and (self._down_since is None or time.monotonic() >= self._retry_at):
-                self._drain()  # one more attempt, unless the collector just failed
+            if self._backlog and (self._down_since is None or time.monotonic() >= self._retry_at
+                                  or (self._refused and _listens(self._address))):
+                self._drain()  # one more attempt, unless the collector just failed and may hang again
             left = self._buffered
             kept = [span for batch in self._backlog for span in batch]
             self._backlog.clear()
@@ -128,6 +136,7 @@ class OutageBuffer(SpanExporter):
                     self._down_since = now
                     logger.warning("traceai: the collector did not take spans; keeping up to %d and retrying "
                                    "(TRACEAI_EXPORT_BUFFER_SPANS)", self.max_spans)
+                self._refused = _listens(self._address) is False
                 self._retry_at = now + self._backoff
                 self._backoff = min(self._backoff * 2, MAX_BACKOFF_S)
                 if self._retrying is None or not self._retrying.is_alive():
@@ -144,3 +153,27 @@ class OutageBuffer(SpanExporter):
         self._down_since = None
         self._backoff = 1.0
         self._retry_at = 0.0
+
+
+def _address(endpoint: str | None) -> tuple[str, int] | None:
+    if not endpoint:
+        return None
+    try:
+        parts = urlsplit(endpoint if "://" in endpoint else f"http://{endpoint}")
+        return parts.hostname or "localhost", parts.port or (443 if parts.scheme == "https" else 4317)
+    except ValueError:
+        return None
+
+
+def _listens(address: tuple[str, int] | None, timeout_s: float = 0.25) -> bool | None:
+    """Whether something takes TCP connections at `address` (None: unknown). A refused connection
+    costs nothing to ask; a port that takes it may still hang an export."""
+    if address is None:
+        return None
+    try:
+        with socket.create_connection(address, timeout=timeout_s):
+            return True
+    except ConnectionRefusedError:
+        return False
+    except OSError:
+        return None

@@ -124,7 +124,7 @@ def span_exporter(config: TelemetryConfig) -> SpanExporter | None:
         return CountingSpanExporter(JsonlSpanExporter(config.traces_file))
     otlp = _otlp_exporter(config, "traces", config.otlp_traces_endpoint)
     if config.export_buffer_spans > 0:  # what fails waits (bounded) for the collector; losses counted there
-        return OutageBuffer(otlp, config.export_buffer_spans)
+        return OutageBuffer(otlp, config.export_buffer_spans, config.otlp_traces_endpoint)
     return CountingSpanExporter(otlp)
 
 

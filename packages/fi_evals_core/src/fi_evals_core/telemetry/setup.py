@@ -8,6 +8,7 @@ evaluator: installing a package is what makes `register()` use it.
 
 from __future__ import annotations
 
+import atexit
 import logging
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
@@ -42,6 +43,7 @@ class Telemetry:
     destination: str = ""
     completion_sink: Any = None  # inline evaluation, when it runs in this process
     export_process: ExportProcess | None = None  # with TRACEAI_EXPORT_PROCESS=1
+    _stopped: bool = field(default=False, repr=False)
 
     def force_flush(self, timeout_millis: int = 30_000) -> bool:
         traces = self.tracer_provider.force_flush(timeout_millis)
@@ -51,19 +53,37 @@ class Telemetry:
         return bool(traces and metrics)
 
     def shutdown(self) -> None:
+        atexit.unregister(self._shutdown_at_exit)
         for instrumentor in self.instrumentors.values():
             try:
                 instrumentor.uninstrument()
             except Exception:
                 logger.debug("uninstrument failed", exc_info=True)
         self.instrumentors.clear()
+        self._stop()
+
+    def _shutdown_at_exit(self) -> None:
+        """At interpreter exit (register() asks for it; its providers do not register their own):
+        everything stopped in the order `_stop` keeps, the patching left in place."""
+        try:
+            self._stop()
+        except Exception:
+            logger.debug("telemetry shutdown at exit failed", exc_info=True)
+
+    def _stop(self) -> None:
+        """Traces first (the requests that ended are emitted, the export process drains and stops,
+        counting what it could not deliver), then metrics (their last export carries those counts),
+        then the totals logged. Once."""
+        if self._stopped:
+            return
+        self._stopped = True
         self.tracer_provider.shutdown()  # emits what has ended and stops inline evaluation first
+        if self.export_process is not None:
+            self.export_process.close()
         self.meter_provider.shutdown()
         if self.completion_sink is not None and handoff.get_sink() is self.completion_sink:
             handoff.set_sink(None)
         self.completion_sink = None
-        if self.export_process is not None:
-            self.export_process.close()
         losses.report_totals()  # what never reached the backend, once, by reason
 
 
@@ -88,8 +108,12 @@ def register(
     if service_name is None and config.service_name == "unknown_service":
         resource = Resource.create()  # keep OTEL_RESOURCE_ATTRIBUTES' service.name, if any
 
-    tracer_provider = providers.RegisteredTracerProvider(resource=resource, sampler=providers.sampler(config))
-    meter_provider, histograms = providers.meter_provider(config, resource, providers.RegisteredMeterProvider)
+    # No exit hooks of their own: the SDK would shut the meter provider down first (the last one
+    # made), before the export process's last losses are counted. `Telemetry._shutdown_at_exit` does.
+    tracer_provider = providers.RegisteredTracerProvider(resource=resource, sampler=providers.sampler(config),
+                                                         shutdown_on_exit=False)
+    meter_provider, histograms = providers.meter_provider(config, resource, providers.RegisteredMeterProvider,
+                                                          shutdown_on_exit=False)
     local = Emitter(tracer_provider, meter_provider, config.capture_content, histograms=histograms)
     sinks = handoff.enabled_sink_factories()
     destination = providers.span_destination(config)
@@ -126,6 +150,7 @@ def register(
 
     telemetry = Telemetry(config, tracer_provider, meter_provider, sink, destination=destination,
                           completion_sink=completion_sink, export_process=export_process)
+    atexit.register(telemetry._shutdown_at_exit)
     if instrument:
         telemetry.instrumentors = instrument_installed(
             tracer_provider=tracer_provider, meter_provider=meter_provider, config=config, telemetry_sink=sink

@@ -50,3 +50,25 @@ def wait_until(probe: Callable[[], T], timeout_s: float, what: str, interval_s: 
         if time.monotonic() > deadline:
             raise AssertionError(f"after {timeout_s:.0f} s, still not {what} (last: {result!r})")
         time.sleep(interval_s)
+
+
+class Blackhole:
+    """A TCP port on 127.0.0.1 that takes connections and never answers (a firewall that drops, a
+    hung collector): the kernel completes the handshake into the listen backlog, nothing reads.
+    `with Blackhole() as hole:` then point an exporter at `hole.endpoint`."""
+
+    def __init__(self) -> None:
+        self._sock = socket.socket()
+        self._sock.bind(("127.0.0.1", 0))
+        self._sock.listen(1024)
+        self.port = self._sock.getsockname()[1]
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+
+    def close(self) -> None:
+        self._sock.close()
+
+    def __enter__(self) -> "Blackhole":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,6 +1,6 @@
 """A real vLLM OpenAI server on 127.0.0.1, for tests: started in a session of its own (so its
 EngineCore and workers can be stopped together), ready once `/health` answers, stopped with
-SIGTERM to its process group (SIGKILL after 30 s)."""
+SIGTERM to its process group (SIGKILL after 30 s), or by the test with the signal it chooses."""
 
 from __future__ import annotations
 
@@ -25,6 +25,34 @@ class RunningServer:
     process: subprocess.Popen
     log: Path
 
+    def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 30) -> int | None:
+        """`sig` to the server's process group (SIGINT: what Ctrl-C in its terminal sends); its exit
+        status, or None when it had not exited within `timeout_s` and was SIGKILLed."""
+        if self.process.poll() is not None:
+            return self.process.returncode
+        try:
+            os.killpg(self.process.pid, sig)  # the server, its EngineCore and workers
+            return self.process.wait(timeout=timeout_s)
+        except ProcessLookupError:
+            return self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=10)
+            return None
+
+    def children(self, marker: str, recursive: bool = True) -> list[int]:
+        """The pids of the server's child processes (`recursive`: descendants) whose command line
+        holds `marker`."""
+        import psutil
+
+        found = []
+        for child in psutil.Process(self.process.pid).children(recursive=recursive):
+            with contextlib.suppress(psutil.Error):
+                if marker in " ".join(child.cmdline()):
+                    found.append(child.pid)
+        return found
+
 
 @contextlib.contextmanager
 def vllm_server(python: str, model_dir: str | Path, env: Mapping[str, str], log: Path,
@@ -42,10 +70,4 @@ def vllm_server(python: str, model_dir: str | Path, env: Mapping[str, str], log:
         wait_for_http(f"{server.base_url}/health", proc, ready_timeout_s, log, "vLLM server")
         yield server
     finally:
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)  # the server, its EngineCore and workers
-            proc.wait(timeout=30)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
+        server.stop()
