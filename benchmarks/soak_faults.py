@@ -102,7 +102,7 @@ def paced_load(base_url: str, requests: int, concurrency: int, rate: float) -> t
 def run_fault(fault: str, args: argparse.Namespace, model: Path, work: Path) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "VLLM_", "TRACEAI_"))}
     env.update({"TRACEAI_VLLM_AUTO": "1", "OTEL_SERVICE_NAME": SERVICE, "OTEL_METRIC_EXPORT_INTERVAL": "2000",
-                "HF_HUB_OFFLINE": "1"})
+                "HF_HUB_OFFLINE": "1", "TRACEAI_EXPORT_PROCESS": "0" if args.in_process else "1"})
     hole = Blackhole() if fault == "blackhole" else None
     with RotelCollector(work / f"rotel-{fault}") as collector:
         env.update(collector.otel_env("grpc"))
@@ -113,27 +113,25 @@ def run_fault(fault: str, args: argparse.Namespace, model: Path, work: Path) -> 
                                "--max-num-seqs", str(args.concurrency),
                                "--kv-cache-memory-bytes", str(256 * 2**20))) as server:
             rss = PeakRss(server)
-            injector = None
-            if fault == "restart":
-                def outage() -> None:
-                    time.sleep(2.0)
-                    collector.kill()
-                    time.sleep(args.outage_s)
-                    collector.restart()
-                injector = threading.Thread(target=outage)
-            elif fault == "sigkill":
-                def kill_child() -> None:
-                    time.sleep(args.requests / args.rate / 2)
-                    for pid in server.children(EXPORT_CHILD, recursive=False):
-                        os.kill(pid, signal.SIGKILL)
-                injector = threading.Thread(target=kill_child)
-            if injector is not None:
-                injector.start()
+            # the load runs on a thread; faults are injected from this one (a collector started
+            # from a thread that ends would get its parent-death signal with it)
+            result: list = []
             load_start = time.monotonic()
-            ids, latencies, failures = paced_load(server.base_url, args.requests, args.concurrency, args.rate)
+            loader = threading.Thread(target=lambda: result.append(
+                paced_load(server.base_url, args.requests, args.concurrency, args.rate)))
+            loader.start()
+            if fault == "restart":
+                time.sleep(2.0)
+                collector.kill()
+                time.sleep(args.outage_s)
+                collector.restart()
+            elif fault == "sigkill":
+                time.sleep(args.requests / args.rate / 2)
+                for pid in server.children(EXPORT_CHILD, recursive=False):
+                    os.kill(pid, signal.SIGKILL)
+            loader.join()
             load_s = time.monotonic() - load_start
-            if injector is not None:
-                injector.join()
+            ids, latencies, failures = result[0]
             stop_start = time.monotonic()
             status = server.stop(signal.SIGINT if fault == "sigint" else signal.SIGTERM, timeout_s=120)
             stop_s = time.monotonic() - stop_start
@@ -162,6 +160,9 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, default=48)
     parser.add_argument("--rate", type=float, default=100.0, help="requests per second at most")
     parser.add_argument("--outage-s", type=float, default=15.0, help="the collector's outage (restart)")
+    parser.add_argument("--in-process", action="store_true",
+                        help="TRACEAI_EXPORT_PROCESS=0: export from the API server itself (sigkill then has nothing to kill)")
+    parser.add_argument("--work-dir", help="keep the servers' and collectors' logs here (default: a temporary folder)")
     parser.add_argument("--faults", default=",".join(FAULTS), help=f"comma-separated, of {', '.join(FAULTS)}")
     args = parser.parse_args()
     faults = [f for f in args.faults.split(",") if f]
@@ -169,7 +170,8 @@ def main() -> int:
     if unknown:
         parser.error(f"--faults: unknown {', '.join(sorted(unknown))} (known: {', '.join(FAULTS)})")
     with tempfile.TemporaryDirectory(prefix="soak-") as tmp:
-        work = Path(tmp)
+        work = Path(args.work_dir or tmp)
+        work.mkdir(parents=True, exist_ok=True)
         model = Path(tiny_models.build_llama(work / "llama"))
         rows = []
         for fault in faults:
@@ -177,7 +179,8 @@ def main() -> int:
             rows.append(row)
             print(f"  {fault}: {row}", file=sys.stderr, flush=True)
     print(f"{args.requests} requests at concurrency {args.concurrency}, at most {args.rate:g}/s; "
-          f"outage {args.outage_s:g} s (restart)")
+          f"outage {args.outage_s:g} s (restart); "
+          f"{'in-process export' if args.in_process else 'export process'}")
     print("| fault | finished | failed | delivered | counted (reason) | delivered + counted - finished "
           "| load s | stop s | p50 / p99 ms | server / export process peak RSS MiB |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")

@@ -151,3 +151,30 @@ def test_a_collector_back_a_moment_before_shutdown_gets_the_backlog_and_a_hung_o
         provider.shutdown()
         assert calls == [4]  # no second attempt at shutdown: it would hang again
         assert losses.counts().get(COLLECTOR_UNREACHABLE, 0) - before == 4
+
+
+def test_an_export_that_hangs_at_shutdown_is_aborted_and_its_spans_counted():
+    """A blackholed collector and a long export timeout (60 s): at shutdown the batch worker hangs
+    in its export. Shutdown waits at most SHUTDOWN_WAIT_S, then aborts it (the gRPC exporter's
+    shutdown cancels the call): the worker ends long before its 60 s, and the spans are counted."""
+    from opentelemetry.sdk.trace import TracerProvider
+
+    from fi_evals_core.telemetry.providers import ExportingSpanProcessor, span_exporter
+    from fi_evals_core.testing.servers import Blackhole
+
+    with Blackhole() as hole:
+        config = TelemetryConfig.from_env({"OTEL_EXPORTER_OTLP_ENDPOINT": hole.endpoint, "OTEL_METRICS_EXPORTER": "none",
+                                           "OTEL_EXPORTER_OTLP_TIMEOUT": "60000"})
+        exporter = span_exporter(config)
+        processor = ExportingSpanProcessor(exporter, schedule_delay_millis=10)
+        provider = TracerProvider()
+        provider.add_span_processor(processor)
+        for i in range(5):
+            provider.get_tracer("app").start_span(f"hung {i}").end()
+        wait_until(lambda: exporter._lock.locked(), 10, "an export in flight")  # the worker, in the hung call
+        before = losses.counts().get(COLLECTOR_UNREACHABLE, 0)
+        provider.shutdown()
+        worker = processor._batch_processor._worker_thread
+        worker.join(20)  # its call was cancelled: it ends now, not after 60 s
+        assert not worker.is_alive()
+        assert losses.counts().get(COLLECTOR_UNREACHABLE, 0) - before == 5

@@ -47,6 +47,53 @@ def test_defaults_need_no_server():
     assert config.traces_file == Path("traceai-traces.jsonl")
 
 
+def test_per_signal_headers_go_to_their_signal_only():
+    """OTEL_EXPORTER_OTLP_TRACES_HEADERS / _METRICS_HEADERS add to (and override) the common ones,
+    each on its own signal's requests (a metrics backend's key never goes to the traces one): read
+    on the wire by a real HTTP server taking OTLP/HTTP."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from fi_evals_core import register
+
+    seen: dict[str, dict[str, str]] = {}
+
+    class Otlp(BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802
+            self.rfile.read(int(self.headers["Content-Length"]))
+            seen[self.path] = {k.lower(): v for k, v in self.headers.items()}
+            self.send_response(200)
+            self.send_header("Content-Type", "application/x-protobuf")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Otlp)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        config = TelemetryConfig.from_env({
+            "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{server.server_address[1]}",
+            "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
+            "OTEL_EXPORTER_OTLP_HEADERS": "x-team=ml,x-key=common",
+            "OTEL_EXPORTER_OTLP_TRACES_HEADERS": "x-key=traces-key",
+            "OTEL_EXPORTER_OTLP_METRICS_HEADERS": "x-key=metrics-key,x-metrics=1",
+        })
+        telemetry = register(config=config, set_global=False, instrument=False)
+        try:
+            telemetry.tracer_provider.get_tracer("app").start_span("one").end()
+            assert telemetry.force_flush()
+        finally:
+            telemetry.shutdown()
+    finally:
+        server.shutdown()
+    traces, metrics = seen["/v1/traces"], seen["/v1/metrics"]
+    assert traces["x-team"] == metrics["x-team"] == "ml"
+    assert traces["x-key"] == "traces-key" and "x-metrics" not in traces
+    assert metrics["x-key"] == "metrics-key" and metrics["x-metrics"] == "1"
+
+
 def test_endpoint_selects_otlp_and_derives_http_signal_paths():
     config = TelemetryConfig.from_env({
         "OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4318/",
@@ -60,6 +107,7 @@ def test_endpoint_selects_otlp_and_derives_http_signal_paths():
     assert config.otlp_traces_endpoint == "http://127.0.0.1:4318/v1/traces"
     assert config.otlp_metrics_endpoint == "http://127.0.0.1:4318/v1/metrics"
     assert config.otlp_headers == {"authorization": "Bearer abc", "x-team": "ml"}
+    assert config.otlp_metrics_headers == config.otlp_headers
     assert "Bearer" not in repr(config)  # credentials stay out of reprs and logs
     assert config.service_name == "svc"
     assert config.sampler_arg == 0.25

@@ -73,7 +73,8 @@ class TelemetryConfig:
     otlp_protocol: str = "grpc"
     otlp_traces_endpoint: str | None = None
     otlp_metrics_endpoint: str | None = None
-    otlp_headers: Mapping[str, str] = field(default_factory=dict, repr=False)
+    otlp_headers: Mapping[str, str] = field(default_factory=dict, repr=False)  # for traces
+    otlp_metrics_headers: Mapping[str, str] = field(default_factory=dict, repr=False)
     otlp_timeout_s: float = 10.0
     metrics_temporality: str = "cumulative"  # OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE
     histogram_aggregation: str = "explicit_bucket_histogram"  # OTEL_EXPORTER_OTLP_METRICS_DEFAULT_HISTOGRAM_AGGREGATION
@@ -118,13 +119,15 @@ class TelemetryConfig:
         sampler_arg = None
         if sampler.endswith("traceidratio"):
             sampler_arg = env.number("OTEL_TRACES_SAMPLER_ARG", 1.0, low=0.0, high=1.0)
-        headers = env.headers("OTEL_EXPORTER_OTLP_HEADERS")
-        headers.update(env.headers("OTEL_EXPORTER_OTLP_TRACES_HEADERS"))
+        common = env.headers("OTEL_EXPORTER_OTLP_HEADERS")
+        headers = {**common, **env.headers("OTEL_EXPORTER_OTLP_TRACES_HEADERS")}
+        metrics_headers = {**common, **env.headers("OTEL_EXPORTER_OTLP_METRICS_HEADERS")}
         # user:password@ in an endpoint: sent as HTTP basic authentication (as curl would), and the
         # endpoint kept without it, so no exporter or log line ever shows it
         (traces_endpoint, metrics_endpoint), basic = _split_credentials(traces_endpoint, metrics_endpoint)
         if basic is not None:
             headers.setdefault("authorization", basic)
+            metrics_headers.setdefault("authorization", basic)
         return cls(
             service_name=env.text("OTEL_SERVICE_NAME", "unknown_service"),
             traces_exporter=traces_exporter,
@@ -133,6 +136,7 @@ class TelemetryConfig:
             otlp_traces_endpoint=traces_endpoint,
             otlp_metrics_endpoint=metrics_endpoint,
             otlp_headers=headers,
+            otlp_metrics_headers=metrics_headers,
             otlp_timeout_s=env.number("OTEL_EXPORTER_OTLP_TIMEOUT", 10_000.0, low=1.0) / 1000.0,
             metrics_temporality=env.choice("OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE",
                                            METRICS_TEMPORALITIES, "cumulative"),

@@ -57,6 +57,7 @@ from . import handoff, losses, providers
 from .config import TelemetryConfig
 from .emit import DirectSpans, Emitter
 from .finished import FinishedRequest, SpanIds
+from .outage import SHUTDOWN_WAIT_S
 
 logger = logging.getLogger(__name__)
 
@@ -638,7 +639,7 @@ class _Handler:
             if handoff.get_sink() is self._completion_sink:
                 handoff.set_sink(None)
         self._tracer_provider.shutdown()
-        self._meter_provider.shutdown()
+        self._meter_provider.shutdown(timeout_millis=SHUTDOWN_WAIT_S * 1000)  # a hung collector: then aborted
         losses.losses.report_totals()
 
 

@@ -14,12 +14,13 @@ loss counted by reason (losses.py) and logged:
 - at most `max_spans` spans are kept (`TRACEAI_EXPORT_BUFFER_SPANS`): past it the oldest batches
   are dropped (`buffer_full`);
 - `force_flush` tries the backlog once (not again within a pause) and says False if some is left;
-- `shutdown` makes at most one more attempt, and none when the last one failed less than a pause
-  ago while the collector's port took the connection (a hung or blackholed collector: another
-  attempt would cost another timeout): with the collector unreachable, stopping costs at most one
-  export timeout (`OTEL_EXPORTER_OTLP_TIMEOUT`), and what is left is counted
-  (`collector_unreachable`). A collector that refused connections at the last failure and takes
-  them now (restarted a moment before the stop, as with Ctrl-C after a redeploy) gets the attempt.
+- `shutdown` waits at most `SHUTDOWN_WAIT_S` (3 s) for an export in flight and then aborts it (a
+  hung or blackholed collector), makes one more attempt only for a collector that refused
+  connections at its last failure and takes them now (restarted a moment before the stop, as with
+  Ctrl-C after a redeploy: not one that took the connection and hung, which would hang again), and
+  counts what is left (`collector_unreachable`). Stopping with a collector that hangs costs about
+  3 s for spans, whatever `OTEL_EXPORTER_OTLP_TIMEOUT` says. An attempt aborted exactly as its
+  collector answered can be counted though delivered (delivered + counted > finished, by a batch).
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from .losses import BUFFER_FULL, COLLECTOR_UNREACHABLE, losses, settled
 logger = logging.getLogger(__name__)
 
 MAX_BACKOFF_S = 30.0
+SHUTDOWN_WAIT_S = 3.0  # at shutdown, the longest wait for an export in flight (then it is aborted)
 __all__ = ["OutageBuffer", "BUFFER_FULL", "COLLECTOR_UNREACHABLE"]
 
 
@@ -83,21 +85,37 @@ class OutageBuffer(SpanExporter):
                 self._drain()
             return not self._backlog and self.exporter.force_flush(timeout_millis)
 
-    def shutdown(self) -> None:
-        with self._lock:
-            if self._backlog and (self._down_since is None or time.monotonic() >= self._retry_at
-                                  or (self._refused and _listens(self._address))):
-                self._drain()  # one more attempt, unless the collector just failed and may hang again
-            left = self._buffered
-            kept = [span for batch in self._backlog for span in batch]
+    def shutdown(self, timeout_millis: float | None = None) -> None:
+        """Count what is still kept (`collector_unreachable`), after one more attempt only for a
+        collector that refused connections at its last failure and takes them now. An export that
+        hangs (a blackholed collector, in the batch worker or the retry thread) is waited for at most
+        `timeout_millis` (default `SHUTDOWN_WAIT_S`), then aborted: the OTLP gRPC exporter's shutdown
+        cancels its call in flight."""
+        wait_s = SHUTDOWN_WAIT_S if timeout_millis is None else max(0.5, timeout_millis / 1000.0)
+        locked = self._lock.acquire(timeout=wait_s)
+        exporter_shut = False
+        if not locked:
+            self._shut = True  # what the hung attempt holds is counted here; it will not touch it again
+            self._stop.set()
+            self.exporter.shutdown()
+            exporter_shut = True
+            locked = self._lock.acquire(timeout=1.0)
+        try:
+            if locked and not self._shut and self._backlog and self._refused and _listens(self._address):
+                self._drain()  # restarted since it refused (a redeploy, then a Ctrl-C): one more attempt
+            kept = [span for batch in list(self._backlog) for span in batch]
             self._backlog.clear()
             self._buffered = 0
             self._shut = True
             self._stop.set()
-        if left:
-            losses.add(COLLECTOR_UNREACHABLE, left)
+        finally:
+            if locked:
+                self._lock.release()
+        if kept:
+            losses.add(COLLECTOR_UNREACHABLE, len(kept))
             settled(kept)
-        self.exporter.shutdown()
+        if not exporter_shut:
+            self.exporter.shutdown()
 
     def _retry_loop(self) -> None:
         """Try the backlog at each retry time while it waits; ends when it is sent or at shutdown."""
@@ -130,6 +148,8 @@ class OutageBuffer(SpanExporter):
             except Exception:
                 logger.debug("span exporter raised", exc_info=True)
                 ok = False
+            if self._shut:  # given up on at shutdown while this attempt hung: counted there
+                return
             if not ok:
                 now = time.monotonic()
                 if self._down_since is None:

@@ -43,7 +43,7 @@ from .content import strip_credentials
 from .exporters import JsonlSpanExporter
 from .histograms import HistogramStore, MergingMetricExporter
 from .losses import ENDED_AFTER_SHUTDOWN, QUEUE_FULL, SHUTDOWN_TIMEOUT, CountingSpanExporter, losses, settled
-from .outage import OutageBuffer
+from .outage import SHUTDOWN_WAIT_S, OutageBuffer
 from .metric_export import StopWhenRefused
 from .worker import finish_queued
 
@@ -167,8 +167,13 @@ class ExportingSpanProcessor(BatchSpanProcessor):
         processor.emit(span)
 
     def shutdown(self) -> None:
-        super().shutdown()
-        if self._processor is not None and self._processor._queue:
+        if self._processor is None:
+            super().shutdown()
+            return
+        # its worker is waited for at most SHUTDOWN_WAIT_S (an export that hangs), then the exporter
+        # is shut down (an outage buffer aborts such an export: outage.py)
+        self._processor.shutdown(timeout_millis=SHUTDOWN_WAIT_S * 1000)
+        if self._processor._queue:
             left = list(self._processor._queue)  # its worker did not drain them within the timeout
             self._processor._queue.clear()
             losses.add(SHUTDOWN_TIMEOUT, len(left))
@@ -226,7 +231,7 @@ def meter_provider(config: TelemetryConfig, resource: Resource, provider_class: 
         else:
             exporter = StopWhenRefused(
                 _otlp_exporter(config, "metrics", config.otlp_metrics_endpoint, preferred_temporality=preferred),
-                config.otlp_protocol, config.otlp_metrics_endpoint or "", config.otlp_headers, preferred)
+                config.otlp_protocol, config.otlp_metrics_endpoint or "", config.otlp_metrics_headers, preferred)
         if store is not None:
             exporter = MergingMetricExporter(exporter, store, resource, preferred)
         readers.append(PeriodicExportingMetricReader(exporter))
@@ -258,7 +263,7 @@ def _otlp_exporter(config: TelemetryConfig, signal: str, endpoint: str | None, *
         ) from exc
     kwargs: dict[str, Any] = {
         "endpoint": endpoint,
-        "headers": dict(config.otlp_headers) or None,
+        "headers": dict(config.otlp_headers if signal == "traces" else config.otlp_metrics_headers) or None,
         "timeout": config.otlp_timeout_s,
     }
     if config.otlp_protocol == "grpc" and endpoint:

@@ -20,6 +20,7 @@ from opentelemetry.sdk.resources import SERVICE_NAME, Resource
 
 from . import handoff, logs, providers
 from .losses import losses
+from .outage import SHUTDOWN_WAIT_S
 from .config import TelemetryConfig, set_config
 from .emit import DirectSpans, Emitter
 from .export_process import ExportProcess
@@ -80,7 +81,7 @@ class Telemetry:
         self.tracer_provider.shutdown()  # emits what has ended and stops inline evaluation first
         if self.export_process is not None:
             self.export_process.close()
-        self.meter_provider.shutdown()
+        self.meter_provider.shutdown(timeout_millis=SHUTDOWN_WAIT_S * 1000)  # a hung collector: then aborted
         if self.completion_sink is not None and handoff.get_sink() is self.completion_sink:
             handoff.set_sink(None)
         self.completion_sink = None
