@@ -59,12 +59,20 @@ def test_packed_logits_equal_plain(nli_checkpoint, family):
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_bf16_close_to_plain_bf16(nli_checkpoint, family):
+    """Where this CPU has oneDNN's bf16 packed linear: the same GEMMs (close to the plain forward).
+    Where it has not (no AVX-512 BW/VL/DQ nor AVX-NE-CONVERT): the plain forward, unchanged, and
+    no error (the op itself raises there)."""
     model = load(nli_checkpoint(family), torch.bfloat16)
     batch = inputs(model)
     ref = logits(model, batch)
     got = logits(pack_linears(model), batch)
-    # Same GEMMs; the FFN's GELU is applied before rounding to bf16 instead of after.
-    assert ((got - ref).norm() / ref.norm()).item() < 2e-2
+    packed = [m for m in model.modules() if isinstance(m, torch.nn.Linear) and m._fi_packed is not None]
+    if available(torch.bfloat16):
+        assert packed
+        # Same GEMMs; the FFN's GELU is applied before rounding to bf16 instead of after.
+        assert ((got - ref).norm() / ref.norm()).item() < 2e-2
+    else:
+        assert packed == [] and torch.equal(got, ref)
 
 
 def test_weights_changed_after_packing_are_followed(nli_checkpoint):

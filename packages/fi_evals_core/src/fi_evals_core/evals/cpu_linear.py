@@ -26,31 +26,36 @@ from .config import acceleration
 logger = logging.getLogger(__name__)
 
 
-def available() -> bool:
-    """Whether this torch has oneDNN's packed linear (checked once, on a small input)."""
-    global _AVAILABLE
-    if _AVAILABLE is None:
-        _AVAILABLE = _probe()
-    return _AVAILABLE
+def available(dtype: Any = None) -> bool:
+    """Whether this torch, on this CPU, has oneDNN's packed linear for `dtype` (float32 when None;
+    checked once per dtype, on a small input). bfloat16 needs CPU support oneDNN checks at run time
+    (AVX-512 BW/VL/DQ or AVX-NE-CONVERT): without it, bf16 layers keep the plain forward."""
+    import torch
+
+    dtype = torch.float32 if dtype is None else dtype
+    if dtype not in _AVAILABLE:
+        _AVAILABLE[dtype] = _probe(dtype)
+    return _AVAILABLE[dtype]
 
 
-_AVAILABLE: bool | None = None
+_AVAILABLE: dict[Any, bool] = {}
 
 
-def _probe() -> bool:
+def _probe(dtype: Any) -> bool:
     try:
         import torch
 
         if not torch.backends.mkldnn.is_available():
             return False
-        x = torch.randn(5, 24)
-        w = torch.randn(8, 24)
-        b = torch.randn(8)
+        x = torch.randn(5, 24).to(dtype)
+        w = torch.randn(8, 24).to(dtype)
+        b = torch.randn(8).to(dtype)
         packed = torch.ops.mkldnn._reorder_linear_weight(w)
         y = torch.ops.mkldnn._linear_pointwise(x, packed, b, "none", [], "")
-        return bool(torch.allclose(y, torch.nn.functional.linear(x, w, b), rtol=1e-4, atol=1e-5))
-    except Exception as exc:  # an older or different torch build: the plain forward stays
-        logger.debug("oneDNN packed linear unavailable: %r", exc)
+        tolerance = {"rtol": 1e-4, "atol": 1e-5} if dtype == torch.float32 else {"rtol": 2e-2, "atol": 2e-2}
+        return bool(torch.allclose(y.float(), torch.nn.functional.linear(x, w, b).float(), **tolerance))
+    except Exception as exc:  # an older or different torch build, or a CPU without the instructions
+        logger.debug("oneDNN packed linear unavailable for %s: %r", dtype, exc)
         return False
 
 
@@ -121,7 +126,7 @@ def _usable(module: Any, x: Any) -> bool:
     weight = module.weight
     return (not torch.is_grad_enabled() and not module.training and x.device.type == "cpu"
             and x.dtype == weight.dtype and weight.dtype in (torch.float32, torch.bfloat16)
-            and x.dim() >= 2)
+            and x.dim() >= 2 and available(weight.dtype))
 
 
 def _packed_weight(module: Any) -> Any:
