@@ -168,3 +168,59 @@ def test_run_on_a_trace_file_in_process(tmp_path, nli_checkpoint, capsys):
     assert all(r["factual_consistency.score"] is not None for r in rows)
     assert main(["run", str(traces), "--sample", "3", "-e", "factual_consistency", "-o", str(out)]) == 2
     assert "--sample needs --traces" in capsys.readouterr().err
+
+
+def _with_errors(path, passed, failed, errors, checkpoint, cause=("OSError", "no model at /typo/path")):
+    """A results file of `fc` with `errors` rows the evaluation could not score."""
+    write_results(path, {"all": (passed, failed)}, checkpoint)
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    rows += [{"cohort": "all", "checkpoint": checkpoint, "fc.score": None, "fc.passed": None, "fc.label": None,
+              "fc.reason": cause[1], "fc.error_type": cause[0], "fc.claims": []}] * errors
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_a_run_whose_scorer_cannot_load_exits_3_with_the_cause_and_keeps_its_rows(tmp_path):
+    """A typo in the NLI model path: every row errors. The run writes its rows (errors and all) and
+    exits 3 with the most common cause, instead of 0."""
+    data = tmp_path / "data.jsonl"
+    data.write_text("".join(json.dumps({"response": f"The cat sat {i}.", "reference": "A cat sat on the mat."}) + "\n"
+                            for i in range(6)))
+    out = tmp_path / "broken.jsonl"
+    broken = fi_evals("run", data, "-e", "factual_consistency", "--map", "reference=reference", "-o", out,
+                      "--nli-model", tmp_path / "no-such-model", "--no-progress")
+    assert broken.returncode == 3, broken.stderr
+    assert "6 of 6 rows of evaluation 'factual_consistency' errored" in broken.stderr
+    assert "most common cause: OSError" in broken.stderr and "no-such-model" in broken.stderr
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(rows) == 6 and all(r["factual_consistency.passed"] is None for r in rows)
+    # and that candidate cannot pass a comparison: it is refused (exit 2), with the cause
+    base = tmp_path / "base.jsonl"
+    rows_ok = [{**r, "factual_consistency.passed": True, "factual_consistency.score": 0.9,
+                "factual_consistency.error_type": None} for r in rows]
+    base.write_text("".join(json.dumps(r) + "\n" for r in rows_ok))
+    refused = fi_evals("compare", base, out)
+    assert refused.returncode == 2, refused.stdout
+    assert "the candidate" in refused.stderr and "6 of 6 rows" in refused.stderr and "OSError" in refused.stderr
+
+
+def test_compare_counts_errors_as_failures_refuses_past_the_error_rate_and_flags_missing_rows(tmp_path):
+    base = write_results(tmp_path / "base.jsonl", {"all": (100, 0)}, "v1")
+    # 2 errored rows of 100: within a 5 % allowance they are failures (98 %), not left out (100 %)
+    some = _with_errors(tmp_path / "some.jsonl", 98, 0, 2, "v2")
+    counted = fi_evals("compare", base, some, "--max-error-rate", "0.05", "--json")
+    row = json.loads(counted.stdout)["rows"][0]
+    assert row["candidate"] == {"n": 100, "passed": 98, "errors": 2, "pass_rate": 0.98}
+    assert counted.returncode == 0  # -2 points is within --max-delta 0.02
+    # past the allowance (default 1 %): refused, naming the side and the cause
+    refused = fi_evals("compare", base, some)
+    assert refused.returncode == 2 and "the candidate (v2): 2 of 100 rows" in refused.stderr
+    assert "OSError: no model at /typo/path" in refused.stderr
+    broken_base = fi_evals("compare", some, base)
+    assert broken_base.returncode == 2 and "the baseline (v2)" in broken_base.stderr
+    # a candidate that lost rows fails the gate even when its pass rate holds
+    fewer = write_results(tmp_path / "fewer.jsonl", {"all": (80, 0)}, "v3")
+    missing = fi_evals("compare", base, fewer)
+    assert missing.returncode == 1, missing.stdout
+    assert "PROBLEM: fc: the candidate has 80 rows, the baseline 100 (20 missing)" in missing.stdout
+    assert "0 regression(s)" in missing.stdout

@@ -408,12 +408,13 @@ def test_compare_flags_a_large_cohort_not_a_tiny_one(tmp_path):
     assert list(rows) == ["(all)", "cohort=large", "cohort=tiny", "cohort=huge"]
 
     large = rows["cohort=large"]
-    assert (large.baseline.n, large.baseline.passed, large.candidate.n, large.candidate.passed) == (400, 360, 400, 320)
-    assert large.candidate.errors == 5  # left out of the rate, counted
-    assert large.change == pytest.approx(-0.10)
-    low, high = newcombe_interval(320, 400, 360, 400)
+    # 5 errored rows: failures of the candidate (the gate fails closed), and counted apart
+    assert (large.baseline.n, large.baseline.passed, large.candidate.n, large.candidate.passed) == (400, 360, 405, 320)
+    assert large.candidate.errors == 5
+    assert large.change == pytest.approx(320 / 405 - 0.9)
+    low, high = newcombe_interval(320, 405, 360, 400)
     assert (large.ci_low, large.ci_high) == pytest.approx((low, high))
-    assert (low, high) == pytest.approx((-0.1492, -0.0508), abs=5e-5)
+    assert high < -0.05
     assert large.regression and large.significant
 
     tiny = rows["cohort=tiny"]
@@ -425,17 +426,18 @@ def test_compare_flags_a_large_cohort_not_a_tiny_one(tmp_path):
     assert huge.change == pytest.approx(-0.01) and huge.significant and not huge.regression
 
     overall = rows["(all)"]
-    assert (overall.baseline.n, overall.candidate.n) == (10403, 10403)
-    assert overall.change == pytest.approx((9221 - 9363) / 10403)  # -1.4 points: the large drop is diluted
+    assert (overall.baseline.n, overall.candidate.n) == (10403, 10408)
+    assert overall.change == pytest.approx(9221 / 10408 - 9363 / 10403)  # -1.4 points: the large drop is diluted
     assert overall.significant and not overall.regression
     assert [r.cohort for r in result.regressions] == ["cohort=large"]
     loose = compare(baseline, candidate, max_delta=0.15, by=["cohort"])
     assert loose.regressions == []  # a 10-point drop is within a 15-point tolerance
 
     text = str(result)
-    assert "baseline v1 vs candidate v2" in text and "REGRESSION" in text and "1 regression(s): fc cohort=large -10.0 points" in text
+    assert "baseline v1 vs candidate v2" in text and "REGRESSION" in text and "1 regression(s): fc cohort=large -11.0 points" in text
     as_dict = json.loads(json.dumps(result.to_dict()))
-    assert as_dict["regressions"] == 1 and as_dict["rows"][1]["candidate"]["pass_rate"] == 0.8
+    assert as_dict["regressions"] == 1 and as_dict["rows"][1]["candidate"]["pass_rate"] == pytest.approx(320 / 405)
+    assert as_dict["failed"] is True and as_dict["problems"] == []
 
     same = compare(tmp_path / "b.jsonl", tmp_path / "b.jsonl", by="cohort")  # paths work too
     assert same.regressions == [] and all(r.change == 0 for r in same.rows)

@@ -5,8 +5,12 @@
     fi-evals compare baseline.jsonl candidate.jsonl --max-delta 0.02 [--by cohort] [--json]
     fi-evals report results-a.jsonl results-b.jsonl -o report.html [--by cohort]
 
-Exit codes: 0 success (and, for `compare`, no regression), 1 `compare` found a regression,
-2 a usage or input error (one line on stderr naming what was wrong).
+Exit codes: 0 success (and, for `compare`, no regression), 1 `compare` failed the candidate (a
+regression, or rows missing from it), 2 a usage or input error (one line on stderr naming what was
+wrong; also `compare` refusing results where more than --max-error-rate of the rows errored),
+3 `run` scored, but more than --max-error-rate of an evaluation's rows errored (the results are
+written; stderr gives the most common cause). The gate fails closed: a typo in a model path, a
+device or labels makes every row error, and that is never a pass.
 """
 
 from __future__ import annotations
@@ -18,7 +22,9 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-EXIT_OK, EXIT_REGRESSION, EXIT_USAGE = 0, 1, 2
+from .regression import DEFAULT_MAX_ERROR_RATE, BrokenResults, check_error_rate
+
+EXIT_OK, EXIT_REGRESSION, EXIT_USAGE, EXIT_ERRORS = 0, 1, 2, 3
 
 
 class UsageError(Exception):
@@ -68,6 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--sample", type=int, help="with --traces: evaluate a random sample of this many rows")
     run.add_argument("--seed", type=int, default=0, help="seed for --sample and sampling")
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
+    run.add_argument("--max-error-rate", type=float, default=DEFAULT_MAX_ERROR_RATE,
+                     help="exit 3 when more than this share of an evaluation's rows errored (default 0.01)")
 
     cmp = sub.add_parser("compare", help="pass-rate change per evaluation and cohort; exit 1 on a regression")
     cmp.add_argument("baseline", help="results file of the last good checkpoint")
@@ -78,6 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
     cmp.add_argument("--confidence", type=float, default=0.95, help="interval confidence (default 0.95)")
     cmp.add_argument("--evaluation", action="append", help="compare only this evaluation (repeatable)")
     cmp.add_argument("--json", action="store_true", help="print the comparison as JSON")
+    cmp.add_argument("--max-error-rate", type=float, default=DEFAULT_MAX_ERROR_RATE,
+                     help="refuse (exit 2) results where more than this share of an evaluation's rows errored "
+                          "(default 0.01); errored rows below it count as failures")
 
     rep = sub.add_parser("report", help="one self-contained HTML report from results files")
     rep.add_argument("results", nargs="+", help="results files (one per checkpoint)")
@@ -131,6 +142,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise UsageError(f"--batch-size must be at least 1, got {args.batch_size}")
     if args.threshold is not None and not 0 <= args.threshold <= 1:
         raise UsageError(f"--threshold must be from 0 to 1, got {args.threshold}")
+    if not 0 <= args.max_error_rate <= 1:
+        raise UsageError(f"--max-error-rate must be from 0 to 1, got {args.max_error_rate}")
     if Path(args.output).suffix.lower() not in (".jsonl", ".ndjson", ".json", ".parquet"):
         raise UsageError(f"--output {args.output}: use a .jsonl or .parquet file")
     classes = [evaluator_class(name) for name in _split(args.evaluator)]
@@ -172,13 +185,20 @@ def cmd_run(args: argparse.Namespace) -> int:
         dataset.add_evaluation(evaluator, inputs)
     dataset.run(batch_size=args.batch_size, progress=not args.no_progress)
     path = dataset.save(args.output)
+    broken = []
     for name in dataset.evaluation_names:
-        scored = [r[f"{name}.passed"] for r in dataset.results or [] if r.get(f"{name}.passed") is not None]
-        errors = len(dataset.results or []) - len(scored)
+        rows = dataset.results or []
+        scored = [r[f"{name}.passed"] for r in rows if r.get(f"{name}.passed") is not None]
         rate = f"{sum(scored) / len(scored):.1%}" if scored else "-"
-        print(f"{name}: pass rate {rate} of {len(scored)} scored, {errors} error(s)")
+        print(f"{name}: pass rate {rate} of {len(scored)} scored, {len(rows) - len(scored)} error(s)")
+        try:
+            check_error_rate(rows, name, args.max_error_rate, "this run")
+        except BrokenResults as exc:
+            broken.append(str(exc))
     print(f"wrote {len(dataset)} rows to {path}")
-    return EXIT_OK
+    for message in broken:  # the gate fails closed: a scorer that could not run is not a pass
+        print(f"fi-evals: error: {message}", file=sys.stderr)
+    return EXIT_ERRORS if broken else EXIT_OK
 
 
 def _generation_device(device: str | None) -> str | None:
@@ -192,9 +212,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
         if not Path(path).is_file():
             raise UsageError(f"results file not found: {path}")
     comparison = compare(args.baseline, args.candidate, max_delta=args.max_delta, by=_split(args.by) or None,
-                         confidence=args.confidence, evaluations=args.evaluation)
+                         confidence=args.confidence, evaluations=args.evaluation, max_error_rate=args.max_error_rate)
     print(json.dumps(comparison.to_dict(), indent=2, default=str) if args.json else str(comparison))
-    return EXIT_REGRESSION if comparison.regressions else EXIT_OK
+    return EXIT_REGRESSION if comparison.failed else EXIT_OK
 
 
 def cmd_report(args: argparse.Namespace) -> int:

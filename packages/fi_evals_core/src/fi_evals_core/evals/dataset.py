@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping, Sequence
 
 from .evaluators import Evaluator, evaluator_class
-from .regression import Comparison, cohort_key, compare_results, evaluation_names
+from .regression import DEFAULT_MAX_ERROR_RATE, Comparison, cohort_key, compare_results, evaluation_names
 from .result import EvalResult
 
 if TYPE_CHECKING:
@@ -334,16 +334,19 @@ def result_columns(name: str, result: EvalResult) -> dict[str, Any]:
 
 def compare(baseline: "Dataset | str | Path", candidate: "Dataset | str | Path", max_delta: float = 0.02,
             by: str | Sequence[str] | None = None, confidence: float = 0.95,
-            evaluations: Sequence[str] | None = None) -> Comparison:
+            evaluations: Sequence[str] | None = None,
+            max_error_rate: float = DEFAULT_MAX_ERROR_RATE) -> Comparison:
     """Pass-rate change per evaluation and cohort, with Newcombe intervals and regression flags.
 
     Each side is a `Dataset` that has run (or been read with `from_results`) or a results file
     path. Evaluations default to those present on both sides (`regression.compare_results`).
+    Errored rows are failures; a side with more than `max_error_rate` of its rows errored raises
+    `BrokenResults`; rows missing from the candidate fail the gate (`Comparison.failed`).
     """
     base_rows, base_label = _results(baseline, "baseline")
     cand_rows, cand_label = _results(candidate, "candidate")
     return compare_results(base_rows, cand_rows, base_label=base_label, cand_label=cand_label, max_delta=max_delta,
-                           by=by, confidence=confidence, evaluations=evaluations)
+                           by=by, confidence=confidence, evaluations=evaluations, max_error_rate=max_error_rate)
 
 
 def _results(side: Any, role: str) -> tuple[list[Mapping[str, Any]], str]:

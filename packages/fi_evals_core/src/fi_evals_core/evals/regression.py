@@ -1,8 +1,14 @@
 """Pass-rate regressions between two results sets (a baseline checkpoint and a candidate).
 
 Per evaluation, and per cohort (all rows, then each value of each `by` column), the candidate's
-pass rate is set against the baseline's. Rows whose evaluation errored are left out of both rates
-and counted apart.
+pass rate is set against the baseline's.
+
+The gate fails closed. A row whose evaluation errored is a failure of its side, never absent data
+(it is also counted apart, in `errors`). A side where more than `max_error_rate` of an evaluation's
+rows errored (a scorer that did not load, a wrong device or labels: every row errors) is not
+compared at all: `BrokenResults` names the side, the share and the most common cause (`fi-evals
+compare` exits 2). A candidate with fewer rows of an evaluation than the baseline is a `problem`
+that fails the gate like a regression (rows went missing).
 
 The interval. For the difference of two independent proportions d = p_c - p_b, the 95 %
 (`confidence`) interval is Newcombe's hybrid score interval (Newcombe 1998, "Interval estimation
@@ -32,6 +38,35 @@ from statistics import NormalDist
 from typing import Any, Iterable, Mapping, Sequence
 
 METHOD = "Newcombe hybrid score interval (Wilson, no continuity correction)"
+DEFAULT_MAX_ERROR_RATE = 0.01  # the share of an evaluation's rows that may error before results are refused
+
+
+class BrokenResults(ValueError):
+    """One side's results cannot be compared: too many of its rows errored."""
+
+
+def error_summary(rows: Sequence[Mapping[str, Any]], name: str) -> tuple[int, int, str | None]:
+    """(rows that errored in evaluation `name`, rows, the most common cause as "Type: reason")."""
+    causes: dict[str, int] = {}
+    errors = 0
+    for row in rows:
+        if row.get(f"{name}.passed") is None:
+            errors += 1
+            reason = " ".join(str(row.get(f"{name}.reason") or "").split())  # one line
+            cause = f"{row.get(f'{name}.error_type') or 'error'}: {reason}".strip()
+            causes[cause] = causes.get(cause, 0) + 1
+    return errors, len(rows), max(causes, key=causes.__getitem__) if causes else None
+
+
+def check_error_rate(rows: Sequence[Mapping[str, Any]], name: str, max_error_rate: float, what: str) -> None:
+    """BrokenResults when more than `max_error_rate` of `rows` errored in evaluation `name`."""
+    errors, total, cause = error_summary(rows, name)
+    if total == 0:
+        raise BrokenResults(f"{what}: no rows of evaluation {name!r}")
+    if errors / total > max_error_rate:
+        raise BrokenResults(f"{what}: {errors} of {total} rows of evaluation {name!r} errored "
+                            f"({errors / total:.1%}, more than the {max_error_rate:.1%} allowed by "
+                            f"--max-error-rate); most common cause: {cause}")
 OVERALL = "(all)"
 MISSING = "(missing)"
 
@@ -68,7 +103,8 @@ def newcombe_interval(successes_1: int, n_1: int, successes_2: int, n_2: int,
 
 @dataclass(frozen=True)
 class Side:
-    """One side's counts in one cohort: `n` scored rows, `passed` of them, `errors` left out."""
+    """One side's counts in one cohort: `n` rows, `passed` of them; `errors` of the others errored
+    (failures that are counted apart too)."""
 
     n: int = 0
     passed: int = 0
@@ -110,8 +146,10 @@ class Comparison:
     """The rows of a comparison, the regressions among them, and their rendering."""
 
     def __init__(self, rows: list[ComparisonRow], *, max_delta: float, confidence: float,
-                 baseline_label: str, candidate_label: str, skipped_evaluations: Sequence[str] = ()) -> None:
+                 baseline_label: str, candidate_label: str, skipped_evaluations: Sequence[str] = (),
+                 problems: Sequence[str] = ()) -> None:
         self.rows = rows
+        self.problems = list(problems)  # what fails the gate besides regressions (missing rows)
         self.max_delta = max_delta
         self.confidence = confidence
         self.baseline_label = baseline_label
@@ -122,6 +160,11 @@ class Comparison:
     def regressions(self) -> list[ComparisonRow]:
         return [row for row in self.rows if row.regression]
 
+    @property
+    def failed(self) -> bool:
+        """The candidate fails the gate: a regression, or a problem (rows missing)."""
+        return bool(self.regressions or self.problems)
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "baseline": self.baseline_label,
@@ -131,6 +174,8 @@ class Comparison:
             "interval": METHOD,
             "rule": "regression = change < -max_delta and ci_high < 0",
             "regressions": len(self.regressions),
+            "problems": self.problems,
+            "failed": self.failed,
             "skipped_evaluations": self.skipped_evaluations,
             "rows": [row.to_dict() for row in self.rows],
         }
@@ -153,6 +198,7 @@ class Comparison:
         lines += ["  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip() for line in table]
         if self.skipped_evaluations:
             lines.append(f"not in both: {', '.join(self.skipped_evaluations)}")
+        lines += [f"PROBLEM: {problem}" for problem in self.problems]
         found = self.regressions
         lines.append(f"{len(found)} regression(s)" + (": " + "; ".join(
             f"{r.evaluation} {r.cohort} {_points(r.change)} points" for r in found) if found else ""))
@@ -180,12 +226,17 @@ def compare_counts(evaluation: str, column: str | None, value: Any, baseline: Si
 def compare_results(base_rows: Sequence[Mapping[str, Any]], cand_rows: Sequence[Mapping[str, Any]], *,
                     base_label: str = "baseline", cand_label: str = "candidate", max_delta: float = 0.02,
                     by: str | Sequence[str] | None = None, confidence: float = 0.95,
-                    evaluations: Sequence[str] | None = None) -> Comparison:
+                    evaluations: Sequence[str] | None = None,
+                    max_error_rate: float = DEFAULT_MAX_ERROR_RATE) -> Comparison:
     """Pass-rate change per evaluation and cohort between two sets of results rows, with Newcombe
     intervals and regression flags (`dataset.compare` takes Datasets or results files). Evaluations
-    default to those present on both sides."""
+    default to those present on both sides. Errored rows count as failures; a side with more than
+    `max_error_rate` of an evaluation's rows errored raises `BrokenResults` (see the module
+    docstring)."""
     if isinstance(max_delta, bool) or not isinstance(max_delta, (int, float)) or not 0 <= max_delta < 1:
         raise ValueError(f"max_delta must be a number from 0 to 1 (0.02 = 2 points), got {max_delta!r}")
+    if isinstance(max_error_rate, bool) or not isinstance(max_error_rate, (int, float)) or not 0 <= max_error_rate <= 1:
+        raise ValueError(f"max_error_rate must be a number from 0 to 1 (0.01 = 1 %), got {max_error_rate!r}")
     z_value(confidence)
     columns = [by] if isinstance(by, str) else list(by or [])
     base_names, cand_names = evaluation_names(base_rows), evaluation_names(cand_rows)
@@ -206,17 +257,24 @@ def compare_results(base_rows: Sequence[Mapping[str, Any]], cand_rows: Sequence[
             if not any(column in row for row in rows):
                 raise ValueError(f"column {column!r} not in the {side} results")
 
+    problems: list[str] = []
+    for name in names:
+        check_error_rate(base_rows, name, max_error_rate, f"the baseline ({base_label})")
+        check_error_rate(cand_rows, name, max_error_rate, f"the candidate ({cand_label})")
     out: list[ComparisonRow] = []
     for name in names:
-        out.append(compare_counts(name, None, OVERALL, _count(base_rows, name), _count(cand_rows, name),
-                                  max_delta, confidence))
+        base_all, cand_all = _count(base_rows, name), _count(cand_rows, name)
+        if cand_all.n < base_all.n:
+            problems.append(f"{name}: the candidate has {cand_all.n} rows, the baseline {base_all.n} "
+                            f"({base_all.n - cand_all.n} missing)")
+        out.append(compare_counts(name, None, OVERALL, base_all, cand_all, max_delta, confidence))
         for column in columns:
             base_groups, cand_groups = _groups(base_rows, column), _groups(cand_rows, column)
             for value in dict.fromkeys([*base_groups, *cand_groups]):
                 out.append(compare_counts(name, column, value, _count(base_groups.get(value, []), name),
                                           _count(cand_groups.get(value, []), name), max_delta, confidence))
     return Comparison(out, max_delta=float(max_delta), confidence=confidence, baseline_label=base_label,
-                      candidate_label=cand_label, skipped_evaluations=skipped)
+                      candidate_label=cand_label, skipped_evaluations=skipped, problems=problems)
 
 
 def evaluation_names(rows: Sequence[Mapping[str, Any]]) -> list[str]:
@@ -233,10 +291,10 @@ def _count(rows: Iterable[Mapping[str, Any]], name: str) -> Side:
     n = passed = errors = 0
     for row in rows:
         verdict = row.get(f"{name}.passed")
+        n += 1
         if verdict is None:
-            errors += 1
+            errors += 1  # a failure of its side, counted apart too
         else:
-            n += 1
             passed += bool(verdict)
     return Side(n, passed, errors)
 
