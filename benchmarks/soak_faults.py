@@ -103,6 +103,8 @@ def run_fault(fault: str, args: argparse.Namespace, model: Path, work: Path) -> 
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "VLLM_", "TRACEAI_"))}
     env.update({"TRACEAI_VLLM_AUTO": "1", "OTEL_SERVICE_NAME": SERVICE, "OTEL_METRIC_EXPORT_INTERVAL": "2000",
                 "HF_HUB_OFFLINE": "1", "TRACEAI_EXPORT_PROCESS": "0" if args.in_process else "1"})
+    if args.buffer_spans is not None:
+        env["TRACEAI_EXPORT_BUFFER_SPANS"] = str(args.buffer_spans)
     hole = Blackhole() if fault == "blackhole" else None
     with RotelCollector(work / f"rotel-{fault}") as collector:
         env.update(collector.otel_env("grpc"))
@@ -162,6 +164,7 @@ def main() -> int:
     parser.add_argument("--outage-s", type=float, default=15.0, help="the collector's outage (restart)")
     parser.add_argument("--in-process", action="store_true",
                         help="TRACEAI_EXPORT_PROCESS=0: export from the API server itself (sigkill then has nothing to kill)")
+    parser.add_argument("--buffer-spans", type=int, help="TRACEAI_EXPORT_BUFFER_SPANS for the server (default: its own)")
     parser.add_argument("--work-dir", help="keep the servers' and collectors' logs here (default: a temporary folder)")
     parser.add_argument("--faults", default=",".join(FAULTS), help=f"comma-separated, of {', '.join(FAULTS)}")
     args = parser.parse_args()
@@ -180,7 +183,8 @@ def main() -> int:
             print(f"  {fault}: {row}", file=sys.stderr, flush=True)
     print(f"{args.requests} requests at concurrency {args.concurrency}, at most {args.rate:g}/s; "
           f"outage {args.outage_s:g} s (restart); "
-          f"{'in-process export' if args.in_process else 'export process'}")
+          f"{'in-process export' if args.in_process else 'export process'}"
+          + (f"; TRACEAI_EXPORT_BUFFER_SPANS={args.buffer_spans}" if args.buffer_spans is not None else ""))
     print("| fault | finished | failed | delivered | counted (reason) | delivered + counted - finished "
           "| load s | stop s | p50 / p99 ms | server / export process peak RSS MiB |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")

@@ -1,7 +1,7 @@
 """Faults against the zero-code vLLM server (the export process on, its outage buffer), as an
 operator meets them: the collector absent at start, killed and restarted mid-load, blackholed; the
 export process SIGKILLed holding a backlog; the server stopped by SIGTERM and by Ctrl-C (SIGINT to
-its process group) right after its last answer. Each asserts that serving answered every request
+its process group) right after its last answer; a trace file that becomes unwritable; a 401. Each asserts that serving answered every request
 and that every request's span is delivered or counted (`traceai.telemetry.dropped`, as exported to
 the collector): delivered + counted = finished. The 2,000-request runs are benchmarks/soak_faults.py."""
 
@@ -56,25 +56,47 @@ def _accounted(collector, answered: set[str], finished: int) -> tuple[int, dict[
 def test_a_collector_killed_mid_load_then_ctrl_c_loses_no_request_span(tmp_path, model_dirs):
     """The collector killed with requests coming and restarted on the same ports; the server then
     interrupted (SIGINT to its process group) right after its last answer, with spans still in the
-    export process's buffer: all 40 delivered, none counted, and the server stops by itself."""
+    export process's buffer: all 40 delivered, none counted, and the server stops by itself. The
+    server requires an API key: a request with a wrong one is refused (401), and neither key shows
+    in anything the collector received. The export process, having exported real vLLM records,
+    says at its stop that it imported none of torch, transformers, vllm."""
+    import json
+    import urllib.error
+
+    import pytest
+
+    from fi_evals_core.testing.vllm_server import CPU_ARGS
+
+    key, wrong = "sk-fault-0123456789abcdef", "sk-wrong-fedcba9876543210"
+
+    def load(pool, numbers):
+        return list(pool.map(lambda i: complete(server.base_url, i, api_key=key), numbers))
+
     with RotelCollector(tmp_path / "rotel") as collector:
         with vllm_server(sys.executable, model_dirs["llama"], _env(**collector.otel_env("grpc")),
-                         tmp_path / "server.log") as server:
+                         tmp_path / "server.log", args=(*CPU_ARGS, "--api-key", key)) as server:
             with ThreadPoolExecutor(4) as pool:
-                first = _load(pool, server.base_url, range(10))
+                first = load(pool, range(10))
                 collector.kill()  # the collector goes down with requests still coming
-                during = _load(pool, server.base_url, range(10, 30))
+                during = load(pool, range(10, 30))
                 # the export process has tried the dead collector and kept the spans (its log says so)
                 wait_until(lambda: _log_count(server, KEPT) >= 1, 60, "a failed export in the server's log")
                 collector.restart()
-                after = _load(pool, server.base_url, range(30, 40))
+                with pytest.raises(urllib.error.HTTPError) as refused:
+                    complete(server.base_url, 99, api_key=wrong)
+                assert refused.value.code == 401
+                after = load(pool, range(30, 40))
             assert server.stop(signal.SIGINT) is not None  # Ctrl-C: it stopped on its own
         answered = set(first + during + after)
         assert len(answered) == 40  # serving answered every request
         delivered, counted = _accounted(collector, answered, 40)
+        received = json.dumps([collector.spans(), collector.metrics()], default=str)
     # delivered + counted = finished; with the outage shorter than the buffer holds, nothing is lost
     assert delivered + sum(counted.values()) == 40
     assert delivered == 40 and not counted
+    assert key not in received and wrong not in received
+    log = server.log.read_text(errors="replace")
+    assert "imported none of torch, transformers, vllm" in log and "not a plain built-in type" not in log
 
 
 def test_collector_absent_at_start_and_an_export_process_sigkilled_holding_a_backlog(tmp_path, model_dirs):
@@ -127,33 +149,37 @@ def test_a_blackholed_collector_costs_a_bounded_stop_and_every_span_is_counted(t
     assert delivered == 0 and counted == {"collector_unreachable": 12}
 
 
-def test_sigterm_right_after_the_last_answer_loses_no_span_and_a_401_records_no_credential(tmp_path, model_dirs):
-    """A healthy collector, the export process alive, SIGTERM to the server's process group right
-    after its last answer: every span delivered, none counted. The server requires an API key: a
-    request with a wrong one is refused (401), and neither key shows in anything the collector
-    received. The export process, having exported real vLLM records, says at its stop that it
-    imported none of torch, transformers, vllm."""
+def test_a_trace_file_that_becomes_unwritable_mid_load_counts_every_span_it_loses(tmp_path, model_dirs):
+    """Spans to a JSONL file (metrics to the collector): the file is replaced by a directory while
+    the server runs, and every write fails from then on. Serving is unaffected; the spans written
+    before are in the file, every later one is counted (export_failed): delivered + counted =
+    finished."""
     import json
-    import urllib.error
 
-    import pytest
+    from fi_evals_core.telemetry.losses import EXPORT_FAILED
 
-    from fi_evals_core.testing.vllm_server import CPU_ARGS
+    traces = tmp_path / "spans.jsonl"
 
-    key, wrong = "sk-fault-0123456789abcdef", "sk-wrong-fedcba9876543210"
+    def written() -> set[str]:
+        if not traces.is_file():
+            return set()
+        return {json.loads(line)["attributes"].get("gen_ai.response.id") for line in traces.read_text().splitlines()
+                if json.loads(line)["scope"]["name"] == "traceai_vllm"}
+
     with RotelCollector(tmp_path / "rotel") as collector:
-        with vllm_server(sys.executable, model_dirs["llama"], _env(**collector.otel_env("grpc")),
-                         tmp_path / "server.log", args=(*CPU_ARGS, "--api-key", key)) as server:
+        env = _env(OTEL_TRACES_EXPORTER="jsonl", TRACEAI_TRACES_FILE=str(traces),
+                   OTEL_EXPORTER_OTLP_METRICS_ENDPOINT=collector.grpc_endpoint, OTEL_EXPORTER_OTLP_INSECURE="true")
+        with vllm_server(sys.executable, model_dirs["llama"], env, tmp_path / "server.log") as server:
             with ThreadPoolExecutor(4) as pool:
-                answered = set(pool.map(lambda i: complete(server.base_url, i, api_key=key), range(20)))
-            with pytest.raises(urllib.error.HTTPError) as refused:
-                complete(server.base_url, 99, api_key=wrong)
-            assert refused.value.code == 401
+                before = _load(pool, server.base_url, range(10))
+                wait_until(lambda: set(before) <= written(), 60, "the first spans in the file")
+                traces.unlink()
+                traces.mkdir()  # the destination is gone, a directory in its place
+                after = _load(pool, server.base_url, range(10, 25))
             assert server.stop(signal.SIGTERM) is not None
-        assert len(answered) == 20
-        got, dropped = _accounted(collector, answered, 20)
-        received = json.dumps([collector.spans(), collector.metrics()], default=str)
-    assert got == 20 and not dropped
-    assert key not in received and wrong not in received
-    log = server.log.read_text(errors="replace")
-    assert "imported none of torch, transformers, vllm" in log and "not a plain built-in type" not in log
+        answered = set(before + after)
+        assert len(answered) == 25
+        wait_until(lambda: _counted(collector).get(EXPORT_FAILED, 0) >= 15, 60, "the failed writes counted")
+        counted = _counted(collector)
+    assert counted == {EXPORT_FAILED: 15}  # exactly the spans written after the file was gone
+    assert "dropped: the exporter failed to deliver them" in server.log.read_text(errors="replace")
