@@ -268,4 +268,17 @@ def _otlp_exporter(config: TelemetryConfig, signal: str, endpoint: str | None, *
     }
     if config.otlp_protocol == "grpc" and endpoint:
         kwargs["insecure"] = endpoint.startswith("http://")
+        kwargs["channel_options"] = GRPC_CHANNEL_OPTIONS
     return exporter_class(**kwargs, **extra)
+
+
+# gRPC's own reconnect backoff grows to 120 s while a collector is down, and channels share it
+# (the global subchannel pool), so a collector back after a 30 s outage would not be reached for
+# tens of seconds more, and a stop in that window would count every kept span as lost. Here: the
+# collector is asked again at most 5 s apart, and each exporter's channel keeps its own state.
+GRPC_CHANNEL_OPTIONS = (
+    ("grpc.initial_reconnect_backoff_ms", 500),
+    ("grpc.min_reconnect_backoff_ms", 500),
+    ("grpc.max_reconnect_backoff_ms", 5000),
+    ("grpc.use_local_subchannel_pool", 1),
+)
