@@ -449,3 +449,16 @@ def test_compare_flags_a_large_cohort_not_a_tiny_one(tmp_path):
     with pytest.raises(ValueError, match="max_delta"):
         compare(baseline, candidate, max_delta=2)
 
+
+
+def test_a_byte_order_mark_is_not_part_of_the_first_column(tmp_path):
+    """Spreadsheet programs write UTF-8 CSV with a byte-order mark: the first column is `response`,
+    not `\\ufeffresponse` (and the same for JSONL)."""
+    csv_file = tmp_path / "golden.csv"
+    csv_file.write_bytes("\ufeffresponse,reference\nThe cat sat.,A cat sat on the mat.\n".encode("utf-8"))
+    jsonl_file = tmp_path / "golden.jsonl"
+    jsonl_file.write_bytes(("\ufeff" + json.dumps({"response": "The cat sat.", "reference": "A cat sat."}) + "\n")
+                           .encode("utf-8"))
+    for path in (csv_file, jsonl_file):
+        rows = Dataset.load(path).rows
+        assert list(rows[0])[0] == "response" and rows[0]["response"] == "The cat sat.", path

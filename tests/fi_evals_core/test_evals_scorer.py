@@ -179,3 +179,24 @@ def test_bfloat16_weights_score_close_to_float32(nli_checkpoint):
     fp32, _ = NLIScorer.from_pretrained(path, device="cpu", dtype="float32").score_pairs(*pairs)
     bf16, _ = NLIScorer.from_pretrained(path, device="cpu", dtype="bfloat16").score_pairs(*pairs)
     assert max(abs(a - b) for a, b in zip(fp32, bf16)) < 0.03
+
+
+def test_a_local_model_path_that_does_not_exist_is_said_at_once(tmp_path, monkeypatch):
+    """Not the hub's "Repo id must be in the form ..." error, nor a wait on the network."""
+    missing = tmp_path / "checkpoints" / "v7"
+    with pytest.raises(FileNotFoundError, match=f"the NLI model: no model at {missing}"):
+        NLIScorer.from_pretrained(str(missing), device="cpu")
+    monkeypatch.setenv("FI_EVALS_MODEL", "./no/such/model")
+    with pytest.raises(FileNotFoundError, match="FI_EVALS_MODEL: no model at ./no/such/model"):
+        NLIScorer.from_pretrained(device="cpu")
+
+
+def test_a_cuda_device_this_machine_lacks_is_a_config_error_naming_its_source(nli_checkpoint, monkeypatch):
+    """FI_EVALS_DEVICE=cuda on a CPU-only machine (or cuda:N past the last GPU): a ConfigError naming
+    the variable, not a torch assertion at the first batch."""
+    absent = "cuda" if not torch.cuda.is_available() else f"cuda:{torch.cuda.device_count()}"
+    monkeypatch.setenv("FI_EVALS_DEVICE", absent)
+    with pytest.raises(ConfigError, match=f"FI_EVALS_DEVICE='{absent}' is not valid"):
+        NLIScorer.from_pretrained(nli_checkpoint("bert"))
+    with pytest.raises(ConfigError, match=f"device='{absent}' is not valid"):
+        NLIScorer.from_pretrained(nli_checkpoint("bert"), device=absent)

@@ -100,8 +100,9 @@ class Dataset:
 
     @classmethod
     def from_csv(cls, path: str | Path, *, delimiter: str = ",", **kwargs: Any) -> "Dataset":
-        """Every column kept as text, as the file has it (no type guessing)."""
-        with Path(path).open(newline="", encoding="utf-8") as fh:
+        """Every column kept as text, as the file has it (no type guessing); a UTF-8 byte-order mark
+        (as spreadsheet programs write) is not part of the first column's name."""
+        with Path(path).open(newline="", encoding="utf-8-sig") as fh:
             reader = csv.DictReader(fh, delimiter=delimiter)
             if not reader.fieldnames:
                 raise ValueError(f"{path}: no header row")
@@ -391,7 +392,7 @@ def write_results(rows: Sequence[Mapping[str, Any]], path: str | Path) -> Path:
 def read_json_rows(path: str | Path) -> list[dict[str, Any]]:
     """JSONL (one object per line) or, for a file that is one JSON list of objects, that list."""
     path = Path(path)
-    text = path.read_text(encoding="utf-8")
+    text = path.read_text(encoding="utf-8-sig")  # a byte-order mark is not JSON
     stripped = text.lstrip()
     if stripped.startswith("["):
         data = json.loads(stripped)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from .config import EvalsConfig, parse_device
@@ -103,7 +104,9 @@ class NLIScorer:
 
         config = EvalsConfig.from_env()
         name = name_or_path or config.model
+        _check_local_path(name, "the NLI model" if name_or_path else "FI_EVALS_MODEL")
         target = resolve_device(parse_device(device or config.device))
+        _check_device(target, "device" if device else "FI_EVALS_DEVICE")
         torch_dtype = resolve_dtype(dtype or config.dtype, target)
         tokenizer = AutoTokenizer.from_pretrained(name)
         model = AutoModelForSequenceClassification.from_pretrained(name, dtype=torch_dtype)
@@ -277,6 +280,34 @@ def model_max_length(config: Any, tokenizer: Any) -> int:
     if cap and cap < 1_000_000:
         limits.append(cap)
     return min(limits) if limits else 512
+
+
+def _check_local_path(name: str, what: str) -> None:
+    """A name that can only be a local path (a hub id is `name` or `org/name`) must exist: said at
+    once, not as the hub's "Repo id must be in the form" error (or a wait on the network)."""
+    import os
+
+    path = Path(name).expanduser()
+    looks_local = name.startswith(("/", "./", "../", "~")) or name.count("/") > 1 or os.sep != "/" and os.sep in name
+    if looks_local and not path.exists():
+        raise FileNotFoundError(f"{what}: no model at {name} (a local path that does not exist)")
+
+
+def _check_device(device: str, what: str) -> None:
+    """A CUDA device that this machine does not have is a configuration error naming its source,
+    not a torch assertion at the first batch."""
+    if not device.startswith("cuda"):
+        return
+    import torch
+
+    from ..telemetry.config import ConfigError
+
+    if not torch.cuda.is_available():
+        raise ConfigError(what, device, "CUDA is not available here (this torch has no CUDA or sees no GPU); "
+                                        "use cpu or auto")
+    index = int(device.partition(":")[2] or 0)
+    if index >= torch.cuda.device_count():
+        raise ConfigError(what, device, f"this machine has {torch.cuda.device_count()} CUDA device(s)")
 
 
 def resolve_device(device: str) -> str:
