@@ -191,7 +191,7 @@ def test_a_run_whose_scorer_cannot_load_exits_3_with_the_cause_and_keeps_its_row
                       "--nli-model", tmp_path / "no-such-model", "--no-progress")
     assert broken.returncode == 3, broken.stderr
     assert "6 of 6 rows of evaluation 'factual_consistency' errored" in broken.stderr
-    assert "most common cause: OSError" in broken.stderr and "no-such-model" in broken.stderr
+    assert "most common cause: FileNotFoundError" in broken.stderr and "no-such-model" in broken.stderr
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(rows) == 6 and all(r["factual_consistency.passed"] is None for r in rows)
     # and that candidate cannot pass a comparison: it is refused (exit 2), with the cause
@@ -201,7 +201,7 @@ def test_a_run_whose_scorer_cannot_load_exits_3_with_the_cause_and_keeps_its_row
     base.write_text("".join(json.dumps(r) + "\n" for r in rows_ok))
     refused = fi_evals("compare", base, out)
     assert refused.returncode == 2, refused.stdout
-    assert "the candidate" in refused.stderr and "6 of 6 rows" in refused.stderr and "OSError" in refused.stderr
+    assert "the candidate" in refused.stderr and "6 of 6 rows" in refused.stderr and "FileNotFoundError" in refused.stderr
 
 
 def test_compare_counts_errors_as_failures_refuses_past_the_error_rate_and_flags_missing_rows(tmp_path):

@@ -84,8 +84,32 @@ def test_jsonl_csv_dataframe_round_trips_keep_every_column(tmp_path, rows):
     with pytest.raises(FileNotFoundError, match="nope.jsonl"):
         Dataset.load(tmp_path / "nope.jsonl")
     (tmp_path / "bad.jsonl").write_text('{"a": 1}\n[1, 2]\n')
-    with pytest.raises(ValueError, match=r"bad.jsonl:2: a JSON object per line"):
-        Dataset.load(tmp_path / "bad.jsonl")
+    assert Dataset.load(tmp_path / "bad.jsonl").rows[1] == {  # kept, as an error row naming its line
+        "input_error": f"{tmp_path / 'bad.jsonl'}:2: a JSON object per line was expected, got list"}
+    (tmp_path / "worse.jsonl").write_text('"text"\n{"a": \n')
+    with pytest.raises(ValueError, match=r"worse.jsonl: no line is a usable JSON object"):
+        Dataset.load(tmp_path / "worse.jsonl")
+
+
+def test_a_malformed_line_and_a_lone_surrogate_are_error_rows_and_the_run_completes(tmp_path, scorer):
+    """One bad line (not JSON) and one row with a lone surrogate (valid JSON, not encodable as
+    UTF-8): each gets an error result naming its line, the other rows are scored, and the results
+    file is written whole and reads back."""
+    good = {"response": "The cat sat on the mat.", "reference": "A cat sat on the mat."}
+    data_file = tmp_path / "golden.jsonl"
+    data_file.write_text(json.dumps(good) + "\n" + '{"response": "broken\n'
+                         + '{"response": "\\ud800 half a pair", "reference": "x"}\n' + json.dumps(good) + "\n")
+    data = Dataset.load(data_file)
+    data.add_evaluation(FactualConsistency(scorer=scorer), {"reference": "reference"})
+    results = data.run(progress=False)
+    verdicts = [r["factual_consistency.passed"] for r in results]
+    assert verdicts[1] is None and verdicts[2] is None and None not in (verdicts[0], verdicts[3])
+    assert results[1]["factual_consistency.error_type"] == "InputError"
+    assert f"{data_file}:2: not JSON" in results[1]["factual_consistency.reason"]
+    assert f"{data_file}:3: text that UTF-8 cannot encode" in results[2]["factual_consistency.reason"]
+    out = data.save(tmp_path / "results.jsonl")
+    back = Dataset.from_results(out).results
+    assert len(back) == 4 and back[2]["response"] == "\ud800 half a pair"  # kept whole, as its JSON escape
 
 
 def test_add_evaluation_checks_the_mapping(rows, scorer):

@@ -11,6 +11,10 @@ original column unchanged, `checkpoint` when known, and per evaluation named N t
 `N.score`, `N.passed`, `N.label`, `N.reason`, `N.error_type` and `N.claims` (a list of claim dicts;
 a JSON string in Parquet). A row whose evaluation failed (bad input, scorer error) has
 `N.passed` null and `N.error_type` set: it is counted as an error, never as a fail.
+
+A row that cannot be evaluated as read (a JSONL line that is not JSON, text with a lone surrogate
+that UTF-8 cannot encode) is kept, with its problem in the `input_error` column (`INPUT_ERROR`):
+every evaluation gives it an error result (`InputError`) and the run goes on.
 """
 
 from __future__ import annotations
@@ -26,6 +30,12 @@ from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping, Sequence
 from .evaluators import Evaluator, evaluator_class
 from .regression import DEFAULT_MAX_ERROR_RATE, Comparison, cohort_key, compare_results, evaluation_names
 from .result import EvalResult
+
+INPUT_ERROR = "input_error"  # the column holding why a row could not be evaluated as read
+
+
+class InputError(ValueError):
+    """A row that could not be evaluated as read (its `input_error` column says why)."""
 
 if TYPE_CHECKING:
     import pandas
@@ -141,7 +151,7 @@ class Dataset:
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"results file not found: {path}")
-        lines = _read_parquet(path) if path.suffix.lower() == ".parquet" else read_json_rows(path)
+        lines = _read_parquet(path) if path.suffix.lower() == ".parquet" else read_json_rows(path, strict=True)
         names = evaluation_names(lines)
         for line in lines:
             for name in names:
@@ -278,9 +288,13 @@ class Dataset:
                 bar.set_description(evaluation.name)
                 for first in range(0, len(self.rows), batch_size):
                     chunk = self.rows[first:first + batch_size]
-                    items = [{key: row.get(col) for key, col in evaluation.mapping.items()} for row in chunk]
-                    scored = evaluation.evaluator.evaluate_batch(items, on_pairs_done=on_pairs_done)
-                    for row, result in zip(results[first:first + batch_size], scored):
+                    usable = [i for i, row in enumerate(chunk) if not row.get(INPUT_ERROR)]
+                    items = [{key: chunk[i].get(col) for key, col in evaluation.mapping.items()} for i in usable]
+                    scored = dict(zip(usable, evaluation.evaluator.evaluate_batch(items, on_pairs_done=on_pairs_done)
+                                      if items else []))
+                    for i, row in enumerate(results[first:first + batch_size]):
+                        result = scored.get(i) or EvalResult.from_error(
+                            evaluation.name, InputError(chunk[i][INPUT_ERROR]), evaluation.evaluator.threshold)
                         row.update(result_columns(evaluation.name, result))
                     bar.update(len(chunk))
         self.results = results
@@ -385,31 +399,58 @@ def write_results(rows: Sequence[Mapping[str, Any]], path: str | Path) -> Path:
         return path
     with path.open("w", encoding="utf-8") as fh:
         for row in rows:
-            fh.write(json.dumps(row, ensure_ascii=False, default=_json_default) + "\n")
+            line = json.dumps(row, ensure_ascii=False, default=_json_default)
+            if not _encodable(line):  # a lone surrogate: written as its JSON escape, the row kept whole
+                line = json.dumps(row, ensure_ascii=True, default=_json_default)
+            fh.write(line + "\n")
     return path
 
 
-def read_json_rows(path: str | Path) -> list[dict[str, Any]]:
-    """JSONL (one object per line) or, for a file that is one JSON list of objects, that list."""
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
+
+
+def read_json_rows(path: str | Path, strict: bool = False) -> list[dict[str, Any]]:
+    """JSONL (one object per line) or, for a file that is one JSON list of objects, that list. A line
+    that is not a JSON object becomes a row with only `input_error` (with `strict`, as for a results
+    file this project wrote, it is a ValueError naming the line)."""
     path = Path(path)
     text = path.read_text(encoding="utf-8-sig")  # a byte-order mark is not JSON
     stripped = text.lstrip()
     if stripped.startswith("["):
-        data = json.loads(stripped)
+        try:
+            data = json.loads(stripped)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path}: starts with '[' but is not one JSON list of objects ({exc})") from None
         if not all(isinstance(item, dict) for item in data):
             raise ValueError(f"{path}: a JSON list of objects (rows) was expected")
         return data
-    rows = []
+    rows: list[dict[str, Any]] = []
     for number, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         try:
             row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{path}:{number}: not JSON ({exc.msg})") from None
-        if not isinstance(row, dict):
-            raise ValueError(f"{path}:{number}: a JSON object per line was expected, got {type(row).__name__}")
+        except json.JSONDecodeError as exc:  # kept as an error row: one bad line does not lose the run
+            row = f"{path}:{number}: not JSON ({exc.msg})"
+        else:
+            if not isinstance(row, dict):
+                row = f"{path}:{number}: a JSON object per line was expected, got {type(row).__name__}"
+        if isinstance(row, str):
+            if strict:
+                raise ValueError(row)
+            rows.append({INPUT_ERROR: row})
+            continue
+        if not _encodable(json.dumps(row, ensure_ascii=False)):
+            row[INPUT_ERROR] = f"{path}:{number}: text that UTF-8 cannot encode (a lone surrogate)"
         rows.append(row)
+    bad = sum(1 for row in rows if row.get(INPUT_ERROR))
+    if rows and bad == len(rows):
+        raise ValueError(f"{path}: no line is a usable JSON object ({rows[0][INPUT_ERROR]})")
     return rows
 
 
