@@ -341,8 +341,8 @@ class ExportProcess:
 
     def _gone(self) -> None:
         """The child exited. Expected after a shutdown marker; otherwise one warning, and the sender
-        does the child's work here from now on. What the child had read but not exported yet is lost
-        with it (a flush that was waiting on it returns False)."""
+        does the child's work here from now on. The items of the frames it had not settled died with
+        it and are counted (`export_process_lost`); a flush that was waiting on it returns False."""
         with self._unsettled_lock:  # what it had not settled died with it
             held = sum(items for _, items in self._unsettled)
             self._unsettled.clear()

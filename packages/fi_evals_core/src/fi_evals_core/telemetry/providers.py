@@ -158,12 +158,10 @@ class ExportingSpanProcessor(BatchSpanProcessor):
         queue = processor._queue
         if len(queue) >= queue.maxlen:
             try:
-                pushed_out = queue[-1]  # the oldest: the SDK's appendleft drops it
-            except IndexError:  # the worker took a batch meanwhile: nothing is dropped
-                pushed_out = None
-            if pushed_out is not None:
+                settled((queue[-1],))  # the oldest: the SDK's appendleft drops it
                 losses.add(QUEUE_FULL)
-                settled((pushed_out,))
+            except IndexError:  # the worker took a batch meanwhile: nothing is dropped
+                pass
         processor.emit(span)
 
     def shutdown(self) -> None:
