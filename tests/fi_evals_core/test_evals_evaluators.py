@@ -41,15 +41,32 @@ def test_factual_consistency_is_the_mean_best_support_and_fails_on_a_contradicti
     assert [c.evidence for c in result.claims] == [B, A]
     assert "least supported" in result.reason and '"c2"' in result.reason
 
-    table.append(evidence("c3", [0.3, 0.2], [0.1, 0.7]))  # contradicted: 0.7 >= 0.5 and > its support
+    # contradicted: its best chunk (B) contradicts it at 0.7 >= 0.5, above that chunk's support
+    table.append(evidence("c3", [0.2, 0.25], [0.1, 0.7]))
     result = fc.judge(table)
-    assert result.score == pytest.approx((0.9 + 0.6 + 0.3) / 3)
+    assert result.score == pytest.approx((0.9 + 0.6 + 0.25) / 3)
     assert result.passed is False and result.label == "fail"
     assert '"c3"' in result.reason and "contradiction 0.70" in result.reason and "Beta passage" in result.reason
-    assert result.claims[2].contradicting == B and result.claims[2].evidence == A
+    assert result.claims[2].contradicting == B and result.claims[2].evidence == B
 
     # a high contradiction below the claim's support is not a contradiction
     assert fc.judge([evidence("c", [0.9, 0.1], [0.0, 0.6])]).passed is True
+
+
+def test_a_contradiction_from_another_chunk_does_not_veto_a_supported_claim():
+    """The 0.92 / 0.95 case: A supports the claim at 0.92; B, an unrelated chunk of a long document,
+    'contradicts' it at 0.95. Only the best chunk's contradiction counts, so the claim passes."""
+    fc = FactualConsistency(scorer=object(), threshold=0.5)
+    result = fc.judge([evidence("c", [0.92, 0.01], [0.03, 0.95])])
+    assert result.passed is True and result.score == pytest.approx(0.92)
+    claim = result.claims[0]
+    assert claim.evidence == A and claim.contradiction == pytest.approx(0.03) and claim.contradicting is None
+    # the same figures from the same chunk: support 0.01 beside contradiction 0.95 is a veto, whatever
+    # another chunk says; the mean support still passes the threshold, the veto fails the row
+    vetoed = fc.judge([evidence("c1", [0.9, 0.1], [0.0, 0.0]), evidence("c2", [0.3, 0.6], [0.1, 0.35]),
+                       evidence("c3", [0.45, 0.2], [0.52, 0.1])])
+    assert vetoed.score >= 0.5 and vetoed.passed is False
+    assert [c.contradicting for c in vetoed.claims] == [None, None, A]
     # 2-way checkpoints have no contradiction: only the support counts
     assert fc.judge([evidence("c", [0.45, 0.55])]).passed is True
 

@@ -157,10 +157,10 @@ class Gated(Groundedness):
         self.gate = gate
         self.started = threading.Event()
 
-    def evaluate_batch(self, items, on_pairs_done=None):
+    def evaluate_batch(self, items, on_progress=None):
         self.started.set()
         assert self.gate.wait(30)
-        return super().evaluate_batch(items, on_pairs_done)
+        return super().evaluate_batch(items, on_progress)
 
 
 def test_a_full_queue_drops_and_counts_without_waiting(instrument_with, inline_on, scorer):

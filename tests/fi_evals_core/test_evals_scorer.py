@@ -119,20 +119,34 @@ def test_a_sentence_longer_than_the_budget_becomes_token_windows(nli_checkpoint)
     assert chunks[0].start == 0 and chunks[-1].end == len(words)
 
 
-def test_no_pair_exceeds_the_models_window(nli_checkpoint):
-    """A model with a 64-position table: long premises and a long claim still fit, nothing is lost."""
+def test_no_pair_exceeds_the_models_window_and_a_long_claim_is_scored_whole(nli_checkpoint):
+    """A model with a 64-position table: long premises and a claim longer than half the window fit,
+    and nothing is cut: the claim is scored in windows, as its weakest window."""
     path = nli_checkpoint("roberta", max_positions=64)
     scorer = NLIScorer.from_pretrained(path, device="cpu")
     assert scorer.max_length == 64
-    seen: list[int] = []
-    claim = " ".join(["the cat sees the door"] * 20) + "."
-    evidence = scorer.score([ScoreRequest([claim, "A dog."], [QAGS[0]["document"]])])[0]
-    for item in evidence:
-        for chunk in item.chunks:
-            ids = scorer.tokenizer(chunk.text, item.claim)["input_ids"]
-            seen.append(len(ids))
-    assert max(seen) <= 64
-    assert evidence[0].claim != claim and claim.startswith(evidence[0].claim)  # capped at half the window
+    fed: list[int] = []
+    original = scorer.score_pairs
+
+    def recording(premises, hypotheses):
+        fed.extend(len(ids) for ids in scorer.tokenizer(list(premises), list(hypotheses))["input_ids"])
+        return original(premises, hypotheses)
+
+    scorer.score_pairs = recording
+    claim = " ".join(f"the cat number {i} sees the door" for i in range(12)) + "."
+    document = QAGS[0]["document"]
+    evidence = scorer.score([ScoreRequest([claim, "A dog."], [document])])[0]
+    assert max(fed) <= 64
+    windows = scorer.claim_windows(claim, scorer.token_lengths([claim])[0])
+    assert len(windows) >= 3 and evidence[0].windows == len(windows) and evidence[1].windows == 1
+    assert evidence[0].claim == claim  # the whole claim, not its first 30 tokens
+    assert " ".join(text for text, _ in windows).split() == claim.split()  # every word in some window
+    # the same windows scored as claims of their own: the long claim's evidence is the weakest one's
+    alone = scorer.score([ScoreRequest([text for text, _ in windows] + ["A dog."], [document])])[0]
+    weakest = min(alone[:-1], key=lambda e: max(e.support))
+    assert evidence[0].support == weakest.support and evidence[0].contradiction == weakest.contradiction
+    assert evidence[1].support == alone[-1].support
+    assert min(max(e.support) for e in alone[:-1]) < max(max(e.support) for e in alone[:-1])  # windows differ
 
 
 def test_a_100000_word_reference_is_scored_whole_in_bounded_batches(nli_checkpoint):

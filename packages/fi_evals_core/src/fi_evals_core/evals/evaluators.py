@@ -8,8 +8,12 @@ score every (chunk, claim) pair, and reads a verdict from the evidence in its ow
 | `Groundedness` | response | context passages | the weakest claim's support | score >= threshold |
 | `TaskCompletion` | expected output (given) / response (not) | response / task | mean support of the expected claims by the response / 1 - strongest contradiction of the task | score >= threshold |
 
-A claim is "contradicted" when its strongest contradiction over the chunks is at least 0.5 and
-above its best support (3-way checkpoints only). `Faithfulness` counts claims (a response with one
+A claim is "contradicted" when the chunk that supports it best also contradicts it: that chunk's
+contradiction is at least 0.5 and above its support (3-way checkpoints only). A contradiction from
+another chunk does not count: a claim supported at 0.92 by one passage is not vetoed by an
+unrelated passage of a long document that the model reads as contradicting it at 0.95 (MiniCheck,
+AlignScore and SummaC read the best chunk only, too). The verdict is read from the evidence, so the
+fused and the PyTorch scoring paths share it. `Faithfulness` counts claims (a response with one
 unsupported claim out of four scores 0.75 whatever the probabilities); `Groundedness` is as strong
 as its weakest claim and says which passage grounds each claim.
 """
@@ -65,18 +69,22 @@ def quote(text: str) -> str:
 
 
 def claim_result(evidence: ClaimEvidence) -> ClaimResult:
+    """The claim, its best-supporting chunk, and that chunk's contradiction (`contradicting` is set
+    when the claim is contradicted, see the module docstring)."""
     if not evidence.support:
-        return ClaimResult(evidence.claim, 0.0, None, None)
+        return ClaimResult(evidence.claim, 0.0, None, None, windows=evidence.windows)
     best = evidence.best()
+    support, chunk = evidence.support[best], evidence.chunks[best]
     if not evidence.contradiction:
-        return ClaimResult(evidence.claim, evidence.support[best], None, evidence.chunks[best])
-    worst = max(range(len(evidence.contradiction)), key=evidence.contradiction.__getitem__)
-    return ClaimResult(evidence.claim, evidence.support[best], evidence.contradiction[worst],
-                       evidence.chunks[best], evidence.chunks[worst])
+        return ClaimResult(evidence.claim, support, None, chunk, windows=evidence.windows)
+    contradiction = evidence.contradiction[best]
+    contradicted = contradiction >= CONTRADICTED and contradiction > support
+    return ClaimResult(evidence.claim, support, contradiction, chunk, chunk if contradicted else None,
+                       evidence.windows)
 
 
 def is_contradicted(claim: ClaimResult) -> bool:
-    return claim.contradiction is not None and claim.contradiction >= CONTRADICTED and claim.contradiction > claim.support
+    return claim.contradicting is not None
 
 
 class Evaluator:
@@ -114,8 +122,9 @@ class Evaluator:
         return self.judge_task(task, self.scorer.score([ScoreRequest(task.claims, task.premises)])[0])
 
     def evaluate_batch(self, items: Iterable[Mapping[str, Any]],
-                       on_pairs_done: Callable[[int], None] | None = None) -> list[EvalResult]:
-        """Score many items in one batched pass; a bad item gets an error result of its own."""
+                       on_progress: Callable[[int, int], None] | None = None) -> list[EvalResult]:
+        """Score many items in one batched pass; a bad item gets an error result of its own.
+        `on_progress(done, total)`: the (chunk, claim) pairs scored so far, after each model batch."""
         prepared: list[Task | EvalResult] = []
         for item in items:
             try:
@@ -131,7 +140,7 @@ class Evaluator:
             evidence = [exc] * len(requests)
         else:
             try:
-                evidence = scorer.score(requests, on_pairs_done)
+                evidence = scorer.score(requests, on_progress)
             except Exception:  # noqa: BLE001 - find the item that fails, score the rest
                 evidence = [self._score_alone(scorer, r) for r in requests]
         results: list[Any] = list(prepared)
@@ -282,11 +291,12 @@ class TaskCompletion(Evaluator):
             weakest = min(claims, key=lambda c: c.support)
             reason = (f"the response covers the expected answer with mean support {score:.2f}; "
                       f"least covered: {quote(weakest.claim)} (support {weakest.support:.2f})")
-        else:
-            worst = max(claims, key=lambda c: c.contradiction or 0.0)
-            score = 1.0 - (worst.contradiction or 0.0)
-            reason = (f"no expected output given; strongest conflict with the task: {quote(worst.claim)} "
-                      f"(contradiction {worst.contradiction or 0.0:.2f})")
+        else:  # every part of the task binds: the strongest contradiction from any chunk of it counts
+            strongest = [max(e.contradiction or [0.0]) for e in evidence]
+            worst = max(range(len(claims)), key=strongest.__getitem__)
+            score = 1.0 - strongest[worst]
+            reason = (f"no expected output given; strongest conflict with the task: {quote(claims[worst].claim)} "
+                      f"(contradiction {strongest[worst]:.2f})")
         return self._result(score, score >= self.threshold, reason, claims)
 
 

@@ -271,9 +271,9 @@ def explanation(result: EvalResult, may_quote: bool) -> str:
     weakest = min(range(len(result.claims)), key=lambda i: result.claims[i].support)
     text = (f"{result.label}: score {result.score:.2f} over {len(result.claims)} claims; weakest "
             f"claim #{weakest + 1} support {result.claims[weakest].support:.2f}")
-    contradictions = [c.contradiction for c in result.claims if c.contradiction is not None]
-    if contradictions:
-        text += f"; strongest contradiction {max(contradictions):.2f}"
+    contradicted = [c.contradiction for c in result.claims if c.contradicting is not None]
+    if contradicted:
+        text += f"; {len(contradicted)} contradicted by their best chunk (up to {max(contradicted):.2f})"
     return text
 
 

@@ -22,9 +22,10 @@ class ClaimResult:
 
     claim: str
     support: float  # probability that the best chunk supports the claim
-    contradiction: float | None  # strongest contradiction over the chunks; None for 2-way checkpoints
+    contradiction: float | None  # the best chunk's contradiction probability; None for 2-way checkpoints
     evidence: Chunk | None  # the best-supporting chunk
-    contradicting: Chunk | None = None  # the chunk with the strongest contradiction (3-way only)
+    contradicting: Chunk | None = None  # the best chunk again when it contradicts the claim (the veto)
+    windows: int = 1  # >1: the claim was longer than the model's claim budget, scored as its weakest window
 
 
 @dataclass

@@ -8,6 +8,11 @@ sorted by length and run in dynamically padded batches under `torch.inference_mo
 pass per pair, no pass repeated. Per claim, the evaluators then take the best chunk (MiniCheck,
 AlignScore) and aggregate over claims.
 
+A claim is never cut. One longer than `max_claim_tokens` (half the window) is split between words
+into windows of at most that many tokens; each window is scored against every chunk like a claim,
+and the claim's evidence is its weakest window's (the window whose best support is lowest): a long
+claim is supported only as far as every part of it is. `ClaimEvidence.windows` says how many.
+
 Only the current batch's tensors live at once, so a 100,000-word reference is scored whole in
 bounded memory: what grows with its length is the list of chunk offsets.
 """
@@ -47,6 +52,7 @@ class ClaimEvidence:
     chunks: list[Chunk]
     support: list[float]
     contradiction: list[float] | None  # None for 2-way checkpoints
+    windows: int = 1  # a claim longer than the model's claim budget is scored as its weakest window
 
     def best(self) -> int:
         """Index of the chunk that supports the claim most (first on ties)."""
@@ -130,12 +136,13 @@ class NLIScorer:
         ids = self.tokenizer(list(texts), add_special_tokens=False)["input_ids"]
         return [len(x) for x in ids]
 
-    def truncate_claim(self, claim: str, length: int) -> str:
-        """A claim longer than `max_claim_tokens` keeps its first `max_claim_tokens` tokens."""
+    def claim_windows(self, claim: str, length: int) -> list[tuple[str, int]]:
+        """The claim as (text, tokens) windows of at most `max_claim_tokens` tokens, cut between words
+        where possible; a claim that fits is its only window."""
         if length <= self.max_claim_tokens:
-            return claim
-        enc = self.tokenizer(claim, add_special_tokens=False, return_offsets_mapping=True)
-        return claim[: enc["offset_mapping"][self.max_claim_tokens - 1][1]]
+            return [(claim, length)]
+        return [(claim[start:end], tokens) for start, end, tokens in
+                self._split_long(claim, 0, len(claim), self.max_claim_tokens)]
 
     def chunk(self, premises: Sequence[str], budget: int) -> list[Chunk]:
         """Cut each passage into chunks of at most `budget` tokens at sentence boundaries."""
@@ -178,17 +185,21 @@ class NLIScorer:
     # -- scoring --------------------------------------------------------------------------------
 
     def score(self, requests: Sequence[ScoreRequest],
-              on_pairs_done: Callable[[int], None] | None = None) -> list[list[ClaimEvidence]]:
-        """Evidence for every claim of every request; all pairs go through one sorted batch queue."""
-        claim_texts: list[list[str]] = []
+              on_progress: Callable[[int, int], None] | None = None) -> list[list[ClaimEvidence]]:
+        """Evidence for every claim of every request; all pairs go through one sorted batch queue.
+        `on_progress(done, total)` is called with the pairs scored so far after each model batch."""
+        claim_texts: list[list[str]] = []  # per request, its claims' windows (a short claim is one)
+        window_owner: list[list[int]] = []  # per request, the claim each window belongs to
         chunk_lists: list[list[Chunk]] = []
         pairs: list[_Pair] = []
         all_claims = [c for r in requests for c in r.claims]
         all_lengths = iter(self.token_lengths(all_claims))
         for r_index, request in enumerate(requests):
-            lengths = [next(all_lengths) for _ in request.claims]
-            claims = [self.truncate_claim(c, n) for c, n in zip(request.claims, lengths)]
-            lengths = [min(n, self.max_claim_tokens) for n in lengths]
+            windows = [(owner, window) for owner, claim in enumerate(request.claims)
+                       for window in self.claim_windows(claim, next(all_lengths))]
+            claims = [text for _, (text, _) in windows]
+            lengths = [tokens for _, (_, tokens) in windows]
+            window_owner.append([owner for owner, _ in windows])
             budget = self.max_length - self.special_tokens - max(lengths, default=0)
             sized = self._chunk_with_lengths(request.premises, max(8, min(self.chunk_tokens, budget)))
             chunks = [chunk for chunk, _ in sized]
@@ -212,14 +223,21 @@ class NLIScorer:
                 support[p.request][p.claim][p.chunk] = sup[i]
                 if contra is not None:
                     contra[p.request][p.claim][p.chunk] = con[i]
-            if on_pairs_done is not None:
-                on_pairs_done(len(batch))
+            if on_progress is not None:
+                on_progress(first + len(batch), len(pairs))
 
-        return [
-            [ClaimEvidence(claim, chunk_lists[r], support[r][c], contra[r][c] if contra is not None else None)
-             for c, claim in enumerate(claim_texts[r])]
-            for r in range(len(requests))
-        ]
+        out: list[list[ClaimEvidence]] = []
+        for r, request in enumerate(requests):
+            per_claim: list[list[int]] = [[] for _ in request.claims]
+            for w, owner in enumerate(window_owner[r]):
+                per_claim[owner].append(w)
+            evidence = []
+            for claim, windows in zip(request.claims, per_claim):
+                weakest = min(windows, key=lambda w: max(support[r][w], default=0.0))
+                evidence.append(ClaimEvidence(claim, chunk_lists[r], support[r][weakest],
+                                              contra[r][weakest] if contra is not None else None, len(windows)))
+            out.append(evidence)
+        return out
 
     def score_pairs(self, premises: Sequence[str], hypotheses: Sequence[str]
                     ) -> tuple[list[float], list[float] | None]:
