@@ -117,6 +117,18 @@ def test_run_generates_with_a_checkpoint_then_evaluates(tmp_path, nli_checkpoint
     assert [r["factual_consistency.passed"] for r in rows] == [e.passed for e in expected]
     assert [r["factual_consistency.score"] for r in rows] == pytest.approx([e.score for e in expected], abs=1e-5)
 
+    # the golden file's own summaries scored too: the two runs pair row by row (row_id), so compare
+    # uses the paired interval and McNemar's test
+    written = tmp_path / "written.jsonl"
+    proc = fi_evals("run", data_path, "-e", "factual_consistency", "--map", "reference=document",
+                    "--map", "response=summary", "--nli-model", nli, "-o", written, "--checkpoint", "written",
+                    "--max-error-rate", "0.5", env={"FI_EVALS_DEVICE": "cpu"})  # one summary is empty
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "rows [" in proc.stderr and "row/s" in proc.stderr  # the progress bar: rows, rate, ETA
+    assert [json.loads(line)["row_id"] for line in written.read_text().splitlines()] == [r["row_id"] for r in rows]
+    paired = fi_evals("compare", written, out, "--max-delta", "0.5", "--max-error-rate", "0.5")
+    assert "paired by 'row_id' (3 rows)" in paired.stdout and "McNemar" in paired.stdout, paired.stdout
+
     conflict = fi_evals("run", data_path, "-e", "factual_consistency", "--map", "response=summary",
                         "--model", model_dirs["llama"], "-o", tmp_path / "x.jsonl")
     assert conflict.returncode == 2 and "conflicts with --model" in conflict.stderr

@@ -18,7 +18,8 @@ from fi_evals_core.evals import FactualConsistency, NLIScorer
 from fi_evals_core.evals.dataset import Dataset
 from fi_evals_core.evals.generate import generate_responses
 from fi_evals_core.evals.dataset import compare
-from fi_evals_core.evals.regression import newcombe_interval, wilson_interval
+from fi_evals_core.evals.regression import (Pairs, compare_results, mcnemar_exact_p, newcombe_interval,
+                                            paired_newcombe_interval, wilson_interval)
 
 PROGRAMS = Path(__file__).resolve().parent / "programs"
 
@@ -139,11 +140,15 @@ def test_run_equals_evaluate_batch_and_results_files_round_trip(tmp_path, rows, 
     evaluator.threshold = (scores[2] + scores[3]) / 2  # random weights: split the set in the middle
     data = Dataset(rows, checkpoint="ckpt-7")
     data.add_evaluation(evaluator, {"response": "summary", "reference": "document"}, name="fc")
-    pairs = []
-    direct = evaluator.evaluate_batch(items, on_pairs_done=pairs.append)
+    progress: list[tuple[int, int]] = []
+    direct = evaluator.evaluate_batch(items, on_progress=lambda done, total: progress.append((done, total)))
+    total = progress[-1][1]  # (chunk, claim) pairs: one call per model batch, done rising to the total
+    assert [t for _, t in progress] == [total] * len(progress) and progress[-1][0] == total
+    assert [d for d, _ in progress] == sorted({d for d, _ in progress}) and len(progress) > 1
     results = data.run(batch_size=3, progress=True)
     bar = capsys.readouterr().err
-    assert f"pairs={sum(pairs)}" in bar and "7/7" in bar  # the bar counts rows, its postfix model pairs
+    # the bar counts rows (whole numbers, rows/s), its postfix model pairs
+    assert f"pairs={total}" in bar and "7/7 rows" in bar and "row/s" in bar
 
     assert len(results) == len(rows) and data.results is results
     for row, result, expected in zip(rows, results, direct):
@@ -162,7 +167,7 @@ def test_run_equals_evaluate_batch_and_results_files_round_trip(tmp_path, rows, 
 
     saved = Dataset.from_results(data.save(tmp_path / "results.jsonl"))
     assert saved.results == json.loads(json.dumps(results))
-    assert saved.rows == [{**r, "checkpoint": "ckpt-7"} for r in rows]
+    assert saved.rows == [{**r, "checkpoint": "ckpt-7", "row_id": result["row_id"]} for r, result in zip(rows, results)]
     assert saved.evaluation_names == ["fc"]
     import pyarrow  # noqa: F401  (the datasets extra: a test dependency)
     parquet = Dataset.from_results(data.save(tmp_path / "results.parquet"))
@@ -409,6 +414,106 @@ def test_wilson_interval_matches_published_values(x, n, low, high):
 ])
 def test_newcombe_interval_matches_published_values(x1, n1, x2, n2, low, high):
     assert newcombe_interval(x1, n1, x2, n2) == pytest.approx((low, high), abs=5e-5)
+
+
+def test_paired_interval_and_mcnemar_match_published_values():
+    # Fagerland, Lydersen & Laake, "Statistical Analysis of Contingency Tables" (2017), ch. 8:
+    # complete response before and after consolidation therapy (Cavo et al. 2012), 161 patients:
+    # 59 both, 6 only before, 16 only after, 80 neither. Newcombe square-and-add: -0.0621
+    # (-0.1186 to -0.0046); McNemar exact conditional P = 0.052479 (2 x P(X <= 6), X ~ Bin(22, 1/2)).
+    low, high = paired_newcombe_interval(59, 6, 16, 80)
+    assert (low, high) == pytest.approx((-0.1186, -0.0046), abs=5e-5)
+    assert mcnemar_exact_p(6, 16) == pytest.approx(0.052479, abs=5e-7) == mcnemar_exact_p(16, 6)
+    assert mcnemar_exact_p(0, 0) == 1.0 and mcnemar_exact_p(3, 3) == 1.0
+    # verdicts uncorrelated (phi = 0): the paired interval is the unpaired one of the same margins
+    assert paired_newcombe_interval(10, 10, 10, 10) == pytest.approx(newcombe_interval(20, 40, 20, 40))
+
+
+def _paired_rows(verdicts, evaluation="fc", checkpoint=None, cohort="c"):
+    return [{"row_id": f"r{i}", "cohort": cohort, "checkpoint": checkpoint, f"{evaluation}.score": 0.5,
+             f"{evaluation}.passed": v, f"{evaluation}.error_type": None} for i, v in enumerate(verdicts)]
+
+
+def test_compare_pairs_rows_and_finds_a_drop_the_unpaired_interval_misses(tmp_path):
+    """The issue's case: 85 golden rows, the candidate loses 10 that passed and gains none
+    (60 -> 50 passes, -11.8 points). Unpaired, the interval holds 0; paired, it does not."""
+    base = [True] * 60 + [False] * 25
+    cand = [True] * 50 + [False] * 35
+    baseline = _paired_rows(base, checkpoint="v1")
+    candidate = list(reversed(_paired_rows(cand, checkpoint="v2")))  # order does not matter: ids do
+    result = compare_results(baseline, candidate, max_delta=0.02)
+    (row,) = result.rows
+    assert result.paired and result.pairing == "paired by 'row_id' (85 rows)"
+    assert row.paired and row.pairs == Pairs(both=50, candidate_only=0, baseline_only=10, neither=25)
+    assert row.change == pytest.approx(-10 / 85)
+    assert (row.ci_low, row.ci_high) == pytest.approx(paired_newcombe_interval(50, 0, 10, 25))
+    assert row.ci_high < 0 and row.regression and row.mcnemar_p == pytest.approx(2 * 0.5 ** 10)
+
+    unpaired = compare_results([{k: v for k, v in r.items() if k != "row_id"} for r in baseline],
+                               [{k: v for k, v in r.items() if k != "row_id"} for r in candidate], max_delta=0.02)
+    (loose,) = unpaired.rows
+    assert not unpaired.paired and "no 'row_id'" in unpaired.pairing and loose.pairs is None
+    assert loose.change == pytest.approx(row.change) and loose.ci_low < 0 < loose.ci_high  # missed
+    assert not loose.regression and row.ci_high - row.ci_low < loose.ci_high - loose.ci_low
+
+    text = str(result)
+    assert "paired by 'row_id'" in text and "McNemar" in text and "10/0" in text and "REGRESSION" in text
+    data = result.to_dict()
+    assert data["pairing"].startswith("paired") and data["rows"][0]["paired"] is True
+    assert data["rows"][0]["pairs"]["baseline_only"] == 10
+
+    # rows that do not match one to one: unpaired, and it says why
+    extra = compare_results(baseline, candidate + [{**candidate[0], "row_id": "new"}], max_delta=0.02)
+    assert not extra.paired and "1 candidate row(s) without a baseline row" in extra.pairing
+    twice = compare_results(baseline, candidate[:-1] + [{**candidate[-1], "row_id": "r1"}], max_delta=0.02)
+    assert not twice.paired and "repeated 'row_id'" in twice.pairing
+    # an id column of the user's choosing
+    by_name = compare_results([{**r, "name": r["row_id"]} for r in baseline],
+                              [{**r, "name": r["row_id"], "row_id": None} for r in candidate], id_column="name")
+    assert by_name.paired and by_name.pairing == "paired by 'name' (85 rows)"
+    with pytest.raises(ValueError, match="id column 'nope' not in the baseline"):
+        compare_results(baseline, candidate, id_column="nope")
+
+
+def test_paired_cohorts_follow_the_baseline_rows(tmp_path):
+    baseline = _paired_rows([True] * 40, cohort="a") + _paired_rows([True] * 40, cohort="b")
+    for i, row in enumerate(baseline):
+        row["row_id"] = f"r{i}"
+    candidate = [{**row, "fc.passed": not (row["cohort"] == "b" and i % 40 < 8)} for i, row in enumerate(baseline)]
+    result = compare_results(baseline, candidate, by="cohort")
+    rows = {r.cohort: r for r in result.rows}
+    assert rows["cohort=a"].pairs == Pairs(40, 0, 0, 0) and not rows["cohort=a"].regression
+    assert rows["cohort=b"].pairs == Pairs(32, 0, 8, 0) and rows["cohort=b"].regression
+    assert rows["(all)"].pairs == Pairs(72, 0, 8, 0)
+
+
+def test_row_ids_pair_two_runs_of_one_golden_set(tmp_path, scorer):
+    golden = [{"document": f"The council met on day {i}. It voted.", "summary": f"The council met on day {i}.",
+               "topic": "x"} for i in range(4)]
+    golden.append(dict(golden[0]))  # a repeated row keeps its own id
+    first = Dataset(golden, checkpoint="v1").add_evaluation(
+        FactualConsistency(scorer=scorer), {"response": "summary", "reference": "document"}, name="fc")
+    first.run(progress=False)
+    other = [{**row, "summary": "Something else entirely."} for row in golden]  # other responses
+    second = Dataset(other, checkpoint="v2").add_evaluation(
+        FactualConsistency(scorer=scorer), {"response": "summary", "reference": "document"}, name="fc")
+    second.run(progress=False)
+    ids = [r["row_id"] for r in first.results]
+    assert ids == [r["row_id"] for r in second.results] and len(set(ids)) == 5
+    assert ids[4] == ids[0] + "~2"
+    assert compare(first, second, max_error_rate=0).paired
+    path = first.save(tmp_path / "first.jsonl")
+    again = Dataset.from_results(path)
+    again.add_evaluation(FactualConsistency(scorer=scorer), {"response": "summary", "reference": "document"},
+                         name="fc2")
+    assert [r["row_id"] for r in again.run(progress=False)] == ids  # kept when scored again
+    named = Dataset([{**row, "key": f"k{i}"} for i, row in enumerate(golden)], id_column="key")
+    named.add_evaluation(FactualConsistency(scorer=scorer), {"response": "summary", "reference": "document"})
+    assert [r["row_id"] for r in named.run(progress=False)] == [f"k{i}" for i in range(5)]
+    clash = Dataset([{**row, "key": "same"} for row in golden], id_column="key")
+    clash.add_evaluation(FactualConsistency(scorer=scorer), {"response": "summary", "reference": "document"})
+    with pytest.raises(ValueError, match="rows 1 and 2 have the same 'key'"):
+        clash.run(progress=False)
 
 
 def _results(counts, evaluation="fc", checkpoint=None):

@@ -74,9 +74,11 @@ def results(tmp_path):
     return [_write_jsonl(tmp_path / "run-a.jsonl", v1), _write_jsonl(tmp_path / "model-v2.jsonl", v2)]
 
 
-# (evaluation, checkpoint) -> rows, passed/judged, pass rate, mean score, errors: by hand from the rows above
+# (evaluation, checkpoint) -> rows, passed/rows, pass rate, mean score, errors: by hand from the rows above.
+# An error is a failure (as in compare) and counted apart, with its most common cause.
+CAUSE = "most: ValueError: response: empty or whitespace-only text"
 EXPECTED = {
-    (FC, "model-v1"): ("6", "3/5", "60.0%", "0.540", "1"),  # 0.9+0.3+0.8+0.6+0.1 = 2.7 over 5
+    (FC, "model-v1"): ("6", "3/6", "50.0%", "0.540", "1" + CAUSE),  # 0.9+0.3+0.8+0.6+0.1 = 2.7 over 5 scored
     (FC, "model-v2"): ("5", "4/5", "80.0%", "0.670", "0"),  # 3.35 / 5
     (GR, "model-v1"): ("6", "4/6", "66.7%", "0.592", "0"),  # 3.55 / 6
     (GR, "model-v2"): ("5", "4/5", "80.0%", "0.640", "0"),  # 3.2 / 5
@@ -122,14 +124,23 @@ def test_report_numbers_escaping_and_no_external_resources(results, tmp_path):
     columns = ("rows", "passed", "pass_rate", "mean_score", "errors")
     got = {key: tuple(cells[c] for c in columns) for key, cells in parser.table.items()}
     assert got == EXPECTED
-    assert parser.table[(FC, "model-v2")]["delta"] == "+20.0 pt"
+    assert parser.table[(FC, "model-v2")]["delta"] == "+30.0 pt"
     assert parser.table[(GR, "model-v2")]["delta"] == "+13.3 pt"
 
     # cohort bars carry their value in <title>: fc, model-v1, history = 0 of 1 judged (the other row errored)
     titles = re.findall(r"<rect [^>]*><title>([^<]*)</title>", page)
-    assert "model-v1 · history: pass rate 0.0% (0/1 passed, 1 errors)" in titles
+    assert "model-v1 · history: pass rate 0.0% (0/2 passed, 1 errors)" in titles
     assert "model-v2 · science: pass rate 50.0% (1/2 passed)" in titles  # groundedness
-    assert "model-v1 · factual_consistency: pass rate 60.0% (3/5 passed, 1 errors)" in titles
+    assert "model-v1 · factual_consistency: pass rate 50.0% (3/6 passed, 1 errors)" in titles
+
+    # the verdicts: fc of model-v1 errored on 1 row of 6 (over the 1 % allowed): not compared, and
+    # the candidate fails the gate for it; groundedness is compared (unpaired: these rows have no row_id)
+    verdicts = page.split('id="verdicts-h"')[1].split('id="pass-h"')[0]
+    assert 'data-verdict="fail"' in verdicts and "fails the gate" in verdicts
+    assert f'data-not-compared="{FC}"' in verdicts and "1 of 6 rows of evaluation" in verdicts
+    assert "unpaired: 6 baseline row(s) have no &#x27;row_id&#x27;" in verdicts
+    gr_all = re.search(rf'<tr data-evaluation="{GR}" data-cohort="\(all\)"[^>]*>(.*?)</tr>', verdicts).group(1)
+    assert "+13.3 pt" in gr_all and 'data-col="interval">[-' in gr_all
     # histograms: 10 bins per evaluation and checkpoint
     assert sum("score 0.9–1.0]" in t for t in titles) == 4
     assert "model-v1, factual_consistency: score 0.1–0.2): 1 rows (20.0%)" in titles
@@ -202,7 +213,7 @@ def test_report_renders_in_headless_chromium(results, tmp_path):
     dom = proc.stdout
     assert proc.returncode == 0 and "</html>" in dom, proc.stderr[-2000:]
     for text in ("model-v1", "model-v2", FC, GR, "Summary", "Pass rate by", "Score distributions",
-                 "Worst items", "60.0%", "80.0%", "66.7%"):
+                 "Worst items", "Regression verdicts", "50.0%", "80.0%", "66.7%"):
         assert text in dom, f"{text!r} not in the rendered page"
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in dom and XSS not in dom
 
@@ -219,6 +230,6 @@ def test_report_reads_parquet(results, tmp_path):
     page = write_report([tmp_path / "run-a.parquet", results[1]], tmp_path / "r.html").read_text()
     parser = _Summary()
     parser.feed(page)
-    assert parser.table[(FC, "model-v1")]["pass_rate"] == "60.0%"
+    assert parser.table[(FC, "model-v1")]["pass_rate"] == "50.0%"
     assert parser.table[(GR, "model-v2")]["mean_score"] == "0.640"
     assert "The weakest claim about history &lt;b&gt;bold&lt;/b&gt;." in page

@@ -74,6 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--sample", type=int, help="with --traces: evaluate a random sample of this many rows")
     run.add_argument("--seed", type=int, default=0, help="seed for --sample and sampling")
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
+    run.add_argument("--id-column", help="column that identifies each row (written as row_id, which compare pairs "
+                                         "rows by); default: a hash of the row's inputs other than the response")
     run.add_argument("--max-error-rate", type=float, default=DEFAULT_MAX_ERROR_RATE,
                      help="exit 3 when more than this share of an evaluation's rows errored (default 0.01)")
 
@@ -85,6 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     cmp.add_argument("--by", action="append", default=[], help="cohort column (repeatable, or comma-separated)")
     cmp.add_argument("--confidence", type=float, default=0.95, help="interval confidence (default 0.95)")
     cmp.add_argument("--evaluation", action="append", help="compare only this evaluation (repeatable)")
+    cmp.add_argument("--id-column", help="pair the two sides' rows by this column (default: row_id, written by run)")
     cmp.add_argument("--json", action="store_true", help="print the comparison as JSON")
     cmp.add_argument("--max-error-rate", type=float, default=DEFAULT_MAX_ERROR_RATE,
                      help="refuse (exit 2) results where more than this share of an evaluation's rows errored "
@@ -159,6 +162,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     dataset = (Dataset.from_traces(args.dataset, sample=args.sample, seed=args.seed) if args.traces
                else Dataset.load(args.dataset))
+    if args.id_column:
+        if args.id_column not in dataset.columns:
+            raise UsageError(f"--id-column {args.id_column}: no such column; columns are {', '.join(dataset.columns)}")
+        dataset.id_column = args.id_column
     if dataset.trace_stats is not None:
         s = dataset.trace_stats
         print(f"{args.dataset}: {s['rows']} generation(s) with captured content "
@@ -212,7 +219,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
         if not Path(path).is_file():
             raise UsageError(f"results file not found: {path}")
     comparison = compare(args.baseline, args.candidate, max_delta=args.max_delta, by=_split(args.by) or None,
-                         confidence=args.confidence, evaluations=args.evaluation, max_error_rate=args.max_error_rate)
+                         confidence=args.confidence, evaluations=args.evaluation, max_error_rate=args.max_error_rate,
+                         id_column=args.id_column)
     print(json.dumps(comparison.to_dict(), indent=2, default=str) if args.json else str(comparison))
     return EXIT_REGRESSION if comparison.failed else EXIT_OK
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import csv
 import datetime as _dt
+import hashlib
 import json
 import math
 from dataclasses import dataclass
@@ -28,7 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping, Sequence
 
 from .evaluators import Evaluator, evaluator_class
-from .regression import DEFAULT_MAX_ERROR_RATE, Comparison, cohort_key, compare_results, evaluation_names
+from .regression import ROW_ID, DEFAULT_MAX_ERROR_RATE, Comparison, cohort_key, compare_results, evaluation_names
 from .result import EvalResult
 
 INPUT_ERROR = "input_error"  # the column holding why a row could not be evaluated as read
@@ -44,6 +45,8 @@ if TYPE_CHECKING:
 RESULT_FIELDS = ("score", "passed", "label", "reason", "error_type", "claims")
 JSONL_SUFFIXES = (".jsonl", ".ndjson", ".json")
 DEFAULT_BATCH_ROWS = 64
+#: Rows as whole numbers although the bar advances in fractions of a batch.
+PROGRESS_FORMAT = "{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total_fmt} rows [{elapsed}<{remaining}, {rate_fmt}{postfix}]"
 
 
 @dataclass
@@ -81,8 +84,10 @@ class Dataset:
     """Rows to evaluate (every column kept), the evaluations attached, and their results."""
 
     def __init__(self, rows: Iterable[Mapping[str, Any]] = (), *, checkpoint: str | None = None,
-                 source: str | None = None) -> None:
+                 source: str | None = None, id_column: str | None = None) -> None:
         self.rows: list[dict[str, Any]] = [dict(row) for row in rows]
+        #: The column whose value identifies a row (its `row_id`); None: a hash of its inputs.
+        self.id_column = id_column
         #: Written to every results row's `checkpoint` column when set (else a row's own is kept).
         self.checkpoint = checkpoint
         self.source = source
@@ -262,8 +267,10 @@ class Dataset:
     def run(self, batch_size: int = DEFAULT_BATCH_ROWS, progress: bool = True) -> list[dict[str, Any]]:
         """Score every attached evaluation over every row; returns (and keeps) the results rows.
 
-        Rows go to `evaluate_batch` `batch_size` at a time. The progress bar counts rows; its
-        postfix counts the (chunk, claim) pairs the model has scored.
+        Rows go to `evaluate_batch` `batch_size` at a time. The progress bar counts rows, with rows/s
+        and an ETA; within a batch it advances with the model's pairs (a batch of long documents is
+        thousands of pairs), so it moves from the first model batch on. Its postfix counts the
+        (chunk, claim) pairs scored.
         """
         if not self.evaluations:
             raise ValueError("no evaluation attached: call add_evaluation(...) first")
@@ -275,28 +282,34 @@ class Dataset:
         if self.checkpoint is not None:
             for row in results:
                 row["checkpoint"] = self.checkpoint
+        for row, row_id in zip(results, row_ids(self.rows, self.evaluations, self.id_column)):
+            row[ROW_ID] = row_id
         with tqdm(total=len(self.rows) * len(self.evaluations), unit="row", disable=not progress,
-                  desc="evaluating") as bar:
+                  desc="evaluating", bar_format=PROGRESS_FORMAT) as bar:
             pairs = 0
-
-            def on_pairs_done(n: int) -> None:
-                nonlocal pairs
-                pairs += n
-                bar.set_postfix(pairs=pairs, refresh=False)
-
             for evaluation in self.evaluations:
                 bar.set_description(evaluation.name)
                 for first in range(0, len(self.rows), batch_size):
                     chunk = self.rows[first:first + batch_size]
+                    start, scored_pairs = bar.n, 0
+
+                    def on_progress(done: int, total: int) -> None:
+                        nonlocal scored_pairs
+                        bar.set_postfix(pairs=pairs + done, refresh=False)
+                        scored_pairs = done
+                        bar.update(start + len(chunk) * done / total - bar.n)  # rows, in fractions
+
                     usable = [i for i, row in enumerate(chunk) if not row.get(INPUT_ERROR)]
                     items = [{key: chunk[i].get(col) for key, col in evaluation.mapping.items()} for i in usable]
-                    scored = dict(zip(usable, evaluation.evaluator.evaluate_batch(items, on_pairs_done=on_pairs_done)
+                    scored = dict(zip(usable, evaluation.evaluator.evaluate_batch(items, on_progress=on_progress)
                                       if items else []))
                     for i, row in enumerate(results[first:first + batch_size]):
                         result = scored.get(i) or EvalResult.from_error(
                             evaluation.name, InputError(chunk[i][INPUT_ERROR]), evaluation.evaluator.threshold)
                         row.update(result_columns(evaluation.name, result))
-                    bar.update(len(chunk))
+                    pairs += scored_pairs
+                    bar.set_postfix(pairs=pairs, refresh=False)
+                    bar.update(start + len(chunk) - bar.n)
         self.results = results
         return results
 
@@ -336,6 +349,44 @@ class Dataset:
 # -- results rows -------------------------------------------------------------------------------
 
 
+def row_ids(rows: Sequence[Mapping[str, Any]], evaluations: Sequence[Evaluation],
+            id_column: str | None = None) -> list[str]:
+    """Each row's `row_id`, the key `compare` pairs rows by (the same golden row scored for two
+    checkpoints): `id_column`'s value; else the rows' own `row_id` when every row has one (results
+    scored again); else a hash of what the row asks, its evaluations' inputs other than the response,
+    so two runs over one golden set agree whatever the responses (generated or written). A repeated
+    input (one document, several prompts) gets `~2`, `~3`... in file order; an `id_column` is the
+    robust choice for such sets. A missing or repeated `id_column` value is a ValueError."""
+    if id_column is not None:
+        ids: list[str] = []
+        seen: dict[str, int] = {}
+        for number, row in enumerate(rows, 1):
+            value = row.get(id_column)
+            if value is None or value == "":
+                raise ValueError(f"row {number} has no {id_column!r} (the id column)")
+            key = str(value)
+            if key in seen:
+                raise ValueError(f"rows {seen[key]} and {number} have the same {id_column!r}: {key!r} "
+                                 "(an id column must be unique)")
+            seen[key] = number
+            ids.append(key)
+        return ids
+    if rows and all(row.get(ROW_ID) not in (None, "") for row in rows):
+        return [str(row[ROW_ID]) for row in rows]
+    columns = sorted({column for ev in evaluations for key, column in ev.mapping.items() if key != "response"})
+    if not columns:  # only responses mapped: everything but them identifies the row
+        responses = {column for ev in evaluations for key, column in ev.mapping.items() if key == "response"}
+        columns = sorted({k for row in rows for k in row} - responses - {"checkpoint", ROW_ID})
+    ids, counts = [], {}
+    for row in rows:
+        text = json.dumps([row.get(column) for column in columns] if not row.get(INPUT_ERROR) else row,
+                          ensure_ascii=True, sort_keys=True, default=_json_default)
+        digest = hashlib.sha256(text.encode("ascii")).hexdigest()[:16]
+        counts[digest] = counts.get(digest, 0) + 1
+        ids.append(digest if counts[digest] == 1 else f"{digest}~{counts[digest]}")
+    return ids
+
+
 def load_results(path: str | Path) -> Dataset:
     """A results file (JSONL or Parquet) read back; the same as `Dataset.from_results`."""
     return Dataset.from_results(path)
@@ -350,8 +401,9 @@ def result_columns(name: str, result: EvalResult) -> dict[str, Any]:
 def compare(baseline: "Dataset | str | Path", candidate: "Dataset | str | Path", max_delta: float = 0.02,
             by: str | Sequence[str] | None = None, confidence: float = 0.95,
             evaluations: Sequence[str] | None = None,
-            max_error_rate: float = DEFAULT_MAX_ERROR_RATE) -> Comparison:
-    """Pass-rate change per evaluation and cohort, with Newcombe intervals and regression flags.
+            max_error_rate: float = DEFAULT_MAX_ERROR_RATE, id_column: str | None = None) -> Comparison:
+    """Pass-rate change per evaluation and cohort, with Newcombe intervals (paired when the rows
+    match by `row_id`, or by `id_column`) and regression flags.
 
     Each side is a `Dataset` that has run (or been read with `from_results`) or a results file
     path. Evaluations default to those present on both sides (`regression.compare_results`).
@@ -361,7 +413,8 @@ def compare(baseline: "Dataset | str | Path", candidate: "Dataset | str | Path",
     base_rows, base_label = _results(baseline, "baseline")
     cand_rows, cand_label = _results(candidate, "candidate")
     return compare_results(base_rows, cand_rows, base_label=base_label, cand_label=cand_label, max_delta=max_delta,
-                           by=by, confidence=confidence, evaluations=evaluations, max_error_rate=max_error_rate)
+                           by=by, confidence=confidence, evaluations=evaluations, max_error_rate=max_error_rate,
+                           id_column=id_column)
 
 
 def _results(side: Any, role: str) -> tuple[list[Mapping[str, Any]], str]:

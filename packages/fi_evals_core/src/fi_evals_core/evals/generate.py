@@ -69,7 +69,7 @@ def generate_responses(dataset: Dataset, model: str, prompt_column: str = "promp
                                            batch_size, device, progress)
     label = checkpoint or str(model)
     rows = [{**row, output_column: response, "checkpoint": label} for row, response in zip(dataset.rows, responses)]
-    return Dataset(rows, checkpoint=label, source=dataset.source)
+    return Dataset(rows, checkpoint=label, source=dataset.source, id_column=dataset.id_column)
 
 
 def check_prompt(index: int, prompt: Any, column: str) -> str | list[dict[str, Any]]:

@@ -3,8 +3,11 @@
 The page has no external resources: inline CSS, charts drawn here as inline SVG, no scripts.
 It holds, in order:
 
-- a summary table per evaluation x checkpoint: rows, scored, passed, pass rate (and its change
-  against the first checkpoint), mean score, errors;
+- a summary table per evaluation x checkpoint: rows, passed, pass rate (and its change against
+  the first checkpoint), mean score, errors (with the most common cause);
+- the regression verdicts of every later checkpoint against the first, as `fi-evals compare`
+  gives them (per evaluation and cohort: change, interval, paired or not, McNemar's p, verdict);
+  a side too broken to compare says so instead;
 - a grouped bar chart of pass rate per checkpoint, by evaluation, and for each `by` column one
   per evaluation with the column's cohorts as groups (cohorts with most rows first);
 - a score histogram (10 bins from 0 to 1, share of the scored rows) per evaluation and checkpoint;
@@ -16,8 +19,9 @@ Input is the results format described in dataset.py: one JSON object per row wit
 `N.error_type`, `N.claims`. Evaluations are found by the `.score` suffix. A row's checkpoint is
 its `checkpoint` value, else its file's stem. `.parquet` files are read when pyarrow is installed.
 
-Pass rate = passed / rows with a verdict (`N.passed` true or false); rows that errored or were
-not scored count as errors and are left out of the rate and the mean score.
+Pass rate = passed / rows, as in `fi-evals compare`: a row that errored or was not scored is a
+failure (the gate fails closed), and is counted apart under errors; it is left out of the mean
+score.
 """
 
 from __future__ import annotations
@@ -30,6 +34,8 @@ from datetime import datetime, timezone
 from html import escape
 from pathlib import Path
 from typing import Any, Iterable, Sequence
+
+from .regression import BrokenResults, compare_results, error_summary
 
 __all__ = ["PALETTE", "load_rows", "write_report"]
 
@@ -131,7 +137,8 @@ class Stats:
 
     @property
     def pass_rate(self) -> float | None:
-        return self.passed / self.judged if self.judged else None
+        """Passed over rows: an error is a failure, as in `compare`."""
+        return self.passed / self.rows if self.rows else None
 
     @property
     def mean(self) -> float | None:
@@ -250,7 +257,7 @@ def _bar_chart(
             rate = st.pass_rate
             h = max(plot_h * rate, 1.0)
             y = top + plot_h - h
-            tip = f"{ck} · {group}: pass rate {_pct(rate)} ({st.passed}/{st.judged} passed"
+            tip = f"{ck} · {group}: pass rate {_pct(rate)} ({st.passed}/{st.rows} passed"
             tip += f", {st.errors} errors)" if st.errors else ")"
             out.append(
                 f'<rect x="{x:.1f}" y="{y:.1f}" width="{bar_w}" height="{h:.1f}" fill="{colours[ck]}" '
@@ -402,7 +409,8 @@ def _summary(rows_by_ck: dict[str, list[dict]], evals: list[str], colours: dict[
     checkpoints = list(rows_by_ck)
     out = [
         '<table id="summary"><caption class="small">'
-        "Pass rate = passed / rows with a verdict; errors are rows the evaluation could not score. "
+        "Pass rate = passed / rows; an error (a row the evaluation could not score) is a failure, as in "
+        "<code>fi-evals compare</code>, and is counted apart. "
         f"Δ is the change in pass rate against the first checkpoint ({escape(checkpoints[0])}).</caption>",
         "<thead><tr><th>Evaluation</th><th>Checkpoint</th><th class=num>Rows</th><th class=num>Passed</th>"
         "<th class=num>Pass rate</th><th class=num>Δ pass rate</th><th class=num>Mean score</th>"
@@ -421,13 +429,17 @@ def _summary(rows_by_ck: dict[str, list[dict]], evals: list[str], colours: dict[
                 delta = f'<span class="{cls}">{sign}{100 * abs(d):.1f} pt</span>'
             first = ' class="first-of-eval"' if i == 0 else ""
             name = f'<td rowspan="{len(stats)}" class="ev"><code>{escape(ev)}</code></td>' if i == 0 else ""
-            err = f'<span class="err">{st.errors}</span>' if st.errors else "0"
+            err = "0"
+            if st.errors:
+                cause = error_summary([r for r in rows_by_ck[ck] if f"{ev}.score" in r], ev)[2] or ""
+                err = (f'<span class="err">{st.errors}</span>'
+                       f'<div class="cause small">most: {escape(_short(cause, 160))}</div>')
             out.append(
                 f'<tr{first} data-evaluation="{_attr(ev)}" data-checkpoint="{_attr(ck)}">'
                 f"{name}"
                 f"<td>{_swatch(colours[ck])}{escape(ck)}</td>"
                 f'<td class="num" data-col="rows">{st.rows}</td>'
-                f'<td class="num" data-col="passed">{st.passed}/{st.judged}</td>'
+                f'<td class="num" data-col="passed">{st.passed}/{st.rows}</td>'
                 f'<td class="num" data-col="pass_rate"><span class="rate">{_meter(st.pass_rate, colours[ck])}'
                 f"<span>{_pct(st.pass_rate)}</span></span></td>"
                 f'<td class="num" data-col="delta">{delta}</td>'
@@ -543,6 +555,62 @@ def _errors(rows: list[dict[str, Any]], evals: list[str], colours: dict[str, str
     return "".join(out)
 
 
+def _verdicts(rows_by_ck: dict[str, list[dict]], evals: list[str], by: list[str], max_delta: float = 0.02) -> str:
+    """Each later checkpoint against the first, per evaluation, as `fi-evals compare` judges it."""
+    checkpoints = list(rows_by_ck)
+    if len(checkpoints) < 2:
+        return '<p class="note">One checkpoint: nothing to compare.</p>'
+    out = []
+    base = checkpoints[0]
+    for ck in checkpoints[1:]:
+        table, notes, failed, pairing = [], [], False, ""
+        for ev in evals:
+            sides = [[r for r in rows_by_ck[c] if f"{ev}.score" in r] for c in (base, ck)]
+            if not all(sides):
+                continue
+            try:
+                result = compare_results(*sides, base_label=base, cand_label=ck, max_delta=max_delta,
+                                         evaluations=[ev], by=[b for b in by if all(any(b in r for r in side)
+                                                                                     for side in sides)])
+            except (BrokenResults, ValueError) as exc:  # too broken to compare: said, and never a pass
+                notes.append(f'<p class="err" data-not-compared="{_attr(ev)}">{escape(ev)} not compared: '
+                             f"{escape(str(exc))}</p>")
+                failed = True
+                continue
+            failed |= result.failed
+            pairing = result.pairing
+            notes += [f'<p class="err">{escape(problem)}</p>' for problem in result.problems]
+            table += result.rows
+        verdict = "fails the gate" if failed else "passes the gate"
+        out.append(f"<h3>{escape(ck)} against {escape(base)}</h3>"
+                   f'<p data-verdict="{"fail" if failed else "pass"}"><b class="{"down" if failed else "up"}">'
+                   f"{verdict}</b>; tolerance {100 * max_delta:g} points; {escape(pairing or 'nothing compared')}.</p>")
+        out += notes
+        if not table:
+            continue
+        out.append('<div class="scroll"><table class="verdicts"><thead><tr><th>Evaluation</th><th>Cohort</th>'
+                   "<th class=num>Base</th><th class=num>Candidate</th><th class=num>Change</th>"
+                   "<th class=num>95% interval</th><th class=num>Lost / gained</th><th class=num>McNemar p</th>"
+                   "<th>Verdict</th></tr></thead><tbody>")
+        for r in table:
+            flag = ('<b class="down">REGRESSION</b>' if r.regression else
+                    "significant" if r.significant else '<span class="muted">–</span>')
+            interval = "–" if r.ci_low is None else f"[{100 * r.ci_low:+.1f}, {100 * r.ci_high:+.1f}]"
+            lost = "–" if r.pairs is None else f"{r.pairs.baseline_only} / {r.pairs.candidate_only}"
+            p = "–" if r.mcnemar_p is None else f"{r.mcnemar_p:.3g}"
+            out.append(
+                f'<tr data-evaluation="{_attr(r.evaluation)}" data-cohort="{_attr(r.cohort)}" '
+                f'data-regression="{str(r.regression).lower()}"><td><code>{escape(r.evaluation)}</code></td>'
+                f"<td>{escape(r.cohort)}</td>"
+                f'<td class="num">{_pct(r.baseline.pass_rate)} <span class="muted">n={r.baseline.n}</span></td>'
+                f'<td class="num">{_pct(r.candidate.pass_rate)} <span class="muted">n={r.candidate.n}</span></td>'
+                f'<td class="num">{"–" if r.change is None else f"{100 * r.change:+.1f} pt"}</td>'
+                f'<td class="num" data-col="interval">{interval}</td><td class="num">{lost}</td>'
+                f'<td class="num">{p}</td><td>{flag}</td></tr>')
+        out.append("</tbody></table></div>")
+    return "".join(out)
+
+
 def _cohort_groups(rows_by_ck: dict[str, list[dict]], ev: str, col: str) -> tuple[list, int]:
     sizes = Counter(_cohort(r.get(col)) for rows in rows_by_ck.values() for r in rows if f"{ev}.score" in r)
     names = sorted(sizes, key=lambda c: (-sizes[c], c))
@@ -649,6 +717,11 @@ def render_report(
         '<section class="card scroll" aria-labelledby="summary-h">',
         _summary(rows_by_ck, evals, colours),
         "</section>",
+        '<h2 id="verdicts-h">Regression verdicts</h2>',
+        '<p class="note">Each checkpoint against the first, as <code>fi-evals compare</code> judges it: a '
+        "regression is a drop beyond the tolerance whose interval excludes 0. Rows are paired by "
+        "<code>row_id</code> when both runs hold the same rows.</p>",
+        f'<section class="card" aria-labelledby="verdicts-h">{_verdicts(rows_by_ck, evals, by)}</section>',
         '<h2 id="pass-h">Pass rate by checkpoint</h2>',
         f'<section class="card scroll" aria-labelledby="pass-h">{chart}</section>',
         *(_cohort_section(rows_by_ck, evals, colours, col, bi) for bi, col in enumerate(by)),
