@@ -17,6 +17,9 @@ each, timed in turn round after round (the order rotates):
   eager DeBERTa attention (not `fi_evals_core.evals.deberta_cpu`'s) and plain `nn.Linear` (not
   `fi_evals_core.evals.cpu_linear`'s oneDNN-packed weights), for the side-by-side gain.
 * `ours-fp32-eager`: only when named.
+* `ours-bf16-minicheck`: `ours-bf16` under the `minicheck` scoring profile (MiniCheck's reference
+  inference: the summary whole, 400-token chunks without overlap, `chunk + eos + claim` as one
+  sequence), on the same random model.
 
 After the timing, the bf16 workers' item scores are compared with `ours-fp32`'s on the same random
 model (max abs difference), and the fast path's with the eager path's. The last line is the ratio
@@ -60,8 +63,9 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "ours-bf16-eager": {"dtype": "bfloat16", "env": {**MALLOC, "FI_EVALS_FUSED": "0"}},
     "ours-bf16-mmap-only": {"dtype": "bfloat16", "env": {"MALLOC_MMAP_MAX_": "0"}},
     "ours-fp32-eager": {"dtype": "float32", "env": {"FI_EVALS_FUSED": "0"}},
+    "ours-bf16-minicheck": {"dtype": "bfloat16", "env": MALLOC, "profile": "minicheck"},
 }
-DEFAULT_VARIANTS = "anchor,ours-fp32,ours-bf16,ours-bf16-eager"
+DEFAULT_VARIANTS = "anchor,ours-fp32,ours-bf16,ours-bf16-eager,ours-bf16-minicheck"
 
 # cross-encoder/nli-deberta-v3-base's config.json, less what DebertaV2Config's defaults already say
 # (vocab_size 128100, max_position_embeddings 512, layer_norm_eps 1e-7, hidden_act gelu, pad 0,
@@ -156,12 +160,14 @@ class Anchor:
 
 
 class Ours:
-    def __init__(self, model_dir: str, dtype: str, batch_size: int, chunk_tokens: int | None) -> None:
+    def __init__(self, model_dir: str, dtype: str, batch_size: int, chunk_tokens: int | None,
+                 profile: str | None = None) -> None:
         from fi_evals_core.evals.evaluators import FactualConsistency
         from fi_evals_core.evals.scorer import NLIScorer
 
         kwargs = {"chunk_tokens": chunk_tokens} if chunk_tokens else {}
-        self.scorer = NLIScorer.from_pretrained(model_dir, device="cpu", dtype=dtype, batch_size=batch_size, **kwargs)
+        self.scorer = NLIScorer.from_pretrained(model_dir, device="cpu", dtype=dtype, batch_size=batch_size,
+                                                profile=profile or "default", **kwargs)
         self.evaluator = FactualConsistency(scorer=self.scorer)
 
     def count(self, items: list[dict[str, str]]) -> dict[str, Any]:
@@ -170,8 +176,12 @@ class Ours:
         scorer = self.scorer
 
         def stub(premises, hypotheses):
-            enc = scorer.tokenizer(list(premises), list(hypotheses), truncation="only_first",
-                                   max_length=scorer.max_length)["input_ids"]
+            if scorer.profile.joined_input:  # MiniCheck: one sequence per pair
+                enc = scorer.tokenizer([p + scorer.eos_token + h for p, h in zip(premises, hypotheses)],
+                                       truncation=True, max_length=scorer.max_length)["input_ids"]
+            else:
+                enc = scorer.tokenizer(list(premises), list(hypotheses), truncation="only_first",
+                                       max_length=scorer.max_length)["input_ids"]
             counted[0] += len(enc)
             counted[1] += sum(map(len, enc))
             return [0.0] * len(enc), [0.0] * len(enc)
@@ -201,7 +211,7 @@ def worker_main(args: argparse.Namespace) -> None:
     items = load_items(Path(args.data), args.items)
     spec = VARIANTS[args.worker]
     runner: Any = (Anchor(args.model_dir) if args.worker == "anchor"
-                   else Ours(args.model_dir, spec["dtype"], args.batch_size, args.chunk_tokens))
+                   else Ours(args.model_dir, spec["dtype"], args.batch_size, args.chunk_tokens, spec.get("profile")))
     stats = runner.count(items)
     runner.run(items[: args.warmup])  # warm-up: a few items through the real path
     reply: dict[str, Any] = {"ready": True, "threads": torch.get_num_threads(), **stats}
@@ -321,7 +331,7 @@ def main() -> int:
     print()
     checks = []
     for a, b in (("ours-fp32", "ours-bf16"), ("ours-fp32", "ours-bf16-eager"), ("ours-bf16-eager", "ours-bf16"),
-                 ("ours-fp32-eager", "ours-fp32")):
+                 ("ours-fp32-eager", "ours-fp32"), ("ours-bf16", "ours-bf16-minicheck")):
         if a in scores and b in scores:
             diff = max(abs(x - y) for x, y in zip(scores[a], scores[b]))
             checks.append({"a": a, "b": b, "max_abs_diff": diff})

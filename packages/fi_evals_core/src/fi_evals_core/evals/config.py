@@ -2,7 +2,8 @@
 
 `FI_EVALS_MODEL` names the NLI checkpoint (hub id or local path), `FI_EVALS_DEVICE` where it runs,
 `FI_EVALS_DTYPE` its weights' precision and `FI_EVALS_LABELS` the meaning of its outputs when the
-checkpoint's own `id2label` does not say. Inline evaluation of live traffic: `FI_EVALS_SAMPLE_RATE`
+checkpoint's own `id2label` does not say, `FI_EVALS_PROFILE` the scoring recipe (profiles.py: auto,
+default, minicheck, alignscore). Inline evaluation of live traffic: `FI_EVALS_SAMPLE_RATE`
 (0 = off), `FI_EVALS_EVALUATORS`, `FI_EVALS_QUEUE_SIZE`, `FI_EVALS_BATCH_SIZE`, `FI_EVALS_COHORT`.
 `FI_EVALS_ACCELERATION` (auto/on/off; the older name `FI_EVALS_FUSED` still works) is the one
 switch of the scorer's accelerated paths: the fused encoder on GPUs, the oneDNN linears and the
@@ -15,6 +16,7 @@ from dataclasses import dataclass
 from typing import Mapping
 
 from ..telemetry.config import ConfigError, EnvReader
+from .profiles import PROFILE_NAMES
 
 #: Apache-2.0; 3-way NLI (contradiction / entailment / neutral). Model card: 92.38 % accuracy on the
 #: SNLI test set, 90.04 % on MNLI mismatched.
@@ -32,6 +34,7 @@ class EvalsConfig:
     device: str = "auto"
     dtype: str = "auto"
     labels: tuple[str, ...] | None = None
+    profile: str = "auto"
     sample_rate: float = 0.0
     evaluators: tuple[str, ...] = ("groundedness",)
     queue_size: int = 1000
@@ -54,6 +57,7 @@ class EvalsConfig:
             device=parse_device(env.text("FI_EVALS_DEVICE", "auto"), "FI_EVALS_DEVICE"),
             dtype=env.choice("FI_EVALS_DTYPE", DTYPES, "auto"),
             labels=labels,
+            profile=env.choice("FI_EVALS_PROFILE", PROFILE_NAMES, "auto"),
             sample_rate=env.number("FI_EVALS_SAMPLE_RATE", 0.0, low=0.0, high=1.0),
             evaluators=env.names("FI_EVALS_EVALUATORS", EVALUATOR_NAMES, ("groundedness",)),
             queue_size=env.integer("FI_EVALS_QUEUE_SIZE", 1000, low=1),

@@ -24,9 +24,11 @@ from dataclasses import dataclass
 from typing import Any, Callable, ClassVar, Iterable, Mapping, Sequence
 
 from .config import EVALUATOR_NAMES
+from .profiles import DEFAULT as DEFAULT_PROFILE
+from .profiles import ScoringProfile
 from .result import ClaimResult, EvalResult
 from .scorer import ClaimEvidence, NLIScorer, ScoreRequest, shared_scorer
-from .text import has_words, split_claims
+from .text import has_words
 
 CONTRADICTED = 0.5
 _QUOTE = 160
@@ -72,15 +74,16 @@ def claim_result(evidence: ClaimEvidence) -> ClaimResult:
     """The claim, its best-supporting chunk, and that chunk's contradiction (`contradicting` is set
     when the claim is contradicted, see the module docstring)."""
     if not evidence.support:
-        return ClaimResult(evidence.claim, 0.0, None, None, windows=evidence.windows)
+        return ClaimResult(evidence.claim, 0.0, None, None, windows=evidence.windows, truncated=evidence.truncated)
     best = evidence.best()
     support, chunk = evidence.support[best], evidence.chunks[best]
     if not evidence.contradiction:
-        return ClaimResult(evidence.claim, support, None, chunk, windows=evidence.windows)
+        return ClaimResult(evidence.claim, support, None, chunk, windows=evidence.windows,
+                           truncated=evidence.truncated)
     contradiction = evidence.contradiction[best]
     contradicted = contradiction >= CONTRADICTED and contradiction > support
     return ClaimResult(evidence.claim, support, contradiction, chunk, chunk if contradicted else None,
-                       evidence.windows)
+                       evidence.windows, evidence.truncated)
 
 
 def is_contradicted(claim: ClaimResult) -> bool:
@@ -96,7 +99,7 @@ class Evaluator:
     default_threshold: ClassVar[float] = 0.5
 
     def __init__(self, *, threshold: float | None = None, scorer: NLIScorer | None = None,
-                 model: str | None = None, device: str | None = None) -> None:
+                 model: str | None = None, device: str | None = None, profile: str | None = None) -> None:
         threshold = self.default_threshold if threshold is None else threshold
         if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 <= threshold <= 1:
             raise ValueError(f"threshold must be a number from 0 to 1, got {threshold!r}")
@@ -104,12 +107,13 @@ class Evaluator:
         self._scorer = scorer
         self._model = model
         self._device = device
+        self._profile = profile
 
     @property
     def scorer(self) -> NLIScorer:
         """The scorer given, else the process's shared one for FI_EVALS_MODEL (loaded on first use)."""
         if self._scorer is None:
-            self._scorer = shared_scorer(self._model, self._device)
+            self._scorer = shared_scorer(self._model, self._device, profile=self._profile)
         return self._scorer
 
     @property
@@ -123,8 +127,14 @@ class Evaluator:
 
     def evaluate_batch(self, items: Iterable[Mapping[str, Any]],
                        on_progress: Callable[[int, int], None] | None = None) -> list[EvalResult]:
-        """Score many items in one batched pass; a bad item gets an error result of its own.
+        """Score many items in one batched pass; a bad item gets an error result of its own (and every
+        item the scorer's load error, tried once, when it cannot load).
         `on_progress(done, total)`: the (chunk, claim) pairs scored so far, after each model batch."""
+        items = list(items)
+        try:
+            scorer = self.scorer
+        except Exception as exc:  # noqa: BLE001 - no model: every item gets this error
+            return [EvalResult.from_error(self.name, exc, self.threshold) for _ in items]
         prepared: list[Task | EvalResult] = []
         for item in items:
             try:
@@ -135,14 +145,9 @@ class Evaluator:
         requests = [ScoreRequest(t.claims, t.premises) for _, t in tasks]
         evidence: list[Any]
         try:
-            scorer = self.scorer
-        except Exception as exc:  # noqa: BLE001 - no model: every item gets this error, tried once
-            evidence = [exc] * len(requests)
-        else:
-            try:
-                evidence = scorer.score(requests, on_progress)
-            except Exception:  # noqa: BLE001 - find the item that fails, score the rest
-                evidence = [self._score_alone(scorer, r) for r in requests]
+            evidence = scorer.score(requests, on_progress)
+        except Exception:  # noqa: BLE001 - find the item that fails, score the rest
+            evidence = [self._score_alone(scorer, r) for r in requests]
         results: list[Any] = list(prepared)
         for (index, task), item_evidence in zip(tasks, evidence):
             if isinstance(item_evidence, BaseException):
@@ -178,7 +183,23 @@ class Evaluator:
         """The verdict from the evidence: the seam where tests inject probability tables."""
         raise NotImplementedError
 
+    @property
+    def profile(self) -> ScoringProfile:
+        """The scorer's scoring profile (the default before a scorer is loaded, or for a stand-in)."""
+        return getattr(self._scorer, "profile", DEFAULT_PROFILE)
+
+    def claims(self, name: str, value: Any) -> list[str]:
+        """The claims `value` (checked as text) is scored as, by the scorer's profile."""
+        return self.scorer.profile.claims(require_text(name, value))
+
+    def passes(self, score: float) -> bool:
+        return self.profile.passes(score, self.threshold)
+
     def _result(self, score: float, passed: bool, reason: str, claims: list[ClaimResult]) -> EvalResult:
+        cut = [c for c in claims if c.truncated]
+        if cut:  # what a reference profile cuts, it says
+            reason += (f"; {len(cut)} claim(s) cut at the model's {getattr(self._scorer, 'max_length', '?')}-token "
+                       f"window, as the {self.profile.name} reference does")
         return EvalResult(self.name, score, passed, reason, self.threshold, claims)
 
 
@@ -189,14 +210,13 @@ class FactualConsistency(Evaluator):
     required = ("response", "reference")
 
     def _prepare(self, response: Any = None, reference: Any = None) -> Task:
-        claims = [c.text for c in split_claims(require_text("response", response))]
-        return Task(claims, [require_text("reference", reference)])
+        return Task(self.claims("response", response), [require_text("reference", reference)])
 
     def judge(self, evidence: Sequence[ClaimEvidence]) -> EvalResult:
         claims = [claim_result(e) for e in evidence]
         score = sum(c.support for c in claims) / len(claims)
-        contradicted = [c for c in claims if is_contradicted(c)]
-        passed = score >= self.threshold and not contradicted
+        contradicted = [c for c in claims if is_contradicted(c)] if self.profile.veto else []
+        passed = self.passes(score) and not contradicted
         if contradicted:
             worst = max(contradicted, key=lambda c: c.contradiction or 0.0)
             reason = (f"{len(contradicted)} of {len(claims)} claims contradicted by the reference; "
@@ -223,8 +243,7 @@ class Faithfulness(Evaluator):
         self.claim_threshold = claim_threshold
 
     def _prepare(self, response: Any = None, context: Any = None) -> Task:
-        claims = [c.text for c in split_claims(require_text("response", response))]
-        return Task(claims, require_passages("context", context))
+        return Task(self.claims("response", response), require_passages("context", context))
 
     def judge(self, evidence: Sequence[ClaimEvidence]) -> EvalResult:
         claims = [claim_result(e) for e in evidence]
@@ -234,7 +253,7 @@ class Faithfulness(Evaluator):
         if unsupported:
             weakest = min(unsupported, key=lambda c: c.support)
             reason += f"; unsupported: {quote(weakest.claim)} (support {weakest.support:.2f}{_by(weakest)})"
-        return self._result(score, score >= self.threshold, reason, claims)
+        return self._result(score, self.passes(score), reason, claims)
 
 
 class Groundedness(Evaluator):
@@ -244,8 +263,7 @@ class Groundedness(Evaluator):
     required = ("response", "context")
 
     def _prepare(self, response: Any = None, context: Any = None) -> Task:
-        claims = [c.text for c in split_claims(require_text("response", response))]
-        return Task(claims, require_passages("context", context))
+        return Task(self.claims("response", response), require_passages("context", context))
 
     def judge(self, evidence: Sequence[ClaimEvidence]) -> EvalResult:
         claims = [claim_result(e) for e in evidence]
@@ -253,7 +271,7 @@ class Groundedness(Evaluator):
         passage = f", best passage {weakest.evidence.passage}" if weakest.evidence else ""
         reason = (f"weakest of {len(claims)} claims: {quote(weakest.claim)} "
                   f"(support {weakest.support:.2f}{passage}{_by(weakest)})")
-        return self._result(weakest.support, weakest.support >= self.threshold, reason, claims)
+        return self._result(weakest.support, self.passes(weakest.support), reason, claims)
 
 
 class TaskCompletion(Evaluator):
@@ -274,12 +292,11 @@ class TaskCompletion(Evaluator):
         require_text("task", task)
         response = require_text("response", response)
         if expected is not None:
-            claims = [c.text for c in split_claims(require_text("expected", expected))]
-            return Task(claims, [response], mode="expected")
+            return Task(self.claims("expected", expected), [response], mode="expected")
         if self.scorer.labels.contradiction is None:
             raise ValueError("expected is missing: without an expected output TaskCompletion needs a "
                              "3-way NLI checkpoint (this one has no contradiction class)")
-        return Task([c.text for c in split_claims(response)], [task], mode="task")
+        return Task(self.claims("response", response), [task], mode="task")
 
     def judge_task(self, task: Task, evidence: Sequence[ClaimEvidence]) -> EvalResult:
         return self.judge(evidence, against_expected=task.mode == "expected")
@@ -297,7 +314,7 @@ class TaskCompletion(Evaluator):
             score = 1.0 - strongest[worst]
             reason = (f"no expected output given; strongest conflict with the task: {quote(claims[worst].claim)} "
                       f"(contradiction {strongest[worst]:.2f})")
-        return self._result(score, score >= self.threshold, reason, claims)
+        return self._result(score, self.passes(score), reason, claims)
 
 
 def _by(claim: ClaimResult) -> str:

@@ -26,6 +26,7 @@ class ClaimResult:
     evidence: Chunk | None  # the best-supporting chunk
     contradicting: Chunk | None = None  # the best chunk again when it contradicts the claim (the veto)
     windows: int = 1  # >1: the claim was longer than the model's claim budget, scored as its weakest window
+    truncated: bool = False  # a reference profile cut one of its pairs at the window, as its reference does
 
 
 @dataclass

@@ -13,6 +13,10 @@ into windows of at most that many tokens; each window is scored against every ch
 and the claim's evidence is its weakest window's (the window whose best support is lowest): a long
 claim is supported only as far as every part of it is. `ClaimEvidence.windows` says how many.
 
+That is the `default` scoring profile. The `minicheck` and `alignscore` profiles (profiles.py)
+chunk and encode as those checkpoints' reference inference does, to reproduce their published
+numbers; what they cut is flagged (`ClaimEvidence.truncated`).
+
 Only the current batch's tensors live at once, so a 100,000-word reference is scored whole in
 bounded memory: what grows with its length is the list of chunk offsets.
 """
@@ -25,7 +29,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from .config import EvalsConfig, parse_device
+from . import profiles
 from .labels import LabelScheme
+from .profiles import ScoringProfile
 from .result import Chunk
 from .text import split_sentences
 
@@ -53,6 +59,7 @@ class ClaimEvidence:
     support: list[float]
     contradiction: list[float] | None  # None for 2-way checkpoints
     windows: int = 1  # a claim longer than the model's claim budget is scored as its weakest window
+    truncated: bool = False  # a reference profile cut a pair of this claim at the window, as its reference does
 
     def best(self) -> int:
         """Index of the chunk that supports the claim most (first on ties)."""
@@ -72,7 +79,8 @@ class NLIScorer:
 
     def __init__(self, model: Any, tokenizer: Any, *, labels: LabelScheme | None = None,
                  batch_size: int = DEFAULT_BATCH_SIZE, chunk_tokens: int = DEFAULT_CHUNK_TOKENS,
-                 max_length: int | None = None, name: str = "") -> None:
+                 max_length: int | None = None, name: str = "",
+                 profile: "str | ScoringProfile | None" = None) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         if chunk_tokens < 16:
@@ -83,7 +91,15 @@ class NLIScorer:
         self.labels = labels or LabelScheme.from_config(model.config.id2label, self.name)
         self.batch_size = batch_size
         self.chunk_tokens = chunk_tokens
-        self.max_length = max_length or model_max_length(model.config, tokenizer)
+        self.profile = profiles.resolve(profile, self.name)
+        if self.profile.name == "minicheck" and model.config.model_type not in profiles.MINICHECK_MAX_LENGTH:
+            raise ValueError(f"the minicheck profile reproduces MiniCheck's RoBERTa and DeBERTa checkpoints; "
+                             f"{self.name!r} is a {model.config.model_type}")
+        default_length = (profiles.MINICHECK_MAX_LENGTH[model.config.model_type] if self.profile.joined_input
+                          else model_max_length(model.config, tokenizer))
+        self.max_length = max_length or default_length
+        #: MiniCheck's separator between chunk and claim, inside one sequence.
+        self.eos_token = getattr(tokenizer, "eos_token", None) or tokenizer.sep_token
         self.special_tokens = tokenizer.num_special_tokens_to_add(pair=True)
         # Claims are capped so a chunk keeps at least half of the window.
         self.max_claim_tokens = max(8, (self.max_length - self.special_tokens) // 2)
@@ -100,8 +116,9 @@ class NLIScorer:
     @classmethod
     def from_pretrained(cls, name_or_path: str | None = None, *, device: str | None = None,
                         dtype: str | None = None, labels: Sequence[str] | None = None,
-                        **kwargs: Any) -> "NLIScorer":
-        """Load a checkpoint by hub id or local path; unset arguments come from FI_EVALS_*."""
+                        profile: str | None = None, **kwargs: Any) -> "NLIScorer":
+        """Load a checkpoint by hub id or local path (or an AlignScore `.ckpt`, converted once and
+        cached); unset arguments come from FI_EVALS_*."""
         import torch
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
@@ -114,15 +131,21 @@ class NLIScorer:
         target = resolve_device(parse_device(device or config.device))
         _check_device(target, "device" if device else "FI_EVALS_DEVICE")
         torch_dtype = resolve_dtype(dtype or config.dtype, target)
-        tokenizer = AutoTokenizer.from_pretrained(name)
-        model = AutoModelForSequenceClassification.from_pretrained(name, dtype=torch_dtype)
+        chosen = profiles.resolve(profile or config.profile, name, "profile" if profile else "FI_EVALS_PROFILE")
+        weights = name
+        if Path(name).suffix.lower() == ".ckpt":  # AlignScore's Lightning checkpoint
+            from .alignscore import converted_checkpoint
+
+            weights = str(converted_checkpoint(name))
+        tokenizer = AutoTokenizer.from_pretrained(weights)
+        model = AutoModelForSequenceClassification.from_pretrained(weights, dtype=torch_dtype)
         model.eval().to(target)
         # On the CPU: DeBERTa-v2/v3's faster attention and oneDNN-packed linears, same maths
         # (FI_EVALS_ACCELERATION=off turns both off).
         model = pack_linears(accelerate_for_cpu(model))
         scheme = LabelScheme.from_config(model.config.id2label, name,
                                          labels if labels is not None else config.labels)
-        return cls(model, tokenizer, labels=scheme, name=name, **kwargs)
+        return cls(model, tokenizer, labels=scheme, name=name, profile=chosen, **kwargs)
 
     @property
     def device(self) -> "torch.device":
@@ -146,10 +169,16 @@ class NLIScorer:
 
     def chunk(self, premises: Sequence[str], budget: int) -> list[Chunk]:
         """Cut each passage into chunks of at most `budget` tokens at sentence boundaries."""
-        return [chunk for chunk, _ in self._chunk_with_lengths(premises, budget)]
+        return [chunk for chunk, _, _ in self._chunk_with_lengths(premises, budget)]
 
-    def _chunk_with_lengths(self, premises: Sequence[str], budget: int) -> list[tuple[Chunk, int]]:
-        chunks: list[tuple[Chunk, int]] = []
+    def _chunk_with_lengths(self, premises: Sequence[str], budget: int) -> list[tuple[Chunk, int, str]]:
+        """(chunk, tokens, the text the model reads) per chunk: the default profile's packing, or the
+        reference profile's chunking (budget unused there)."""
+        if self.profile.name == "minicheck":
+            return [item for index, passage in enumerate(premises) for item in self._minicheck_chunks(index, passage)]
+        if self.profile.name == "alignscore":
+            return [item for index, passage in enumerate(premises) for item in self._alignscore_chunks(index, passage)]
+        chunks: list[tuple[Chunk, int, str]] = []
         for index, passage in enumerate(premises):
             sentences = split_sentences(passage)
             if not sentences:
@@ -161,8 +190,59 @@ class NLIScorer:
                     pieces.append((sentence.start, sentence.end, length))
                 else:
                     pieces.extend(self._split_long(passage, sentence.start, sentence.end, budget))
-            chunks.extend((Chunk(passage[s:e], index, s, e), n) for s, e, n in _pack(pieces, budget))
+            chunks.extend((Chunk(passage[s:e], index, s, e), n, passage[s:e]) for s, e, n in _pack(pieces, budget))
         return chunks
+
+    def _minicheck_chunks(self, index: int, passage: str) -> list[tuple[Chunk, int, str]]:
+        """MiniCheck: the passage split at newlines, each line into sentences, a newline kept as an
+        item between lines; items packed greedily while their token counts (each cut at the window)
+        sum to at most 400; a chunk is its items joined by spaces, " \n " read as a newline, trimmed."""
+        items: list[tuple[str, int, int]] = []  # (text, start, end)
+        offset = 0
+        for number, line in enumerate(passage.split("\n")):
+            if number:
+                items.append(("\n", offset - 1, offset - 1))
+            items += [(s.text, offset + s.start, offset + s.end) for s in split_sentences(line)]
+            offset += len(line) + 1
+        if not items:
+            items = [("", 0, 0)]
+        counts = [len(ids) for ids in self.tokenizer([text for text, _, _ in items], add_special_tokens=False,
+                                                       truncation=True, max_length=self.max_length)["input_ids"]]
+        groups: list[list[int]] = []
+        current: list[int] = []
+        used = 0
+        for i, count in enumerate(counts):
+            if used + count > profiles.MINICHECK_CHUNK_TOKENS:
+                groups.append(current)
+                current, used = [i], count
+            else:
+                current.append(i)
+                used += count
+        groups.append(current)
+        out = []
+        for group in groups:
+            text = " ".join(items[i][0] for i in group).replace(" \n ", "\n").strip()
+            if text:
+                spans = [items[i] for i in group if items[i][0] != "\n"] or [items[group[0]]]
+                start, end = spans[0][1], spans[-1][2]
+                out.append((Chunk(passage[start:end], index, start, end), self.token_lengths([text])[0], text))
+        return out
+
+    def _alignscore_chunks(self, index: int, passage: str) -> list[tuple[Chunk, int, str]]:
+        """AlignScore (`nli_sp`): n = words // 350 + 1 parts; chunks of len(sentences) // n consecutive
+        sentences (at least one) joined by spaces."""
+        sentences = split_sentences(passage)
+        if not sentences:
+            return [(Chunk("", index, 0, 0), 0, "")]
+        parts = len(passage.strip().split()) // profiles.ALIGNSCORE_CHUNK_WORDS + 1
+        size = max(len(sentences) // parts, 1)
+        out = []
+        for first in range(0, len(sentences), size):
+            group = sentences[first:first + size]
+            text = " ".join(s.text for s in group)
+            start, end = group[0].start, group[-1].end
+            out.append((Chunk(passage[start:end], index, start, end), self.token_lengths([text])[0], text))
+        return out
 
     def _split_long(self, passage: str, start: int, end: int, budget: int) -> list[tuple[int, int, int]]:
         """A sentence longer than the budget becomes token windows cut between words where possible
@@ -191,22 +271,25 @@ class NLIScorer:
         claim_texts: list[list[str]] = []  # per request, its claims' windows (a short claim is one)
         window_owner: list[list[int]] = []  # per request, the claim each window belongs to
         chunk_lists: list[list[Chunk]] = []
+        model_texts: list[list[str]] = []  # per request, the text the model reads for each chunk
         pairs: list[_Pair] = []
         all_claims = [c for r in requests for c in r.claims]
         all_lengths = iter(self.token_lengths(all_claims))
+        reference = self.profile.name != "default"  # a reference profile scores claims whole
         for r_index, request in enumerate(requests):
             windows = [(owner, window) for owner, claim in enumerate(request.claims)
-                       for window in self.claim_windows(claim, next(all_lengths))]
+                       for window in ([(claim, next(all_lengths))] if reference
+                                      else self.claim_windows(claim, next(all_lengths)))]
             claims = [text for _, (text, _) in windows]
             lengths = [tokens for _, (_, tokens) in windows]
             window_owner.append([owner for owner, _ in windows])
             budget = self.max_length - self.special_tokens - max(lengths, default=0)
             sized = self._chunk_with_lengths(request.premises, max(8, min(self.chunk_tokens, budget)))
-            chunks = [chunk for chunk, _ in sized]
             claim_texts.append(claims)
-            chunk_lists.append(chunks)
+            chunk_lists.append([chunk for chunk, _, _ in sized])
+            model_texts.append([text for _, _, text in sized])
             for c_index, claim_len in enumerate(lengths):
-                for k_index, (_, chunk_len) in enumerate(sized):
+                for k_index, (_, chunk_len, _) in enumerate(sized):
                     pairs.append(_Pair(r_index, c_index, k_index, chunk_len + claim_len))
 
         def table() -> list[list[list[float]]]:
@@ -214,11 +297,16 @@ class NLIScorer:
 
         three_way = self.labels.contradiction is not None
         support, contra = table(), table() if three_way else None
+        cut = [[False] * len(claims) for claims in claim_texts]
         pairs.sort(key=lambda p: p.length)
         for first in range(0, len(pairs), self.batch_size):
             batch = pairs[first:first + self.batch_size]
-            sup, con = self.score_pairs([chunk_lists[p.request][p.chunk].text for p in batch],
-                                        [claim_texts[p.request][p.claim] for p in batch])
+            premises = [model_texts[p.request][p.chunk] for p in batch]
+            hypotheses = [claim_texts[p.request][p.claim] for p in batch]
+            sup, con = self.score_pairs(premises, hypotheses)
+            if reference:
+                for p, over in zip(batch, self.overflows(premises, hypotheses)):
+                    cut[p.request][p.claim] |= over
             for i, p in enumerate(batch):
                 support[p.request][p.claim][p.chunk] = sup[i]
                 if contra is not None:
@@ -235,7 +323,8 @@ class NLIScorer:
             for claim, windows in zip(request.claims, per_claim):
                 weakest = min(windows, key=lambda w: max(support[r][w], default=0.0))
                 evidence.append(ClaimEvidence(claim, chunk_lists[r], support[r][weakest],
-                                              contra[r][weakest] if contra is not None else None, len(windows)))
+                                              contra[r][weakest] if contra is not None else None, len(windows),
+                                              any(cut[r][w] for w in windows)))
             out.append(evidence)
         return out
 
@@ -245,14 +334,18 @@ class NLIScorer:
         fused path)."""
         import torch
 
+        if self.profile.joined_input:  # MiniCheck: one sequence, cut at its end
+            texts: tuple[list[str], ...] = ([f"{p}{self.eos_token}{h}" for p, h in zip(premises, hypotheses)],)
+            truncation: str | bool = True
+        else:
+            texts, truncation = (list(premises), list(hypotheses)), "only_first"
         if self.fused is not None:  # packed: no padding
-            enc = self.tokenizer(list(premises), list(hypotheses), truncation="only_first",
-                                 max_length=self.max_length)
+            enc = self.tokenizer(*texts, truncation=truncation, max_length=self.max_length)
             with torch.inference_mode():
                 logits = self.fused(enc["input_ids"], token_type_ids=enc.get("token_type_ids"))
         else:
-            enc = self.tokenizer(list(premises), list(hypotheses), padding=True, truncation="only_first",
-                                 max_length=self.max_length, return_tensors="pt")
+            enc = self.tokenizer(*texts, padding=True, truncation=truncation, max_length=self.max_length,
+                                 return_tensors="pt")
             enc = {k: v.to(self.device) for k, v in enc.items()}
             with torch.inference_mode():
                 logits = self.model(**enc).logits
@@ -261,6 +354,14 @@ class NLIScorer:
         if self.labels.contradiction is None:
             return support, None
         return support, probs[:, self.labels.contradiction].tolist()
+
+    def overflows(self, premises: Sequence[str], hypotheses: Sequence[str]) -> list[bool]:
+        """Which pairs are longer than the window as this profile encodes them (and so are cut)."""
+        if self.profile.joined_input:
+            enc = self.tokenizer([f"{p}{self.eos_token}{h}" for p, h in zip(premises, hypotheses)])
+        else:
+            enc = self.tokenizer(list(premises), list(hypotheses))
+        return [len(ids) > self.max_length for ids in enc["input_ids"]]
 
 
 def _pack(pieces: list[tuple[int, int, int]], budget: int) -> list[tuple[int, int, int]]:
@@ -348,13 +449,14 @@ _shared: dict[tuple, NLIScorer] = {}
 _shared_lock = threading.Lock()
 
 
-def shared_scorer(model: str | None = None, device: str | None = None,
-                  dtype: str | None = None, labels: Sequence[str] | None = None) -> NLIScorer:
-    """One loaded scorer per (model, device, dtype, labels) per process: evaluators share weights."""
+def shared_scorer(model: str | None = None, device: str | None = None, dtype: str | None = None,
+                  labels: Sequence[str] | None = None, profile: str | None = None) -> NLIScorer:
+    """One loaded scorer per (model, device, dtype, labels, profile) per process: evaluators share weights."""
     config = EvalsConfig.from_env()
     key = (model or config.model, device or config.device, dtype or config.dtype,
-           tuple(labels) if labels else config.labels)
+           tuple(labels) if labels else config.labels, profile or config.profile)
     with _shared_lock:
         if key not in _shared:
-            _shared[key] = NLIScorer.from_pretrained(key[0], device=key[1], dtype=key[2], labels=key[3])
+            _shared[key] = NLIScorer.from_pretrained(key[0], device=key[1], dtype=key[2], labels=key[3],
+                                                     profile=key[4])
         return _shared[key]
