@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -68,6 +69,15 @@ def test_compare_exit_codes(results_files, tmp_path):
     (["run", "{base}", "-e", "factual_consistency", "-m", "response=summary", "-m", "reference=document",
       "-o", "{out}"], "response='summary', reference='document'"),
     (["frobnicate"], "invalid choice: 'frobnicate'"),
+    (["run", "{base}", "-e", "factual_consistency", "--label-column", "human", "-o", "{out}"],
+     "--label-column human: no such column; columns are cohort, checkpoint"),
+    (["run", "{base}", "-e", "factual_consistency", "--label-column", "cohort", "-o", "{out}"],
+     "label column 'cohort': 503 value(s) are not a human label: 'large', 'tiny'"),
+    (["report", "{base}", "-o", "{out}", "--label-column", "human"], "label column 'human': no such column"),
+    (["report", "{base}", "-o", "{out}", "--label-column", "cohort"],
+     "label column 'cohort': 503 value(s) are not a human label: 'large', 'tiny'"),
+    (["report", "{base}", "-o", "{out}", "--label-column", "cohort", "--dev-fraction", "1"],
+     "--dev-fraction must be between 0 and 1 (exclusive), got 1.0"),
 ])
 def test_usage_and_input_errors_exit_2_with_one_line(results_files, tmp_path, args, message):
     names = {"base": results_files["base"], "same": results_files["same"], "missing": tmp_path / "nope.jsonl",
@@ -236,3 +246,47 @@ def test_compare_counts_errors_as_failures_refuses_past_the_error_rate_and_flags
     assert missing.returncode == 1, missing.stdout
     assert "PROBLEM: fc: the candidate has 80 rows, the baseline 100 (20 missing)" in missing.stdout
     assert "0 regression(s)" in missing.stdout
+
+
+def test_run_and_report_measure_agreement_with_human_labels(tmp_path, nli_checkpoint):
+    """`run --label-column` prints, after the pass rates, what `agreement()` finds in the results it
+    wrote; `report --label-column` shows the same rows' agreement (its own dev fraction)."""
+    from fi_evals_core.evals import agreement
+
+    reference = "The cat sat on the red mat. The dog slept by the door. It rained all day."
+    cases = [("A cat sat on a red mat.", "supported"), ("The dog slept by the door.", "1"),
+             ("It rained all day.", "yes"), ("The cat flew to the moon.", "unsupported"),
+             ("The dog sang opera.", "0"), ("It was sunny and dry.", "no"), ("A cat sat down.", "Supported"),
+             ("The mat was blue.", "FALSE"), ("A dog and a cat.", "")]
+    data = tmp_path / "data.jsonl"
+    data.write_text("".join(json.dumps({"response": r, "reference": reference, "human": y}) + "\n"
+                            for r, y in cases))
+    out = tmp_path / "v1.jsonl"
+    proc = fi_evals("run", data, "-e", "factual_consistency", "--nli-model", nli_checkpoint("bert"), "-o", out,
+                    "--checkpoint", "v1", "--no-progress", "--label-column", "human", env={"FI_EVALS_DEVICE": "cpu"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    expected = agreement(out, "factual_consistency", "human")
+    assert (expected.measured, expected.positives, expected.negatives, expected.unlabelled) == (8, 4, 4, 1)
+    assert str(expected) in proc.stdout
+    assert "factual_consistency (v1) against human label 'human': 8 of 9 rows measured (4 supported, 4 not); " \
+           "left out: 1 without a label, 0 errored" in proc.stdout
+    assert proc.stdout.index("factual_consistency: pass rate") < proc.stdout.index("against human label")
+
+    html = tmp_path / "report.html"
+    proc = fi_evals("report", out, "-o", html, "--label-column", "human", "--dev-fraction", "0.4")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    page = html.read_text()
+    tuned = agreement(out, "factual_consistency", "human", dev_fraction=0.4)
+    table = page.split('<table id="agreement">')[1].split("</table>")[0]
+    row = re.search(r'<tr[^>]*data-evaluation="factual_consistency" data-checkpoint="v1">(.*?)</tr>', table).group(1)
+    assert re.search(r'data-col="measured">8<div class="small">4 / 4</div>', row)
+    assert f'data-col="auc">{tuned.roc_auc:.3f}' in row
+    assert f"test {tuned.test_rows} ({tuned.test_positives} / {tuned.test_negatives})" in row
+    assert "(dev fraction 0.4)" in page and "<script" not in page
+
+    # unreadable labels: refused before anything is scored
+    data.write_text(data.read_text().replace('"human": "no"', '"human": "perhaps"'))
+    refused = fi_evals("run", data, "-e", "factual_consistency", "-o", tmp_path / "x.jsonl", "--label-column", "human")
+    assert refused.returncode == 2 and "label column 'human': 1 value(s) are not a human label: 'perhaps'" \
+        in refused.stderr
+    assert not (tmp_path / "x.jsonl").exists()

@@ -233,3 +233,82 @@ def test_report_reads_parquet(results, tmp_path):
     assert parser.table[(FC, "model-v1")]["pass_rate"] == "50.0%"
     assert parser.table[(GR, "model-v2")]["mean_score"] == "0.640"
     assert "The weakest claim about history &lt;b&gt;bold&lt;/b&gt;." in page
+
+
+# ---------------------------------------------------------------------------------------------
+# agreement with human labels
+
+LABEL = "human<i>"  # a column name that needs escaping
+
+
+def _labelled(checkpoint, cases):
+    """Rows of `fc` from (row_id, score or None for an error, human label)."""
+    rows = []
+    for row_id, score, label in cases:
+        row = {"row_id": row_id, "checkpoint": checkpoint, LABEL: label, f"{FC}.label": None, f"{FC}.claims": [],
+               f"{FC}.reason": "", f"{FC}.score": score, f"{FC}.passed": None if score is None else score >= 0.5,
+               f"{FC}.error_type": "ValueError" if score is None else None}
+        rows.append(row)
+    return rows
+
+
+def _cells(page, checkpoint):
+    """{data-col: text} of one checkpoint's row of the agreement table, tags dropped."""
+    table = page.split('<table id="agreement">')[1].split("</table>")[0]
+    tr = re.search(rf'<tr[^>]*data-evaluation="{FC}" data-checkpoint="{checkpoint}">(.*?)</tr>', table).group(1)
+    return {col: re.sub(r"<[^>]+>", " ", text).split() for col, text in re.findall(r'data-col="(\w+)">(.*?)</td>', tr)}
+
+
+def test_report_agreement_with_human_labels(tmp_path):
+    from fi_evals_core.evals import agreement
+
+    # supported 0.9, 0.6, 0.4; unsupported 0.6, 0.2; one row unlabelled, one errored. ROC-AUC by hand:
+    # 0.9 beats both (2), 0.6 ties 0.6 and beats 0.2 (1.5), 0.4 beats 0.2 (1): 4.5 / 6 = 0.750. The verdict
+    # (score >= 0.5) passes 2 of 3 supported and fails 1 of 2 unsupported: (2/3 + 1/2) / 2 = 58.3 %.
+    cases = [("a", 0.9, "supported"), ("b", 0.6, "supported"), ("c", 0.6, "unsupported"), ("d", 0.2, "unsupported"),
+             ("e", 0.4, "supported"), ("f", 0.5, ""), ("g", None, "supported")]
+    v1 = _labelled("model-v1", cases)
+    # the same rows, a checkpoint that ranks them perfectly (0.8 and up supported, 0.3 and down not)
+    v2 = _labelled("model-v2", [(i, None if s is None else (0.8 if y == "supported" else 0.3) + 0.01 * k, y)
+                                for k, (i, s, y) in enumerate(cases)])
+    paths = [_write_jsonl(tmp_path / "v1.jsonl", v1), _write_jsonl(tmp_path / "v2.jsonl", v2)]
+    page = write_report(paths, tmp_path / "r.html", label_column=LABEL).read_text(encoding="utf-8")
+
+    assert '<h2 id="agree-h">Agreement with human labels</h2>' in page
+    one = _cells(page, "model-v1")
+    assert one["measured"] == ["5", "3", "/", "2"]
+    assert one["left_out"] == ["1", "unlabelled", "1", "errored"]
+    assert one["auc"][0] == "0.750" and one["bacc"][0] == "58.3%"
+    assert one["bacc"][-2:] == ["accuracy", "60.0%"]  # 3 of 5 verdicts right
+    two = _cells(page, "model-v2")
+    assert two["auc"][:2] == ["1.000", "[1.000,"] and two["bacc"][0] == "100.0%"
+    # the tuned threshold and the test split are the API's, on the same rows
+    for rows, cells in ((v1, one), (v2, two)):
+        expected = agreement(rows, FC, LABEL)
+        assert cells["threshold"][0] == ("–" if expected.threshold is None else f"{expected.threshold:.3f}")
+        assert f"test {expected.test_rows} ({expected.test_positives} / {expected.test_negatives})" \
+            in " ".join(cells["test_bacc"])
+    # the rows split the same way for both checkpoints (by a hash of row_id): 4 of the 5 measured in dev
+    assert one["threshold"][1:6] == two["threshold"][1:6] == ["dev", "4", "(2", "/", "2)"]
+
+    # a ROC curve per checkpoint in the palette, over the chance diagonal; scores split by label
+    assert re.search(rf'<polyline points="[^"]+" class="roc" stroke="{PALETTE[0]}">', page)
+    assert re.search(rf'<polyline points="[^"]+" class="roc" stroke="{PALETTE[1]}">', page)
+    assert page.count('class="chance"') == 1
+    titles = re.findall(r"<title>([^<]*)</title>", page)
+    assert f"model-v1, {FC}: score 0.6–0.7): 1 of 3 supported rows (33.3%)" in titles
+    assert f"model-v1, {FC}: score 0.6–0.7): 1 of 2 unsupported rows (50.0%)" in titles
+    assert "model-v1: ROC-AUC 0.750 over 3 supported and 2 unsupported rows" in titles
+
+    # escaped, and still self-contained
+    assert "<code>human&lt;i&gt;</code>" in page and "<i>" not in page
+    assert "<script" not in page
+    assert not re.search(r"https?://|//[a-z0-9.-]+\.[a-z]{2,}/|@import|<link\b|\bsrc=", page, re.I)
+
+    # no label column: no section; a wrong one or unreadable labels: an error naming them
+    assert "Agreement with human labels" not in write_report(paths, tmp_path / "plain.html").read_text()
+    with pytest.raises(ValueError, match="label column 'nope': no such column"):
+        write_report(paths, tmp_path / "x.html", label_column="nope")
+    bad = _write_jsonl(tmp_path / "bad.jsonl", _labelled("v3", [("a", 0.5, "maybe")]))
+    with pytest.raises(ValueError, match="label column 'human<i>': 1 value\\(s\\) are not a human label: 'maybe'"):
+        write_report([bad], tmp_path / "x.html", label_column=LABEL)

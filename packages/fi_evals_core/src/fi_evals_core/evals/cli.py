@@ -4,6 +4,7 @@
         --map reference=document [--model CHECKPOINT --prompt-column prompt] -o results.jsonl
     fi-evals compare baseline.jsonl candidate.jsonl --max-delta 0.02 [--by cohort] [--json]
     fi-evals report results-a.jsonl results-b.jsonl -o report.html [--by cohort]
+    fi-evals run|report ... --label-column human_label [--dev-fraction 0.5]   # agreement with human labels
 
 Exit codes: 0 success (and, for `compare`, no regression), 1 `compare` failed the candidate (a
 regression, or rows missing from it), 2 a usage or input error (one line on stderr naming what was
@@ -78,6 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
                                          "rows by); default: a hash of the row's inputs other than the response")
     run.add_argument("--max-error-rate", type=float, default=DEFAULT_MAX_ERROR_RATE,
                      help="exit 3 when more than this share of an evaluation's rows errored (default 0.01)")
+    _add_label_options(run)
 
     cmp = sub.add_parser("compare", help="pass-rate change per evaluation and cohort; exit 1 on a regression")
     cmp.add_argument("baseline", help="results file of the last good checkpoint")
@@ -97,7 +99,17 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("results", nargs="+", help="results files (one per checkpoint)")
     rep.add_argument("--output", "-o", required=True, help="HTML file to write")
     rep.add_argument("--by", action="append", default=[], help="cohort column (repeatable, or comma-separated)")
+    _add_label_options(rep)
     return parser
+
+
+def _add_label_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--label-column", help="human label column (1/0, true/false, yes/no, pass/fail, "
+                                               "supported/unsupported...): the evaluators' agreement with it "
+                                               "(balanced accuracy, ROC-AUC, a threshold tuned on a dev split)")
+    parser.add_argument("--dev-fraction", type=float, default=0.5,
+                        help="with --label-column: share of rows (by a hash of row_id) that tunes the threshold; "
+                             "the rest is the test split (default 0.5)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -147,6 +159,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise UsageError(f"--threshold must be from 0 to 1, got {args.threshold}")
     if not 0 <= args.max_error_rate <= 1:
         raise UsageError(f"--max-error-rate must be from 0 to 1, got {args.max_error_rate}")
+    _check_dev_fraction(args)
     if Path(args.output).suffix.lower() not in (".jsonl", ".ndjson", ".json", ".parquet"):
         raise UsageError(f"--output {args.output}: use a .jsonl or .parquet file")
     classes = [evaluator_class(name) for name in _split(args.evaluator)]
@@ -166,6 +179,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         if args.id_column not in dataset.columns:
             raise UsageError(f"--id-column {args.id_column}: no such column; columns are {', '.join(dataset.columns)}")
         dataset.id_column = args.id_column
+    if args.label_column:  # before scoring: a typo or unreadable labels should not cost a run
+        from .agreement import read_labels
+
+        if args.label_column not in dataset.columns:
+            raise UsageError(f"--label-column {args.label_column}: no such column; "
+                             f"columns are {', '.join(dataset.columns)}")
+        read_labels(dataset.rows, args.label_column)
     if dataset.trace_stats is not None:
         s = dataset.trace_stats
         print(f"{args.dataset}: {s['rows']} generation(s) with captured content "
@@ -202,10 +222,20 @@ def cmd_run(args: argparse.Namespace) -> int:
             check_error_rate(rows, name, args.max_error_rate, "this run")
         except BrokenResults as exc:
             broken.append(str(exc))
+    if args.label_column:
+        from .agreement import agreement
+
+        for name in dataset.evaluation_names:
+            print(agreement(dataset, name, args.label_column, dev_fraction=args.dev_fraction))
     print(f"wrote {len(dataset)} rows to {path}")
     for message in broken:  # the gate fails closed: a scorer that could not run is not a pass
         print(f"fi-evals: error: {message}", file=sys.stderr)
     return EXIT_ERRORS if broken else EXIT_OK
+
+
+def _check_dev_fraction(args: argparse.Namespace) -> None:
+    if not 0 < args.dev_fraction < 1:
+        raise UsageError(f"--dev-fraction must be between 0 and 1 (exclusive), got {args.dev_fraction}")
 
 
 def _generation_device(device: str | None) -> str | None:
@@ -229,9 +259,11 @@ def cmd_report(args: argparse.Namespace) -> int:
     for path in args.results:
         if not Path(path).is_file():
             raise UsageError(f"results file not found: {path}")
+    _check_dev_fraction(args)
     from .report import write_report
 
-    path = write_report(list(args.results), args.output, by=_split(args.by) or None)
+    path = write_report(list(args.results), args.output, by=_split(args.by) or None, label_column=args.label_column,
+                        dev_fraction=args.dev_fraction)
     print(f"wrote {path}")
     return EXIT_OK
 

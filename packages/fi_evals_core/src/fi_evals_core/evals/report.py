@@ -10,6 +10,11 @@ It holds, in order:
   a side too broken to compare says so instead;
 - a grouped bar chart of pass rate per checkpoint, by evaluation, and for each `by` column one
   per evaluation with the column's cohorts as groups (cohorts with most rows first);
+- with a human label column (`label_column`): the agreement of each evaluation and checkpoint with
+  the labels (agreement.py: balanced accuracy of the verdict, ROC-AUC of the score, both with
+  bootstrap intervals; a threshold tuned on the dev split and its balanced accuracy on the test
+  split; the rows left out), a ROC curve per evaluation (one line per checkpoint), and the score
+  distribution of supported and unsupported rows per checkpoint;
 - a score histogram (10 bins from 0 to 1, share of the scored rows) per evaluation and checkpoint;
 - per evaluation the lowest-scoring items with their reason and least-supported claim,
   and the rows that could not be scored.
@@ -35,6 +40,8 @@ from html import escape
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+from .agreement import DEFAULT_DEV_FRACTION, Agreement, Labelled, check_label_column, labelled_scores, measure, \
+    roc_points
 from .regression import BrokenResults, compare_results, error_summary
 
 __all__ = ["PALETTE", "load_rows", "write_report"]
@@ -284,6 +291,26 @@ def _bin_counts(scores: Sequence[float]) -> list[int]:
     return counts
 
 
+def _hist_frame(left: float, top: float, plot_w: float, plot_h: float, y_max: float) -> list[str]:
+    """A histogram's grid, share ticks (0 to `y_max`) and score ticks (0 to 1)."""
+    out = []
+    for frac in (0, 0.5, 1):
+        y = top + plot_h * (1 - frac)
+        out.append(f'<line x1="{left}" x2="{left + plot_w}" y1="{y:.1f}" y2="{y:.1f}" '
+                   f'class="{"axis" if frac == 0 else "grid"}"/>')
+        out.append(f'<text x="{left - 6}" y="{y + 4:.1f}" class="tick" text-anchor="end">'
+                   f'{100 * frac * y_max:.0f}%</text>')
+    for i in range(0, BINS + 1, 2):
+        out.append(f'<text x="{left + i * plot_w / BINS:.1f}" y="{top + plot_h + 15}" class="tick" '
+                   f'text-anchor="middle">{i / BINS:.1f}</text>')
+    return out
+
+
+def _share_scale(top: float) -> float:
+    """The vertical scale of histograms whose tallest bar is `top` (a share): the next tenth up."""
+    return min(1.0, math.ceil(round(top * 10, 6)) / 10) or 1.0
+
+
 def _histogram(ev: str, ck: str, st: Stats, colour: str, y_max: float, chart_id: str) -> str:
     """Share of the scored rows per score bin [0, 0.1), ..., [0.9, 1.0]."""
     counts = _bin_counts(st.scores)
@@ -297,13 +324,8 @@ def _histogram(ev: str, ck: str, st: Stats, colour: str, y_max: float, chart_id:
         f'<svg width="{width}" height="{height}" '
         f'viewBox="0 0 {width} {height}" class="hist" role="img" aria-labelledby="{chart_id}-t">',
         f'<title id="{chart_id}-t">{escape(title)}: {total} scored rows in {BINS} bins from 0 to 1</title>',
+        *_hist_frame(left, top, plot_w, plot_h, y_max),
     ]
-    for frac in (0, 0.5, 1):
-        y = top + plot_h * (1 - frac)
-        out.append(f'<line x1="{left}" x2="{left + plot_w}" y1="{y:.1f}" y2="{y:.1f}" '
-                   f'class="{"axis" if frac == 0 else "grid"}"/>')
-        out.append(f'<text x="{left - 6}" y="{y + 4:.1f}" class="tick" text-anchor="end">'
-                   f'{100 * frac * y_max:.0f}%</text>')
     for i, c in enumerate(counts):
         lo, hi = i / BINS, (i + 1) / BINS
         share = c / total if total else 0.0
@@ -315,10 +337,6 @@ def _histogram(ev: str, ck: str, st: Stats, colour: str, y_max: float, chart_id:
             f'height="{max(h, 0):.1f}" fill="{colour}" shape-rendering="crispEdges">'
             f"<title>{escape(tip)}</title></rect>"
         )
-    for i in range(0, BINS + 1, 2):
-        x = left + i * bw
-        out.append(f'<text x="{x:.1f}" y="{top + plot_h + 15}" class="tick" text-anchor="middle">'
-                   f"{i / BINS:.1f}</text>")
     if st.mean is not None:
         x = left + plot_w * min(max(st.mean, 0.0), 1.0)
         out.append(f'<line x1="{x:.1f}" x2="{x:.1f}" y1="{top}" y2="{top + plot_h}" class="mean">'
@@ -387,6 +405,10 @@ svg .na { font-size: 12px; fill: var(--muted); }
 svg line.grid { stroke: #eceef2; stroke-width: 1; }
 svg line.axis { stroke: #9aa1ae; stroke-width: 1; }
 svg line.mean { stroke: var(--fg); stroke-width: 1.5; stroke-dasharray: 4 3; }
+svg line.tuned { stroke: var(--fg); stroke-width: 1.5; stroke-dasharray: 1.5 2.5; }
+svg line.chance { stroke: #9aa1ae; stroke-width: 1; stroke-dasharray: 5 4; }
+svg polyline.roc { fill: none; stroke-width: 2; stroke-linejoin: round; }
+svg.roc { width: 100%; height: auto; max-width: 420px; }
 td.reason { max-width: 420px; }
 td.claim { max-width: 300px; }
 .claim q { font-style: italic; }
@@ -668,12 +690,185 @@ def _distributions(rows_by_ck: dict[str, list[dict]], evals: list[str], colours:
         stats = {ck: st for ck, rows in rows_by_ck.items() if (st := _stats(rows, ev)).rows}
         top = max((max(_bin_counts(st.scores)) / len(st.scores) for st in stats.values() if st.scores),
                   default=1.0)
-        y_max = min(1.0, math.ceil(round(top * 10, 6)) / 10) or 1.0
+        y_max = _share_scale(top)
         cards = []
         for ci, (ck, st) in enumerate(stats.items()):
             svg = _histogram(ev, ck, st, colours[ck], y_max, f"h-{ei}-{ci}")
             stat = f'<div class="stat">{len(st.scores)} scored · mean {_num(st.mean)}</div>'
             cards.append(f'<div class="card"><h4>{_swatch(colours[ck])}{escape(ck)}</h4>{stat}{svg}</div>')
+        out.append(f'<h3><code>{escape(ev)}</code></h3><div class="grid">{"".join(cards)}</div>')
+    return "".join(out)
+
+
+# --------------------------------------------------------------------------------------------
+# agreement with human labels
+
+
+def _thin(points: list[tuple[float, float]], step: float = 0.002) -> list[tuple[float, float]]:
+    """The curve with points closer than `step` to the last kept one dropped (ends kept): the same
+    line at any size, in a few hundred points."""
+    kept = points[:1]
+    for x, y in points[1:-1]:
+        if abs(x - kept[-1][0]) >= step or abs(y - kept[-1][1]) >= step:
+            kept.append((x, y))
+    return kept + points[-1:] if len(points) > 1 else kept
+
+
+def _roc_chart(ev: str, curves: list[tuple[str, list[tuple[float, float]], Agreement]], colours: dict[str, str],
+               chart_id: str) -> str:
+    """ROC curves of one evaluation, one line per checkpoint, over the chance diagonal."""
+    size, left, right, bottom = 240, 52, 16, 44
+    legend, legend_rows, legend_w = _legend([ck for ck, _, _ in curves], colours, left, 18, 300)
+    top = 26 + 20 * legend_rows
+    width, height = left + max(size, legend_w) + right, top + size + bottom
+    names = ", ".join(f"{ck} {ag.roc_auc:.3f}" for ck, _, ag in curves)
+    out = [f'<svg width="{width:.0f}" height="{height}" viewBox="0 0 {width:.0f} {height}" class="roc" role="img" '
+           f'aria-labelledby="{chart_id}-t">',
+           f'<title id="{chart_id}-t">{escape(f"ROC curve of {ev} against the human labels; ROC-AUC: {names}")}'
+           f"</title>", *legend]
+    for tick in (0, 0.25, 0.5, 0.75, 1):
+        x, y = left + size * tick, top + size * (1 - tick)
+        cls = "axis" if tick == 0 else "grid"
+        out.append(f'<line x1="{left}" x2="{left + size}" y1="{y:.1f}" y2="{y:.1f}" class="{cls}"/>'
+                   f'<line x1="{x:.1f}" x2="{x:.1f}" y1="{top}" y2="{top + size}" class="{cls}"/>'
+                   f'<text x="{left - 6}" y="{y + 4:.1f}" class="tick" text-anchor="end">{tick:g}</text>'
+                   f'<text x="{x:.1f}" y="{top + size + 15}" class="tick" text-anchor="middle">{tick:g}</text>')
+    out.append(f'<line x1="{left}" y1="{top + size}" x2="{left + size}" y2="{top}" class="chance">'
+               "<title>chance (ROC-AUC 0.5)</title></line>")
+    for ck, points, ag in curves:
+        path = " ".join(f"{left + size * fpr:.1f},{top + size * (1 - tpr):.1f}" for fpr, tpr in _thin(points))
+        tip = f"{ck}: ROC-AUC {ag.roc_auc:.3f} over {ag.positives} supported and {ag.negatives} unsupported rows"
+        out.append(f'<polyline points="{path}" class="roc" stroke="{colours[ck]}"><title>{escape(tip)}</title>'
+                   "</polyline>")
+    out.append(f'<text x="{left + size / 2}" y="{top + size + 34}" class="axis-label" text-anchor="middle">'
+               "False positive rate (unsupported rows passed)</text>")
+    out.append(f'<text transform="translate(14 {top + size / 2:.0f}) rotate(-90)" class="axis-label" '
+               'text-anchor="middle">True positive rate</text></svg>')
+    return "".join(out)
+
+
+def _by_label(data: Labelled) -> dict[bool, list[float]]:
+    return {flag: [s for s, y in zip(data.scores, data.labels) if y == flag] for flag in (True, False)}
+
+
+def _label_histogram(ev: str, ck: str, data: Labelled, ag: Agreement, colour: str, y_max: float,
+                     chart_id: str) -> str:
+    """Share of the supported (filled) and of the unsupported (outlined) rows per score bin, side by
+    side; the dotted line is the threshold tuned on the dev split."""
+    classes = _by_label(data)
+    left, right, top, bottom = 44, 12, 30, 40
+    plot_w, plot_h = 250, 120
+    width, height = left + plot_w + right, top + plot_h + bottom
+    bw = plot_w / BINS
+    title = f"Scores of {ev} for checkpoint {ck} by human label"
+    out = [f'<svg width="{width}" height="{height}" viewBox="0 0 {width} {height}" class="hist" role="img" '
+           f'aria-labelledby="{chart_id}-t">',
+           f'<title id="{chart_id}-t">{escape(title)}: {len(classes[True])} supported, {len(classes[False])} '
+           f"unsupported rows, share of each per score bin</title>",
+           *_hist_frame(left, top, plot_w, plot_h, y_max)]
+    x0 = 8.0
+    for k, (label, name) in enumerate(((False, "unsupported"), (True, "supported"))):
+        scores = classes[label]
+        fill = f'fill="{colour}"' if label else f'fill="#fff" stroke="{colour}" stroke-width="1.5"'
+        key = f"{name} ({len(scores)})"
+        out.append(f'<rect x="{x0:.1f}" y="4" width="11" height="11" rx="2" {fill}/>'
+                   f'<text x="{x0 + 16:.1f}" y="14" class="tick">{key}</text>')
+        x0 += 16 + 6.6 * len(key) + 16
+        for i, c in enumerate(_bin_counts(scores)):
+            share = c / len(scores) if scores else 0.0
+            h = plot_h * share / y_max
+            tip = (f"{ck}, {ev}: score {i / BINS:.1f}–{(i + 1) / BINS:.1f}{']' if i == BINS - 1 else ')'}: "
+                   f"{c} of {len(scores)} {name} rows ({_pct(share)})")
+            out.append(f'<rect x="{left + i * bw + 1 + k * (bw - 2) / 2:.1f}" y="{top + plot_h - h:.1f}" '
+                       f'width="{(bw - 2) / 2:.1f}" height="{h:.1f}" {fill} shape-rendering="crispEdges">'
+                       f"<title>{escape(tip)}</title></rect>")
+    if ag.threshold is not None:
+        x = left + plot_w * min(max(ag.threshold, 0.0), 1.0)
+        out.append(f'<line x1="{x:.1f}" x2="{x:.1f}" y1="{top}" y2="{top + plot_h}" class="tuned">'
+                   f"<title>threshold tuned on the dev split: {ag.threshold:.3f}</title></line>")
+    out.append(f'<text x="{left + plot_w / 2}" y="{height - 6}" class="axis-label" text-anchor="middle">'
+               "Score (dotted line: threshold tuned on dev)</text></svg>")
+    return "".join(out)
+
+
+def _with_interval(value: float | None, ci: tuple[float, float] | None, percent: bool) -> str:
+    """`81.2% [78.0, 84.1]` (percent) or `0.861 [0.802, 0.913]`."""
+    if value is None:
+        return '<span class="muted">–</span>'
+    show = (lambda x: f"{100 * x:.1f}") if percent else (lambda x: f"{x:.3f}")
+    interval = "" if ci is None else f'<div class="small">[{show(ci[0])}, {show(ci[1])}]</div>'
+    return show(value) + ("%" if percent else "") + interval
+
+
+def _agreement_table(measured: dict[tuple[str, str], tuple[Labelled, Agreement]], colours: dict[str, str]) -> str:
+    conf = next(iter(measured.values()))[1].confidence
+    out = [f'<table id="agreement"><caption class="small">Balanced accuracy of the evaluator\'s own verdict, '
+           f"ROC-AUC of its score; under each its {conf:.0%} interval. Rows as supported / unsupported; under the "
+           "threshold the dev rows and the balanced accuracy it gives there.</caption><thead><tr><th>Evaluation</th><th>Checkpoint</th>"
+           "<th class=num>Measured</th><th class=num>Left out</th><th class=num>Balanced<br>accuracy</th>"
+           "<th class=num>ROC-AUC</th><th class=num>Threshold<br>tuned on dev</th>"
+           "<th class=num>Balanced<br>acc. on test</th></tr></thead><tbody>"]
+    notes = []
+    previous = None
+    for (ev, ck), (_, ag) in measured.items():
+        first = ' class="first-of-eval"' if ev != previous else ""
+        previous = ev
+        tuned = '<span class="muted">–</span>' if ag.threshold is None else (
+            f'{ag.threshold:.3f}<div class="small">dev {ag.dev_rows} ({ag.dev_positives} / {ag.dev_negatives})<br>'
+            f"there {_pct(ag.dev_balanced_accuracy)}</div>")
+        test = (_with_interval(ag.test_balanced_accuracy, ag.test_balanced_accuracy_ci, True)
+                + f'<div class="small">test {ag.test_rows} ({ag.test_positives} / {ag.test_negatives})</div>')
+        out.append(
+            f'<tr{first} data-evaluation="{_attr(ev)}" data-checkpoint="{_attr(ck)}">'
+            f"<td><code>{escape(ev)}</code></td><td>{_swatch(colours[ck])}{escape(ck)}</td>"
+            f'<td class="num" data-col="measured">{ag.measured}<div class="small">'
+            f"{ag.positives} / {ag.negatives}</div></td>"
+            f'<td class="num" data-col="left_out">{ag.unlabelled} unlabelled<br>{ag.errored} errored</td>'
+            f'<td class="num" data-col="bacc">{_with_interval(ag.balanced_accuracy, ag.balanced_accuracy_ci, True)}'
+            f'<div class="small">accuracy {_pct(ag.accuracy)}</div></td>'
+            f'<td class="num" data-col="auc">{_with_interval(ag.roc_auc, ag.roc_auc_ci, False)}</td>'
+            f'<td class="num" data-col="threshold">{tuned}</td>'
+            f'<td class="num" data-col="test_bacc">{test}</td></tr>')
+        notes += [f"{ev} · {ck}: {note}" for note in ag.notes]
+    out.append("</tbody></table>")
+    out += [f'<p class="note err">{escape(note)}</p>' for note in notes]
+    return "".join(out)
+
+
+def _agreement_section(rows_by_ck: dict[str, list[dict]], evals: list[str], colours: dict[str, str],
+                       label_column: str, dev_fraction: float) -> str:
+    measured: dict[tuple[str, str], tuple[Labelled, Agreement]] = {}
+    for ev in evals:
+        for ck, rows in rows_by_ck.items():
+            ev_rows = [r for r in rows if f"{ev}.score" in r]
+            if ev_rows:
+                data = labelled_scores(ev_rows, ev, label_column)
+                measured[ev, ck] = data, measure(data, ev, label_column, dev_fraction=dev_fraction, checkpoint=ck)
+    first = next(iter(measured.values()))[1]
+    out = ['<h2 id="agree-h">Agreement with human labels</h2>',
+           f'<p class="note">Against the human labels in <code>{escape(label_column)}</code> (supported = 1, true, '
+           "yes, pass, supported, consistent, correct or entailment). Balanced accuracy is the mean of the "
+           "share of supported rows the evaluator passes and of unsupported rows it fails; ROC-AUC is the chance "
+           "that a supported row scores above an unsupported one (ties count half). Intervals: "
+           f"{escape(first.interval_method)}. As LLM-AggreFact measures fact-checkers (Tang et al. 2024, "
+           "MiniCheck), the threshold that maximises balanced accuracy is tuned on the dev split and its balanced "
+           f"accuracy reported on the held-out test split; a row's side is fixed by a hash of its "
+           f"<code>row_id</code> (dev fraction {dev_fraction:g}), the same for every checkpoint. Rows without a "
+           "label, or whose evaluation errored, are left out and counted.</p>",
+           f'<section class="card scroll" aria-labelledby="agree-h">{_agreement_table(measured, colours)}</section>']
+    for ei, ev in enumerate(evals):
+        per_ck = [(ck, data, ag) for (e, ck), (data, ag) in measured.items() if e == ev]
+        curves = [(ck, roc_points(data.scores, data.labels), ag) for ck, data, ag in per_ck if ag.roc_auc is not None]
+        cards = []
+        if curves:
+            cards.append(f'<div class="card"><h4>ROC curve</h4><div class="stat">all measured rows</div>'
+                         f'{_roc_chart(ev, curves, colours, f"roc-{ei}")}</div>')
+        y_max = _share_scale(max((max(_bin_counts(group)) / len(group) for _, data, _ in per_ck
+                                  for group in _by_label(data).values() if group), default=1.0))
+        for ci, (ck, data, ag) in enumerate(per_ck):
+            cards.append(f'<div class="card"><h4>{_swatch(colours[ck])}{escape(ck)}</h4>'
+                         f'<div class="stat">scores by human label</div>'
+                         f'{_label_histogram(ev, ck, data, ag, colours[ck], y_max, f"lh-{ei}-{ci}")}</div>')
         out.append(f'<h3><code>{escape(ev)}</code></h3><div class="grid">{"".join(cards)}</div>')
     return "".join(out)
 
@@ -684,8 +879,11 @@ def render_report(
     title: str | None = None,
     sources: Sequence[str] = (),
     worst_n: int = 10,
+    label_column: str | None = None,
+    dev_fraction: float = DEFAULT_DEV_FRACTION,
 ) -> str:
-    """The report's HTML for rows that already carry `checkpoint` (see `load_rows`)."""
+    """The report's HTML for rows that already carry `checkpoint` (see `load_rows`); with
+    `label_column`, the agreement with those human labels too."""
     by = list(by or [])
     evals = _evaluations(rows)
     if not rows:
@@ -695,6 +893,8 @@ def render_report(
     missing = [b for b in by if not any(b in r for r in rows)]
     if missing:
         raise ValueError(f"by: no such column in the results: {', '.join(missing)}")
+    if label_column is not None:
+        check_label_column(rows, label_column)
     rows_by_ck: dict[str, list[dict]] = {}
     for row in rows:
         rows_by_ck.setdefault(row["checkpoint"], []).append(row)
@@ -725,6 +925,7 @@ def render_report(
         '<h2 id="pass-h">Pass rate by checkpoint</h2>',
         f'<section class="card scroll" aria-labelledby="pass-h">{chart}</section>',
         *(_cohort_section(rows_by_ck, evals, colours, col, bi) for bi, col in enumerate(by)),
+        _agreement_section(rows_by_ck, evals, colours, label_column, dev_fraction) if label_column is not None else "",
         _distributions(rows_by_ck, evals, colours),
         '<h2 id="worst-h">Worst items</h2>',
         f'<p class="note">Per evaluation, the {worst_n} lowest-scoring rows over all checkpoints, with the '
@@ -747,15 +948,19 @@ def write_report(
     title: str | None = None,
     *,
     worst_n: int = 10,
+    label_column: str | None = None,
+    dev_fraction: float = DEFAULT_DEV_FRACTION,
 ) -> Path:
-    """Write one self-contained HTML report of `results_paths` to `output`; returns its path."""
+    """Write one self-contained HTML report of `results_paths` to `output`; returns its path. With
+    `label_column`, it also measures every evaluation against those human labels (agreement.py)."""
     if isinstance(results_paths, (str, Path)):
         results_paths = [results_paths]
     if not results_paths:
         raise ValueError("results_paths: give at least one results file")
     rows = load_rows(results_paths)
     sources = [Path(p).name for p in results_paths]
-    html = render_report(rows, by=by, title=title, sources=sources, worst_n=worst_n)
+    html = render_report(rows, by=by, title=title, sources=sources, worst_n=worst_n, label_column=label_column,
+                         dev_fraction=dev_fraction)
     out = Path(output)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(html, encoding="utf-8")
