@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from fi_evals_core.evals import Agreement, agreement
+from fi_evals_core.evals import Agreement, measure_agreement
 from fi_evals_core.evals.agreement import (
     balanced_accuracy,
     best_threshold,
@@ -68,7 +68,7 @@ def test_a_perfect_scorer_scores_1_and_a_reversed_one_0():
     assert balanced_accuracy([s >= 0.5 for s in reversed_], labels) == 0.0
     assert roc_points(perfect, labels)[:4] == [(0.0, 0.0), (0.0, 1 / 3), (0.0, 2 / 3), (0.0, 1.0)]
 
-    result = agreement([row(s, int(y)) for s, y in zip(perfect, labels)], EV, "human")
+    result = measure_agreement([row(s, int(y)) for s, y in zip(perfect, labels)], EV, "human")
     assert (result.roc_auc, result.balanced_accuracy, result.accuracy) == (1.0, 1.0, 1.0)
     assert result.roc_auc_ci == (1.0, 1.0) and result.balanced_accuracy_ci == (1.0, 1.0)  # every resample is perfect
 
@@ -91,7 +91,7 @@ def test_auc_of_a_small_table_with_a_tie_by_hand():
 def test_balanced_accuracy_on_an_imbalanced_set_is_not_accuracy():
     # 9 supported, 1 unsupported, and an evaluator that passes everything: 90 % accurate, 50 % balanced
     rows = [row(0.9, "supported") for _ in range(9)] + [row(0.8, "unsupported")]
-    result = agreement(rows, EV, "human")
+    result = measure_agreement(rows, EV, "human")
     assert result.accuracy == pytest.approx(0.9)
     assert result.balanced_accuracy == pytest.approx(0.5)
     # passing 8 of 9 supported and failing the one unsupported: (8/9 + 1) / 2
@@ -113,7 +113,7 @@ def test_the_tuned_threshold_separates_a_constructed_set():
         label = i % 2 == 0
         score = rng.uniform(0.55, 0.95) if label else rng.uniform(0.05, 0.35)
         rows.append(row(score, label, passed=score >= 0.9, row_id=f"item-{i}"))
-    result = agreement(rows, EV, "human")
+    result = measure_agreement(rows, EV, "human")
     assert result.balanced_accuracy < 0.7
     assert result.roc_auc == 1.0
     dev_scores = [r[f"{EV}.score"] for r, d in zip(rows, dev_split(rows)) if d]
@@ -143,7 +143,7 @@ def test_the_split_is_stable_across_calls_files_and_row_order():
     assert [side[r["row_id"]] for r in other] == dev_split(other)
 
     # two results files of the same rows give the same dev/test counts
-    a, b = agreement(rows, EV, "human"), agreement(other, EV, "human")
+    a, b = measure_agreement(rows, EV, "human"), measure_agreement(other, EV, "human")
     assert (a.dev_positives, a.dev_negatives, a.test_positives, a.test_negatives) == \
         (b.dev_positives, b.dev_negatives, b.test_positives, b.test_negatives)
     assert a.split_by_index == 0
@@ -151,7 +151,7 @@ def test_the_split_is_stable_across_calls_files_and_row_order():
     # without row_id: by the row's index, and said
     plain = [{k: v for k, v in r.items() if k != "row_id"} for r in rows]
     assert dev_split(plain) == dev_split(plain) and dev_split(plain) != first
-    by_index = agreement(plain, EV, "human")
+    by_index = measure_agreement(plain, EV, "human")
     assert by_index.split_by_index == 400 and "400 row(s) without one: by index" in str(by_index)
 
     for bad in (0, 1, 1.5, -0.1):
@@ -164,7 +164,7 @@ def test_the_split_is_stable_across_calls_files_and_row_order():
 
 
 def test_intervals_contain_the_estimate_shrink_with_n_and_repeat():
-    small, large = agreement(noisy(120), EV, "human"), agreement(noisy(3000), EV, "human")
+    small, large = measure_agreement(noisy(120), EV, "human"), measure_agreement(noisy(3000), EV, "human")
     for result in (small, large):
         assert result.balanced_accuracy_ci[0] <= result.balanced_accuracy <= result.balanced_accuracy_ci[1]
         assert result.roc_auc_ci[0] <= result.roc_auc <= result.roc_auc_ci[1]
@@ -177,8 +177,8 @@ def test_intervals_contain_the_estimate_shrink_with_n_and_repeat():
     # 25 times the rows: about a fifth of the width (1/sqrt(25)); at most half, whatever the draws
     assert width(large.roc_auc_ci) < width(small.roc_auc_ci) / 2
     assert width(large.balanced_accuracy_ci) < width(small.balanced_accuracy_ci) / 2
-    assert agreement(noisy(120), EV, "human") == small  # a fixed seed: the same intervals every time
-    assert agreement(noisy(120), EV, "human", seed=1).roc_auc_ci != small.roc_auc_ci
+    assert measure_agreement(noisy(120), EV, "human") == small  # a fixed seed: the same intervals every time
+    assert measure_agreement(noisy(120), EV, "human", seed=1).roc_auc_ci != small.roc_auc_ci
 
 
 @pytest.mark.parametrize("numpy_installed", [True, False])
@@ -210,15 +210,15 @@ def test_each_resample_is_counted_as_a_brute_force_recount(monkeypatch, numpy_in
 
 def test_without_numpy_the_module_imports_and_gives_close_intervals():
     code = ("import sys; sys.modules['numpy'] = None\n"
-            "import json; from fi_evals_core.evals.agreement import agreement\n"
+            "import json; from fi_evals_core.evals.agreement import measure_agreement\n"
             "rows = [json.loads(line) for line in sys.stdin]\n"
-            "print(json.dumps(agreement(rows, 'fc', 'human').to_dict()))")
+            "print(json.dumps(measure_agreement(rows, 'fc', 'human').to_dict()))")
     rows = noisy(500)
     proc = subprocess.run([sys.executable, "-c", code], input="".join(json.dumps(r) + "\n" for r in rows),
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     pure = json.loads(proc.stdout)
-    with_numpy = agreement(rows, EV, "human").to_dict()
+    with_numpy = measure_agreement(rows, EV, "human").to_dict()
     for key in ("roc_auc", "balanced_accuracy", "threshold", "test_balanced_accuracy", "dev_rows"):
         assert pure[key] == with_numpy[key]  # the point estimates do not depend on numpy
     for key in ("roc_auc_ci", "balanced_accuracy_ci"):  # other draws, the same method: close intervals
@@ -244,19 +244,19 @@ def test_labels_in_every_documented_form(value, expected):
 def test_unreadable_labels_raise_naming_the_column_and_values():
     rows = [row(0.9, v) for v in ("maybe", "2", "neutral", "maybe", 2, 0.5, "??", "supported")]
     with pytest.raises(ValueError) as info:
-        agreement(rows, EV, "human")
+        measure_agreement(rows, EV, "human")
     message = str(info.value)
     assert "label column 'human'" in message and "7 value(s) are not a human label" in message
     assert "'maybe'" in message and "'neutral'" in message and "and 1 more" in message  # 6 distinct, 5 named
     with pytest.raises(ValueError, match="label column 'humna': no such column; columns are human, fc.score"):
-        agreement(rows, EV, "humna")
+        measure_agreement(rows, EV, "humna")
 
 
 def test_missing_labels_and_errored_rows_are_counted_never_dropped():
     rows = [row(0.9, 1), row(0.8, "yes"), row(0.2, 0), row(0.3, "no"),
             row(0.7, None), row(0.6, ""), row(0.1, float("nan")), {f"{EV}.score": 0.5, f"{EV}.passed": True},
             row(None, 1), row(None, 0), row(None, None)]
-    result = agreement(rows, EV, "human")
+    result = measure_agreement(rows, EV, "human")
     assert (result.rows, result.measured, result.unlabelled, result.errored) == (11, 4, 5, 2)
     assert (result.positives, result.negatives) == (2, 2)
     assert result.measured + result.unlabelled + result.errored == result.rows
@@ -265,7 +265,7 @@ def test_missing_labels_and_errored_rows_are_counted_never_dropped():
 
 
 def test_one_class_only_says_why_instead_of_a_number():
-    result = agreement([row(0.9, 1), row(0.4, 1), row(0.7, 1)], EV, "human")
+    result = measure_agreement([row(0.9, 1), row(0.4, 1), row(0.7, 1)], EV, "human")
     assert result.balanced_accuracy is None and result.roc_auc is None and result.threshold is None
     assert result.balanced_accuracy_ci is None and result.roc_auc_ci is None
     assert "no balanced accuracy or ROC-AUC: the measured rows hold no unsupported rows" in result.notes
@@ -278,9 +278,9 @@ def test_agreement_reads_a_results_file_or_a_dataset(tmp_path):
     rows = [dict(r, checkpoint="v7") for r in noisy(80)]
     path = tmp_path / "results.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    from_file = agreement(path, None, "human")  # the only evaluation
+    from_file = measure_agreement(path, None, "human")  # the only evaluation
     assert isinstance(from_file, Agreement) and from_file.checkpoint == "v7" and from_file.evaluation == EV
-    assert agreement(Dataset.from_results(path), EV, "human") == from_file == agreement(rows, EV, "human")
+    assert measure_agreement(Dataset.from_results(path), EV, "human") == from_file == measure_agreement(rows, EV, "human")
     data = from_file.to_dict()
     assert json.loads(json.dumps(data)) == data
     assert data["measured"] == 80 and data["dev_rows"] + data["test_rows"] == 80
@@ -291,7 +291,7 @@ def test_agreement_reads_a_results_file_or_a_dataset(tmp_path):
     assert f"ROC-AUC of its score {from_file.roc_auc:.3f}" in text
     assert f"threshold tuned on dev {from_file.dev_rows} rows" in text
     with pytest.raises(ValueError, match="no evaluation 'nope'"):
-        agreement(path, "nope", "human")
+        measure_agreement(path, "nope", "human")
     with pytest.raises(ValueError, match="run\\(\\) it first"):
-        agreement(Dataset(rows), EV, "human")
-    assert math.isclose(agreement(rows, EV, "human", dev_fraction=0.3).dev_fraction, 0.3)
+        measure_agreement(Dataset(rows), EV, "human")
+    assert math.isclose(measure_agreement(rows, EV, "human", dev_fraction=0.3).dev_fraction, 0.3)

@@ -249,9 +249,9 @@ def test_compare_counts_errors_as_failures_refuses_past_the_error_rate_and_flags
 
 
 def test_run_and_report_measure_agreement_with_human_labels(tmp_path, nli_checkpoint):
-    """`run --label-column` prints, after the pass rates, what `agreement()` finds in the results it
+    """`run --label-column` prints, after the pass rates, what `measure_agreement()` finds in the results it
     wrote; `report --label-column` shows the same rows' agreement (its own dev fraction)."""
-    from fi_evals_core.evals import agreement
+    from fi_evals_core.evals import measure_agreement
 
     reference = "The cat sat on the red mat. The dog slept by the door. It rained all day."
     cases = [("A cat sat on a red mat.", "supported"), ("The dog slept by the door.", "1"),
@@ -265,7 +265,7 @@ def test_run_and_report_measure_agreement_with_human_labels(tmp_path, nli_checkp
     proc = fi_evals("run", data, "-e", "factual_consistency", "--nli-model", nli_checkpoint("bert"), "-o", out,
                     "--checkpoint", "v1", "--no-progress", "--label-column", "human", env={"FI_EVALS_DEVICE": "cpu"})
     assert proc.returncode == 0, proc.stderr[-3000:]
-    expected = agreement(out, "factual_consistency", "human")
+    expected = measure_agreement(out, "factual_consistency", "human")
     assert (expected.measured, expected.positives, expected.negatives, expected.unlabelled) == (8, 4, 4, 1)
     assert str(expected) in proc.stdout
     assert "factual_consistency (v1) against human label 'human': 8 of 9 rows measured (4 supported, 4 not); " \
@@ -276,7 +276,7 @@ def test_run_and_report_measure_agreement_with_human_labels(tmp_path, nli_checkp
     proc = fi_evals("report", out, "-o", html, "--label-column", "human", "--dev-fraction", "0.4")
     assert proc.returncode == 0, proc.stderr[-3000:]
     page = html.read_text()
-    tuned = agreement(out, "factual_consistency", "human", dev_fraction=0.4)
+    tuned = measure_agreement(out, "factual_consistency", "human", dev_fraction=0.4)
     table = page.split('<table id="agreement">')[1].split("</table>")[0]
     row = re.search(r'<tr[^>]*data-evaluation="factual_consistency" data-checkpoint="v1">(.*?)</tr>', table).group(1)
     assert re.search(r'data-col="measured">8<div class="small">4 / 4</div>', row)
@@ -290,3 +290,77 @@ def test_run_and_report_measure_agreement_with_human_labels(tmp_path, nli_checkp
     assert refused.returncode == 2 and "label column 'human': 1 value(s) are not a human label: 'perhaps'" \
         in refused.stderr
     assert not (tmp_path / "x.jsonl").exists()
+
+
+def test_run_records_what_generated_and_scored_and_compare_names_the_change(tmp_path, nli_checkpoint, model_dirs):
+    """`run --model --repeat 2` writes `<results>.run.json` (generator with its tokenizer fingerprint,
+    scorer, versions, the determinism check); a second checkpoint whose only change is its chat
+    template makes `compare` warn that the tokenizer changed, beside the pass-rate table."""
+    import shutil
+
+    import transformers
+    from transformers import AutoTokenizer
+
+    from fi_evals_core.evals.generate import changed_outputs
+    from fi_evals_core.telemetry.fingerprint import tokenizer_fingerprint
+
+    nli = nli_checkpoint("bert")
+    data_path = tmp_path / "data.jsonl"
+    data_path.write_text("".join(json.dumps(row) + "\n" for row in DATA))
+    llama = model_dirs["llama"]
+    edited = shutil.copytree(llama, tmp_path / "llama-new-template")
+    config = json.loads((edited / "tokenizer_config.json").read_text())
+    config["chat_template"] = "{{ bos_token }}{% for m in messages %}Q: {{ m['content'] }}\n{% endfor %}A:"
+    (edited / "tokenizer_config.json").write_text(json.dumps(config))
+    if (edited / "chat_template.jinja").exists():
+        (edited / "chat_template.jinja").write_text(config["chat_template"])
+    outs = {}
+    for name, model, extra in (("v1", llama, ["--repeat", "2"]), ("v2", edited, [])):
+        outs[name] = tmp_path / f"{name}.jsonl"
+        proc = fi_evals("run", data_path, "-e", "factual_consistency", "--map", "reference=document", "--model", model,
+                        "--backend", "transformers", "--max-tokens", "6", "--checkpoint", name, "--nli-model", nli,
+                        "-o", outs[name], "--no-progress", "--max-error-rate", "1", *extra,
+                        env={"FI_EVALS_DEVICE": "cpu"})
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        if name == "v1":
+            assert "determinism: 0 of 3 prompts (0.0%) gave another output across 2 repeats" in proc.stdout
+    record = json.loads((tmp_path / "v1.jsonl.run.json").read_text())
+    generator = record["generator"]
+    assert generator["engine"] == "transformers" and generator["checkpoint"] == "v1"
+    assert generator["tokenizer"]["fingerprint"] == tokenizer_fingerprint(AutoTokenizer.from_pretrained(llama))
+    assert generator["determinism"] == {"repeats": 2, "prompts": 3, "changed": 0, "changed_rows": []}
+    assert generator["compile"] == {"mode": "eager"} and generator["dtype"] == "float32"
+    assert record["scorers"]["factual_consistency"]["model"] == nli
+    assert record["scorers"]["factual_consistency"]["profile"] == "default"
+    assert record["versions"]["transformers"] == transformers.__version__
+
+    compared = fi_evals("compare", outs["v1"], outs["v2"], "--max-delta", "0.99", "--max-error-rate", "1", "--json")
+    report = json.loads(compared.stdout)
+    assert any("the generator's tokenizer changed (chat template changed)" in w for w in report["warnings"])
+    assert any(c.startswith("generator model: ") for c in report["changes"])
+    assert not any("scorer" in w for w in report["warnings"])  # the same NLI model scored both
+    text = fi_evals("compare", outs["v1"], outs["v2"], "--max-delta", "0.99", "--max-error-rate", "1").stdout
+    assert "WARNING: the generator's tokenizer changed" in text
+
+    assert changed_outputs([["a", "b", "c"], ["a", "x", "c"], ["a", "b", "c"]]) == [1]  # the check's arithmetic
+    bad = fi_evals("run", data_path, "-e", "factual_consistency", "--repeat", "2", "-o", tmp_path / "x.jsonl")
+    assert bad.returncode == 2 and "--repeat 2" in bad.stderr and "only with --model" in bad.stderr
+
+
+def test_the_report_says_what_changed_underneath(tmp_path):
+    """Two results files with run records: the report's "What changed underneath" names the
+    transformers upgrade and warns about the tokenizer."""
+    from fi_evals_core.evals.runinfo import write_run_info
+
+    tok = {"fingerprint": "aaaa", "vocab_size": 100, "added_tokens": ["<a>"], "special_tokens": {}, "chat_template": None}
+    for name, version, tokenizer in (("v1", "4.57.0", tok), ("v2", "5.0.0", {**tok, "fingerprint": "bbbb",
+                                                                             "added_tokens": ["<a>", "<b>"]})):
+        path = write_results(tmp_path / f"{name}.jsonl", {"x": (5, 5)}, name)
+        write_run_info(path, {"versions": {"transformers": version}, "generator": {"model": "m", "tokenizer": tokenizer},
+                              "scorers": {}})
+    out = tmp_path / "report.html"
+    assert fi_evals("report", tmp_path / "v1.jsonl", tmp_path / "v2.jsonl", "-o", out).returncode == 0
+    page = out.read_text()
+    section = page.split('id="changes-h"')[1]
+    assert "versions: transformers 4.57.0 -&gt; 5.0.0" in section
+    assert "the generator&#x27;s tokenizer changed (tokens added: &lt;b&gt;)" in section

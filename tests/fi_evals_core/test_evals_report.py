@@ -260,7 +260,7 @@ def _cells(page, checkpoint):
 
 
 def test_report_agreement_with_human_labels(tmp_path):
-    from fi_evals_core.evals import agreement
+    from fi_evals_core.evals import measure_agreement
 
     # supported 0.9, 0.6, 0.4; unsupported 0.6, 0.2; one row unlabelled, one errored. ROC-AUC by hand:
     # 0.9 beats both (2), 0.6 ties 0.6 and beats 0.2 (1.5), 0.4 beats 0.2 (1): 4.5 / 6 = 0.750. The verdict
@@ -284,7 +284,7 @@ def test_report_agreement_with_human_labels(tmp_path):
     assert two["auc"][:2] == ["1.000", "[1.000,"] and two["bacc"][0] == "100.0%"
     # the tuned threshold and the test split are the API's, on the same rows
     for rows, cells in ((v1, one), (v2, two)):
-        expected = agreement(rows, FC, LABEL)
+        expected = measure_agreement(rows, FC, LABEL)
         assert cells["threshold"][0] == ("–" if expected.threshold is None else f"{expected.threshold:.3f}")
         assert f"test {expected.test_rows} ({expected.test_positives} / {expected.test_negatives})" \
             in " ".join(cells["test_bacc"])

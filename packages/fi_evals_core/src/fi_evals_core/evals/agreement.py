@@ -42,7 +42,7 @@ from typing import Any, Mapping, Sequence
 
 from .regression import ROW_ID
 
-__all__ = ["Agreement", "Labelled", "agreement", "balanced_accuracy", "best_threshold", "bootstrap_intervals",
+__all__ = ["Agreement", "Labelled", "measure_agreement", "balanced_accuracy", "best_threshold", "bootstrap_intervals",
            "check_label_column", "dev_split", "labelled_scores", "measure", "parse_label", "read_labels",
            "roc_auc", "roc_points"]
 
@@ -529,7 +529,7 @@ def measure(data: Labelled, evaluation: str, label_column: str, *, dev_fraction:
         confidence=confidence, resamples=resamples, seed=seed, checkpoint=checkpoint, notes=tuple(notes))
 
 
-def agreement(rows: Any, evaluation: str | None, label_column: str, *,
+def measure_agreement(rows: Any, evaluation: str | None, label_column: str, *,
               dev_fraction: float = DEFAULT_DEV_FRACTION, confidence: float = 0.95,
               resamples: int = DEFAULT_RESAMPLES, seed: int = 0) -> Agreement:
     """How well `evaluation` agrees with the human labels in `label_column`.

@@ -6,6 +6,10 @@
     fi-evals report results-a.jsonl results-b.jsonl -o report.html [--by cohort]
     fi-evals run|report ... --label-column human_label [--dev-fraction 0.5]   # agreement with human labels
 
+`run` writes, beside the results, `<results>.run.json`: what generated and scored them (runinfo.py);
+`compare` and `report` say what changed between two runs' records (`run --model --repeat 2` adds a
+determinism check).
+
 Exit codes: 0 success (and, for `compare`, no regression), 1 `compare` failed the candidate (a
 regression, or rows missing from it), 2 a usage or input error (one line on stderr naming what was
 wrong; also `compare` refusing results where more than --max-error-rate of the rows errored),
@@ -21,9 +25,12 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from .regression import DEFAULT_MAX_ERROR_RATE, BrokenResults, check_error_rate
+
+if TYPE_CHECKING:
+    from .dataset import Dataset
 
 EXIT_OK, EXIT_REGRESSION, EXIT_USAGE, EXIT_ERRORS = 0, 1, 2, 3
 
@@ -64,10 +71,16 @@ def build_parser() -> argparse.ArgumentParser:
                      help="generation backend for --model (auto: vLLM when installed)")
     run.add_argument("--max-tokens", type=int, default=128, help="response length cap for --model")
     run.add_argument("--temperature", type=float, default=0.0, help="sampling temperature for --model (0: greedy)")
+    run.add_argument("--repeat", type=int, default=1, metavar="N",
+                     help="with --model: generate every prompt N times and report the share whose output changed "
+                          "between repeats (a determinism check; the first repeat is scored)")
     run.add_argument("--checkpoint", help="label written to every row's checkpoint column "
                                           "(default: the --model value when given)")
     run.add_argument("--nli-model", help="NLI checkpoint (hub id or path); default FI_EVALS_MODEL")
     run.add_argument("--device", help="where the models run: auto, cpu, cuda, cuda:N (default FI_EVALS_DEVICE)")
+    run.add_argument("--profile", choices=("auto", "default", "minicheck", "alignscore"),
+                     help="scoring recipe of the NLI checkpoint (default FI_EVALS_PROFILE, auto: minicheck for a "
+                          "MiniCheck checkpoint, alignscore for an AlignScore .ckpt)")
     run.add_argument("--threshold", type=float, help="pass threshold for every evaluator (default: each one's own)")
     run.add_argument("--batch-size", type=int, default=64, help="rows per scorer call (default 64)")
     run.add_argument("--traces", action="store_true",
@@ -155,6 +168,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise UsageError("--sample needs --traces")
     if args.batch_size < 1:
         raise UsageError(f"--batch-size must be at least 1, got {args.batch_size}")
+    if args.repeat < 1 or (args.repeat > 1 and not args.model):
+        raise UsageError(f"--repeat {args.repeat}: a whole number of at least 1, and more than 1 only with --model")
     if args.threshold is not None and not 0 <= args.threshold <= 1:
         raise UsageError(f"--threshold must be from 0 to 1, got {args.threshold}")
     if not 0 <= args.max_error_rate <= 1:
@@ -201,17 +216,18 @@ def cmd_run(args: argparse.Namespace) -> int:
                                      output_column=args.response_column, max_tokens=args.max_tokens,
                                      temperature=args.temperature, seed=args.seed, backend=args.backend,
                                      device=_generation_device(args.device), checkpoint=args.checkpoint,
-                                     progress=not args.no_progress)
+                                     progress=not args.no_progress, repeats=args.repeat)
     if args.checkpoint:
         dataset.checkpoint = args.checkpoint
 
     nli_model = args.nli_model or os.environ.get("FI_EVALS_MODEL") or None
     for cls in classes:
         inputs = {key: column for key, column in mapping.items() if key in cls.required + cls.optional}
-        evaluator = cls(threshold=args.threshold, model=nli_model, device=args.device)
+        evaluator = cls(threshold=args.threshold, model=nli_model, device=args.device, profile=args.profile)
         dataset.add_evaluation(evaluator, inputs)
     dataset.run(batch_size=args.batch_size, progress=not args.no_progress)
     path = dataset.save(args.output)
+    _write_run_record(dataset, path)
     broken = []
     for name in dataset.evaluation_names:
         rows = dataset.results or []
@@ -223,14 +239,36 @@ def cmd_run(args: argparse.Namespace) -> int:
         except BrokenResults as exc:
             broken.append(str(exc))
     if args.label_column:
-        from .agreement import agreement
+        from .agreement import measure_agreement
 
         for name in dataset.evaluation_names:
-            print(agreement(dataset, name, args.label_column, dev_fraction=args.dev_fraction))
+            print(measure_agreement(dataset, name, args.label_column, dev_fraction=args.dev_fraction))
     print(f"wrote {len(dataset)} rows to {path}")
     for message in broken:  # the gate fails closed: a scorer that could not run is not a pass
         print(f"fi-evals: error: {message}", file=sys.stderr)
     return EXIT_ERRORS if broken else EXIT_OK
+
+
+def _write_run_record(dataset: "Dataset", path: Path) -> None:
+    """The run record beside the results (runinfo.py), and the determinism check's verdict."""
+    from ..telemetry.fingerprint import runtime_versions
+    from .runinfo import scorer_facts, write_run_info
+
+    scorers = {}
+    for evaluation in dataset.evaluations:
+        scorer = getattr(evaluation.evaluator, "_scorer", None)  # None: it never loaded
+        scorers[evaluation.name] = scorer_facts(scorer) if scorer is not None else {"model": None}
+    generator = dict(dataset.generation or {})
+    determinism = generator.get("determinism")
+    if determinism:  # rows as their row ids, which compare and the report name
+        ids = [row.get("row_id") for row in dataset.results or []]
+        determinism["changed_rows"] = [ids[i] if i < len(ids) else i for i in determinism["changed_rows"]]
+        share = determinism["changed"] / max(determinism["prompts"], 1)
+        print(f"determinism: {determinism['changed']} of {determinism['prompts']} prompts ({share:.1%}) gave another "
+              f"output across {determinism['repeats']} repeats"
+              + (f"; rows {', '.join(map(str, determinism['changed_rows'][:10]))}" if determinism["changed"] else ""))
+    write_run_info(path, {"versions": runtime_versions(), "generator": generator or None, "scorers": scorers,
+                          "checkpoint": dataset.checkpoint})
 
 
 def _check_dev_fraction(args: argparse.Namespace) -> None:

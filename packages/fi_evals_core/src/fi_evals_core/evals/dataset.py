@@ -96,6 +96,10 @@ class Dataset:
         self.results: list[dict[str, Any]] | None = None
         #: What `from_traces` read and skipped (spans, kept, skipped_without_content, nested).
         self.trace_stats: dict[str, int] | None = None
+        #: What generated the responses, when `generate_responses` did (see generate.py).
+        self.generation: dict[str, Any] | None = None
+        #: The run record read beside a results file (runinfo.py), when there is one.
+        self.run_info: dict[str, Any] | None = None
 
     # -- construction ---------------------------------------------------------------------------
 
@@ -167,6 +171,9 @@ class Dataset:
         dataset = cls([{k: v for k, v in line.items() if k not in eval_columns} for line in lines],
                       source=str(path))
         dataset.results = lines
+        from .runinfo import read_run_info
+
+        dataset.run_info = read_run_info(path)
         return dataset
 
     @classmethod
@@ -410,14 +417,19 @@ def compare(baseline: "Dataset | str | Path", candidate: "Dataset | str | Path",
     Errored rows are failures; a side with more than `max_error_rate` of its rows errored raises
     `BrokenResults`; rows missing from the candidate fail the gate (`Comparison.failed`).
     """
-    base_rows, base_label = _results(baseline, "baseline")
-    cand_rows, cand_label = _results(candidate, "candidate")
-    return compare_results(base_rows, cand_rows, base_label=base_label, cand_label=cand_label, max_delta=max_delta,
-                           by=by, confidence=confidence, evaluations=evaluations, max_error_rate=max_error_rate,
-                           id_column=id_column)
+    from .runinfo import describe_changes
+
+    base_rows, base_label, base_info = _results(baseline, "baseline")
+    cand_rows, cand_label, cand_info = _results(candidate, "candidate")
+    comparison = compare_results(base_rows, cand_rows, base_label=base_label, cand_label=cand_label,
+                                 max_delta=max_delta, by=by, confidence=confidence, evaluations=evaluations,
+                                 max_error_rate=max_error_rate, id_column=id_column)
+    if base_info is not None or cand_info is not None:  # what changed underneath, beside the deltas
+        comparison.changes, comparison.warnings = describe_changes(base_info, cand_info)
+    return comparison
 
 
-def _results(side: Any, role: str) -> tuple[list[Mapping[str, Any]], str]:
+def _results(side: Any, role: str) -> tuple[list[Mapping[str, Any]], str, dict[str, Any] | None]:
     if isinstance(side, (str, Path)):
         side = Dataset.from_results(side)
     if not isinstance(side, Dataset):
@@ -426,7 +438,7 @@ def _results(side: Any, role: str) -> tuple[list[Mapping[str, Any]], str]:
         raise ValueError(f"the {role} dataset has no results: run() it first")
     checkpoints = list(dict.fromkeys(str(r["checkpoint"]) for r in side.results if r.get("checkpoint") is not None))
     label = checkpoints[0] if len(checkpoints) == 1 else (side.source or role)
-    return side.results, label
+    return side.results, label, side.run_info
 
 
 def pick_evaluation(names: Sequence[str], evaluation: str | None) -> str:

@@ -37,13 +37,20 @@ def generate_responses(dataset: Dataset, model: str, prompt_column: str = "promp
                        temperature: float = 0.0, top_p: float = 1.0, seed: int = 0, backend: str = "auto",
                        batch_size: int = 8, device: str | None = None, chat_template: bool | None = None,
                        checkpoint: str | None = None, engine_args: Mapping[str, Any] | None = None,
-                       progress: bool = True) -> Dataset:
+                       progress: bool = True, repeats: int = 1) -> Dataset:
     """A copy of `dataset` whose `output_column` holds `model`'s response to each row's prompt.
 
     `chat_template`: None uses the tokenizer's template when it has one; False always feeds the raw
     prompt. `engine_args` go to `vllm.LLM` (e.g. `max_model_len`); `batch_size` and `device`
     apply to the transformers backend (device None: CUDA when available). An existing
     `output_column` is overwritten.
+
+    The copy's `generation` says what generated it (`generator_facts`: engine, versions, dtype,
+    quantization, compile mode, the tokenizer's fingerprint). With `repeats` > 1 every prompt is
+    generated that many times with the same settings and `generation["determinism"]` gives the
+    share of prompts whose output changed between repeats (and which rows): greedy decoding should
+    give none, and a compile mode or kernel that breaks determinism shows up as a number. The rows
+    keep the first repeat's responses.
     """
     if max_tokens < 1:
         raise ValueError(f"max_tokens must be at least 1, got {max_tokens}")
@@ -51,6 +58,8 @@ def generate_responses(dataset: Dataset, model: str, prompt_column: str = "promp
         raise ValueError(f"temperature must be >= 0, got {temperature}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    if repeats < 1:
+        raise ValueError(f"repeats must be at least 1, got {repeats}")
     if prompt_column not in dataset.columns:
         raise ValueError(f"no column {prompt_column!r} in the dataset to take prompts from; "
                          f"columns are {', '.join(dataset.columns) or '(none)'}")
@@ -59,17 +68,135 @@ def generate_responses(dataset: Dataset, model: str, prompt_column: str = "promp
 
     from transformers import AutoTokenizer
 
+    from ..telemetry.fingerprint import runtime_versions, tokenizer_summary
+
     tokenizer = AutoTokenizer.from_pretrained(model)
     use_chat = bool(getattr(tokenizer, "chat_template", None)) if chat_template is None else chat_template
     token_ids = [prompt_token_ids(tokenizer, p, use_chat) for p in prompts]
     if backend == "vllm":
-        responses = _generate_vllm(model, token_ids, max_tokens, temperature, top_p, seed, engine_args, progress)
+        engine: Any = _VllmEngine(model, max_tokens, temperature, top_p, seed, engine_args)
     else:
-        responses = _generate_transformers(model, tokenizer, token_ids, max_tokens, temperature, top_p, seed,
-                                           batch_size, device, progress)
+        engine = _TransformersEngine(model, tokenizer, max_tokens, temperature, top_p, seed, batch_size, device)
+    runs = [engine.generate(token_ids, progress) for _ in range(repeats)]
+    responses = runs[0]
     label = checkpoint or str(model)
     rows = [{**row, output_column: response, "checkpoint": label} for row, response in zip(dataset.rows, responses)]
-    return Dataset(rows, checkpoint=label, source=dataset.source, id_column=dataset.id_column)
+    generated = Dataset(rows, checkpoint=label, source=dataset.source, id_column=dataset.id_column)
+    generated.generation = {
+        "checkpoint": label, "model": str(model), "engine": backend, **engine.facts(),
+        "chat_template_used": use_chat, "temperature": temperature, "top_p": top_p, "seed": seed,
+        "max_tokens": max_tokens, "versions": runtime_versions(), "tokenizer": tokenizer_summary(tokenizer),
+    }
+    if repeats > 1:
+        changed = changed_outputs(runs)
+        generated.generation["determinism"] = {"repeats": repeats, "prompts": len(responses),
+                                               "changed": len(changed), "changed_rows": changed}
+    return generated
+
+
+def changed_outputs(runs: Sequence[Sequence[str]]) -> list[int]:
+    """Indexes of the prompts whose output is not the same in every repeat."""
+    return [i for i in range(len(runs[0])) if len({run[i] for run in runs}) > 1]
+
+
+def _quantization(config: Any) -> str | None:
+    """`awq 4-bit`, `fp8`... from a model config's `quantization_config` (a dict or an object)."""
+    quant = getattr(config, "quantization_config", None)
+    if quant is None:
+        return None
+    data = quant if isinstance(quant, dict) else (quant.to_dict() if hasattr(quant, "to_dict") else vars(quant))
+    method = data.get("quant_method") or data.get("quantization_method") or "quantized"
+    bits = data.get("bits") or data.get("w_bit") or data.get("weight_bits")
+    return f"{method} {bits}-bit" if bits else str(method)
+
+
+class _VllmEngine:
+    """vLLM's offline `LLM`, kept for every repeat."""
+
+    def __init__(self, model: str, max_tokens: int, temperature: float, top_p: float, seed: int,
+                 engine_args: Mapping[str, Any] | None) -> None:
+        from vllm import LLM, SamplingParams
+
+        self.llm = LLM(model=model, **{"seed": seed, **dict(engine_args or {})})
+        self.params = SamplingParams(max_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed)
+
+    def generate(self, token_ids: list[list[int]], progress: bool) -> list[str]:
+        outputs = self.llm.generate([{"prompt_token_ids": ids} for ids in token_ids], self.params, use_tqdm=progress)
+        return [output.outputs[0].text for output in outputs]
+
+    def facts(self) -> dict[str, Any]:
+        import vllm
+
+        config = getattr(self.llm.llm_engine, "vllm_config", None)
+        model_config = getattr(config, "model_config", None)
+        compilation = getattr(config, "compilation_config", None)
+        mode = getattr(compilation, "mode", None)
+        if mode is None:
+            mode = getattr(compilation, "level", None)
+        cudagraph = getattr(compilation, "cudagraph_mode", None)
+        return {
+            "engine_version": vllm.__version__,
+            "dtype": str(getattr(model_config, "dtype", "")).removeprefix("torch.") or None,
+            "quantization": getattr(model_config, "quantization", None) or _quantization(
+                getattr(model_config, "hf_config", None)),
+            "kv_cache_dtype": getattr(getattr(config, "cache_config", None), "cache_dtype", None),
+            "compile": {"mode": str(getattr(mode, "name", mode)) if mode is not None else None,
+                        "cudagraph": str(getattr(cudagraph, "name", cudagraph)) if cudagraph is not None else None,
+                        "enforce_eager": bool(getattr(model_config, "enforce_eager", False))},
+        }
+
+
+class _TransformersEngine:
+    """`AutoModelForCausalLM.generate` in left-padded batches, the model kept for every repeat."""
+
+    def __init__(self, model: str, tokenizer: Any, max_tokens: int, temperature: float, top_p: float, seed: int,
+                 batch_size: int, device: str | None) -> None:
+        import torch
+        from transformers import AutoModelForCausalLM
+
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.lm = AutoModelForCausalLM.from_pretrained(model, dtype="auto").eval().to(self.device)
+        self.tokenizer = tokenizer
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        if self.pad_id is None:
+            raise ValueError(f"{model}: the tokenizer has neither a pad nor an eos token to pad batches with")
+        self.sampling = ({"do_sample": True, "temperature": temperature, "top_p": top_p} if temperature > 0
+                         else {"do_sample": False})
+        self.seed, self.max_tokens, self.batch_size = seed, max_tokens, batch_size
+
+    def generate(self, token_ids: list[list[int]], progress: bool) -> list[str]:
+        import torch
+        from tqdm.auto import tqdm
+
+        torch.manual_seed(self.seed)
+        responses: list[str] = []
+        with tqdm(total=len(token_ids), unit="row", disable=not progress, desc="generating") as bar:
+            for first in range(0, len(token_ids), self.batch_size):
+                batch = token_ids[first:first + self.batch_size]
+                width = max(len(ids) for ids in batch)
+                # left padding: every row's new tokens start at the same position
+                input_ids = torch.tensor([[self.pad_id] * (width - len(ids)) + ids for ids in batch], device=self.device)
+                mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in batch], device=self.device)
+                with torch.inference_mode():
+                    out = self.lm.generate(input_ids=input_ids, attention_mask=mask, max_new_tokens=self.max_tokens,
+                                           pad_token_id=self.pad_id, **self.sampling)
+                responses += self.tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)
+                bar.update(len(batch))
+        return responses
+
+    def facts(self) -> dict[str, Any]:
+        import transformers
+
+        config = self.lm.config
+        compiled = hasattr(self.lm, "_orig_mod") or type(self.lm).__name__ == "OptimizedModule"
+        return {
+            "engine_version": transformers.__version__,
+            "dtype": str(self.lm.dtype).removeprefix("torch."),
+            "quantization": _quantization(config),
+            "attention": getattr(config, "_attn_implementation", None),
+            "compile": {"mode": "torch.compile" if compiled else "eager"},
+            "device": str(self.device),
+        }
 
 
 def check_prompt(index: int, prompt: Any, column: str) -> str | list[dict[str, Any]]:
@@ -89,43 +216,3 @@ def prompt_token_ids(tokenizer: Any, prompt: str | Sequence[Mapping[str, Any]], 
     if not isinstance(prompt, str):
         prompt = "\n".join(str(m.get("content", "")) for m in prompt)
     return tokenizer(prompt)["input_ids"]
-
-
-def _generate_vllm(model: str, token_ids: list[list[int]], max_tokens: int, temperature: float,
-                   top_p: float, seed: int, engine_args: Mapping[str, Any] | None, progress: bool) -> list[str]:
-    from vllm import LLM, SamplingParams
-
-    llm = LLM(model=model, **{"seed": seed, **dict(engine_args or {})})
-    params = SamplingParams(max_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed)
-    outputs = llm.generate([{"prompt_token_ids": ids} for ids in token_ids], params, use_tqdm=progress)
-    return [output.outputs[0].text for output in outputs]
-
-
-def _generate_transformers(model: str, tokenizer: Any, token_ids: list[list[int]], max_tokens: int,
-                           temperature: float, top_p: float, seed: int, batch_size: int,
-                           device: str | None, progress: bool) -> list[str]:
-    import torch
-    from tqdm.auto import tqdm
-    from transformers import AutoModelForCausalLM
-
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    lm = AutoModelForCausalLM.from_pretrained(model, dtype="auto").eval().to(device)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    if pad_id is None:
-        raise ValueError(f"{model}: the tokenizer has neither a pad nor an eos token to pad batches with")
-    sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p} if temperature > 0 else {"do_sample": False}
-    torch.manual_seed(seed)
-    responses: list[str] = []
-    with tqdm(total=len(token_ids), unit="row", disable=not progress, desc="generating") as bar:
-        for first in range(0, len(token_ids), batch_size):
-            batch = token_ids[first:first + batch_size]
-            width = max(len(ids) for ids in batch)
-            # left padding: every row's new tokens start at the same position
-            input_ids = torch.tensor([[pad_id] * (width - len(ids)) + ids for ids in batch], device=device)
-            mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in batch], device=device)
-            with torch.inference_mode():
-                out = lm.generate(input_ids=input_ids, attention_mask=mask, max_new_tokens=max_tokens,
-                                  pad_token_id=pad_id, **sampling)
-            responses += tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)
-            bar.update(len(batch))
-    return responses

@@ -233,8 +233,12 @@ class Comparison:
 
     def __init__(self, rows: list[ComparisonRow], *, max_delta: float, confidence: float,
                  baseline_label: str, candidate_label: str, skipped_evaluations: Sequence[str] = (),
-                 problems: Sequence[str] = (), pairing: str = "unpaired") -> None:
+                 problems: Sequence[str] = (), pairing: str = "unpaired", changes: Sequence[str] = (),
+                 warnings: Sequence[str] = ()) -> None:
         self.rows = rows
+        #: What changed between the two runs' records (runinfo.py), and what of it to warn about.
+        self.changes = list(changes)
+        self.warnings = list(warnings)
         #: How rows were matched: "paired by row_id (85 rows)" or "unpaired: <why>".
         self.pairing = pairing
         self.problems = list(problems)  # what fails the gate besides regressions (missing rows)
@@ -270,6 +274,8 @@ class Comparison:
             "problems": self.problems,
             "failed": self.failed,
             "skipped_evaluations": self.skipped_evaluations,
+            "changes": self.changes,
+            "warnings": self.warnings,
             "rows": [row.to_dict() for row in self.rows],
         }
 
@@ -290,6 +296,8 @@ class Comparison:
         lines = [f"baseline {self.baseline_label} vs candidate {self.candidate_label}; "
                  f"max drop {self.max_delta * 100:g} points; {pct} "
                  f"{PAIRED_METHOD if self.paired else METHOD}; {self.pairing}"]
+        lines += [f"changed: {change}" for change in self.changes]
+        lines += [f"WARNING: {warning}" for warning in self.warnings]
         lines += ["  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip() for line in table]
         if self.skipped_evaluations:
             lines.append(f"not in both: {', '.join(self.skipped_evaluations)}")

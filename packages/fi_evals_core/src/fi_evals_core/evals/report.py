@@ -633,6 +633,27 @@ def _verdicts(rows_by_ck: dict[str, list[dict]], evals: list[str], by: list[str]
     return "".join(out)
 
 
+def _changes(run_infos: Sequence[tuple[str, dict[str, Any] | None]]) -> list[str]:
+    """"What changed underneath": each later run's record against the first's (runinfo.py)."""
+    from .runinfo import describe_changes
+
+    if len(run_infos) < 2 or all(info is None for _, info in run_infos):
+        return []
+    first_name, first = run_infos[0]
+    out = ['<h2 id="changes-h">What changed underneath</h2>',
+           '<p class="note">From each run record (<code>.run.json</code> beside the results): versions, '
+           "the generator (engine, dtype, quantization, compile mode, tokenizer) and the scorer.</p>",
+           '<section class="card" aria-labelledby="changes-h">']
+    for name, info in run_infos[1:]:
+        changes, warnings = describe_changes(first, info)
+        items = [f'<li class="err" data-warning>{escape(w)}</li>' for w in warnings]
+        items += [f"<li>{escape(c)}</li>" for c in changes]
+        body = f"<ul>{''.join(items)}</ul>" if items else '<p class="muted">Nothing changed.</p>'
+        out.append(f"<h3>{escape(name)} against {escape(first_name)}</h3>{body}")
+    out.append("</section>")
+    return out
+
+
 def _cohort_groups(rows_by_ck: dict[str, list[dict]], ev: str, col: str) -> tuple[list, int]:
     sizes = Counter(_cohort(r.get(col)) for rows in rows_by_ck.values() for r in rows if f"{ev}.score" in r)
     names = sorted(sizes, key=lambda c: (-sizes[c], c))
@@ -881,9 +902,11 @@ def render_report(
     worst_n: int = 10,
     label_column: str | None = None,
     dev_fraction: float = DEFAULT_DEV_FRACTION,
+    run_infos: Sequence[tuple[str, dict[str, Any] | None]] = (),
 ) -> str:
     """The report's HTML for rows that already carry `checkpoint` (see `load_rows`); with
-    `label_column`, the agreement with those human labels too."""
+    `label_column`, the agreement with those human labels too; with `run_infos` ((file, run
+    record) per results file, runinfo.py), what changed from the first run to each other."""
     by = list(by or [])
     evals = _evaluations(rows)
     if not rows:
@@ -922,6 +945,7 @@ def render_report(
         "regression is a drop beyond the tolerance whose interval excludes 0. Rows are paired by "
         "<code>row_id</code> when both runs hold the same rows.</p>",
         f'<section class="card" aria-labelledby="verdicts-h">{_verdicts(rows_by_ck, evals, by)}</section>',
+        *_changes(run_infos),
         '<h2 id="pass-h">Pass rate by checkpoint</h2>',
         f'<section class="card scroll" aria-labelledby="pass-h">{chart}</section>',
         *(_cohort_section(rows_by_ck, evals, colours, col, bi) for bi, col in enumerate(by)),
@@ -959,7 +983,11 @@ def write_report(
         raise ValueError("results_paths: give at least one results file")
     rows = load_rows(results_paths)
     sources = [Path(p).name for p in results_paths]
+    from .runinfo import read_run_info
+
+    run_infos = [(Path(p).name, read_run_info(p)) for p in results_paths]
     html = render_report(rows, by=by, title=title, sources=sources, worst_n=worst_n, label_column=label_column,
+                         run_infos=run_infos,
                          dev_fraction=dev_fraction)
     out = Path(output)
     out.parent.mkdir(parents=True, exist_ok=True)
