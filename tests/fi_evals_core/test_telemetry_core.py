@@ -262,6 +262,11 @@ class FakeGpu:
     def device_memory(self, index):
         return DeviceMemory(name="Fake H100", used=50 * 2**30, total=80 * 2**30)
 
+    def allocator_counters(self, index):
+        return {"num_alloc_retries": self.retries, "num_ooms": self.ooms}
+
+    retries = ooms = 0
+
 
 def test_gpu_attributes_from_the_memory_source(runtime_and_spans):
     runtime, exporter, _ = runtime_and_spans
@@ -546,6 +551,41 @@ def test_gpu_memory_gauges_read_the_source_at_collection_time():
               for m in sm.metrics for p in m.data.data_points}
     assert values[(A.GPU_TORCH_ALLOCATED, 0)] == 12_345 and values[(A.GPU_TORCH_ALLOCATED, 1)] == 12_345
     assert values[(A.GPU_TORCH_RESERVED, 1)] == 4_000
+    # allocator health: what the allocator holds that no tensor uses, its retries and OOMs
+    fake.retries, fake.ooms = 3, 1
+    values = {(m.name, p.attributes[A.GPU_INDEX]): p.value
+              for rm in reader.get_metrics_data().resource_metrics for sm in rm.scope_metrics
+              for m in sm.metrics for p in m.data.data_points}
+    assert values[(A.GPU_TORCH_FRAGMENTATION, 0)] == 0  # allocated above reserved: never negative
+    fake.allocated_bytes = 1_500
+    values = {(m.name, p.attributes[A.GPU_INDEX]): p.value
+              for rm in reader.get_metrics_data().resource_metrics for sm in rm.scope_metrics
+              for m in sm.metrics for p in m.data.data_points}
+    assert values[(A.GPU_TORCH_FRAGMENTATION, 1)] == 2_500
+    assert values[(A.GPU_TORCH_ALLOC_RETRIES, 0)] == 3 and values[(A.GPU_TORCH_OOMS, 1)] == 1
+
+
+def test_an_out_of_memory_request_ends_with_the_allocators_figures(runtime_and_spans, monkeypatch):
+    """The OOM story on a span: error.type and, at that instant, what the allocator held, how much of
+    it was fragmentation, its retries and OOMs so far, and the allocator configuration."""
+    import torch
+
+    runtime, exporter, _ = runtime_and_spans
+    monkeypatch.setenv("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
+    fake = FakeGpu()
+    runtime._gpu_source = fake
+    request = runtime.start("chat big", {A.OPERATION_NAME: "chat"}, gpu_index=0)
+    fake.allocated_bytes, fake.retries, fake.ooms = 3_900, 2, 1  # the moment the allocation failed
+    request.end(torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB"))  # torch.cuda.OutOfMemoryError
+    fake.allocated_bytes, fake.ooms = 100, 5  # after the end: must not show
+    assert drain(10)
+    (span,) = exporter.get_finished_spans()
+    a = span.attributes
+    assert a[A.ERROR_TYPE] == "torch.OutOfMemoryError" and span.status.status_code.name == "ERROR"
+    assert a[A.GPU_TORCH_ALLOCATED] == 3_900 and a[A.GPU_TORCH_RESERVED] == 4_000
+    assert a[A.GPU_TORCH_FRAGMENTATION] == 100
+    assert a[A.GPU_TORCH_ALLOC_RETRIES] == 2 and a[A.GPU_TORCH_OOMS] == 1
+    assert a[A.GPU_TORCH_ALLOC_CONF] == "expandable_segments:True"
 
 
 def test_framework_attributes_are_plain_values():

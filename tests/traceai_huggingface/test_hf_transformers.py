@@ -352,3 +352,34 @@ def test_counting_and_span_end_happen_off_the_request_path(telemetry, gpt2):
     # the end time is the instant generate returned, not when the worker got to it (after the gate)
     assert span.end_time <= returned_at + 2_000_000
     assert span.end_time < worker_resumed_at[0]  # a span ended by the worker would end after this
+
+
+def test_runtime_fingerprint_on_every_span(telemetry, llama):
+    """Versions, attention and compile mode on every generate span; the tokenizer's fingerprint
+    once a pipeline has shown which tokenizer the model runs with; a compiled model says so."""
+    import transformers
+
+    from fi_evals_core.telemetry.fingerprint import tokenizer_fingerprint
+
+    model, tok = llama
+    ids = tok("a prompt", return_tensors="pt")
+    model.generate(**ids, max_new_tokens=2, do_sample=False)
+    (bare,) = telemetry.spans()
+    assert bare.attributes["runtime.transformers.version"] == transformers.__version__
+    assert bare.attributes[A.MODEL_COMPILE_MODE] == "eager"
+    assert bare.attributes[A.MODEL_ATTENTION_BACKEND] == model.config._attn_implementation
+    telemetry.clear()
+    pipeline("text-generation", model=model, tokenizer=tok)("a prompt", max_new_tokens=2, do_sample=False)
+    model.generate(**ids, max_new_tokens=2, do_sample=False)  # later spans of the model keep it
+    spans = telemetry.spans()
+    gens = [s for s in spans if s.name.startswith("text_completion")]
+    assert len(gens) == 2
+    assert {g.attributes[A.MODEL_TOKENIZER_FINGERPRINT] for g in gens} == {tokenizer_fingerprint(tok)}
+    telemetry.clear()
+    model.compile(backend="eager")  # nn.Module.compile: the module's calls go through torch.compile
+    try:
+        model.generate(**ids, max_new_tokens=2, do_sample=False)
+        (compiled,) = telemetry.spans()
+        assert compiled.attributes[A.MODEL_COMPILE_MODE] == "torch.compile"
+    finally:
+        model._compiled_call_impl = None  # the session's shared model back to eager

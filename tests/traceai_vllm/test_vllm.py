@@ -74,6 +74,15 @@ def test_one_span_per_request_with_real_token_counts(vllm):
     outputs = llm.generate(prompts, SamplingParams(max_tokens=7, temperature=0.0, seed=11))
     spans = capture.spans("text_completion")
     assert len(spans) == 3
+    from transformers import AutoTokenizer
+
+    from fi_evals_core.telemetry.fingerprint import tokenizer_fingerprint
+
+    # the same files loaded by transformers here hash as the engine's tokenizer does
+    fingerprint = tokenizer_fingerprint(AutoTokenizer.from_pretrained(llm.llm_engine.model_config.tokenizer))
+    compilation = llm.llm_engine.vllm_config.compilation_config
+    compile_mode = compilation.mode.name.lower()
+    graphs = "none" if llm.llm_engine.model_config.enforce_eager else compilation.cudagraph_mode.name.lower()
     by_id = {s.attributes[A.RESPONSE_ID]: s for s in spans}
     for out in outputs:
         span = by_id[out.request_id]
@@ -87,6 +96,12 @@ def test_one_span_per_request_with_real_token_counts(vllm):
         assert a[A.MODEL_ENGINE_VERSION] == __import__("vllm").__version__
         assert a[A.MODEL_DTYPE] == "float32" and a[A.MODEL_DEVICE] == "cpu"
         assert a[A.VLLM_TENSOR_PARALLEL_SIZE] == 1
+        # the runtime fingerprint, read once from the engine: its tokenizer, compile and KV-cache settings
+        assert a[A.MODEL_TOKENIZER_FINGERPRINT] == fingerprint
+        assert a[A.MODEL_COMPILE_MODE] == compile_mode and a[A.MODEL_CUDA_GRAPHS] == graphs
+        assert a[A.MODEL_KV_CACHE_DTYPE] == "float32"  # cache_dtype "auto": the model's dtype
+        assert a["runtime.transformers.version"] == __import__("transformers").__version__
+        assert A.MODEL_LORA_NAME not in a  # no adapter
         assert a[A.USAGE_CACHE_READ_INPUT_TOKENS] == out.num_cached_tokens  # vLLM's own count (prefix cache)
         # span start = the request's arrival (vLLM's wall clock)
         assert abs(span.start_time - int(out.metrics.arrival_time * 1e9)) < 1_000_000
@@ -368,6 +383,11 @@ def test_offline_llm_in_multiprocess_mode(tmp_path, model_dirs, setup, start_met
     requests = [r for r in records if r["scope"]["name"] == "traceai_vllm" and r["name"].startswith("text_completion")]
     assert len(requests) == 2
     assert sum(r["attributes"][A.USAGE_OUTPUT_TOKENS] for r in requests) == 8
+    from transformers import AutoTokenizer
+
+    from fi_evals_core.telemetry.fingerprint import tokenizer_fingerprint
+
+    fingerprint = tokenizer_fingerprint(AutoTokenizer.from_pretrained(model_dirs["llama"]))
     assert "OUT_TOKENS 8" in proc.stdout
     # stats logging off (the offline default): the breakdown still comes from the engine's timestamps,
     # the scheduler's events recorded by the hooks installed in the EngineCore process (inherited
@@ -378,6 +398,7 @@ def test_offline_llm_in_multiprocess_mode(tmp_path, model_dirs, setup, start_met
         assert a[A.VLLM_QUEUE_TIME] > 0 and a[A.VLLM_PREFILL_TIME] > 0 and a[A.VLLM_DECODE_TIME] > 0
         assert a[A.VLLM_QUEUE_TIME] + a[A.VLLM_PREFILL_TIME] <= a[A.RESPONSE_TIME_TO_FIRST_CHUNK] + 1e-3
         assert a[A.TIME_PER_OUTPUT_TOKEN] == pytest.approx(a[A.VLLM_DECODE_TIME] / 3)
+        assert a[A.MODEL_TOKENIZER_FINGERPRINT] == fingerprint  # the runtime fingerprint in this mode too
 
 
 @pytest.mark.parametrize("value, expect_on", [("", False), ("maybe", False), ("1", True)])

@@ -22,6 +22,7 @@ from opentelemetry.trace import SpanKind
 from fi_evals_core.telemetry import RequestSpan, TelemetryRuntime, torch_framework_attributes
 from fi_evals_core.telemetry import attributes as A
 from fi_evals_core.telemetry import handoff
+from fi_evals_core.telemetry.fingerprint import runtime_attributes, tokenizer_fingerprint
 
 logger = logging.getLogger(__name__)
 
@@ -31,7 +32,8 @@ _in_pipeline: contextvars.ContextVar[bool] = contextvars.ContextVar("traceai_hf_
 
 
 class _ModelInfo:
-    __slots__ = ("name", "device", "dtype", "probe", "gpu_index", "is_encoder_decoder", "static", "framework")
+    __slots__ = ("name", "device", "dtype", "probe", "gpu_index", "is_encoder_decoder", "static", "framework",
+                 "tokenizer_seen", "compiled")
 
     def __init__(self, model: Any) -> None:
         import transformers
@@ -63,16 +65,44 @@ class _ModelInfo:
                 quantization=str(getattr(quant_method, "value", quant_method)) if quant_method else None,
                 architecture=type(model).__name__,
             )
+        # the runtime fingerprint: versions, how the model runs (nn.Module.compile sets
+        # _compiled_call_impl), its attention; the tokenizer's when a pipeline shows it (see below)
+        self.framework.update(runtime_attributes())
+        self.compiled = _compiled(model)
+        self.framework[A.MODEL_COMPILE_MODE] = "torch.compile" if self.compiled else "eager"
+        attention = getattr(config, "_attn_implementation", None)
+        if attention:
+            self.framework[A.MODEL_ATTENTION_BACKEND] = str(attention)
+        self.tokenizer_seen: Any = None
+
+    def note_tokenizer(self, tokenizer: Any) -> None:
+        """A pipeline pairs this model with its tokenizer: fingerprint it once (tens of ms for a
+        large vocabulary, on the first call only), for this and every later span of the model."""
+        if tokenizer is None or tokenizer is self.tokenizer_seen:
+            return
+        self.tokenizer_seen = tokenizer
+        try:
+            # a new dict, not an update: spans already started read the old one on the worker
+            self.framework = {**self.framework, A.MODEL_TOKENIZER_FINGERPRINT: tokenizer_fingerprint(tokenizer)}
+        except Exception:  # noqa: BLE001 - an unusual tokenizer: no fingerprint, no error
+            logger.debug("could not fingerprint a tokenizer", exc_info=True)
 
 
 _model_infos: "weakref.WeakKeyDictionary[Any, _ModelInfo]" = weakref.WeakKeyDictionary()
 
 
+def _compiled(model: Any) -> bool:
+    """`model.compile()` (nn.Module.compile) routes the module's calls through torch.compile."""
+    return getattr(model, "_compiled_call_impl", None) is not None
+
+
 def model_info(model: Any) -> _ModelInfo:
-    """Static attributes of a model, recomputed only when it moves to another device or dtype."""
+    """Static attributes of a model, recomputed only when it moves to another device or dtype, or
+    is compiled."""
     info = _model_infos.get(model)
     probe = info.probe if info is not None else None
-    if info is None or (probe is not None and (probe.device != info.device or probe.dtype != info.dtype)):
+    if info is None or (probe is not None and (probe.device != info.device or probe.dtype != info.dtype)) \
+            or info.compiled != _compiled(model):
         info = _ModelInfo(model)
         try:
             _model_infos[model] = info
@@ -297,6 +327,7 @@ def pipeline_wrapper(runtime: TelemetryRuntime):
             return wrapped(*args, **kwargs)  # lazy iterables run after the call: generate spans only
         try:
             info = model_info(instance.model)
+            info.note_tokenizer(getattr(instance, "tokenizer", None))
             task = str(getattr(instance, "task", "") or type(instance).__name__)
             chat = _is_chat(inputs)
             batch = 1 if isinstance(inputs, (str, dict)) or chat else len(inputs)

@@ -48,6 +48,7 @@ from fi_evals_core.telemetry import (
     torch_framework_attributes,
 )
 from fi_evals_core.telemetry import attributes as A
+from fi_evals_core.telemetry.fingerprint import runtime_attributes, tokenizer_fingerprint
 
 logger = logging.getLogger(__name__)
 
@@ -209,6 +210,46 @@ class EngineInfo:
         ):
             if value is not None:
                 self.framework[key] = int(value)
+        self.framework.update(runtime_fingerprint(engine, vllm_config, model_config))
+
+
+def _name(value: Any) -> str:
+    """An enum's name (CompilationMode.VLLM_COMPILE -> vllm_compile), else the value as text."""
+    return str(getattr(value, "name", value)).lower()
+
+
+def runtime_fingerprint(engine: Any, vllm_config: Any, model_config: Any) -> dict[str, Any]:
+    """The engine's runtime fingerprint, once per engine: versions, compile and CUDA graph modes,
+    KV-cache dtype, attention backend (when configured) and the tokenizer's fingerprint. Each fact
+    is read on its own: one vLLM version lacking a field loses only that attribute."""
+    attrs: dict[str, Any] = {}
+    compilation = getattr(vllm_config, "compilation_config", None)
+    readers = (
+        lambda: runtime_attributes(),
+        lambda: {A.MODEL_COMPILE_MODE: _name(getattr(compilation, "mode", None)
+                                             if getattr(compilation, "mode", None) is not None
+                                             else compilation.level)},
+        lambda: {A.MODEL_CUDA_GRAPHS: "none" if getattr(model_config, "enforce_eager", False)
+                 else _name(compilation.cudagraph_mode)},
+        lambda: {A.MODEL_KV_CACHE_DTYPE: _kv_cache_dtype(vllm_config.cache_config.cache_dtype, model_config)},
+        lambda: ({A.MODEL_ATTENTION_BACKEND: _name(vllm_config.attention_config.backend)}
+                 if getattr(getattr(vllm_config, "attention_config", None), "backend", None) is not None else {}),
+        lambda: ({A.MODEL_TOKENIZER_FINGERPRINT: tokenizer_fingerprint(engine.tokenizer)}
+                 if getattr(engine, "tokenizer", None) is not None else {}),
+    )
+    for read in readers:
+        try:
+            attrs.update(read())
+        except Exception:  # noqa: BLE001 - a field this vLLM does not have
+            logger.debug("could not read part of the vLLM engine's runtime fingerprint", exc_info=True)
+    return attrs
+
+
+def _kv_cache_dtype(cache_dtype: Any, model_config: Any) -> str:
+    """vLLM's `auto` means the model's dtype: say which."""
+    if str(cache_dtype) == "auto":
+        return str(getattr(model_config, "dtype", "auto")).removeprefix("torch.")
+    return str(cache_dtype)
 
 
 # OutputProcessor -> EngineInfo, registered when an engine is constructed while instrumented.
@@ -494,6 +535,10 @@ class RequestTracker:
         cached = getattr(child.state, "num_cached_tokens", None)
         if cached is not None:
             attributes[A.USAGE_CACHE_READ_INPUT_TOKENS] = int(cached)
+        lora = getattr(origin, "lora_request", None)
+        if lora is not None:  # gen_ai.request.model stays the name the client asked for
+            attributes[A.MODEL_LORA_NAME] = str(lora.lora_name)
+            attributes[A.MODEL_LORA_ID] = int(lora.lora_int_id)
         if self.kv_cache_usage is not None:
             attributes[A.VLLM_KV_CACHE_USAGE] = self.kv_cache_usage
         if tracked.embedding_dims is not None:

@@ -57,6 +57,17 @@ MODEL_DEVICE = "model.device"
 MODEL_QUANTIZATION = "model.quantization"
 MODEL_ARCHITECTURE = "model.architecture"
 
+# The runtime fingerprint (telemetry/fingerprint.py): computed once per engine or model, on every
+# request span, so a change underneath (a tokenizer, a compile mode, a kernel stack) shows per request
+MODEL_TOKENIZER_FINGERPRINT = "model.tokenizer.fingerprint"  # hash of what decides tokenization
+MODEL_COMPILE_MODE = "model.compile.mode"  # vLLM's compilation mode, "eager", or "torch.compile"
+MODEL_CUDA_GRAPHS = "model.cuda_graphs"  # vLLM's CUDA graph mode ("none" with enforce_eager)
+MODEL_KV_CACHE_DTYPE = "model.kv_cache.dtype"
+MODEL_ATTENTION_BACKEND = "model.attention.backend"  # vLLM's chosen backend, transformers' attn_implementation
+MODEL_LORA_NAME = "model.lora.name"  # the adapter a request ran with
+MODEL_LORA_ID = "model.lora.id"
+RUNTIME_VERSION_PREFIX = "runtime."  # runtime.transformers.version, runtime.cuda.version, ...
+
 # GPU memory (bytes)
 GPU_INDEX = "gpu.index"
 GPU_NAME = "gpu.name"
@@ -65,6 +76,11 @@ GPU_MEMORY_TOTAL = "gpu.memory.total"
 GPU_TORCH_ALLOCATED = "gpu.torch.memory.allocated"
 GPU_TORCH_RESERVED = "gpu.torch.memory.reserved"
 GPU_TORCH_PEAK = "gpu.torch.memory.peak"
+# Allocator health (the OOM story): reserved - allocated, and the allocator's cumulative counters
+GPU_TORCH_FRAGMENTATION = "gpu.torch.memory.fragmentation"
+GPU_TORCH_ALLOC_RETRIES = "gpu.torch.alloc_retries"  # cudaMalloc failures retried after freeing the cache
+GPU_TORCH_OOMS = "gpu.torch.ooms"  # out-of-memory errors the allocator raised
+GPU_TORCH_ALLOC_CONF = "gpu.torch.alloc_conf"  # PYTORCH_CUDA_ALLOC_CONF (expandable_segments, ...)
 
 # vLLM: the per-request latency breakdown, as vLLM computes it (seconds), and engine layout
 VLLM_QUEUE_TIME = "vllm.request.queue_time"

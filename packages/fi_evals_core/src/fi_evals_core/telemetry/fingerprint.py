@@ -137,3 +137,12 @@ def version_changes(before: dict[str, str] | None, after: dict[str, str] | None)
     before, after = before or {}, after or {}
     return [f"{name} {before.get(name, 'absent')} -> {after.get(name, 'absent')}"
             for name in sorted(set(before) | set(after)) if before.get(name) != after.get(name)]
+
+
+def runtime_attributes(versions: dict[str, str] | None = None) -> dict[str, str]:
+    """`runtime.<name>.version` span attributes for the versions that the framework attributes
+    (`model.framework.version` for torch, `model.engine.version`) do not already carry."""
+    from . import attributes as A
+
+    versions = runtime_versions() if versions is None else versions
+    return {f"{A.RUNTIME_VERSION_PREFIX}{name}.version": value for name, value in versions.items() if name != "torch"}

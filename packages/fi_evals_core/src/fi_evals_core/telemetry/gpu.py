@@ -5,12 +5,19 @@ device sync) and NVML (device-wide used / total, as `nvidia-smi` shows). NVML ca
 microseconds and can block on a busy driver, so a daemon thread refreshes them into a cache and
 the request path only reads the cache.
 
+Allocator health, for the OOM story: reserved minus allocated (memory the caching allocator holds
+but no tensor uses: fragmentation), its cumulative `num_alloc_retries` and `num_ooms` counters
+(`torch.cuda.memory_stats`, host-side) and `PYTORCH_CUDA_ALLOC_CONF`, on every request span on a
+CUDA device (an out-of-memory failure included: its span ends with `error.type` and these figures
+at that moment) and as gauges per device.
+
 `GpuMemorySource` is the seam: tests inject a fake source; production uses `TorchNvmlSource`.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from dataclasses import dataclass
@@ -36,6 +43,12 @@ class GpuMemorySource(Protocol):
     def peak(self, index: int) -> int: ...
     def reset_peak(self, index: int) -> None: ...
     def device_memory(self, index: int) -> DeviceMemory | None: ...
+    def allocator_counters(self, index: int) -> dict[str, int]: ...
+
+
+def alloc_conf() -> str | None:
+    """The caching allocator's configuration as this process was started with it."""
+    return os.environ.get("PYTORCH_CUDA_ALLOC_CONF") or os.environ.get("PYTORCH_ALLOC_CONF") or None
 
 
 class TorchNvmlSource:
@@ -67,6 +80,12 @@ class TorchNvmlSource:
         import torch
 
         torch.cuda.reset_peak_memory_stats(index)
+
+    def allocator_counters(self, index: int) -> dict[str, int]:
+        import torch
+
+        stats = torch.cuda.memory_stats(index)  # the allocator's host-side counters: no device sync
+        return {"num_alloc_retries": int(stats.get("num_alloc_retries", 0)), "num_ooms": int(stats.get("num_ooms", 0))}
 
     def device_memory(self, index: int) -> DeviceMemory | None:
         if self._thread is None and not self._nvml_failed:
@@ -133,11 +152,18 @@ class GpuMonitor:
             self._in_flight[index] = max(0, self._in_flight.get(index, 1) - 1)
         attrs: dict[str, object] = {A.GPU_INDEX: index}
         try:
-            attrs[A.GPU_TORCH_ALLOCATED] = self.source.allocated(index)
-            attrs[A.GPU_TORCH_RESERVED] = self.source.reserved(index)
+            allocated = attrs[A.GPU_TORCH_ALLOCATED] = self.source.allocated(index)
+            reserved = attrs[A.GPU_TORCH_RESERVED] = self.source.reserved(index)
+            attrs[A.GPU_TORCH_FRAGMENTATION] = max(0, reserved - allocated)
             attrs[A.GPU_TORCH_PEAK] = self.source.peak(index)
+            counters = self.source.allocator_counters(index)
+            attrs[A.GPU_TORCH_ALLOC_RETRIES] = counters["num_alloc_retries"]
+            attrs[A.GPU_TORCH_OOMS] = counters["num_ooms"]
         except Exception as exc:
             logger.debug("torch GPU memory read failed: %s", exc)
+        conf = alloc_conf()
+        if conf:
+            attrs[A.GPU_TORCH_ALLOC_CONF] = conf
         try:
             device = self.source.device_memory(index)
         except Exception as exc:
@@ -185,4 +211,12 @@ def register_gpu_memory_gauges(meter: Any, source: GpuMemorySource | None = None
                                   description="Memory held by tensors (torch caching allocator)")
     meter.create_observable_gauge(A.GPU_TORCH_RESERVED, [reader(source.reserved)], unit="By",
                                   description="Memory reserved by the torch caching allocator")
+    meter.create_observable_gauge(A.GPU_TORCH_FRAGMENTATION,
+                                  [reader(lambda i: max(0, source.reserved(i) - source.allocated(i)))], unit="By",
+                                  description="Reserved by the caching allocator but held by no tensor")
+    meter.create_observable_gauge(A.GPU_TORCH_ALLOC_RETRIES,
+                                  [reader(lambda i: source.allocator_counters(i)["num_alloc_retries"])],
+                                  description="cudaMalloc calls that failed and were retried after freeing the cache")
+    meter.create_observable_gauge(A.GPU_TORCH_OOMS, [reader(lambda i: source.allocator_counters(i)["num_ooms"])],
+                                  description="Out-of-memory errors raised by the caching allocator")
     return True
