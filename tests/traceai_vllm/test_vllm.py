@@ -357,10 +357,12 @@ def test_response_id_is_the_id_the_client_receives():
     assert response_id("batch-1", A.OP_TEXT_COMPLETION) == ("batch-1", None)  # the offline engine's own ids
 
 
-@pytest.mark.parametrize("setup, start_method", [("register", "fork"), ("plugin", "spawn")])
+@pytest.mark.parametrize("setup, start_method", [("register", "fork"), ("plugin", "spawn"), ("guarded", "spawn")])
 def test_offline_llm_in_multiprocess_mode(tmp_path, model_dirs, setup, start_method):
     """vLLM's default multi-process mode (EngineCore in its own process), set up by `register()` in the
-    script, or with no code at all by the plugin (`TRACEAI_VLLM_AUTO=1`) that vLLM loads in each process.
+    script (at its top level, or under the `__main__` guard, where a spawned EngineCore never runs it:
+    register() turns the plugin on for the processes vLLM starts), or with no code at all by the plugin
+    (`TRACEAI_VLLM_AUTO=1`) that vLLM loads in each process.
 
     The EngineCore process is started by spawn (what vLLM's CPU platform forces, and its choice on a
     GPU once CUDA is initialised) or by fork (vLLM's default on a GPU; the script undoes the CPU

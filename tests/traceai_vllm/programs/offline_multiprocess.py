@@ -2,8 +2,9 @@
 
     python offline_multiprocess.py MODEL_DIR ENGINE_ARGS_JSON SETUP START_METHOD
 
-SETUP is `register` (register() at the top of this script) or `plugin` (no code: TRACEAI_VLLM_AUTO=1
-in the environment, the plugin vLLM loads in each process). START_METHOD `fork` undoes the CPU
+SETUP is `register` (register() at the top of this script), `guarded` (register() under the
+`__main__` guard, as multi-process vLLM scripts are written: a spawned EngineCore never runs it) or
+`plugin` (no code: TRACEAI_VLLM_AUTO=1 in the environment, the plugin vLLM loads in each process). START_METHOD `fork` undoes the CPU
 platform's switch to spawn. Everything above the `__main__` guard runs again in a spawned child (it
 imports this file again), never in a forked one: each run prints `TOP_LEVEL <pid>`.
 Prints `OUT_TOKENS <n>` and `START_METHOD <the method vLLM used>`.
@@ -35,10 +36,14 @@ if START_METHOD == "fork":
 from vllm import LLM, SamplingParams  # noqa: E402
 
 if __name__ == "__main__":
+    if SETUP == "guarded":
+        from fi_evals_core import register
+
+        telemetry = register()
     llm = LLM(model=MODEL_DIR, **ENGINE_ARGS)
     outs = llm.generate(["multi process", "two"], SamplingParams(max_tokens=4, ignore_eos=True))
     print("OUT_TOKENS", sum(len(o.outputs[0].token_ids) for o in outs))
     print("START_METHOD", os.environ.get("VLLM_WORKER_MULTIPROC_METHOD"))
-    if SETUP == "register":
+    if SETUP in ("register", "guarded"):
         telemetry.shutdown()
     # else: the plugin's atexit hook flushes

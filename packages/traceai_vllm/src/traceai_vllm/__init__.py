@@ -18,7 +18,7 @@ from fi_evals_core.telemetry import Patcher, PatchingInstrumentor, TelemetryRunt
 from fi_evals_core.telemetry import attributes as A
 from fi_evals_core.telemetry.config import EnvReader
 
-from . import _engine, _offline
+from . import _engine, _offline, plugin
 from .package import SUPPORTED, _instruments
 from .version import __version__
 
@@ -59,8 +59,15 @@ class VLLMInstrumentor(PatchingInstrumentor):
         if isinstance(muted, dict) and not EnvReader().flag(STARTUP_SPANS, False):
             muted["vllm"] = f"vLLM's start-up spans; {STARTUP_SPANS}=1 keeps them"
             self._muted = muted
+        # Providers built by register(): the processes vLLM starts from here (EngineCore, workers)
+        # inherit the environment and load the plugin, so they trace too, even when register() sits
+        # under `if __name__ == "__main__":` and a spawned EngineCore never runs it.
+        self._propagated = isinstance(muted, dict) and plugin.propagate_to_children()
 
     def _uninstrument(self, **kwargs: Any) -> None:
+        if getattr(self, "_propagated", False):
+            plugin.stop_propagating()
+            self._propagated = False
         if getattr(self, "_muted", None) is not None:
             self._muted.pop("vllm", None)
             self._muted = None

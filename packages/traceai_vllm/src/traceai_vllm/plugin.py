@@ -5,6 +5,11 @@ builds its own tracer and meter providers from the standard OTEL_* variables (`r
 instruments vLLM; request spans come from the process that runs the output processor (the API
 server / front-end). Without the variable, loading the plugin is one environment lookup.
 
+`register()` in a script sets `TRACEAI_VLLM_AUTO=1` for the processes vLLM starts from it (when the
+variable is unset), so a spawned EngineCore traces although it never runs the script's guarded
+`register()`; a process already instrumented (register() at a script's top level, re-run by
+spawn, or inherited through fork) is left as it is.
+
 Here `TRACEAI_EXPORT_PROCESS` defaults to on: a server's request spans are made and exported by a
 helper process (fi_evals_core.telemetry.export_process), which takes most of the per-request cost
 off the serving process (benchmarks/RESULTS.md). Set it to 0 to export in-process.
@@ -45,11 +50,27 @@ def default_service_name() -> str | None:
     return None if OTELResourceDetector().detect().attributes.get(SERVICE_NAME) else "vllm"
 
 
+def propagate_to_children() -> bool:
+    """Turn the plugin on for the processes started from here; True when this set the variable."""
+    if (os.environ.get(AUTO_VARIABLE) or "").strip():
+        return False  # the user's own setting stands
+    os.environ[AUTO_VARIABLE] = "1"
+    return True
+
+
+def stop_propagating() -> None:
+    os.environ.pop(AUTO_VARIABLE, None)
+
+
 def load() -> None:
     """The `vllm.general_plugins` hook; vLLM calls it once per process."""
     global _telemetry
     if not enabled():
         return
+    from . import VLLMInstrumentor
+
+    if VLLMInstrumentor().is_instrumented_by_opentelemetry:
+        return  # register() ran in this process (or in the one it was forked from)
     from fi_evals_core.telemetry.config import ConfigError
     from fi_evals_core.telemetry.logs import make_visible
 
