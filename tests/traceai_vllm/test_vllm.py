@@ -401,6 +401,9 @@ def test_offline_llm_in_multiprocess_mode(tmp_path, model_dirs, setup, start_met
         assert a[A.VLLM_QUEUE_TIME] + a[A.VLLM_PREFILL_TIME] <= a[A.RESPONSE_TIME_TO_FIRST_CHUNK] + 1e-3
         assert a[A.TIME_PER_OUTPUT_TOKEN] == pytest.approx(a[A.VLLM_DECODE_TIME] / 3)
         assert a[A.MODEL_TOKENIZER_FINGERPRINT] == fingerprint  # the runtime fingerprint in this mode too
+        # the KV-cache footprint, computed in the front-end: the capacity comes from the EngineCore
+        assert a[A.VLLM_REQUEST_KV_BLOCKS] == 1 and a[A.VLLM_KV_CAPACITY_BLOCKS] > 0
+        assert a[A.VLLM_REQUEST_KV_BYTES] * a[A.VLLM_KV_CAPACITY_BLOCKS] == a[A.VLLM_KV_CAPACITY_BYTES]
 
 
 @pytest.mark.parametrize("value, expect_on", [("", False), ("maybe", False), ("1", True)])
@@ -553,3 +556,68 @@ def test_request_fields_the_genai_conventions_name():
     assert a[A.OUTPUT_TYPE] == "json" and a[A.REQUEST_STREAM] is True and a[A.REQUEST_MAX_TOKENS] == 5
     plain = start_attributes(A.OP_TEXT_COMPLETION, "m", sampling_values(SamplingParams(max_tokens=5)))
     assert not {A.REQUEST_FREQUENCY_PENALTY, A.REQUEST_PRESENCE_PENALTY, A.OUTPUT_TYPE, A.REQUEST_STREAM} & set(plain)
+
+
+def test_kv_cache_footprint_equals_the_kv_cache_managers_own(vllm):
+    """Each request's KV-cache blocks at its peak, computed in the front-end from its token counts
+    and the block size, against the engine's own accounting: the KV cache manager's blocks for the
+    request just before it frees them (in this in-process engine). A short prompt, a long one, a
+    request sharing the long one's prefix (its shared blocks from the prefix cache), n=2; and the
+    bytes per block against the engine's KV cache spec."""
+    import re
+
+    from vllm import SamplingParams
+
+    llm, capture, _ = vllm
+    core = llm.llm_engine.engine_core.engine_core  # the in-process EngineCore
+    manager = core.scheduler.kv_cache_manager
+    held: dict[str, int] = {}
+    original = manager.free
+
+    def free(request):  # the manager's own count, at the request's end (or preemption)
+        external = re.sub(r"-[0-9a-f]{8}$", "", re.sub(r"^\d+_", "", request.request_id))
+        blocks = sum(len(ids) for ids in manager.get_block_ids(request.request_id))
+        held[request.request_id] = max(held.get(request.request_id, 0), blocks)
+        held.setdefault(f"external:{external}", 0)
+        return original(request)
+
+    manager.free = free
+    tokenizer = llm.get_tokenizer()
+    long_prompt = "the quick brown fox jumps over the lazy dog " * 6  # ~130 tokens of the tiny tokenizer
+    try:
+        # the short one ends with exactly one block of tokens in the cache: its prompt and all its
+        # outputs but the last (sampled, never fed back); one more token would take a second block
+        block = llm.llm_engine.vllm_config.cache_config.block_size
+        short_max = block - len(tokenizer("short")["input_ids"]) + 1
+        llm.generate(["short"], SamplingParams(max_tokens=short_max, temperature=0.0, ignore_eos=True))
+        llm.generate([long_prompt], SamplingParams(max_tokens=20, temperature=0.0, ignore_eos=True))
+        llm.generate([long_prompt + "and then it rests"], SamplingParams(max_tokens=3, temperature=0.0, ignore_eos=True))
+        llm.generate(["two choices"], SamplingParams(max_tokens=4, n=2, temperature=0.8, seed=1, ignore_eos=True))
+    finally:
+        manager.free = original
+    spans = capture.spans("text_completion")
+    assert len(spans) == 4
+    block_size = spans[0].attributes[A.VLLM_KV_BLOCK_SIZE]
+    by_external: dict[str, int] = {}
+    for internal, blocks in held.items():
+        if not internal.startswith("external:"):
+            external = re.sub(r"-[0-9a-f]{8}$", "", re.sub(r"^\d+_", "", internal))
+            by_external[external] = by_external.get(external, 0) + blocks
+    got = {s.attributes[A.RESPONSE_ID]: s.attributes for s in spans}
+    assert set(got) == set(by_external)
+    for external, blocks in by_external.items():
+        assert got[external][A.VLLM_REQUEST_KV_BLOCKS] == blocks, (external, block_size)
+    short, long_, shared, n2 = (s.attributes for s in spans)
+    assert short[A.VLLM_REQUEST_KV_BLOCKS] == 1 and short[A.USAGE_OUTPUT_TOKENS] == short_max
+    assert long_[A.VLLM_REQUEST_KV_BLOCKS] >= 2
+    prompt = len(tokenizer(long_prompt)["input_ids"])
+    assert long_[A.VLLM_REQUEST_KV_BLOCKS] == -(-(prompt + 20 - 1) // block_size)
+    # the third request reads the long prompt's full blocks from the prefix cache
+    assert shared[A.VLLM_REQUEST_KV_SHARED_BLOCKS] == shared[A.USAGE_CACHE_READ_INPUT_TOKENS] // block_size >= 1
+    assert n2[A.VLLM_REQUEST_KV_BLOCKS] == by_external[n2[A.RESPONSE_ID]]  # both choices' blocks
+    # bytes: blocks x the engine's own page size summed over its layers (one TP rank here)
+    config = core.scheduler.kv_cache_config
+    per_block = sum(group.kv_cache_spec.page_size_bytes * len(group.layer_names) for group in config.kv_cache_groups)
+    assert long_[A.VLLM_REQUEST_KV_BYTES] == long_[A.VLLM_REQUEST_KV_BLOCKS] * per_block
+    assert long_[A.VLLM_KV_CAPACITY_BLOCKS] == config.num_blocks
+    assert long_[A.VLLM_KV_CAPACITY_BYTES] == config.num_blocks * per_block

@@ -179,7 +179,7 @@ def _operation_for(external_id: Any, sampling: Any) -> str:
 class EngineInfo:
     """What a request span says about the engine that serves it, computed once per engine."""
 
-    __slots__ = ("model", "framework", "gpu_index", "__weakref__")
+    __slots__ = ("model", "framework", "gpu_index", "kv_block_size", "kv_bytes_per_block", "__weakref__")
 
     def __init__(self, engine: Any) -> None:
         import vllm
@@ -211,6 +211,46 @@ class EngineInfo:
             if value is not None:
                 self.framework[key] = int(value)
         self.framework.update(runtime_fingerprint(engine, vllm_config, model_config))
+        self.kv_block_size = self.kv_bytes_per_block = None
+        try:
+            self._read_kv_cache(vllm_config, model_config, parallel)
+        except Exception:  # noqa: BLE001 - another vLLM's config: no KV attributes, nothing else lost
+            logger.debug("could not read the vLLM engine's KV-cache layout", exc_info=True)
+
+    def _read_kv_cache(self, vllm_config: Any, model_config: Any, parallel: Any) -> None:
+        """Block size, bytes per block over all TP ranks, and capacity, from the engine's config (in
+        the front-end; the engine core fills `num_gpu_blocks` in before the engine is returned)."""
+        cache = vllm_config.cache_config
+        self.kv_block_size = int(cache.block_size)
+        self.framework[A.VLLM_KV_BLOCK_SIZE] = self.kv_block_size
+        self.kv_bytes_per_block = kv_bytes_per_block(model_config, parallel, cache)
+        blocks = getattr(cache, "num_gpu_blocks", None)
+        if blocks:
+            self.framework[A.VLLM_KV_CAPACITY_BLOCKS] = int(blocks)
+            if self.kv_bytes_per_block:
+                self.framework[A.VLLM_KV_CAPACITY_BYTES] = int(blocks) * self.kv_bytes_per_block
+
+
+_KV_DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "half": 2}
+
+
+def kv_bytes_per_block(model_config: Any, parallel: Any, cache: Any) -> int | None:
+    """Bytes of one KV-cache block summed over layers and tensor-parallel ranks, for models whose
+    every layer keeps full attention K and V (2 x KV heads x head size x dtype bytes x block size);
+    None for others (MLA, sliding windows, hybrid and attention-free models), where the layout differs."""
+    text_config = getattr(model_config, "hf_text_config", None)
+    if getattr(model_config, "use_mla", False) or getattr(text_config, "sliding_window", None) \
+            or getattr(text_config, "layer_types", None) and len(set(text_config.layer_types)) > 1:
+        return None
+    tp = int(getattr(parallel, "tensor_parallel_size", 1) or 1)
+    heads_per_rank = model_config.get_num_kv_heads(parallel)
+    dtype = _kv_cache_dtype(cache.cache_dtype, model_config)
+    width = _KV_DTYPE_BYTES.get(dtype, 1 if dtype.startswith("fp8") else None)
+    if width is None:
+        return None
+    layers = model_config.get_total_num_hidden_layers() if hasattr(model_config, "get_total_num_hidden_layers") \
+        else text_config.num_hidden_layers
+    return 2 * heads_per_rank * tp * model_config.get_head_size() * width * int(cache.block_size) * int(layers)
 
 
 def _name(value: Any) -> str:
@@ -262,7 +302,7 @@ def _fallback_info(output_processor: Any) -> EngineInfo:
     tokenizer = getattr(output_processor, "tokenizer", None)
     info.model = str(getattr(tokenizer, "name_or_path", "") or "unknown")
     info.framework = {}
-    info.gpu_index = None
+    info.gpu_index = info.kv_block_size = info.kv_bytes_per_block = None
     engine_infos[output_processor] = info
     return info
 
@@ -274,7 +314,7 @@ class Tracked:
 
     __slots__ = ("origin", "info", "n", "operation", "headers", "served", "parent", "eval_context", "pending",
                  "reasons", "output_tokens", "max_output_tokens", "embedding_dims", "prompt", "messages", "texts",
-                 "evaluated")
+                 "evaluated", "kv_blocks", "kv_shared_blocks")
 
     def __init__(self, origin: Any, info: "EngineInfo", n: int, operation: str | None, headers: Any, served: bool,
                  parent: Any, eval_context: Any, wants_text: bool, evaluated: bool) -> None:
@@ -296,6 +336,7 @@ class Tracked:
         self.messages: Any = None  # a chat request's messages as the client sent them
         self.texts: list[str | None] | None = [None] * n if wants_text else None
         self.evaluated = evaluated  # inline evaluation is on: the texts are offered to it
+        self.kv_blocks = self.kv_shared_blocks = 0  # over its choices, each at its end (its peak)
 
 
 class Child:
@@ -491,6 +532,13 @@ class RequestTracker:
             produced = detokenizer.num_output_tokens()
             tracked.output_tokens += produced
             tracked.max_output_tokens = max(tracked.max_output_tokens, produced)
+            block_size = tracked.info.kv_block_size
+            prompt = getattr(tracked.origin, "prompt_token_ids", None)
+            if block_size and prompt is not None and produced:
+                # the KV cache holds every token fed to the model: the prompt and all outputs but the
+                # last (sampled, never fed back); its blocks only grow, so at the end it is at its peak
+                tracked.kv_blocks += -(-(len(prompt) + produced - 1) // block_size)
+                tracked.kv_shared_blocks += int(getattr(state, "num_cached_tokens", 0) or 0) // block_size
         index = getattr(state, "request_index", 0) or 0
         if 0 <= index < len(tracked.reasons):
             tracked.reasons[index] = reason
@@ -535,6 +583,11 @@ class RequestTracker:
         cached = getattr(child.state, "num_cached_tokens", None)
         if cached is not None:
             attributes[A.USAGE_CACHE_READ_INPUT_TOKENS] = int(cached)
+        if tracked.kv_blocks and all(r not in (None, "abort") for r in tracked.reasons) and error is None:
+            attributes[A.VLLM_REQUEST_KV_BLOCKS] = tracked.kv_blocks
+            attributes[A.VLLM_REQUEST_KV_SHARED_BLOCKS] = tracked.kv_shared_blocks
+            if info.kv_bytes_per_block:
+                attributes[A.VLLM_REQUEST_KV_BYTES] = tracked.kv_blocks * info.kv_bytes_per_block
         lora = getattr(origin, "lora_request", None)
         if lora is not None:  # gen_ai.request.model stays the name the client asked for
             attributes[A.MODEL_LORA_NAME] = str(lora.lora_name)

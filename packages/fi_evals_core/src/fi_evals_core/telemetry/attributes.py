@@ -88,6 +88,15 @@ VLLM_PREFILL_TIME = "vllm.request.prefill_time"
 VLLM_DECODE_TIME = "vllm.request.decode_time"
 VLLM_NUM_PREEMPTIONS = "vllm.request.num_preemptions"
 VLLM_PROMPT_INDEX = "vllm.request.prompt_index"  # which prompt of a multi-prompt completions request
+# The request's KV-cache footprint at its peak (its end): paged blocks, their bytes over all
+# tensor-parallel ranks, and how many of them it shared from the prefix cache
+VLLM_REQUEST_KV_BLOCKS = "vllm.request.kv_cache.blocks"
+VLLM_REQUEST_KV_BYTES = "vllm.request.kv_cache.bytes"
+VLLM_REQUEST_KV_SHARED_BLOCKS = "vllm.request.kv_cache.shared_blocks"
+# The engine's KV cache: block size (tokens), capacity in blocks and in bytes (all TP ranks)
+VLLM_KV_BLOCK_SIZE = "vllm.kv_cache.block_size"
+VLLM_KV_CAPACITY_BLOCKS = "vllm.kv_cache.capacity.blocks"
+VLLM_KV_CAPACITY_BYTES = "vllm.kv_cache.capacity.bytes"
 VLLM_TENSOR_PARALLEL_SIZE = "vllm.parallel.tensor_parallel_size"
 VLLM_PIPELINE_PARALLEL_SIZE = "vllm.parallel.pipeline_parallel_size"
 VLLM_BATCH_REQUESTS = "vllm.batch.requests"
