@@ -621,3 +621,39 @@ def test_kv_cache_footprint_equals_the_kv_cache_managers_own(vllm):
     assert long_[A.VLLM_REQUEST_KV_BYTES] == long_[A.VLLM_REQUEST_KV_BLOCKS] * per_block
     assert long_[A.VLLM_KV_CAPACITY_BLOCKS] == config.num_blocks
     assert long_[A.VLLM_KV_CAPACITY_BYTES] == config.num_blocks * per_block
+
+
+def test_kv_cache_footprint_of_a_preempted_request(vllm, model_dirs):
+    """An engine with 3 KV blocks and two requests that start in 1 block each and grow to 2: one is
+    preempted when the other grows (its blocks freed, and allocated again when it resumes). Its
+    footprint at its peak still equals the KV cache manager's own count, the largest it held."""
+    import re
+
+    from vllm import LLM, SamplingParams
+
+    _, capture, _ = vllm
+    small = LLM(model=str(model_dirs["llama"]), **{**ENGINE_ARGS, "num_gpu_blocks_override": 3})
+    try:
+        manager = small.llm_engine.engine_core.engine_core.scheduler.kv_cache_manager
+        held: dict[str, list[int]] = {}
+        original = manager.free
+
+        def free(request):
+            external = re.sub(r"-[0-9a-f]{8}$", "", request.request_id)
+            held.setdefault(external, []).append(sum(len(ids) for ids in manager.get_block_ids(request.request_id)))
+            return original(request)
+
+        manager.free = free
+        prompts = ["the quick brown fox jumps over the lazy dog " * 4, "a lazy dog sleeps under the brown tree " * 4]
+        capture.clear()
+        small.generate(prompts, SamplingParams(max_tokens=100, temperature=0.0, ignore_eos=True))
+        spans = {s.attributes[A.RESPONSE_ID]: s.attributes for s in capture.spans("text_completion")}
+        assert set(spans) == set(held) and len(spans) == 2
+        preempted = [rid for rid, a in spans.items() if a.get(A.VLLM_NUM_PREEMPTIONS, 0) > 0]
+        assert preempted, {rid: a.get(A.VLLM_NUM_PREEMPTIONS) for rid, a in spans.items()}
+        for rid in preempted:
+            assert len(held[rid]) >= 2  # freed at preemption, then at its end
+        for rid, attributes in spans.items():
+            assert attributes[A.VLLM_REQUEST_KV_BLOCKS] == max(held[rid]) == 2
+    finally:
+        del small
