@@ -48,7 +48,12 @@ from fi_evals_core.telemetry import (
     torch_framework_attributes,
 )
 from fi_evals_core.telemetry import attributes as A
-from fi_evals_core.telemetry.fingerprint import runtime_attributes, tokenizer_fingerprint
+from fi_evals_core.telemetry.fingerprint import (
+    kv_cache_dtype,
+    runtime_attributes,
+    tokenizer_fingerprint,
+    vllm_runtime,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -210,7 +215,7 @@ class EngineInfo:
         ):
             if value is not None:
                 self.framework[key] = int(value)
-        self.framework.update(runtime_fingerprint(engine, vllm_config, model_config))
+        self.framework.update(runtime_fingerprint(engine, vllm_config))
         self.kv_block_size = self.kv_bytes_per_block = None
         try:
             self._read_kv_cache(vllm_config, model_config, parallel)
@@ -244,7 +249,7 @@ def kv_bytes_per_block(model_config: Any, parallel: Any, cache: Any) -> int | No
         return None
     tp = int(getattr(parallel, "tensor_parallel_size", 1) or 1)
     heads_per_rank = model_config.get_num_kv_heads(parallel)
-    dtype = _kv_cache_dtype(cache.cache_dtype, model_config)
+    dtype = kv_cache_dtype(cache.cache_dtype, model_config)
     width = _KV_DTYPE_BYTES.get(dtype, 1 if dtype.startswith("fp8") else None)
     if width is None:
         return None
@@ -253,43 +258,23 @@ def kv_bytes_per_block(model_config: Any, parallel: Any, cache: Any) -> int | No
     return 2 * heads_per_rank * tp * model_config.get_head_size() * width * int(cache.block_size) * int(layers)
 
 
-def _name(value: Any) -> str:
-    """An enum's name (CompilationMode.VLLM_COMPILE -> vllm_compile), else the value as text."""
-    return str(getattr(value, "name", value)).lower()
+#: vllm_runtime's facts and the span attributes that carry them
+_RUNTIME_ATTRIBUTES = {"compile_mode": A.MODEL_COMPILE_MODE, "cuda_graphs": A.MODEL_CUDA_GRAPHS,
+                       "kv_cache_dtype": A.MODEL_KV_CACHE_DTYPE, "attention_backend": A.MODEL_ATTENTION_BACKEND}
 
 
-def runtime_fingerprint(engine: Any, vllm_config: Any, model_config: Any) -> dict[str, Any]:
-    """The engine's runtime fingerprint, once per engine: versions, compile and CUDA graph modes,
-    KV-cache dtype, attention backend (when configured) and the tokenizer's fingerprint. Each fact
-    is read on its own: one vLLM version lacking a field loses only that attribute."""
-    attrs: dict[str, Any] = {}
-    compilation = getattr(vllm_config, "compilation_config", None)
-    readers = (
-        lambda: runtime_attributes(),
-        lambda: {A.MODEL_COMPILE_MODE: _name(getattr(compilation, "mode", None)
-                                             if getattr(compilation, "mode", None) is not None
-                                             else compilation.level)},
-        lambda: {A.MODEL_CUDA_GRAPHS: "none" if getattr(model_config, "enforce_eager", False)
-                 else _name(compilation.cudagraph_mode)},
-        lambda: {A.MODEL_KV_CACHE_DTYPE: _kv_cache_dtype(vllm_config.cache_config.cache_dtype, model_config)},
-        lambda: ({A.MODEL_ATTENTION_BACKEND: _name(vllm_config.attention_config.backend)}
-                 if getattr(getattr(vllm_config, "attention_config", None), "backend", None) is not None else {}),
-        lambda: ({A.MODEL_TOKENIZER_FINGERPRINT: tokenizer_fingerprint(engine.tokenizer)}
-                 if getattr(engine, "tokenizer", None) is not None else {}),
-    )
-    for read in readers:
-        try:
-            attrs.update(read())
-        except Exception:  # noqa: BLE001 - a field this vLLM does not have
-            logger.debug("could not read part of the vLLM engine's runtime fingerprint", exc_info=True)
+def runtime_fingerprint(engine: Any, vllm_config: Any) -> dict[str, Any]:
+    """The engine's runtime fingerprint, once per engine: versions, how it runs (`vllm_runtime`) and
+    the tokenizer's fingerprint."""
+    attrs: dict[str, Any] = runtime_attributes()
+    attrs.update({_RUNTIME_ATTRIBUTES[name]: value for name, value in vllm_runtime(vllm_config).items()})
+    try:
+        tokenizer = getattr(engine, "tokenizer", None)
+        if tokenizer is not None:
+            attrs[A.MODEL_TOKENIZER_FINGERPRINT] = tokenizer_fingerprint(tokenizer)
+    except Exception:  # noqa: BLE001 - an unusual tokenizer: no fingerprint, nothing else lost
+        logger.debug("could not fingerprint the vLLM engine's tokenizer", exc_info=True)
     return attrs
-
-
-def _kv_cache_dtype(cache_dtype: Any, model_config: Any) -> str:
-    """vLLM's `auto` means the model's dtype: say which."""
-    if str(cache_dtype) == "auto":
-        return str(getattr(model_config, "dtype", "auto")).removeprefix("torch.")
-    return str(cache_dtype)
 
 
 # OutputProcessor -> EngineInfo, registered when an engine is constructed while instrumented.

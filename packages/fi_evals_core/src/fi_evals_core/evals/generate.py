@@ -127,22 +127,19 @@ class _VllmEngine:
     def facts(self) -> dict[str, Any]:
         import vllm
 
+        from ..telemetry.fingerprint import vllm_runtime
+
         config = getattr(self.llm.llm_engine, "vllm_config", None)
         model_config = getattr(config, "model_config", None)
-        compilation = getattr(config, "compilation_config", None)
-        mode = getattr(compilation, "mode", None)
-        if mode is None:
-            mode = getattr(compilation, "level", None)
-        cudagraph = getattr(compilation, "cudagraph_mode", None)
+        runtime = vllm_runtime(config)  # what the request spans carry too (traceai_vllm)
         return {
             "engine_version": vllm.__version__,
             "dtype": str(getattr(model_config, "dtype", "")).removeprefix("torch.") or None,
             "quantization": getattr(model_config, "quantization", None) or _quantization(
                 getattr(model_config, "hf_config", None)),
-            "kv_cache_dtype": getattr(getattr(config, "cache_config", None), "cache_dtype", None),
-            "compile": {"mode": str(getattr(mode, "name", mode)) if mode is not None else None,
-                        "cudagraph": str(getattr(cudagraph, "name", cudagraph)) if cudagraph is not None else None,
-                        "enforce_eager": bool(getattr(model_config, "enforce_eager", False))},
+            "kv_cache_dtype": runtime.get("kv_cache_dtype"),
+            "attention": runtime.get("attention_backend"),
+            "compile": {"mode": runtime.get("compile_mode"), "cuda_graphs": runtime.get("cuda_graphs")},
         }
 
 

@@ -56,6 +56,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections import Counter
 from dataclasses import asdict, dataclass
 from statistics import NormalDist
 from typing import Any, Iterable, Mapping, Sequence
@@ -359,7 +360,7 @@ def match_rows(base_rows: Sequence[Mapping[str, Any]], cand_rows: Sequence[Mappi
         side_keys = [cohort_key(key) for key in side_keys]
         repeated = len(side_keys) - len(set(side_keys))
         if repeated:
-            first = next(k for k, n in _tally(side_keys).items() if n > 1)
+            first = next(k for k, n in Counter(side_keys).items() if n > 1)
             return None, f"unpaired: {repeated} repeated {column!r} value(s) in the {side} (e.g. {first!r})"
         keys.append(side_keys)
     base_keys, cand_keys = keys
@@ -370,13 +371,6 @@ def match_rows(base_rows: Sequence[Mapping[str, Any]], cand_rows: Sequence[Mappi
         return None, (f"unpaired: the rows do not match by {column!r} ({only_base} baseline row(s) without a "
                       f"candidate row, {only_cand} candidate row(s) without a baseline row)")
     return [by_key[key] for key in base_keys], f"paired by {column!r} ({len(base_keys)} rows)"
-
-
-def _tally(keys: Iterable[Any]) -> dict[Any, int]:
-    counts: dict[Any, int] = {}
-    for key in keys:
-        counts[key] = counts.get(key, 0) + 1
-    return counts
 
 
 def _pair_counts(base_rows: Sequence[Mapping[str, Any]], cand_rows: Sequence[Mapping[str, Any]], name: str) -> Pairs:

@@ -40,6 +40,9 @@ if TYPE_CHECKING:  # torch and transformers come with the `nli` extra
 
 DEFAULT_CHUNK_TOKENS = 400  # MiniCheck's chunk size
 DEFAULT_BATCH_SIZE = 8
+#: Tokens of slack when a pair's estimated length (chunk + claim, each tokenized alone) decides
+#: whether a reference profile's encoding of it needs the exact overflow check.
+OVERFLOW_MARGIN = 16
 
 
 @dataclass(frozen=True)
@@ -219,14 +222,18 @@ class NLIScorer:
                 current.append(i)
                 used += count
         groups.append(current)
-        out = []
+        chunks = []
         for group in groups:
             text = " ".join(items[i][0] for i in group).replace(" \n ", "\n").strip()
             if text:
                 spans = [items[i] for i in group if items[i][0] != "\n"] or [items[group[0]]]
-                start, end = spans[0][1], spans[-1][2]
-                out.append((Chunk(passage[start:end], index, start, end), self.token_lengths([text])[0], text))
-        return out
+                chunks.append((Chunk(passage[spans[0][1]:spans[-1][2]], index, spans[0][1], spans[-1][2]), text))
+        return self._with_lengths(chunks)
+
+    def _with_lengths(self, chunks: list[tuple[Chunk, str]]) -> list[tuple[Chunk, int, str]]:
+        """(chunk, model text) pairs with the model text's tokens, counted in one tokenizer call."""
+        lengths = self.token_lengths([text for _, text in chunks])
+        return [(chunk, n, text) for (chunk, text), n in zip(chunks, lengths)]
 
     def _alignscore_chunks(self, index: int, passage: str) -> list[tuple[Chunk, int, str]]:
         """AlignScore (`nli_sp`): n = words // 350 + 1 parts; chunks of len(sentences) // n consecutive
@@ -236,13 +243,12 @@ class NLIScorer:
             return [(Chunk("", index, 0, 0), 0, "")]
         parts = len(passage.strip().split()) // profiles.ALIGNSCORE_CHUNK_WORDS + 1
         size = max(len(sentences) // parts, 1)
-        out = []
+        chunks = []
         for first in range(0, len(sentences), size):
             group = sentences[first:first + size]
-            text = " ".join(s.text for s in group)
             start, end = group[0].start, group[-1].end
-            out.append((Chunk(passage[start:end], index, start, end), self.token_lengths([text])[0], text))
-        return out
+            chunks.append((Chunk(passage[start:end], index, start, end), " ".join(s.text for s in group)))
+        return self._with_lengths(chunks)
 
     def _split_long(self, passage: str, start: int, end: int, budget: int) -> list[tuple[int, int, int]]:
         """A sentence longer than the budget becomes token windows cut between words where possible
@@ -304,9 +310,13 @@ class NLIScorer:
             premises = [model_texts[p.request][p.chunk] for p in batch]
             hypotheses = [claim_texts[p.request][p.claim] for p in batch]
             sup, con = self.score_pairs(premises, hypotheses)
-            if reference:
-                for p, over in zip(batch, self.overflows(premises, hypotheses)):
-                    cut[p.request][p.claim] |= over
+            if reference:  # exact check, on the pairs whose estimated length comes near the window
+                near = [i for i, p in enumerate(batch)
+                        if p.length + self.special_tokens + OVERFLOW_MARGIN > self.max_length]
+                if near:
+                    over = self.overflows([premises[i] for i in near], [hypotheses[i] for i in near])
+                    for i, cut_here in zip(near, over):
+                        cut[batch[i].request][batch[i].claim] |= cut_here
             for i, p in enumerate(batch):
                 support[p.request][p.claim][p.chunk] = sup[i]
                 if contra is not None:

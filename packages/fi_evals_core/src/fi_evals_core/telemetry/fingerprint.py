@@ -139,6 +139,53 @@ def version_changes(before: dict[str, str] | None, after: dict[str, str] | None)
             for name in sorted(set(before) | set(after)) if before.get(name) != after.get(name)]
 
 
+def vllm_runtime(vllm_config: Any) -> dict[str, str]:
+    """How a vLLM engine runs, from its config (no vLLM import): `compile_mode` (its compilation
+    mode, or level in older versions), `cuda_graphs` (`none` with enforce_eager), `kv_cache_dtype`
+    (`auto` resolved to the model's dtype) and `attention_backend` (only when configured: otherwise
+    the engine core picks it). Each fact is read on its own: a vLLM without a field loses only it."""
+    import logging
+
+    model_config = getattr(vllm_config, "model_config", None)
+    compilation = getattr(vllm_config, "compilation_config", None)
+
+    def compile_mode() -> str:
+        mode = getattr(compilation, "mode", None)
+        return _enum_name(mode if mode is not None else compilation.level)
+
+    def cuda_graphs() -> str:
+        return "none" if getattr(model_config, "enforce_eager", False) else _enum_name(compilation.cudagraph_mode)
+
+    def attention_backend() -> str | None:
+        backend = getattr(getattr(vllm_config, "attention_config", None), "backend", None)
+        return None if backend is None else _enum_name(backend)
+
+    facts: dict[str, str] = {}
+    for name, read in (("compile_mode", compile_mode), ("cuda_graphs", cuda_graphs),
+                       ("kv_cache_dtype", lambda: kv_cache_dtype(vllm_config.cache_config.cache_dtype, model_config)),
+                       ("attention_backend", attention_backend)):
+        try:
+            value = read()
+        except Exception:  # noqa: BLE001 - a field this vLLM does not have
+            logging.getLogger(__name__).debug("could not read the vLLM engine's %s", name, exc_info=True)
+            continue
+        if value is not None:
+            facts[name] = value
+    return facts
+
+
+def kv_cache_dtype(cache_dtype: Any, model_config: Any) -> str:
+    """vLLM's `auto` means the model's dtype: say which."""
+    if str(cache_dtype) == "auto":
+        return str(getattr(model_config, "dtype", "auto")).removeprefix("torch.")
+    return str(cache_dtype)
+
+
+def _enum_name(value: Any) -> str:
+    """An enum's name (CompilationMode.VLLM_COMPILE -> vllm_compile), else the value as text."""
+    return str(getattr(value, "name", value)).lower()
+
+
 def runtime_attributes(versions: dict[str, str] | None = None) -> dict[str, str]:
     """`runtime.<name>.version` span attributes for the versions that the framework attributes
     (`model.framework.version` for torch, `model.engine.version`) do not already carry."""

@@ -84,7 +84,8 @@ class TorchNvmlSource:
     def allocator_counters(self, index: int) -> dict[str, int]:
         import torch
 
-        stats = torch.cuda.memory_stats(index)  # the allocator's host-side counters: no device sync
+        # the allocator's host-side counters (no device sync), unflattened: these two are top-level
+        stats = torch.cuda.memory_stats_as_nested_dict(index)
         return {"num_alloc_retries": int(stats.get("num_alloc_retries", 0)), "num_ooms": int(stats.get("num_ooms", 0))}
 
     def device_memory(self, index: int) -> DeviceMemory | None:
@@ -134,6 +135,7 @@ class GpuMonitor:
 
     def __init__(self, source: GpuMemorySource) -> None:
         self.source = source
+        self.alloc_conf = alloc_conf()  # fixed when the process started: read once, not per request
         self._in_flight: dict[int, int] = {}
         self._lock = threading.Lock()
 
@@ -161,9 +163,8 @@ class GpuMonitor:
             attrs[A.GPU_TORCH_OOMS] = counters["num_ooms"]
         except Exception as exc:
             logger.debug("torch GPU memory read failed: %s", exc)
-        conf = alloc_conf()
-        if conf:
-            attrs[A.GPU_TORCH_ALLOC_CONF] = conf
+        if self.alloc_conf:
+            attrs[A.GPU_TORCH_ALLOC_CONF] = self.alloc_conf
         try:
             device = self.source.device_memory(index)
         except Exception as exc:
