@@ -60,6 +60,19 @@ def llama(model_dirs):
     return AutoModelForCausalLM.from_pretrained(model_dirs["llama"]), AutoTokenizer.from_pretrained(model_dirs["llama"])
 
 
+def metric_points(reader, name: str) -> list:
+    """The data points of the metric `name` an in-memory reader collects now (after a drain)."""
+    assert drain(10)
+    data = reader.get_metrics_data()
+    points = []
+    for rm in data.resource_metrics if data else []:
+        for sm in rm.scope_metrics:
+            for metric in sm.metrics:
+                if metric.name == name:
+                    points.extend(metric.data.data_points)
+    return points
+
+
 @dataclass
 class Captured:
     exporter: InMemorySpanExporter
@@ -77,15 +90,7 @@ class Captured:
         self.exporter.clear()
 
     def metric_points(self, name: str) -> list:
-        assert drain(10)
-        data = self.reader.get_metrics_data()
-        points = []
-        for rm in data.resource_metrics if data else []:
-            for sm in rm.scope_metrics:
-                for metric in sm.metrics:
-                    if metric.name == name:
-                        points.extend(metric.data.data_points)
-        return points
+        return metric_points(self.reader, name)
 
 
 def _instrumented(capture: ContentCapture = ContentCapture.NO_CONTENT, max_len: int = 8192):

@@ -18,6 +18,7 @@ from opentelemetry.trace import StatusCode
 
 from fi_evals_core.telemetry import TelemetryConfig, drain
 from fi_evals_core.telemetry import attributes as A
+from tests.conftest import metric_points
 
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # the engine in this process
 SCOPE = "traceai_vllm"
@@ -43,10 +44,12 @@ class VllmCapture:
         assert drain(10)
         self.exporter.clear()
 
+    def metric_points(self, name: str) -> list:
+        return metric_points(self.reader, name)
 
-@pytest.fixture(scope="module")
-def vllm_setup(model_dirs):
-    """Instrument first, then build the engine (stats logging on, as the server has it)."""
+
+def instrumented_llm(model_dir, **llm_args):
+    """Instrument first (on in-memory providers), then build an in-process engine."""
     from traceai_vllm import VLLMInstrumentor
     from vllm import LLM
 
@@ -54,7 +57,13 @@ def vllm_setup(model_dirs):
     instrumentor = VLLMInstrumentor()
     instrumentor.instrument(tracer_provider=capture.tracer_provider, meter_provider=capture.meter_provider,
                             config=TelemetryConfig())
-    llm = LLM(model=str(model_dirs["llama"]), disable_log_stats=False, **ENGINE_ARGS)
+    return LLM(model=str(model_dir), **llm_args, **ENGINE_ARGS), capture, instrumentor
+
+
+@pytest.fixture(scope="module")
+def vllm_setup(model_dirs):
+    """The module's engine, stats logging on (as the server has it)."""
+    llm, capture, instrumentor = instrumented_llm(model_dirs["llama"], disable_log_stats=False)
     yield llm, capture, instrumentor
     instrumentor.uninstrument()
 
@@ -266,6 +275,8 @@ def test_server_metrics_and_kv_cache_usage(vllm):
             for sm in rm.scope_metrics:
                 for metric in sm.metrics:
                     for p in metric.data.data_points:
+                        if not hasattr(p, "count"):
+                            continue  # a gauge (engine memory)
                         key = (metric.name, p.attributes.get(A.TOKEN_TYPE))
                         count, total = found.get(key, (0, 0))
                         found[key] = (count + p.count, total + p.sum)
@@ -404,6 +415,11 @@ def test_offline_llm_in_multiprocess_mode(tmp_path, model_dirs, setup, start_met
         # the KV-cache footprint, computed in the front-end: the capacity comes from the EngineCore
         assert a[A.VLLM_REQUEST_KV_BLOCKS] == 1 and a[A.VLLM_KV_CAPACITY_BLOCKS] > 0
         assert a[A.VLLM_REQUEST_KV_BYTES] * a[A.VLLM_KV_CAPACITY_BLOCKS] == a[A.VLLM_KV_CAPACITY_BYTES]
+        # from the EngineCore and its worker: the engine's memory (asked once through vLLM's
+        # collective_rpc), the request's compute (riding on its last output)
+        assert a[A.VLLM_KV_CAPACITY_BYTES] == ENGINE_ARGS["kv_cache_memory_bytes"]
+        assert a[A.VLLM_ENGINE_MEMORY_WEIGHTS] > 0
+        assert a[A.VLLM_REQUEST_COMPUTE_TIME] > 0 and a[A.VLLM_REQUEST_FLOPS] > 0
 
 
 @pytest.mark.parametrize("value, expect_on", [("", False), ("maybe", False), ("1", True)])
@@ -623,6 +639,71 @@ def test_kv_cache_footprint_equals_the_kv_cache_managers_own(vllm):
     assert long_[A.VLLM_KV_CAPACITY_BYTES] == config.num_blocks * per_block
 
 
+def test_engine_memory_comes_from_the_workers_that_hold_the_model(vllm, model_dirs):
+    """Weights and KV cache as the worker holds them, on every request span (totals over ranks) and
+    as gauges per rank: the weights are the checkpoint's tensors (the CPU backend repacks the linear
+    layers out of their parameters, counted at their loaded size) plus the model's buffers; the KV
+    cache is the bytes the engine was given, and equals the capacity computed from its configuration
+    (blocks x bytes per block), which the per-request KV bytes use."""
+    from safetensors import safe_open
+    from vllm import SamplingParams
+
+    from traceai_vllm._engine import kv_bytes_per_block
+
+    llm, capture, _ = vllm
+    llm.generate(["memory"], SamplingParams(max_tokens=2, ignore_eos=True))
+    (span,) = capture.spans("text_completion")
+    a = span.attributes
+    with safe_open(str(model_dirs["llama"] / "model.safetensors"), "pt") as f:
+        checkpoint = sum(f.get_tensor(k).nbytes for k in f.keys())
+    model = llm.llm_engine.model_executor.driver_worker.worker.model_runner.model
+    buffers = sum(b.untyped_storage().nbytes() for b in model.buffers())
+    assert a[A.VLLM_ENGINE_MEMORY_WEIGHTS] == checkpoint + buffers
+    config = llm.llm_engine.vllm_config
+    per_block = kv_bytes_per_block(config.model_config, config.parallel_config, config.cache_config)
+    assert a[A.VLLM_KV_CAPACITY_BYTES] == ENGINE_ARGS["kv_cache_memory_bytes"] \
+        == a[A.VLLM_KV_CAPACITY_BLOCKS] * per_block
+    # CUDA-only figures are left out on the CPU, not written as 0
+    assert A.VLLM_ENGINE_MEMORY_ACTIVATION_PEAK not in a and A.VLLM_ENGINE_MEMORY_CUDA_GRAPHS not in a
+    gauges = {name: capture.metric_points(name) for name in (A.VLLM_ENGINE_MEMORY_WEIGHTS, A.VLLM_KV_CAPACITY_BYTES)}
+    for name, points in gauges.items():
+        assert [(p.value, p.attributes[A.VLLM_RANK]) for p in points] == [(a[name], 0)], name
+
+
+def test_compute_time_shares_sum_to_the_steps_and_flops_to_vllms_model(vllm, monkeypatch):
+    """Each step's duration shared among its requests by scheduled tokens: over a batch, the shares
+    sum to the steps' total and a long prompt gets more than a short one in the same steps. The
+    FLOPs equal vLLM's own performance model summed over the steps the requests ran in; nothing
+    rides to the caller (kv_transfer_params stays None)."""
+    from vllm import SamplingParams
+    from vllm.v1.core.sched.scheduler import Scheduler
+    from vllm.v1.metrics.perf import ModelMetrics
+
+    from traceai_vllm import _engine
+
+    llm, capture, _ = vllm
+    perf = ModelMetrics(llm.llm_engine.vllm_config)
+    vllm_flops = []
+    patched = Scheduler.update_from_output  # ours, on the class
+
+    def update(self, scheduler_output, model_output):
+        vllm_flops.append(perf.get_step_perf_stats_per_gpu(scheduler_output).num_flops_per_gpu)
+        return patched(self, scheduler_output, model_output)
+
+    monkeypatch.setattr(Scheduler, "update_from_output", update)
+    monkeypatch.setattr(_engine, "engine_compute_seconds", 0.0)
+    prompts = ["a much longer prompt than the other one " * 12, "short", "n two"]
+    outputs = llm.generate(prompts[:2], SamplingParams(max_tokens=6, ignore_eos=True))
+    outputs += llm.generate(prompts[2:], SamplingParams(max_tokens=3, n=2, seed=3, ignore_eos=True))
+    assert [o.kv_transfer_params for o in outputs] == [None, None, None]
+    spans = sorted((s.attributes for s in capture.spans("text_completion")), key=lambda a: a[A.USAGE_INPUT_TOKENS])
+    shares = [a[A.VLLM_REQUEST_COMPUTE_TIME] for a in spans]
+    assert len(shares) == 3 and all(share > 0 for share in shares)
+    assert sum(shares) == pytest.approx(_engine.engine_compute_seconds, rel=1e-9)
+    short, long = [a for a in spans if a.get(A.REQUEST_CHOICE_COUNT, 1) == 1]  # the first batch: same steps
+    assert long[A.VLLM_REQUEST_COMPUTE_TIME] > short[A.VLLM_REQUEST_COMPUTE_TIME]
+    assert sum(a[A.VLLM_REQUEST_FLOPS] for a in spans) == pytest.approx(sum(vllm_flops), rel=1e-6)
+
 def test_kv_cache_footprint_of_a_preempted_request(vllm, model_dirs):
     """An engine with 3 KV blocks and two requests that start in 1 block each and grow to 2: one is
     preempted when the other grows (its blocks freed, and allocated again when it resumes). Its
@@ -657,3 +738,4 @@ def test_kv_cache_footprint_of_a_preempted_request(vllm, model_dirs):
             assert attributes[A.VLLM_REQUEST_KV_BLOCKS] == max(held[rid]) == 2
     finally:
         del small
+

@@ -17,11 +17,13 @@ import pytest
 
 from fi_evals_core.telemetry import attributes as A
 from fi_evals_core.testing.servers import wait_until
+from fi_evals_core.testing.vllm_server import CPU_ARGS
 from fi_evals_core.testing.vllm_server import vllm_server as running_vllm_server
 from fi_evals_core.testing.genai_messages import check_messages
+from tests.traceai_vllm.conftest import LORA_NAME
 
 @pytest.fixture(scope="module")
-def vllm_server(model_dirs, collector, tmp_path_factory):
+def vllm_server(model_dirs, collector, tmp_path_factory, llama_lora):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "VLLM_", "TRACEAI_"))}
     env.update({
         "TRACEAI_VLLM_AUTO": "1",
@@ -35,7 +37,9 @@ def vllm_server(model_dirs, collector, tmp_path_factory):
         "HF_HUB_OFFLINE": "1",
     })
     log = tmp_path_factory.mktemp("vllm-server") / "server.log"
-    with running_vllm_server(sys.executable, model_dirs["llama"], env, log,
+    # serving a LoRA adapter too, under its own model name (test_a_served_adapter_...)
+    args = (*CPU_ARGS, "--enable-lora", "--lora-modules", f"{LORA_NAME}={llama_lora}")
+    with running_vllm_server(sys.executable, model_dirs["llama"], env, log, args=args,
                              module="vllm.entrypoints.launchers.api_server.entry") as server:
         _server_group[:] = [server.process.pid]  # its own session: the group of every process it starts
         _server_log[:] = [str(log)]
@@ -234,6 +238,14 @@ def test_completions_spans_carry_the_id_the_client_receives_one_per_prompt(vllm_
         assert reply["finish_reason"] == choice["finish_reason"] and reply["parts"][0]["content"] == choice["text"]
     assert sum(s["attributes"][A.USAGE_OUTPUT_TOKENS] for s in spans) == answer["usage"]["completion_tokens"]
     assert spans[0]["resource_attributes"]["deployment.environment"] == "test"
+    # what the EngineCore process and its worker know, on the API server's spans: the engine's memory
+    # (asked once, in the server's event loop) and each request's compute (on its last output,
+    # taken off before vLLM builds the response: the client sees no kv_transfer_params)
+    for span in spans:
+        a = span["attributes"]
+        assert a[A.VLLM_KV_CAPACITY_BYTES] == 64 * 2**20 and a[A.VLLM_ENGINE_MEMORY_WEIGHTS] > 0
+        assert a[A.VLLM_REQUEST_COMPUTE_TIME] > 0 and a[A.VLLM_REQUEST_FLOPS] > 0
+    assert answer.get("kv_transfer_params") is None
 
 
 def test_each_server_process_says_once_what_it_instrumented_and_where_spans_go(vllm_server, collector):
@@ -282,3 +294,33 @@ def test_chat_spans_hold_the_messages_the_client_sent(vllm_server, collector, re
     (reply,) = check_messages(a[A.OUTPUT_MESSAGES], "output")
     assert reply["role"] == "assistant" and reply["finish_reason"] == answer["choices"][0]["finish_reason"]
     assert reply["parts"][0]["content"] == answer["choices"][0]["message"]["content"]
+
+
+def test_a_served_adapter_is_the_model_the_client_asked_for(vllm_server, collector):
+    """`--lora-modules adapter-a=DIR`: a client asking for model "adapter-a" runs the base model with
+    that adapter. Its span's request model is "adapter-a" (the name it asked for: the span's name and
+    the request histograms say it too), and it names the adapter; a request for the base model's
+    name, on the same server, names none."""
+    collector.clear()
+    answers = {}
+    for model in ("tiny-llama", LORA_NAME):
+        body = json.dumps({"model": model, "prompt": "Once upon a time", "max_tokens": 3, "seed": 1}).encode()
+        request = urllib.request.Request(f"{vllm_server}/v1/completions", data=body,
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=60) as response:
+            answers[model] = json.loads(response.read())
+    assert answers[LORA_NAME]["model"] == LORA_NAME  # vLLM's own answer names the adapter
+    spans = {s["attributes"][A.RESPONSE_ID]: s for s in _server_spans(collector, 2)}
+    base, adapted = spans[answers["tiny-llama"]["id"]], spans[answers[LORA_NAME]["id"]]
+    a = adapted["attributes"]
+    assert a[A.REQUEST_MODEL] == LORA_NAME and adapted["name"] == f"text_completion {LORA_NAME}"
+    assert a[A.MODEL_LORA_NAME] == LORA_NAME
+    assert a[A.MODEL_LORA_ID] == 1  # the server numbers its --lora-modules from 1
+    assert a[A.USAGE_OUTPUT_TOKENS] == answers[LORA_NAME]["usage"]["completion_tokens"]
+    b = base["attributes"]
+    assert b[A.REQUEST_MODEL] == "tiny-llama" and base["name"] == "text_completion tiny-llama"
+    assert A.MODEL_LORA_NAME not in b and A.MODEL_LORA_ID not in b
+    collector.wait_for_metrics(
+        lambda m: m["name"] == A.METRIC_SERVER_REQUEST_DURATION
+        and m["resource_attributes"].get("service.name") == "vllm-server-under-test"
+        and any(p["attributes"].get(A.REQUEST_MODEL) == LORA_NAME for p in m["data_points"]), timeout=30)

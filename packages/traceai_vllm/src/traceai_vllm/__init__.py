@@ -18,7 +18,7 @@ from fi_evals_core.telemetry import Patcher, PatchingInstrumentor, TelemetryRunt
 from fi_evals_core.telemetry import attributes as A
 from fi_evals_core.telemetry.config import EnvReader
 
-from . import _engine, _offline, plugin
+from . import _engine, _memory, _offline, plugin
 from .package import SUPPORTED, _instruments
 from .version import __version__
 
@@ -26,6 +26,7 @@ __all__ = ["VLLMInstrumentor", "__version__"]
 
 _OUTPUT_PROCESSOR = "vllm.v1.engine.output_processor"
 _SCHEDULER = "vllm.v1.core.sched.scheduler"
+_WORKER_BASE = "vllm.v1.worker.worker_base"
 STARTUP_SPANS = "TRACEAI_VLLM_STARTUP_SPANS"
 
 
@@ -85,13 +86,20 @@ class VLLMInstrumentor(PatchingInstrumentor):
         patcher.add(_SCHEDULER, "Scheduler.schedule", _engine.scheduler_schedule_wrapper)
         patcher.add(_SCHEDULER, "Scheduler._preempt_request", _engine.scheduler_preempt_wrapper,
                     optional=True)
+        patcher.add(_SCHEDULER, "Scheduler.update_from_output", _engine.scheduler_update_wrapper)
+        # where the model is held (this process, or each worker through the plugin): engine memory
+        patcher.provide(_WORKER_BASE, "WorkerBase." + _memory.WORKER_METHOD, _memory.worker_engine_memory)
+        patcher.add("vllm.model_executor.model_loader.base_loader", "process_weights_after_loading",
+                    _memory.process_weights_wrapper, optional=True)
+        patcher.add("vllm.v1.worker.gpu_model_runner", "GPUModelRunner.capture_model",
+                    _memory.capture_model_wrapper, optional=True)
         patcher.add("vllm.v1.engine.input_processor", "InputProcessor.process_inputs",
                     tracker.process_inputs_wrapper)
         patcher.add("vllm.v1.engine.input_processor", "InputProcessor.process_inputs_async",
                     tracker.process_inputs_async_wrapper, optional=True)
-        patcher.add("vllm.v1.engine.llm_engine", "LLMEngine.__init__", _engine.engine_init_wrapper)
-        patcher.add("vllm.v1.engine.async_llm", "AsyncLLM.__init__", _engine.engine_init_wrapper)
-        patcher.add("vllm.v1.engine.async_llm", "AsyncLLM.add_request", _engine.async_add_request_wrapper)
+        patcher.add("vllm.v1.engine.llm_engine", "LLMEngine.__init__", tracker.engine_init_wrapper)
+        patcher.add("vllm.v1.engine.async_llm", "AsyncLLM.__init__", tracker.engine_init_wrapper)
+        patcher.add("vllm.v1.engine.async_llm", "AsyncLLM.add_request", tracker.async_add_request_wrapper)
         patcher.add("vllm.entrypoints.openai.chat_completion.serving", "OpenAIServingChat.create_chat_completion",
                     tracker.chat_completion_wrapper, optional=True)
         patcher.add("vllm.entrypoints.llm", "LLM.generate",

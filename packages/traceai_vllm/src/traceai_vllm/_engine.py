@@ -55,6 +55,8 @@ from fi_evals_core.telemetry.fingerprint import (
     vllm_runtime,
 )
 
+from . import _memory
+
 logger = logging.getLogger(__name__)
 
 PROVIDER = "vllm"
@@ -82,19 +84,6 @@ chat_request: contextvars.ContextVar[tuple[str, Any] | None] = contextvars.Conte
 )
 _TRACE_HEADERS_POSITION = 6  # AsyncLLM.add_request(request_id, prompt, params, arrival_time,
 #                              lora_request, tokenization_kwargs, trace_headers, ...)
-
-
-async def async_add_request_wrapper(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
-    headers = kwargs.get("trace_headers")
-    if headers is None and len(args) > _TRACE_HEADERS_POSITION:
-        headers = args[_TRACE_HEADERS_POSITION]
-    served = served_request.set(True)
-    token = incoming_trace_headers.set(headers or None)
-    try:
-        return await wrapped(*args, **kwargs)
-    finally:
-        incoming_trace_headers.reset(token)
-        served_request.reset(served)
 
 
 def sampling_values(sampling: Any, served: bool = False) -> tuple | None:
@@ -184,7 +173,8 @@ def _operation_for(external_id: Any, sampling: Any) -> str:
 class EngineInfo:
     """What a request span says about the engine that serves it, computed once per engine."""
 
-    __slots__ = ("model", "framework", "gpu_index", "kv_block_size", "kv_bytes_per_block", "__weakref__")
+    __slots__ = ("model", "framework", "gpu_index", "kv_block_size", "kv_bytes_per_block", "flop_rates",
+                 "memory_asked", "__weakref__")
 
     def __init__(self, engine: Any) -> None:
         import vllm
@@ -221,6 +211,8 @@ class EngineInfo:
             self._read_kv_cache(vllm_config, model_config, parallel)
         except Exception:  # noqa: BLE001 - another vLLM's config: no KV attributes, nothing else lost
             logger.debug("could not read the vLLM engine's KV-cache layout", exc_info=True)
+        self.flop_rates = flop_rates(vllm_config)
+        self.memory_asked = False
 
     def _read_kv_cache(self, vllm_config: Any, model_config: Any, parallel: Any) -> None:
         """Block size, bytes per block over all TP ranks, and capacity, from the engine's config (in
@@ -258,6 +250,30 @@ def kv_bytes_per_block(model_config: Any, parallel: Any, cache: Any) -> int | No
     return 2 * heads_per_rank * tp * model_config.get_head_size() * width * int(cache.block_size) * int(layers)
 
 
+def flop_rates(vllm_config: Any) -> tuple[float, float, float] | None:
+    """FLOPs per token, per token x context and per logits token, over all ranks, from vLLM's own
+    analytic model (`vllm.v1.metrics.perf`), which is linear in those three terms; once per engine.
+    None where the model has none, or has sliding-window layers (whose terms it clamps per request)."""
+    try:
+        from vllm.v1.metrics.perf import ExecutionContext, ModelMetrics
+
+        metrics = ModelMetrics(vllm_config)
+        if not metrics.is_enabled() or any(getattr(m, "sliding_window", None) or getattr(m, "num_swa_layers", 0)
+                                           for m in metrics.metrics):
+            return None
+        unit = 1 << 20  # large enough that each component's int() rounding is negligible
+
+        def flops(tokens: int, token_context: int, logits: int) -> float:
+            ctx = ExecutionContext(num_prefill_requests=logits, prefill_num_tokens=tokens,
+                                   prefill_token_context_product=token_context)
+            return metrics.get_num_flops(ctx, per_gpu=False) / unit
+
+        return flops(unit, 0, 0), flops(0, unit, 0), flops(0, 0, unit)
+    except Exception:  # noqa: BLE001 - another vLLM, or a model its perf model cannot parse
+        logger.debug("no analytic FLOPs model for this vLLM engine", exc_info=True)
+        return None
+
+
 #: vllm_runtime's facts and the span attributes that carry them
 _RUNTIME_ATTRIBUTES = {"compile_mode": A.MODEL_COMPILE_MODE, "cuda_graphs": A.MODEL_CUDA_GRAPHS,
                        "kv_cache_dtype": A.MODEL_KV_CACHE_DTYPE, "attention_backend": A.MODEL_ATTENTION_BACKEND}
@@ -287,7 +303,8 @@ def _fallback_info(output_processor: Any) -> EngineInfo:
     tokenizer = getattr(output_processor, "tokenizer", None)
     info.model = str(getattr(tokenizer, "name_or_path", "") or "unknown")
     info.framework = {}
-    info.gpu_index = info.kv_block_size = info.kv_bytes_per_block = None
+    info.gpu_index = info.kv_block_size = info.kv_bytes_per_block = info.flop_rates = None
+    info.memory_asked = True
     engine_infos[output_processor] = info
     return info
 
@@ -299,7 +316,7 @@ class Tracked:
 
     __slots__ = ("origin", "info", "n", "operation", "headers", "served", "parent", "eval_context", "pending",
                  "reasons", "output_tokens", "max_output_tokens", "embedding_dims", "prompt", "messages", "texts",
-                 "evaluated", "kv_blocks", "kv_shared_blocks")
+                 "evaluated", "kv_blocks", "kv_shared_blocks", "compute")
 
     def __init__(self, origin: Any, info: "EngineInfo", n: int, operation: str | None, headers: Any, served: bool,
                  parent: Any, eval_context: Any, wants_text: bool, evaluated: bool) -> None:
@@ -322,6 +339,8 @@ class Tracked:
         self.texts: list[str | None] | None = [None] * n if wants_text else None
         self.evaluated = evaluated  # inline evaluation is on: the texts are offered to it
         self.kv_blocks = self.kv_shared_blocks = 0  # over its choices, each at its end (its peak)
+        # over its choices: [seconds, tokens, tokens x context, logits tokens]; None once one lacks it
+        self.compute: list | None = [0.0, 0, 0, 0]
 
 
 class Child:
@@ -330,7 +349,7 @@ class Child:
     engine-monotonic `*_ts`, wall-clock `first_token_latency`."""
 
     __slots__ = ("tracked", "state", "arrival_time", "queued_ts", "scheduled_ts", "first_token_ts",
-                 "first_token_latency", "num_preemptions")
+                 "first_token_latency", "num_preemptions", "compute")
 
     def __init__(self, tracked: Tracked, state: Any, arrival_time: float) -> None:
         self.tracked = tracked
@@ -341,6 +360,7 @@ class Child:
         self.first_token_ts: float | None = None
         self.first_token_latency: float | None = None
         self.num_preemptions = 0
+        self.compute: list | None = None  # from the engine core, on its finishing output
 
     def read_events(self, events: Any) -> None:
         """vLLM's `IterationStats.update_from_events`: the last QUEUED, the first SCHEDULED."""
@@ -376,6 +396,36 @@ class RequestTracker:
         self.by_parent: dict[str, Tracked] = {}
         self.awaiting_first: set[str] = set()  # request ids whose first output has not been seen
         self.kv_cache_usage: float | None = None  # the scheduler's latest figure (stats logging on)
+        self.engine_memory = _memory.EngineMemoryReader(runtime.meter)
+
+    # -- engines ------------------------------------------------------------------------------
+    def engine_init_wrapper(self, wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
+        """After LLMEngine / AsyncLLM construction: remember what its requests' spans say, and ask
+        its workers for their memory."""
+        result = wrapped(*args, **kwargs)
+        try:
+            processor = getattr(instance, "output_processor", None)
+            if processor is not None:
+                info = engine_infos[processor] = EngineInfo(instance)
+                self.engine_memory.ask(instance, info)
+        except Exception:
+            logger.debug("could not read the vLLM engine's configuration", exc_info=True)
+        return result
+
+    async def async_add_request_wrapper(self, wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
+        headers = kwargs.get("trace_headers")
+        if headers is None and len(args) > _TRACE_HEADERS_POSITION:
+            headers = args[_TRACE_HEADERS_POSITION]
+        info = engine_infos.get(getattr(instance, "output_processor", None))
+        if info is not None and not info.memory_asked:  # built outside an event loop
+            self.engine_memory.ask(instance, info)
+        served = served_request.set(True)
+        token = incoming_trace_headers.set(headers or None)
+        try:
+            return await wrapped(*args, **kwargs)
+        finally:
+            incoming_trace_headers.reset(token)
+            served_request.reset(served)
 
     def __len__(self) -> int:
         return len(self.by_request) + len(self.by_parent) + len(self.awaiting_first)
@@ -432,9 +482,15 @@ class RequestTracker:
         last, and those that carry scheduler events. A request that a stop string finishes in the
         front-end has no finish reason in its engine output; the drop in `request_states` tells
         it happened."""
-        if not self.by_request:
-            return wrapped(*args, **kwargs)
         outputs = args[0] if args else kwargs.get("engine_core_outputs", ())
+        if not self.by_request:
+            try:
+                for output in outputs:  # untracked requests: their compute still comes off
+                    if output.finish_reason is not None and output.kv_transfer_params:
+                        take_compute(output)
+            except Exception:
+                logger.debug("could not read a vLLM step", exc_info=True)
+            return wrapped(*args, **kwargs)
         try:
             awaiting = self.awaiting_first
             interesting = [o for o in outputs
@@ -469,6 +525,10 @@ class RequestTracker:
         wall = None
         for output in interesting:
             child = by_request.get(output.request_id)
+            if output.finish_reason is not None and output.kv_transfer_params:
+                compute = take_compute(output)
+                if child is not None:
+                    child.compute = compute
             if child is None:
                 continue
             if output.events:
@@ -524,6 +584,11 @@ class RequestTracker:
                 # last (sampled, never fed back); its blocks only grow, so at the end it is at its peak
                 tracked.kv_blocks += -(-(len(prompt) + produced - 1) // block_size)
                 tracked.kv_shared_blocks += int(getattr(state, "num_cached_tokens", 0) or 0) // block_size
+        if tracked.compute is not None:
+            if child.compute is None or error is not None:
+                tracked.compute = None  # one choice's share unknown: none reported, not a part
+            else:
+                tracked.compute = [a + b for a, b in zip(tracked.compute, child.compute)]
         index = getattr(state, "request_index", 0) or 0
         if 0 <= index < len(tracked.reasons):
             tracked.reasons[index] = reason
@@ -573,10 +638,20 @@ class RequestTracker:
             attributes[A.VLLM_REQUEST_KV_SHARED_BLOCKS] = tracked.kv_shared_blocks
             if info.kv_bytes_per_block:
                 attributes[A.VLLM_REQUEST_KV_BYTES] = tracked.kv_blocks * info.kv_bytes_per_block
+        if tracked.compute is not None and tracked.compute[1]:
+            seconds, tokens, token_context, logits = tracked.compute
+            attributes[A.VLLM_REQUEST_COMPUTE_TIME] = seconds
+            if info.flop_rates is not None:
+                per_token, per_token_context, per_logit = info.flop_rates
+                attributes[A.VLLM_REQUEST_FLOPS] = int(per_token * tokens + per_token_context * token_context
+                                                       + per_logit * logits)
         lora = getattr(origin, "lora_request", None)
-        if lora is not None:  # gen_ai.request.model stays the name the client asked for
+        model = info.model  # gen_ai.request.model: the name the client asked for
+        if lora is not None:
             attributes[A.MODEL_LORA_NAME] = str(lora.lora_name)
             attributes[A.MODEL_LORA_ID] = int(lora.lora_int_id)
+            if tracked.served:  # a server's client asked for the adapter by its name (--lora-modules)
+                model = str(lora.lora_name)
         if self.kv_cache_usage is not None:
             attributes[A.VLLM_KV_CACHE_USAGE] = self.kv_cache_usage
         if tracked.embedding_dims is not None:
@@ -597,10 +672,10 @@ class RequestTracker:
         arrival_ns = int(child.arrival_time * 1e9)
         error_type, error_message = error_details(error)
         return FinishedRequest(
-            scope=self.runtime.scope, name=f"{operation} {info.model}",
+            scope=self.runtime.scope, name=f"{operation} {model}",
             kind=_SERVER if headers or tracked.served else _INTERNAL,  # see _SERVER
             parent=_parent_ids(parent),
-            start_attributes=shared_start_attributes(operation, info.model, sampling_values(sampling, tracked.served),
+            start_attributes=shared_start_attributes(operation, model, sampling_values(sampling, tracked.served),
                                                      tracked.n),
             start_wall_ns=arrival_ns, duration_ns=max(0, end_wall_ns - arrival_ns), attributes=attributes,
             framework=info.framework, metrics="server", engine_ttft_s=ttft,
@@ -795,13 +870,16 @@ def scheduler_add_request_wrapper(wrapped: Any, instance: Any, args: tuple, kwar
 
 def scheduler_schedule_wrapper(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
     """SCHEDULED, for the requests scheduled for the first time in this step, at the step's start
-    (vLLM's own timestamp is taken a few instructions into Scheduler.schedule)."""
+    (vLLM's own timestamp is taken a few instructions into Scheduler.schedule); and each scheduled
+    request's tokens, for its share of the step (`scheduler_update_wrapper`)."""
     if getattr(instance, "log_stats", True):
-        return wrapped(*args, **kwargs)
-    timestamp = time.monotonic()
-    output = wrapped(*args, **kwargs)
+        output = wrapped(*args, **kwargs)
+        timestamp = None
+    else:
+        timestamp = time.monotonic()
+        output = wrapped(*args, **kwargs)
     new = getattr(output, "scheduled_new_reqs", None)
-    if new:
+    if new and timestamp is not None:
         try:
             requests = instance.requests
             scheduled = _events().SCHEDULED
@@ -811,7 +889,105 @@ def scheduler_schedule_wrapper(wrapped: Any, instance: Any, args: tuple, kwargs:
                     request.record_event(scheduled, timestamp)
         except Exception:
             logger.debug("could not record vLLM SCHEDULED events", exc_info=True)
+    try:
+        _note_step(instance, output, new)
+    except Exception:
+        logger.debug("could not note a vLLM step's scheduled tokens", exc_info=True)
     return output
+
+
+# -- compute per request (where the engine core runs) ---------------------------------------
+# Each engine step's duration is shared among the requests it ran, in proportion to their scheduled
+# tokens; a request's accumulated share and the terms of vLLM's analytic FLOPs model (tokens, tokens
+# x context, logits tokens: `vllm.v1.metrics.perf`, linear in them) ride to the front-end on its
+# finishing output, under COMPUTE_KEY of `kv_transfer_params`; the front-end takes them off before
+# vLLM reads that output, so what the caller receives is unchanged.
+COMPUTE_KEY = "traceai.compute"
+_STEPS = "_traceai_steps"  # on the scheduler: id(scheduler output) -> (scheduled at, [(req id, account, tokens)])
+_LAST_UPDATE = "_traceai_last_update"
+_ACCOUNT = "_traceai_compute"  # on vLLM's Request: [seconds, tokens, tokens x context, logits tokens]
+_MAX_PENDING_STEPS = 64
+#: every step duration shared out in this process (seconds): the sum of all requests' shares
+engine_compute_seconds = 0.0
+
+
+def _note_step(scheduler: Any, output: Any, new: Any) -> None:
+    counts = getattr(output, "num_scheduled_tokens", None)
+    if not counts:
+        return
+    first = {data.req_id for data in new} if new else ()
+    requests = scheduler.requests
+    entries = []
+    for req_id, tokens in counts.items():
+        request = requests.get(req_id)
+        if request is None:
+            continue
+        account = request.__dict__.get(_ACCOUNT)
+        if account is None:
+            account = request.__dict__[_ACCOUNT] = [0.0, 0, 0, 0]
+        account[1] += tokens
+        account[2] += tokens * request.num_computed_tokens  # the context once these are computed
+        account[3] += 1 if tokens > 1 or req_id in first else tokens  # vLLM's model: prefill -> 1
+        entries.append((req_id, account, tokens))
+    steps = scheduler.__dict__.get(_STEPS)
+    if steps is None:
+        steps = scheduler.__dict__[_STEPS] = {}
+    elif len(steps) >= _MAX_PENDING_STEPS:  # outputs never updated (a failed step): forget the oldest
+        del steps[next(iter(steps))]
+    steps[id(output)] = (time.monotonic(), entries)
+
+
+def scheduler_update_wrapper(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
+    """Scheduler.update_from_output: the step has run. Its duration (from its scheduling, or from the
+    previous step's results when steps overlap) is shared out; finishing requests carry theirs."""
+    global engine_compute_seconds
+    now = time.monotonic()
+    step = None
+    try:
+        output = args[0] if args else kwargs["scheduler_output"]
+        step = instance.__dict__.get(_STEPS, {}).pop(id(output), None)
+        if step is not None:
+            scheduled_at, entries = step
+            duration = now - max(scheduled_at, instance.__dict__.get(_LAST_UPDATE, 0.0))
+            total = sum(tokens for _, _, tokens in entries)
+            if duration > 0 and total:
+                rate = duration / total
+                for _, account, tokens in entries:
+                    account[0] += tokens * rate
+                engine_compute_seconds += duration
+        instance.__dict__[_LAST_UPDATE] = now
+    except Exception:
+        logger.debug("could not share out a vLLM step", exc_info=True)
+    result = wrapped(*args, **kwargs)
+    if step is not None:
+        try:
+            _attach_compute(result, step[1])
+        except Exception:
+            logger.debug("could not attach a vLLM request's compute", exc_info=True)
+    return result
+
+
+def _attach_compute(result: Any, entries: list) -> None:
+    accounts = None
+    for outputs in (result or {}).values():
+        for output in outputs.outputs:
+            if output.finish_reason is None:
+                continue
+            if accounts is None:
+                accounts = {req_id: account for req_id, account, _ in entries}
+            account = accounts.get(output.request_id)
+            if account is not None:
+                output.kv_transfer_params = {**(output.kv_transfer_params or {}), COMPUTE_KEY: list(account)}
+
+
+def take_compute(output: Any) -> list | None:
+    """The front-end's half: the finishing output's compute, taken off its `kv_transfer_params`."""
+    params = output.kv_transfer_params
+    if not params or COMPUTE_KEY not in params:
+        return None
+    rest = {key: value for key, value in params.items() if key != COMPUTE_KEY}
+    output.kv_transfer_params = rest or None
+    return params[COMPUTE_KEY]
 
 
 def scheduler_preempt_wrapper(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
@@ -824,16 +1000,4 @@ def scheduler_preempt_wrapper(wrapped: Any, instance: Any, args: tuple, kwargs: 
             request.record_event(_events().PREEMPTED, timestamp)
         except Exception:
             logger.debug("could not record a vLLM PREEMPTED event", exc_info=True)
-    return result
-
-
-def engine_init_wrapper(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
-    """After LLMEngine / AsyncLLM construction: remember what its requests' spans say."""
-    result = wrapped(*args, **kwargs)
-    try:
-        processor = getattr(instance, "output_processor", None)
-        if processor is not None:
-            engine_infos[processor] = EngineInfo(instance)
-    except Exception:
-        logger.debug("could not read the vLLM engine's configuration", exc_info=True)
     return result

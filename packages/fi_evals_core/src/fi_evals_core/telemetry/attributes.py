@@ -97,6 +97,16 @@ VLLM_REQUEST_KV_SHARED_BLOCKS = "vllm.request.kv_cache.shared_blocks"
 VLLM_KV_BLOCK_SIZE = "vllm.kv_cache.block_size"
 VLLM_KV_CAPACITY_BLOCKS = "vllm.kv_cache.capacity.blocks"
 VLLM_KV_CAPACITY_BYTES = "vllm.kv_cache.capacity.bytes"
+# The engine's memory as its workers hold it (bytes; on spans the total over ranks, as gauges per
+# `vllm.rank`): weights, vLLM's profiled activation peak, its CUDA graphs (the last two CUDA-only)
+VLLM_ENGINE_MEMORY_WEIGHTS = "vllm.engine.memory.weights"
+VLLM_ENGINE_MEMORY_ACTIVATION_PEAK = "vllm.engine.memory.activation_peak"
+VLLM_ENGINE_MEMORY_CUDA_GRAPHS = "vllm.engine.memory.cuda_graphs"
+VLLM_RANK = "vllm.rank"
+# The request's share of the engine steps it was scheduled in (seconds: each step's duration split
+# in proportion to scheduled tokens) and its analytic FLOPs (vLLM's performance model, all ranks)
+VLLM_REQUEST_COMPUTE_TIME = "vllm.request.compute_time"
+VLLM_REQUEST_FLOPS = "vllm.request.flops"
 VLLM_TENSOR_PARALLEL_SIZE = "vllm.parallel.tensor_parallel_size"
 VLLM_PIPELINE_PARALLEL_SIZE = "vllm.parallel.pipeline_parallel_size"
 VLLM_BATCH_REQUESTS = "vllm.batch.requests"

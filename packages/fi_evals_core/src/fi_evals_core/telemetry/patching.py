@@ -15,6 +15,7 @@ inherited attributes) is wrapped by wrapt.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import logging
@@ -40,6 +41,7 @@ class Target:
     name: str  # "Class.method" or "function"
     wrapper: Callable[..., Any]
     optional: bool = False  # absent in some supported versions: no warning
+    provided: bool = False  # `wrapper` is a new attribute of `name`'s parent, set and later removed
 
 
 def _on_import(module: Any) -> None:
@@ -56,11 +58,17 @@ class Patcher:
         self.owner = owner
         self.strict_modules = frozenset(strict_modules)
         self._targets: list[Target] = []
+        self._provided: list[tuple[Any, str]] = []
         self._applied: list[tuple[Any, str]] = []
         self.missing: list[str] = []
 
     def add(self, module: str, name: str, wrapper: Callable[..., Any], *, optional: bool = False) -> None:
         self._targets.append(Target(module, name, wrapper, optional))
+
+    def provide(self, module: str, name: str, value: Any) -> None:
+        """Give `module.name` (a class attribute the library lacks, such as a method other
+        processes call by name) the value `value`, while applied; removed with the wrappers."""
+        self._targets.append(Target(module, name, value, provided=True))
 
     def apply(self) -> None:
         with _lock:
@@ -84,6 +92,10 @@ class Patcher:
                 except Exception:
                     logger.debug("could not unwrap %s.%s", parent, attr, exc_info=True)
             self._applied.clear()
+            for parent, attr in self._provided:
+                with contextlib.suppress(AttributeError):
+                    delattr(parent, attr)
+            self._provided.clear()
 
     def _apply_module(self, module: Any) -> None:
         resolved = []
@@ -96,6 +108,11 @@ class Patcher:
             try:
                 for part in path:
                     parent = getattr(parent, part)
+                if target.provided:
+                    if not hasattr(parent, attr):
+                        setattr(parent, attr, target.wrapper)
+                        self._provided.append((parent, attr))
+                    continue
                 getattr(parent, attr)
             except AttributeError:
                 if not target.optional:

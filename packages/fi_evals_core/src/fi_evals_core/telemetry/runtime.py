@@ -9,7 +9,7 @@ import time
 from typing import Any, Iterator
 
 from opentelemetry import context as otel_context
-from opentelemetry import trace
+from opentelemetry import metrics, trace
 from opentelemetry.metrics import MeterProvider
 from opentelemetry.trace import SpanKind, TracerProvider
 
@@ -52,6 +52,8 @@ class TelemetryRuntime:
         self.config = config or get_config()
         self.scope = (scope_name, scope_version)
         self.tracer = trace.get_tracer(scope_name, scope_version, tracer_provider=tracer_provider)
+        # for the gauges an instrumentor reads at collection time (engine memory)
+        self.meter = metrics.get_meter(scope_name, scope_version, meter_provider=meter_provider)
         self.content = ContentPolicy(self.config.capture_content, self.config.max_content_length)
         # register() hands its sink over; otherwise requests are emitted on this process's
         # telemetry worker, on the providers given (None: the global ones).

@@ -33,6 +33,7 @@ __all__ = [
     "build_tokenizer",
     "build_gpt2",
     "build_llama",
+    "build_llama_lora",
     "build_t5",
 ]
 
@@ -252,6 +253,45 @@ def build_llama(dirpath: str | os.PathLike[str], *, seed: int = 0) -> Path:
     )
     model = LlamaForCausalLM(config)
     return _finish(model, tok, dirpath, _generation_config(tok))
+
+
+def build_llama_lora(dirpath: str | os.PathLike[str], base_dir: str | os.PathLike[str], *, rank: int = 8,
+                     alpha: int = 16, target_modules: tuple[str, ...] = ("q_proj", "v_proj"),
+                     seed: int = 1) -> Path:
+    """A random LoRA adapter for the Llama in ``base_dir`` (see `build_llama`), in PEFT's on-disk format
+    (``adapter_config.json``, ``adapter_model.safetensors``) as vLLM's LoRA loader and PEFT read it;
+    returns the path. Both factors are random and non-zero (a freshly initialised PEFT adapter has
+    B = 0 and changes nothing), so the adapter changes the model's logits."""
+    import torch
+    from safetensors.torch import save_file
+
+    dirpath = Path(dirpath)
+    dirpath.mkdir(parents=True, exist_ok=True)
+    config = json.loads((Path(base_dir) / "config.json").read_text())
+    hidden, heads = config["hidden_size"], config["num_attention_heads"]
+    head_dim = config.get("head_dim") or hidden // heads
+    kv = config.get("num_key_value_heads") or heads
+    shapes = {  # module -> (in features, out features), as in transformers' LlamaAttention / LlamaMLP
+        "q_proj": (hidden, heads * head_dim), "k_proj": (hidden, kv * head_dim), "v_proj": (hidden, kv * head_dim),
+        "o_proj": (heads * head_dim, hidden), "gate_proj": (hidden, config["intermediate_size"]),
+        "up_proj": (hidden, config["intermediate_size"]), "down_proj": (config["intermediate_size"], hidden),
+    }
+    generator = torch.Generator().manual_seed(seed)
+    tensors = {}
+    for layer in range(config["num_hidden_layers"]):
+        for module in target_modules:
+            block = "self_attn" if module in ("q_proj", "k_proj", "v_proj", "o_proj") else "mlp"
+            in_features, out_features = shapes[module]
+            prefix = f"base_model.model.model.layers.{layer}.{block}.{module}"
+            tensors[f"{prefix}.lora_A.weight"] = torch.randn(rank, in_features, generator=generator) / in_features**0.5
+            tensors[f"{prefix}.lora_B.weight"] = torch.randn(out_features, rank, generator=generator) * 0.5
+    save_file(tensors, str(dirpath / "adapter_model.safetensors"))
+    (dirpath / "adapter_config.json").write_text(json.dumps({
+        "peft_type": "LORA", "task_type": "CAUSAL_LM", "base_model_name_or_path": str(base_dir),
+        "r": rank, "lora_alpha": alpha, "lora_dropout": 0.0, "target_modules": list(target_modules),
+        "bias": "none", "fan_in_fan_out": False, "inference_mode": True, "modules_to_save": None,
+    }, indent=2))
+    return dirpath
 
 
 def build_t5(dirpath: str | os.PathLike[str], *, seed: int = 0) -> Path:
