@@ -422,6 +422,34 @@ def test_offline_llm_in_multiprocess_mode(tmp_path, model_dirs, setup, start_met
         assert a[A.VLLM_REQUEST_COMPUTE_TIME] > 0 and a[A.VLLM_REQUEST_FLOPS] > 0
 
 
+def test_tensor_parallel_engine_reports_every_rank(tmp_path, model_dirs):
+    """Tensor parallel 2 (two CPU workers, one core each, under an EngineCore; register() under the
+    `__main__` guard): each rank holds half the KV cache and its shard of the weights; the spans carry
+    the totals over both ranks (asked from each worker), and the per-request KV bytes are over both
+    ranks too, so capacity blocks x a block's bytes is the capacity in bytes."""
+    traces = tmp_path / "spans.jsonl"
+    per_rank = 32 * 2**20
+    engine_args = {**ENGINE_ARGS, "tensor_parallel_size": 2, "kv_cache_memory_bytes": per_rank}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "VLLM_", "TRACEAI_"))}
+    env.update({"TRACEAI_TRACES_FILE": str(traces), "HF_HUB_OFFLINE": "1", "VLLM_ENABLE_V1_MULTIPROCESSING": "1",
+                "VLLM_CPU_OMP_THREADS_BIND": "0|1"})  # vLLM binds one NUMA node per worker unless told
+    proc = subprocess.run([sys.executable, str(PROGRAMS / "offline_multiprocess.py"), str(model_dirs["llama"]),
+                           json.dumps(engine_args), "guarded", "spawn"],
+                          env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    records = [json.loads(line) for line in traces.read_text().splitlines()]
+    requests = [r["attributes"] for r in records
+                if r["scope"]["name"] == "traceai_vllm" and r["name"].startswith("text_completion")]
+    assert len(requests) == 2
+    for a in requests:
+        assert a[A.VLLM_TENSOR_PARALLEL_SIZE] == 2
+        assert a[A.VLLM_KV_CAPACITY_BYTES] == 2 * per_rank  # both workers' KV tensors
+        assert a[A.VLLM_REQUEST_KV_BYTES] * a[A.VLLM_KV_CAPACITY_BLOCKS] == a[A.VLLM_KV_CAPACITY_BYTES]
+        assert a[A.VLLM_ENGINE_MEMORY_WEIGHTS] > 0
+        assert a[A.VLLM_REQUEST_COMPUTE_TIME] > 0 and a[A.VLLM_REQUEST_FLOPS] > 0
+        assert a[A.VLLM_QUEUE_TIME] > 0 and a[A.VLLM_PREFILL_TIME] > 0
+
+
 @pytest.mark.parametrize("value, expect_on", [("", False), ("maybe", False), ("1", True)])
 def test_plugin_is_inert_unless_enabled(tmp_path, value, expect_on):
     """vLLM loads the plugin in every process; without TRACEAI_VLLM_AUTO it does nothing at all."""
