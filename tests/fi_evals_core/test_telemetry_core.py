@@ -598,3 +598,23 @@ def test_framework_attributes_are_plain_values():
     attrs = torch_framework_attributes(engine="x", engine_version="1", dtype="torch.float32", device="cpu")
     assert {type(v) for v in attrs.values()} == {str}
     assert b"torch" not in pickle.dumps(attrs).replace(b"pytorch", b"")
+
+
+def test_nvml_devices_are_matched_to_torch_by_uuid_not_by_index():
+    """NVML numbers devices by PCI bus, torch after CUDA_VISIBLE_DEVICES and CUDA's order: NVML's
+    index 0 is not torch's cuda:0. The handles come from the UUID (a card's `GPU-`, a MIG instance's
+    `MIG-`); a device NVML does not know is left out rather than read under another's index. (NVML's
+    own lookup, stood in for here: there is no GPU on the test machines.)"""
+    import types
+
+    from fi_evals_core.telemetry.gpu import nvml_handles
+
+    known = {"GPU-bbbb": "card-b", "MIG-aaaa": "mig-a"}
+
+    def by_uuid(uuid):
+        if uuid not in known:
+            raise RuntimeError("NVML_ERROR_NOT_FOUND")
+        return known[uuid]
+
+    pynvml = types.SimpleNamespace(nvmlDeviceGetHandleByUUID=by_uuid)
+    assert nvml_handles(pynvml, ["aaaa", "bbbb", "cccc"]) == {0: "mig-a", 1: "card-b"}

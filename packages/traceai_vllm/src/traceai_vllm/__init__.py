@@ -91,8 +91,8 @@ class VLLMInstrumentor(PatchingInstrumentor):
         patcher.provide(_WORKER_BASE, "WorkerBase." + _memory.WORKER_METHOD, _memory.worker_engine_memory)
         patcher.add("vllm.model_executor.model_loader.base_loader", "process_weights_after_loading",
                     _memory.process_weights_wrapper, optional=True)
-        patcher.add("vllm.v1.worker.gpu_model_runner", "GPUModelRunner.capture_model",
-                    _memory.capture_model_wrapper, optional=True)
+        for runner in ("vllm.v1.worker.gpu_model_runner", "vllm.v1.worker.gpu.model_runner"):  # V1, V2
+            patcher.add(runner, "GPUModelRunner.capture_model", _memory.capture_model_wrapper, optional=True)
         patcher.add("vllm.v1.engine.input_processor", "InputProcessor.process_inputs",
                     tracker.process_inputs_wrapper)
         patcher.add("vllm.v1.engine.input_processor", "InputProcessor.process_inputs_async",

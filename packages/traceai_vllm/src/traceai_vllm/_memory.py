@@ -118,9 +118,10 @@ def process_weights_wrapper(wrapped: Any, instance: Any, args: tuple, kwargs: di
 
 
 def capture_model_wrapper(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
-    """GPUModelRunner.capture_model returns the bytes its CUDA graphs took: keep them for the report."""
+    """GPUModelRunner.capture_model (vLLM's V1 and V2 model runners) returns the bytes its CUDA graphs
+    took: keep them for the report. V2's profiling pass (`profile_only=True`) captures nothing kept."""
     result = wrapped(*args, **kwargs)
-    if isinstance(result, int):
+    if isinstance(result, int) and not kwargs.get("profile_only"):
         setattr(instance, _CUDA_GRAPH_BYTES, result)
     return result
 

@@ -111,10 +111,15 @@ class TorchNvmlSource:
             self._thread.start()
 
     def _poll(self, pynvml) -> None:  # pragma: no cover - needs a GPU
+        handles = None
         while True:
             try:
-                for index in range(pynvml.nvmlDeviceGetCount()):
-                    handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+                if handles is None:
+                    import torch
+
+                    handles = nvml_handles(pynvml, [str(torch.cuda.get_device_properties(i).uuid)
+                                                    for i in range(torch.cuda.device_count())])
+                for index, handle in handles.items():
                     info = pynvml.nvmlDeviceGetMemoryInfo(handle)
                     name = pynvml.nvmlDeviceGetName(handle)
                     if isinstance(name, bytes):
@@ -123,6 +128,24 @@ class TorchNvmlSource:
             except Exception as exc:
                 logger.debug("NVML read failed: %s", exc)
             time.sleep(self._poll_interval_s)
+
+
+def nvml_handles(pynvml: Any, torch_uuids: list[str]) -> dict[int, Any]:
+    """torch device index -> NVML handle of the same device, matched by UUID: torch's indices follow
+    CUDA_VISIBLE_DEVICES and CUDA's device order, NVML's the PCI bus, and a MIG instance is not its
+    card. A device NVML cannot match is left out (logged once), never read under another's index."""
+    handles = {}
+    for index, uuid in enumerate(torch_uuids):
+        for prefix in ("", "GPU-", "MIG-"):  # torch prints the bare UUID; NVML names its kind
+            try:
+                handles[index] = pynvml.nvmlDeviceGetHandleByUUID(prefix + uuid)
+                break
+            except Exception:  # noqa: BLE001 - NVML_ERROR_NOT_FOUND for the wrong prefix
+                continue
+        else:
+            logger.info("traceai: NVML has no device with torch's cuda:%d UUID %s; its gpu.memory.* and "
+                        "gpu.name are not recorded", index, uuid)
+    return handles
 
 
 class GpuMonitor:
