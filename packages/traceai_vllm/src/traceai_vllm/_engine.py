@@ -890,7 +890,7 @@ def scheduler_schedule_wrapper(wrapped: Any, instance: Any, args: tuple, kwargs:
         except Exception:
             logger.debug("could not record vLLM SCHEDULED events", exc_info=True)
     try:
-        _note_step(instance, output, new)
+        _note_step(instance, output)
     except Exception:
         logger.debug("could not note a vLLM step's scheduled tokens", exc_info=True)
     return output
@@ -903,7 +903,7 @@ def scheduler_schedule_wrapper(wrapped: Any, instance: Any, args: tuple, kwargs:
 # finishing output, under COMPUTE_KEY of `kv_transfer_params`; the front-end takes them off before
 # vLLM reads that output, so what the caller receives is unchanged.
 COMPUTE_KEY = "traceai.compute"
-_STEPS = "_traceai_steps"  # on the scheduler: id(scheduler output) -> (scheduled at, [(req id, account, tokens)])
+_STEPS = "_traceai_steps"  # on the scheduler: id(scheduler output) -> (scheduled at, the output)
 _LAST_UPDATE = "_traceai_last_update"
 _ACCOUNT = "_traceai_compute"  # on vLLM's Request: [seconds, tokens, tokens x context, logits tokens]
 _MAX_PENDING_STEPS = 64
@@ -911,13 +911,26 @@ _MAX_PENDING_STEPS = 64
 engine_compute_seconds = 0.0
 
 
-def _note_step(scheduler: Any, output: Any, new: Any) -> None:
-    counts = getattr(output, "num_scheduled_tokens", None)
-    if not counts:
+def _note_step(scheduler: Any, output: Any) -> None:
+    """When the step was scheduled; the per-request work waits for its results (one loop per step)."""
+    if not getattr(output, "num_scheduled_tokens", None):
         return
+    steps = scheduler.__dict__.get(_STEPS)
+    if steps is None:
+        steps = scheduler.__dict__[_STEPS] = {}
+    elif len(steps) >= _MAX_PENDING_STEPS:  # outputs never updated (a failed step): forget the oldest
+        del steps[next(iter(steps))]
+    steps[id(output)] = (time.monotonic(), output)
+
+
+def _share_out(scheduler: Any, output: Any, duration: float) -> dict[str, list]:
+    """Each scheduled request's share of the step and its FLOPs terms; returns the accounts by id."""
+    counts = output.num_scheduled_tokens
+    new = output.scheduled_new_reqs
     first = {data.req_id for data in new} if new else ()
+    rate = duration / (output.total_num_scheduled_tokens or sum(counts.values()))
     requests = scheduler.requests
-    entries = []
+    accounts = {}
     for req_id, tokens in counts.items():
         request = requests.get(req_id)
         if request is None:
@@ -925,16 +938,12 @@ def _note_step(scheduler: Any, output: Any, new: Any) -> None:
         account = request.__dict__.get(_ACCOUNT)
         if account is None:
             account = request.__dict__[_ACCOUNT] = [0.0, 0, 0, 0]
+        account[0] += tokens * rate
         account[1] += tokens
         account[2] += tokens * request.num_computed_tokens  # the context once these are computed
         account[3] += 1 if tokens > 1 or req_id in first else tokens  # vLLM's model: prefill -> 1
-        entries.append((req_id, account, tokens))
-    steps = scheduler.__dict__.get(_STEPS)
-    if steps is None:
-        steps = scheduler.__dict__[_STEPS] = {}
-    elif len(steps) >= _MAX_PENDING_STEPS:  # outputs never updated (a failed step): forget the oldest
-        del steps[next(iter(steps))]
-    steps[id(output)] = (time.monotonic(), entries)
+        accounts[req_id] = account
+    return accounts
 
 
 def scheduler_update_wrapper(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
@@ -942,39 +951,31 @@ def scheduler_update_wrapper(wrapped: Any, instance: Any, args: tuple, kwargs: d
     previous step's results when steps overlap) is shared out; finishing requests carry theirs."""
     global engine_compute_seconds
     now = time.monotonic()
-    step = None
+    accounts = None
     try:
         output = args[0] if args else kwargs["scheduler_output"]
         step = instance.__dict__.get(_STEPS, {}).pop(id(output), None)
-        if step is not None:
-            scheduled_at, entries = step
-            duration = now - max(scheduled_at, instance.__dict__.get(_LAST_UPDATE, 0.0))
-            total = sum(tokens for _, _, tokens in entries)
-            if duration > 0 and total:
-                rate = duration / total
-                for _, account, tokens in entries:
-                    account[0] += tokens * rate
-                engine_compute_seconds += duration
+        if step is not None and step[1] is output:
+            duration = max(0.0, now - max(step[0], instance.__dict__.get(_LAST_UPDATE, 0.0)))
+            accounts = _share_out(instance, output, duration)
+            engine_compute_seconds += duration
         instance.__dict__[_LAST_UPDATE] = now
     except Exception:
         logger.debug("could not share out a vLLM step", exc_info=True)
     result = wrapped(*args, **kwargs)
-    if step is not None:
+    if accounts:
         try:
-            _attach_compute(result, step[1])
+            _attach_compute(result, accounts)
         except Exception:
             logger.debug("could not attach a vLLM request's compute", exc_info=True)
     return result
 
 
-def _attach_compute(result: Any, entries: list) -> None:
-    accounts = None
+def _attach_compute(result: Any, accounts: dict[str, list]) -> None:
     for outputs in (result or {}).values():
         for output in outputs.outputs:
             if output.finish_reason is None:
                 continue
-            if accounts is None:
-                accounts = {req_id: account for req_id, account, _ in entries}
             account = accounts.get(output.request_id)
             if account is not None:
                 output.kv_transfer_params = {**(output.kv_transfer_params or {}), COMPUTE_KEY: list(account)}
