@@ -22,7 +22,7 @@ pip=(.venv/bin/python -m pip install --disable-pip-version-check -q)
 packages=(-e packages/fi_evals_core -e "packages/traceai_huggingface[transformers,hub]" -e packages/traceai_vllm
           -r requirements-vllm.txt)
 if [ "$what" = test ]; then
-  packages=(-e "packages/fi_evals_core[otlp,gpu,nli,datasets]" -e "packages/traceai_huggingface[transformers,hub]"
+  packages=(-e "packages/fi_evals_core[otlp,gpu,nli,datasets,ray]" -e "packages/traceai_huggingface[transformers,hub]"
             -e packages/traceai_vllm -r requirements-test.txt)
 fi
 "${pip[@]}" "${packages[@]}" "torch==${TORCH_VERSION:-2.13.0}" 2>&1 | grep -v '^WARNING: Location' || true

@@ -83,6 +83,11 @@ def build_parser() -> argparse.ArgumentParser:
                           "MiniCheck checkpoint, alignscore for an AlignScore .ckpt)")
     run.add_argument("--threshold", type=float, help="pass threshold for every evaluator (default: each one's own)")
     run.add_argument("--batch-size", type=int, default=64, help="rows per scorer call (default 64)")
+    run.add_argument("--ray", nargs="?", const="", metavar="ADDRESS",
+                     help="score on Ray Data: the cluster at ADDRESS, or without one a local Ray on 127.0.0.1 "
+                          "(needs fi-evals-core[ray])")
+    run.add_argument("--actors", type=int, help="with --ray: scorer actors, one model each "
+                                                "(default: one per GPU of the cluster, else one per CPU)")
     run.add_argument("--traces", action="store_true",
                      help="DATASET is a trace file (JSONL spans or OTLP JSON): evaluate captured generations")
     run.add_argument("--sample", type=int, help="with --traces: evaluate a random sample of this many rows")
@@ -175,6 +180,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not 0 <= args.max_error_rate <= 1:
         raise UsageError(f"--max-error-rate must be from 0 to 1, got {args.max_error_rate}")
     _check_dev_fraction(args)
+    if args.actors is not None and (args.ray is None or args.actors < 1):
+        raise UsageError(f"--actors {args.actors}: a whole number of at least 1, with --ray")
     if Path(args.output).suffix.lower() not in (".jsonl", ".ndjson", ".json", ".parquet"):
         raise UsageError(f"--output {args.output}: use a .jsonl or .parquet file")
     classes = [evaluator_class(name) for name in _split(args.evaluator)]
@@ -225,7 +232,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         inputs = {key: column for key, column in mapping.items() if key in cls.required + cls.optional}
         evaluator = cls(threshold=args.threshold, model=nli_model, device=args.device, profile=args.profile)
         dataset.add_evaluation(evaluator, inputs)
-    dataset.run(batch_size=args.batch_size, progress=not args.no_progress)
+    dataset.run(batch_size=args.batch_size, progress=not args.no_progress,
+                backend="local" if args.ray is None else "ray", ray_address=args.ray or None, actors=args.actors)
     path = dataset.save(args.output)
     _write_run_record(dataset, path)
     broken = []

@@ -271,26 +271,40 @@ class Dataset:
         self.evaluations.append(Evaluation(name, evaluator, mapping))
         return self
 
-    def run(self, batch_size: int = DEFAULT_BATCH_ROWS, progress: bool = True) -> list[dict[str, Any]]:
+    def run(self, batch_size: int = DEFAULT_BATCH_ROWS, progress: bool = True, *, backend: str = "local",
+            ray_address: str | None = None, actors: int | None = None) -> list[dict[str, Any]]:
         """Score every attached evaluation over every row; returns (and keeps) the results rows.
 
         Rows go to `evaluate_batch` `batch_size` at a time. The progress bar counts rows, with rows/s
         and an ETA; within a batch it advances with the model's pairs (a batch of long documents is
         thousands of pairs), so it moves from the first model batch on. Its postfix counts the
         (chunk, claim) pairs scored.
+
+        `backend="ray"` scores the same batches on Ray Data instead, in a pool of `actors` scorer
+        actors (one model each) on the cluster at `ray_address` (None: a local one on 127.0.0.1);
+        the results are the same rows, in the same order (ray_backend.py).
         """
         if not self.evaluations:
             raise ValueError("no evaluation attached: call add_evaluation(...) first")
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-        from tqdm.auto import tqdm
-
+        if backend not in ("local", "ray"):
+            raise ValueError(f"backend must be 'local' or 'ray', got {backend!r}")
         results = [dict(row) for row in self.rows]
         if self.checkpoint is not None:
             for row in results:
                 row["checkpoint"] = self.checkpoint
         for row, row_id in zip(results, row_ids(self.rows, self.evaluations, self.id_column)):
             row[ROW_ID] = row_id
+        if backend == "ray":
+            from .ray_backend import score_on_ray
+
+            self.results = score_on_ray(results, self.evaluations, score=score_rows, default=_json_default,
+                                        batch_size=batch_size, address=ray_address, actors=actors,
+                                        progress=progress)
+            return self.results
+        from tqdm.auto import tqdm
+
         with tqdm(total=len(self.rows) * len(self.evaluations), unit="row", disable=not progress,
                   desc="evaluating", bar_format=PROGRESS_FORMAT) as bar:
             pairs = 0
@@ -306,14 +320,9 @@ class Dataset:
                         scored_pairs = done
                         bar.update(start + len(chunk) * done / total - bar.n)  # rows, in fractions
 
-                    usable = [i for i, row in enumerate(chunk) if not row.get(INPUT_ERROR)]
-                    items = [{key: chunk[i].get(col) for key, col in evaluation.mapping.items()} for i in usable]
-                    scored = dict(zip(usable, evaluation.evaluator.evaluate_batch(items, on_progress=on_progress)
-                                      if items else []))
-                    for i, row in enumerate(results[first:first + batch_size]):
-                        result = scored.get(i) or EvalResult.from_error(
-                            evaluation.name, InputError(chunk[i][INPUT_ERROR]), evaluation.evaluator.threshold)
-                        row.update(result_columns(evaluation.name, result))
+                    for row, columns in zip(results[first:first + batch_size],
+                                            score_rows(evaluation, chunk, on_progress)):
+                        row.update(columns)
                     pairs += scored_pairs
                     bar.set_postfix(pairs=pairs, refresh=False)
                     bar.update(start + len(chunk) - bar.n)
@@ -392,6 +401,18 @@ def row_ids(rows: Sequence[Mapping[str, Any]], evaluations: Sequence[Evaluation]
         counts[digest] = counts.get(digest, 0) + 1
         ids.append(digest if counts[digest] == 1 else f"{digest}~{counts[digest]}")
     return ids
+
+
+def score_rows(evaluation: Evaluation, rows: Sequence[Mapping[str, Any]],
+               on_progress: Any = None) -> list[dict[str, Any]]:
+    """One evaluation's result columns for each of `rows`, scored in one batch (the local run and
+    each Ray actor run exactly this); a row with an `input_error` gets an error result."""
+    usable = [i for i, row in enumerate(rows) if not row.get(INPUT_ERROR)]
+    items = [{key: rows[i].get(col) for key, col in evaluation.mapping.items()} for i in usable]
+    scored = dict(zip(usable, evaluation.evaluator.evaluate_batch(items, on_progress=on_progress) if items else []))
+    return [result_columns(evaluation.name, scored.get(i) or EvalResult.from_error(
+                evaluation.name, InputError(row[INPUT_ERROR]), evaluation.evaluator.threshold))
+            for i, row in enumerate(rows)]
 
 
 def load_results(path: str | Path) -> Dataset:
