@@ -21,6 +21,8 @@ Variants, one worker process (and one engine) each:
     traceai-export-process   traceai as register() sets it up with TRACEAI_EXPORT_PROCESS=1: each finished
                       request handed to a child process (a FinishedRequest) that makes its span and GenAI
                       histograms, encodes, sends and aggregates them
+    traceai-export-process-no-compute   only with --same-engine: the same without the engine core's per-request
+                      compute accounting (vllm.request.compute_time / flops), switched batch by batch: its cost, paired
     traceai-export-process-eval-1pct, -eval-100pct   only with --same-engine: the same with inline evaluation
                       (FI_EVALS_SAMPLE_RATE 0.01 / 1, groundedness, a tiny random BERT NLI checkpoint) scored
                       in the export process
@@ -108,6 +110,9 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "traceai": {"label": "traceai (stats off, default)", "log_stats": False, "needs": "traceai_vllm"},
     "traceai-stats": {"label": "traceai + vLLM stats", "log_stats": True, "needs": "traceai_vllm"},
     "traceai-export-process": {"label": "traceai, export process", "log_stats": False, "needs": "traceai_vllm"},
+    # --same-engine only: the same without the engine core's compute accounting (what it costs, paired)
+    "traceai-export-process-no-compute": {"label": "  export process, no compute accounting", "log_stats": False,
+                                          "needs": "traceai_vllm", "ablation": True},
     "vllm-stats-only": {"label": "vLLM stats only (no tracing)", "log_stats": True, "needs": None},
     "vllm-tracing": {"label": "vLLM's own tracing (+stats)", "log_stats": True, "needs": None},
     "openlit": {"label": "OpenLIT vLLM instrumentation", "log_stats": False, "needs": "openlit"},
@@ -295,7 +300,7 @@ def worker_main(args: argparse.Namespace) -> int:
 
 SAME_ENGINE_VARIANTS = ("baseline", "baseline-aa", "traceai", "traceai-export-process", "traceai-no-metrics",
                         "traceai-noop-sdk", "traceai-export-process-eval-1pct", "traceai-export-process-eval-100pct",
-                        "traceai-eval-1pct", "traceai-eval-100pct")
+                        "traceai-eval-1pct", "traceai-eval-100pct", "traceai-export-process-no-compute")
 # Inline evaluation's sample rate per variant (a random tiny BERT NLI checkpoint, groundedness): with
 # the export process it is scored there (the serving process ships the texts), otherwise in the
 # serving process on the evaluator's own thread.
@@ -383,9 +388,15 @@ def same_engine_worker_main(args: argparse.Namespace) -> int:
 
         from fi_evals_core.telemetry import handoff
 
+        from traceai_vllm import _engine
+
+        note_step = getattr(_engine, "_note_step", None)  # absent in older trees (--ref-tree)
+
         def switch(v: str) -> None:
             if instrumentor.is_instrumented_by_opentelemetry:
                 instrumentor.uninstrument()
+            if note_step is not None:  # no step noted: no step shared out, nothing attached
+                _engine._note_step = (lambda scheduler, output: None) if v.endswith("-no-compute") else note_step
             handoff.set_sink(evaluators.get(v))
             if v.startswith("traceai"):
                 tracer_provider, meter_provider, sink = providers[v]
