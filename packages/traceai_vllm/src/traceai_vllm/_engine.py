@@ -929,19 +929,26 @@ def _share_out(scheduler: Any, output: Any, duration: float) -> dict[str, list]:
     new = output.scheduled_new_reqs
     first = {data.req_id for data in new} if new else ()
     rate = duration / (output.total_num_scheduled_tokens or sum(counts.values()))
-    requests = scheduler.requests
+    get = scheduler.requests.get
     accounts = {}
     for req_id, tokens in counts.items():
-        request = requests.get(req_id)
+        request = get(req_id)
         if request is None:
             continue
-        account = request.__dict__.get(_ACCOUNT)
+        state = request.__dict__
+        account = state.get(_ACCOUNT)
         if account is None:
-            account = request.__dict__[_ACCOUNT] = [0.0, 0, 0, 0]
-        account[0] += tokens * rate
-        account[1] += tokens
-        account[2] += tokens * request.num_computed_tokens  # the context once these are computed
-        account[3] += 1 if tokens > 1 or req_id in first else tokens  # vLLM's model: prefill -> 1
+            account = state[_ACCOUNT] = [0.0, 0, 0, 0]
+        if tokens == 1 and req_id not in first:  # a decoding step, by far the most common
+            account[0] += rate
+            account[1] += 1
+            account[2] += request.num_computed_tokens  # the context once this token is computed
+            account[3] += 1
+        else:
+            account[0] += tokens * rate
+            account[1] += tokens
+            account[2] += tokens * request.num_computed_tokens
+            account[3] += 1  # vLLM's model: a prefill (or speculative) step has one logits token
         accounts[req_id] = account
     return accounts
 
