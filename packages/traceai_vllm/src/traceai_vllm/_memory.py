@@ -171,6 +171,18 @@ class EngineMemoryGauges:
 
 
 RPC_TIMEOUT_S = 60.0
+_gauges: "weakref.WeakKeyDictionary[Any, EngineMemoryGauges]" = weakref.WeakKeyDictionary()
+_gauges_lock = threading.Lock()
+
+
+def gauges_for(meter: Any) -> EngineMemoryGauges:
+    """One set of gauges per meter, made when its first engine reports: instrumenting again (or a
+    process that holds no engine) adds no instruments and no callbacks."""
+    with _gauges_lock:
+        gauges = _gauges.get(meter)
+        if gauges is None:
+            gauges = _gauges[meter] = EngineMemoryGauges(meter)
+        return gauges
 
 
 class EngineMemoryReader:
@@ -178,7 +190,7 @@ class EngineMemoryReader:
     (span attributes) and in the gauges."""
 
     def __init__(self, meter: Any | None) -> None:
-        self.gauges = EngineMemoryGauges(meter) if meter is not None else None
+        self._meter = meter
         self._tasks: set = set()
         self._reported_missing = False
 
@@ -220,8 +232,8 @@ class EngineMemoryReader:
             reports = [r for r in reports if isinstance(r, dict)]
             # a new dict, not an update: finished requests still being emitted hold the old one
             info.framework = {**info.framework, **span_attributes(reports)}
-            if self.gauges is not None:
-                self.gauges.add(info, info.model, reports)
+            if self._meter is not None:
+                gauges_for(self._meter).add(info, info.model, reports)
         except Exception:  # noqa: BLE001
             logger.debug("could not read the vLLM workers' memory reports", exc_info=True)
 
