@@ -732,16 +732,32 @@ def test_compute_time_shares_sum_to_the_steps_and_flops_to_vllms_model(vllm, mon
     assert long[A.VLLM_REQUEST_COMPUTE_TIME] > short[A.VLLM_REQUEST_COMPUTE_TIME]
     assert sum(a[A.VLLM_REQUEST_FLOPS] for a in spans) == pytest.approx(sum(vllm_flops), rel=1e-6)
 
-def test_kv_cache_footprint_of_a_preempted_request(vllm, model_dirs):
+def test_kv_cache_footprint_of_a_preempted_request(vllm, model_dirs, monkeypatch):
     """An engine with 3 KV blocks and two requests that start in 1 block each and grow to 2: one is
     preempted when the other grows (its blocks freed, and allocated again when it resumes). Its
-    footprint at its peak still equals the KV cache manager's own count, the largest it held."""
+    footprint at its peak still equals the KV cache manager's own count, the largest it held. Its
+    compute, across the decoding runs the preemption cut and the recomputed prefill, still sums with
+    the other's to the steps' total, and their FLOPs to vLLM's model over every step."""
     import re
 
     from vllm import LLM, SamplingParams
+    from vllm.v1.core.sched.scheduler import Scheduler
+    from vllm.v1.metrics.perf import ModelMetrics
+
+    from traceai_vllm import _engine
 
     _, capture, _ = vllm
     small = LLM(model=str(model_dirs["llama"]), **{**ENGINE_ARGS, "num_gpu_blocks_override": 3})
+    perf = ModelMetrics(small.llm_engine.vllm_config)
+    vllm_flops = []
+    patched = Scheduler.update_from_output
+
+    def update(self, scheduler_output, model_output):
+        vllm_flops.append(perf.get_step_perf_stats_per_gpu(scheduler_output).num_flops_per_gpu)
+        return patched(self, scheduler_output, model_output)
+
+    monkeypatch.setattr(Scheduler, "update_from_output", update)
+    monkeypatch.setattr(_engine, "engine_compute_seconds", 0.0)
     try:
         manager = small.llm_engine.engine_core.engine_core.scheduler.kv_cache_manager
         held: dict[str, list[int]] = {}
@@ -764,6 +780,9 @@ def test_kv_cache_footprint_of_a_preempted_request(vllm, model_dirs):
             assert len(held[rid]) >= 2  # freed at preemption, then at its end
         for rid, attributes in spans.items():
             assert attributes[A.VLLM_REQUEST_KV_BLOCKS] == max(held[rid]) == 2
+        shares = [a[A.VLLM_REQUEST_COMPUTE_TIME] for a in spans.values()]
+        assert sum(shares) == pytest.approx(_engine.engine_compute_seconds, rel=1e-9)
+        assert sum(a[A.VLLM_REQUEST_FLOPS] for a in spans.values()) == pytest.approx(sum(vllm_flops), rel=1e-6)
     finally:
         del small
 

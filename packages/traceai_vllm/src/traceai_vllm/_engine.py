@@ -906,6 +906,7 @@ COMPUTE_KEY = "traceai.compute"
 _STEPS = "_traceai_steps"  # on the scheduler: id(scheduler output) -> (scheduled at, the output)
 _LAST_UPDATE = "_traceai_last_update"
 _ACCOUNT = "_traceai_compute"  # on vLLM's Request: [seconds, tokens, tokens x context, logits tokens]
+_LEDGER = "_traceai_ledger"  # on the scheduler: its ComputeLedger
 _MAX_PENDING_STEPS = 64
 #: every step duration shared out in this process (seconds): the sum of all requests' shares
 engine_compute_seconds = 0.0
@@ -923,34 +924,83 @@ def _note_step(scheduler: Any, output: Any) -> None:
     steps[id(output)] = (time.monotonic(), output)
 
 
-def _share_out(scheduler: Any, output: Any, duration: float) -> dict[str, list]:
-    """Each scheduled request's share of the step and its FLOPs terms; returns the accounts by id."""
-    counts = output.num_scheduled_tokens
-    new = output.scheduled_new_reqs
-    first = {data.req_id for data in new} if new else ()
-    rate = duration / (output.total_num_scheduled_tokens or sum(counts.values()))
-    get = scheduler.requests.get
-    accounts = {}
-    for req_id, tokens in counts.items():
-        request = get(req_id)
-        if request is None:
-            continue
-        state = request.__dict__
-        account = state.get(_ACCOUNT)
-        if account is None:
-            account = state[_ACCOUNT] = [0.0, 0, 0, 0]
-        if tokens == 1 and req_id not in first:  # a decoding step, by far the most common
-            account[0] += rate
-            account[1] += 1
-            account[2] += request.num_computed_tokens  # the context once this token is computed
-            account[3] += 1
-        else:
+class ComputeLedger:
+    """One scheduler's accounts, kept cheap for the common step: every request of the previous step
+    decoding one more token. Such a run of steps ("a decoding run") is settled in one go when it ends:
+    its share is the difference of a clock that sums each step's seconds per token, and its terms are
+    k tokens, k logits tokens and k contexts growing by one (k x start + k(k+1)/2). Only a step that
+    changes who runs, or runs a request with other than one token (a prefill, speculative tokens),
+    costs work per request. Accounts: [seconds, tokens, tokens x context, logits tokens], on vLLM's
+    Request (freed with it)."""
+
+    __slots__ = ("clock", "steps", "running")
+
+    def __init__(self) -> None:
+        self.clock = 0.0  # sum over steps of seconds per scheduled token
+        self.steps = 0
+        # request id -> (account, clock, step count and context when its decoding run started)
+        self.running: dict[str, tuple[list, float, int, int]] = {}
+
+    @staticmethod
+    def _settle(run: tuple[list, float, int, int], clock: float, steps: int) -> list:
+        account, clock0, steps0, context0 = run
+        k = steps - steps0
+        if k:
+            account[0] += clock - clock0
+            account[1] += k
+            account[2] += k * context0 + k * (k + 1) // 2
+            account[3] += k
+        return account
+
+    def step(self, scheduler: Any, output: Any, duration: float) -> dict[str, list] | None:
+        """Share the step out; returns the accounts of the requests it ran other than as a decoding
+        run (None when there were none)."""
+        counts = output.num_scheduled_tokens
+        total = output.total_num_scheduled_tokens or sum(counts.values())
+        rate = duration / total
+        running = self.running
+        if total == len(counts) and not output.scheduled_new_reqs and counts.keys() == running.keys():
+            self.clock += rate  # everyone decodes one more token: their runs go on
+            self.steps += 1
+            return None
+        clock, steps = self.clock, self.steps  # before this step
+        for req_id in running.keys() - counts.keys():  # not run this step: their runs end
+            self._settle(running.pop(req_id), clock, steps)
+        new = output.scheduled_new_reqs
+        first = {data.req_id for data in new} if new else ()
+        self.clock = clock + rate
+        self.steps = steps + 1
+        get = scheduler.requests.get
+        individual = {}
+        for req_id, tokens in counts.items():
+            if tokens == 1 and req_id in running:
+                continue  # decoding on: accounted when its run ends
+            request = get(req_id)
+            if request is None:
+                continue
+            run = running.pop(req_id, None)
+            if run is not None:
+                account = self._settle(run, clock, steps)
+            else:
+                account = request.__dict__.get(_ACCOUNT)
+                if account is None:
+                    account = request.__dict__[_ACCOUNT] = [0.0, 0, 0, 0]
+            context = request.num_computed_tokens  # the context once this step's tokens are computed
             account[0] += tokens * rate
             account[1] += tokens
-            account[2] += tokens * request.num_computed_tokens
-            account[3] += 1  # vLLM's model: a prefill (or speculative) step has one logits token
-        accounts[req_id] = account
-    return accounts
+            account[2] += tokens * context
+            account[3] += tokens if tokens == 1 and req_id not in first else 1  # vLLM's model: prefill -> 1
+            individual[req_id] = account
+            if tokens == 1:  # decoding from here: its run starts after this step
+                running[req_id] = (account, self.clock, self.steps, context)
+        return individual
+
+    def finished(self, req_id: str, individual: dict[str, list] | None) -> list | None:
+        """A request that finishes in this step: its whole account, its run settled; forgets the run."""
+        run = self.running.pop(req_id, None)
+        if run is not None:
+            return self._settle(run, self.clock, self.steps)
+        return individual.get(req_id) if individual else None
 
 
 def scheduler_update_wrapper(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
@@ -958,32 +1008,38 @@ def scheduler_update_wrapper(wrapped: Any, instance: Any, args: tuple, kwargs: d
     previous step's results when steps overlap) is shared out; finishing requests carry theirs."""
     global engine_compute_seconds
     now = time.monotonic()
-    accounts = None
+    ledger = individual = None
     try:
         output = args[0] if args else kwargs["scheduler_output"]
-        step = instance.__dict__.get(_STEPS, {}).pop(id(output), None)
+        state = instance.__dict__
+        step = state.get(_STEPS, {}).pop(id(output), None)
         if step is not None and step[1] is output:
-            duration = max(0.0, now - max(step[0], instance.__dict__.get(_LAST_UPDATE, 0.0)))
-            accounts = _share_out(instance, output, duration)
+            duration = max(0.0, now - max(step[0], state.get(_LAST_UPDATE, 0.0)))
+            ledger = state.get(_LEDGER)
+            if ledger is None:
+                ledger = state[_LEDGER] = ComputeLedger()
+            individual = ledger.step(instance, output, duration)
             engine_compute_seconds += duration
-        instance.__dict__[_LAST_UPDATE] = now
+        state[_LAST_UPDATE] = now
     except Exception:
+        ledger = None
         logger.debug("could not share out a vLLM step", exc_info=True)
     result = wrapped(*args, **kwargs)
-    if accounts:
-        try:
-            _attach_compute(result, accounts)
-        except Exception:
-            logger.debug("could not attach a vLLM request's compute", exc_info=True)
+    if ledger is None:
+        return result
+    try:
+        _attach_compute(result, ledger, individual)
+    except Exception:
+        logger.debug("could not attach a vLLM request's compute", exc_info=True)
     return result
 
 
-def _attach_compute(result: Any, accounts: dict[str, list]) -> None:
+def _attach_compute(result: Any, ledger: ComputeLedger, individual: dict[str, list] | None) -> None:
     for outputs in (result or {}).values():
         for output in outputs.outputs:
             if output.finish_reason is None:
                 continue
-            account = accounts.get(output.request_id)
+            account = ledger.finished(output.request_id, individual)
             if account is not None:
                 output.kv_transfer_params = {**(output.kv_transfer_params or {}), COMPUTE_KEY: list(account)}
 
