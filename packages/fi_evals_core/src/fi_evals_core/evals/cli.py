@@ -62,7 +62,10 @@ def build_parser() -> argparse.ArgumentParser:
                           "groundedness, task_completion")
     run.add_argument("--map", "-m", action="append", default=[], metavar="INPUT=COLUMN",
                      help="which column feeds an evaluator input, e.g. response=summary (repeatable)")
-    run.add_argument("--output", "-o", required=True, help="results file: .jsonl or .parquet")
+    run.add_argument("--output", "-o", required=True,
+                     help="results file: .jsonl or .parquet; with --ray also a results folder (a path without one "
+                          "of those suffixes): DATASET is then streamed (a file, folder or glob), the folder gets "
+                          "Parquet parts, and the same command continues an interrupted run")
     run.add_argument("--model", help="generate the responses with this checkpoint (hub id or path) first")
     run.add_argument("--prompt-column", default="prompt", help="prompts for --model (default: prompt)")
     run.add_argument("--response-column", default="response",
@@ -71,6 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="generation backend for --model (auto: vLLM when installed)")
     run.add_argument("--max-tokens", type=int, default=128, help="response length cap for --model")
     run.add_argument("--temperature", type=float, default=0.0, help="sampling temperature for --model (0: greedy)")
+    run.add_argument("--engine-arg", action="append", default=[], metavar="NAME=VALUE",
+                     help="with --model on vLLM: an engine argument (vllm.LLM / EngineArgs), the value read as JSON "
+                          "when it is, e.g. max_model_len=2048 or kv_cache_memory_bytes=67108864 (repeatable)")
     run.add_argument("--repeat", type=int, default=1, metavar="N",
                      help="with --model: generate every prompt N times and report the share whose output changed "
                           "between repeats (a determinism check; the first repeat is scored)")
@@ -88,6 +94,11 @@ def build_parser() -> argparse.ArgumentParser:
                           "(needs fi-evals-core[ray])")
     run.add_argument("--actors", type=int, help="with --ray: scorer actors, one model each "
                                                 "(default: one per GPU of the cluster, else one per CPU)")
+    run.add_argument("--engines", type=int, help="with --model and --ray and a results folder: vLLM engines, one "
+                                                 "actor each (default 1; the scorers get the rest of the cluster)")
+    run.add_argument("--rows-per-file", type=int, default=4096,
+                     help="with --ray and a results folder: rows per Parquet part (what an interruption can cost "
+                          "per part being written; default 4096)")
     run.add_argument("--traces", action="store_true",
                      help="DATASET is a trace file (JSONL spans or OTLP JSON): evaluate captured generations")
     run.add_argument("--sample", type=int, help="with --traces: evaluate a random sample of this many rows")
@@ -100,8 +111,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_label_options(run)
 
     cmp = sub.add_parser("compare", help="pass-rate change per evaluation and cohort; exit 1 on a regression")
-    cmp.add_argument("baseline", help="results file of the last good checkpoint")
-    cmp.add_argument("candidate", help="results file of the checkpoint under test")
+    cmp.add_argument("baseline", help="results file (or results folder of Parquet parts, as run --ray writes) of the "
+                                      "last good checkpoint")
+    cmp.add_argument("candidate", help="results file or folder of the checkpoint under test")
     cmp.add_argument("--max-delta", type=float, default=0.02,
                      help="largest tolerated pass-rate drop, as a fraction (default 0.02 = 2 points)")
     cmp.add_argument("--by", action="append", default=[], help="cohort column (repeatable, or comma-separated)")
@@ -113,8 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="refuse (exit 2) results where more than this share of an evaluation's rows errored "
                           "(default 0.01); errored rows below it count as failures")
 
-    rep = sub.add_parser("report", help="one self-contained HTML report from results files")
-    rep.add_argument("results", nargs="+", help="results files (one per checkpoint)")
+    rep = sub.add_parser("report", help="one self-contained HTML report from results files or folders")
+    rep.add_argument("results", nargs="+", help="results files or folders of Parquet parts (one per checkpoint)")
     rep.add_argument("--output", "-o", required=True, help="HTML file to write")
     rep.add_argument("--by", action="append", default=[], help="cohort column (repeatable, or comma-separated)")
     _add_label_options(rep)
@@ -182,8 +194,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     _check_dev_fraction(args)
     if args.actors is not None and (args.ray is None or args.actors < 1):
         raise UsageError(f"--actors {args.actors}: a whole number of at least 1, with --ray")
-    if Path(args.output).suffix.lower() not in (".jsonl", ".ndjson", ".json", ".parquet"):
-        raise UsageError(f"--output {args.output}: use a .jsonl or .parquet file")
+    if args.engines is not None and (args.ray is None or not args.model or args.engines < 1):
+        raise UsageError(f"--engines {args.engines}: a whole number of at least 1, with --model and --ray")
     classes = [evaluator_class(name) for name in _split(args.evaluator)]
     mapping = _mapping(args.map)
     known = {name for cls in classes for name in cls.required + cls.optional}
@@ -194,6 +206,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.model and mapping.get("response", args.response_column) != args.response_column:
         raise UsageError(f"--map response={mapping['response']} conflicts with --model: the generated responses "
                          f"are written to column {args.response_column!r} (see --response-column)")
+    if Path(args.output).suffix.lower() not in (".jsonl", ".ndjson", ".json", ".parquet"):
+        if args.ray is None:
+            raise UsageError(f"--output {args.output}: use a .jsonl or .parquet file (a results folder needs --ray)")
+        return _run_into_folder(args, mapping)
 
     dataset = (Dataset.from_traces(args.dataset, sample=args.sample, seed=args.seed) if args.traces
                else Dataset.load(args.dataset))
@@ -223,15 +239,12 @@ def cmd_run(args: argparse.Namespace) -> int:
                                      output_column=args.response_column, max_tokens=args.max_tokens,
                                      temperature=args.temperature, seed=args.seed, backend=args.backend,
                                      device=_generation_device(args.device), checkpoint=args.checkpoint,
-                                     progress=not args.no_progress, repeats=args.repeat)
+                                     progress=not args.no_progress, repeats=args.repeat,
+                                     engine_args=_engine_args(args.engine_arg) or None)
     if args.checkpoint:
         dataset.checkpoint = args.checkpoint
 
-    nli_model = args.nli_model or os.environ.get("FI_EVALS_MODEL") or None
-    for cls in classes:
-        inputs = {key: column for key, column in mapping.items() if key in cls.required + cls.optional}
-        evaluator = cls(threshold=args.threshold, model=nli_model, device=args.device, profile=args.profile)
-        dataset.add_evaluation(evaluator, inputs)
+    _evaluations(args, dataset, mapping)
     dataset.run(batch_size=args.batch_size, progress=not args.no_progress,
                 backend="local" if args.ray is None else "ray", ray_address=args.ray or None, actors=args.actors)
     path = dataset.save(args.output)
@@ -253,6 +266,70 @@ def cmd_run(args: argparse.Namespace) -> int:
             print(measure_agreement(dataset, name, args.label_column, dev_fraction=args.dev_fraction))
     print(f"wrote {len(dataset)} rows to {path}")
     for message in broken:  # the gate fails closed: a scorer that could not run is not a pass
+        print(f"fi-evals: error: {message}", file=sys.stderr)
+    return EXIT_ERRORS if broken else EXIT_OK
+
+
+def _evaluations(args: argparse.Namespace, dataset: "Dataset", mapping: dict[str, str]) -> None:
+    """The chosen evaluators attached to `dataset` with their inputs (columns checked there)."""
+    from .evaluators import evaluator_class
+
+    nli_model = args.nli_model or os.environ.get("FI_EVALS_MODEL") or None
+    for cls in (evaluator_class(name) for name in _split(args.evaluator)):
+        inputs = {key: column for key, column in mapping.items() if key in cls.required + cls.optional}
+        evaluator = cls(threshold=args.threshold, model=nli_model, device=args.device, profile=args.profile)
+        dataset.add_evaluation(evaluator, inputs)
+
+
+def _run_into_folder(args: argparse.Namespace, mapping: dict[str, str]) -> int:
+    """`run --ray -o FOLDER`: the dataset streamed on Ray into a resumable results folder (ray_stream.py),
+    its responses generated there first with --model."""
+    from itertools import islice
+
+    from .dataset import Dataset, iter_file_rows
+    from .ray_stream import input_files, score_files_on_ray
+    from ..telemetry.fingerprint import runtime_versions
+    from .regression import check_error_counts
+    from .results_folder import ResultsFolder
+    from .runinfo import write_run_info
+
+    for flag, given in (("--traces", args.traces), ("--label-column", args.label_column), ("--repeat", args.repeat > 1),
+                        ("--backend transformers", args.model and args.backend == "transformers")):
+        if given:
+            raise UsageError(f"{flag} is not available with a results folder; write a .jsonl or .parquet output")
+    if args.rows_per_file < 1:
+        raise UsageError(f"--rows-per-file must be at least 1, got {args.rows_per_file}")
+    files = input_files(args.dataset)
+    sample = Dataset(islice(iter_file_rows(files[0]), 100))  # the columns, to check --map and --id-column
+    if args.id_column and args.id_column not in sample.columns:
+        raise UsageError(f"--id-column {args.id_column}: no such column in {files[0]}; "
+                         f"columns are {', '.join(sample.columns)}")
+    generate = None
+    if args.model:
+        mapping.setdefault("response", args.response_column)
+        sample.with_column(args.response_column, "")  # generated on Ray
+        generate = {"model": args.model, "prompt_column": args.prompt_column, "output_column": args.response_column,
+                    "max_tokens": args.max_tokens, "temperature": args.temperature, "seed": args.seed,
+                    "actors": args.engines, "engine_kwargs": _engine_args(args.engine_arg)}
+    _evaluations(args, sample, mapping)
+    run = score_files_on_ray(args.dataset, sample.evaluations, args.output, checkpoint=args.checkpoint,
+                             id_column=args.id_column, batch_size=args.batch_size, rows_per_file=args.rows_per_file,
+                             address=args.ray or None, actors=args.actors, progress=not args.no_progress,
+                             generate=generate)
+    write_run_info(run.folder, {"versions": runtime_versions(), "generator": run.generation,
+                                "scorers": {e.name: e.evaluator.settings() for e in sample.evaluations},
+                                "checkpoint": args.checkpoint or args.model})
+    broken = []
+    for name, (scored, passed, errors) in run.evaluations.items():
+        rate = f"{passed / scored:.1%}" if scored else "-"
+        print(f"{name}: pass rate {rate} of {scored} scored, {errors} error(s)")
+        try:
+            check_error_counts(errors, run.rows, lambda: ResultsFolder(run.folder).error_cause(name), name,
+                               args.max_error_rate, "this run")
+        except BrokenResults as exc:
+            broken.append(str(exc))
+    print(f"{run.folder}: {run.rows} rows ({run.written} written by this run, {run.skipped} already there)")
+    for message in broken:
         print(f"fi-evals: error: {message}", file=sys.stderr)
     return EXIT_ERRORS if broken else EXIT_OK
 
@@ -284,6 +361,20 @@ def _check_dev_fraction(args: argparse.Namespace) -> None:
         raise UsageError(f"--dev-fraction must be between 0 and 1 (exclusive), got {args.dev_fraction}")
 
 
+def _engine_args(pairs: Sequence[str]) -> dict[str, object]:
+    """--engine-arg NAME=VALUE pairs; a value that is JSON (a number, true, a list) is read as JSON."""
+    parsed: dict[str, object] = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name.strip():
+            raise UsageError(f"--engine-arg {pair!r}: expected NAME=VALUE, e.g. max_model_len=2048")
+        try:
+            parsed[name.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            parsed[name.strip()] = value
+    return parsed
+
+
 def _generation_device(device: str | None) -> str | None:
     return None if device in (None, "auto") else device
 
@@ -292,7 +383,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from .dataset import compare
 
     for path in (args.baseline, args.candidate):
-        if not Path(path).is_file():
+        if not Path(path).exists():
             raise UsageError(f"results file not found: {path}")
     comparison = compare(args.baseline, args.candidate, max_delta=args.max_delta, by=_split(args.by) or None,
                          confidence=args.confidence, evaluations=args.evaluation, max_error_rate=args.max_error_rate,
@@ -303,7 +394,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     for path in args.results:
-        if not Path(path).is_file():
+        if not Path(path).exists():
             raise UsageError(f"results file not found: {path}")
     _check_dev_fraction(args)
     from .report import write_report

@@ -119,14 +119,8 @@ class Dataset:
 
     @classmethod
     def from_csv(cls, path: str | Path, *, delimiter: str = ",", **kwargs: Any) -> "Dataset":
-        """Every column kept as text, as the file has it (no type guessing); a UTF-8 byte-order mark
-        (as spreadsheet programs write) is not part of the first column's name."""
-        with Path(path).open(newline="", encoding="utf-8-sig") as fh:
-            reader = csv.DictReader(fh, delimiter=delimiter)
-            if not reader.fieldnames:
-                raise ValueError(f"{path}: no header row")
-            rows = list(reader)
-        return cls(rows, source=str(path), **kwargs)
+        """Every column kept as text (`iter_csv_rows`)."""
+        return cls(iter_csv_rows(path, delimiter), source=str(path), **kwargs)
 
     @classmethod
     def from_pandas(cls, frame: "pandas.DataFrame", **kwargs: Any) -> "Dataset":
@@ -135,32 +129,31 @@ class Dataset:
 
     @classmethod
     def from_parquet(cls, path: str | Path, **kwargs: Any) -> "Dataset":
-        return cls.from_records(_read_parquet(path), source=str(path), **kwargs)
+        return cls(iter_parquet_rows(path), source=str(path), **kwargs)
 
     @classmethod
     def load(cls, path: str | Path, **kwargs: Any) -> "Dataset":
         """By suffix: .jsonl/.ndjson/.json, .csv, .tsv, .parquet."""
-        suffix = Path(path).suffix.lower()
         if not Path(path).is_file():
             raise FileNotFoundError(f"dataset file not found: {path}")
-        if suffix in JSONL_SUFFIXES:
-            return cls.from_jsonl(path, **kwargs)
-        if suffix == ".csv":
-            return cls.from_csv(path, **kwargs)
-        if suffix == ".tsv":
-            return cls.from_csv(path, delimiter="\t", **kwargs)
-        if suffix == ".parquet":
-            return cls.from_parquet(path, **kwargs)
-        raise ValueError(f"{path}: unknown dataset format {suffix or '(no suffix)'!r}; "
-                         "use .jsonl, .json, .csv, .tsv or .parquet")
+        if Path(path).suffix.lower() in JSONL_SUFFIXES:
+            return cls.from_jsonl(path, **kwargs)  # all lines unusable: an error, not a run of error rows
+        return cls(iter_file_rows(path), source=str(path), **kwargs)
 
     @classmethod
     def from_results(cls, path: str | Path) -> "Dataset":
-        """A results file read back: `results` set, evaluation columns stripped from `rows`."""
+        """A results file read back: `results` set, evaluation columns stripped from `rows`. A results
+        folder (Parquet parts, as `run --ray` writes) is read whole, rows sorted by `row_id`
+        (results_folder.py); `compare` counts a folder without loading its rows."""
+        from .results_folder import read_results_rows
+
         path = Path(path)
-        if not path.is_file():
+        if path.is_dir():
+            lines = read_results_rows(path)
+        elif not path.is_file():
             raise FileNotFoundError(f"results file not found: {path}")
-        lines = _read_parquet(path) if path.suffix.lower() == ".parquet" else read_json_rows(path, strict=True)
+        else:
+            lines = _read_parquet(path) if path.suffix.lower() == ".parquet" else read_json_rows(path, strict=True)
         names = evaluation_names(lines)
         for line in lines:
             for name in names:
@@ -368,39 +361,58 @@ class Dataset:
 def row_ids(rows: Sequence[Mapping[str, Any]], evaluations: Sequence[Evaluation],
             id_column: str | None = None) -> list[str]:
     """Each row's `row_id`, the key `compare` pairs rows by (the same golden row scored for two
-    checkpoints): `id_column`'s value; else the rows' own `row_id` when every row has one (results
-    scored again); else a hash of what the row asks, its evaluations' inputs other than the response,
-    so two runs over one golden set agree whatever the responses (generated or written). A repeated
-    input (one document, several prompts) gets `~2`, `~3`... in file order; an `id_column` is the
-    robust choice for such sets. A missing or repeated `id_column` value is a ValueError."""
-    if id_column is not None:
-        ids: list[str] = []
-        seen: dict[str, int] = {}
-        for number, row in enumerate(rows, 1):
-            value = row.get(id_column)
-            if value is None or value == "":
-                raise ValueError(f"row {number} has no {id_column!r} (the id column)")
-            key = str(value)
-            if key in seen:
-                raise ValueError(f"rows {seen[key]} and {number} have the same {id_column!r}: {key!r} "
-                                 "(an id column must be unique)")
-            seen[key] = number
-            ids.append(key)
-        return ids
-    if rows and all(row.get(ROW_ID) not in (None, "") for row in rows):
-        return [str(row[ROW_ID]) for row in rows]
+    checkpoints): `id_column`'s value; else the row's own `row_id` when it has one (results scored
+    again); else a hash of what the row asks (`row_key`), so two runs over one golden set agree
+    whatever the responses (generated or written). A repeated input (one document, several prompts)
+    gets `~2`, `~3`... in file order; an `id_column` is the robust choice for such sets. A missing or
+    repeated `id_column` value is a ValueError."""
+    columns = key_columns(evaluations, rows)
+    ids: list[str] = []
+    seen: dict[str, int] = {}
+    for number, row in enumerate(rows, 1):
+        key = row_key(row, columns, id_column, number)
+        if id_column is not None and key in seen:
+            raise ValueError(repeated_id_message(id_column, key, seen[key], number))
+        seen[key] = seen.get(key, 0) + 1
+        repeat = seen[key] if numbered(row, id_column) else 1
+        ids.append(key if repeat == 1 else f"{key}~{repeat}")
+    return ids
+
+
+def key_columns(evaluations: Sequence[Evaluation], rows: Sequence[Mapping[str, Any]] = ()) -> list[str]:
+    """The columns whose values identify a row: its evaluations' inputs other than the response
+    (with only responses mapped, every other column of `rows`)."""
     columns = sorted({column for ev in evaluations for key, column in ev.mapping.items() if key != "response"})
-    if not columns:  # only responses mapped: everything but them identifies the row
+    if not columns:
         responses = {column for ev in evaluations for key, column in ev.mapping.items() if key == "response"}
         columns = sorted({k for row in rows for k in row} - responses - {"checkpoint", ROW_ID})
-    ids, counts = [], {}
-    for row in rows:
-        text = json.dumps([row.get(column) for column in columns] if not row.get(INPUT_ERROR) else row,
-                          ensure_ascii=True, sort_keys=True, default=_json_default)
-        digest = hashlib.sha256(text.encode("ascii")).hexdigest()[:16]
-        counts[digest] = counts.get(digest, 0) + 1
-        ids.append(digest if counts[digest] == 1 else f"{digest}~{counts[digest]}")
-    return ids
+    return columns
+
+
+def row_key(row: Mapping[str, Any], columns: Sequence[str], id_column: str | None = None,
+            number: int | None = None) -> str:
+    """A row's id before repeats are numbered: `id_column`'s value, its own `row_id`, or a 16-hex
+    digest of its `columns` (of the whole row when it could not be read as it was)."""
+    if id_column is not None:
+        value = row.get(id_column)
+        if value is None or value == "":
+            raise ValueError(f"row {number if number is not None else '?'} has no {id_column!r} (the id column)")
+        return str(value)
+    if row.get(ROW_ID) not in (None, ""):
+        return str(row[ROW_ID])
+    text = json.dumps([row.get(column) for column in columns] if not row.get(INPUT_ERROR) else row,
+                      ensure_ascii=True, sort_keys=True, default=_json_default)
+    return hashlib.sha256(text.encode("ascii")).hexdigest()[:16]
+
+
+def numbered(row: Mapping[str, Any], id_column: str | None) -> bool:
+    """Whether a repeat of this row's key is numbered (`~2`...): a digest's is; an id's is an error."""
+    return id_column is None and row.get(ROW_ID) in (None, "")
+
+
+def repeated_id_message(id_column: str, key: str, first: Any, second: Any) -> str:
+    return (f"rows {first} and {second} have the same {id_column!r}: {key!r} "
+            "(an id column must be unique)")
 
 
 def score_rows(evaluation: Evaluation, rows: Sequence[Mapping[str, Any]],
@@ -416,7 +428,7 @@ def score_rows(evaluation: Evaluation, rows: Sequence[Mapping[str, Any]],
 
 
 def load_results(path: str | Path) -> Dataset:
-    """A results file (JSONL or Parquet) read back; the same as `Dataset.from_results`."""
+    """A results file (JSONL or Parquet) or folder read back; the same as `Dataset.from_results`."""
     return Dataset.from_results(path)
 
 
@@ -433,28 +445,43 @@ def compare(baseline: "Dataset | str | Path", candidate: "Dataset | str | Path",
     """Pass-rate change per evaluation and cohort, with Newcombe intervals (paired when the rows
     match by `row_id`, or by `id_column`) and regression flags.
 
-    Each side is a `Dataset` that has run (or been read with `from_results`) or a results file
-    path. Evaluations default to those present on both sides (`regression.compare_results`).
-    Errored rows are failures; a side with more than `max_error_rate` of its rows errored raises
-    `BrokenResults`; rows missing from the candidate fail the gate (`Comparison.failed`).
+    Each side is a `Dataset` that has run (or been read with `from_results`), a results file path
+    or a results folder path (Parquet parts). Evaluations default to those present on both sides
+    (`regression.compare_results`). Errored rows are failures; a side with more than
+    `max_error_rate` of its rows errored raises `BrokenResults`; rows missing from the candidate
+    fail the gate (`Comparison.failed`). When a side is a folder, both sides are counted with Arrow
+    over the columns needed (results_folder.py), and cohorts are listed by value.
     """
+    from .results_folder import ResultsFolder, ResultsRows, compare_sides
     from .runinfo import describe_changes
 
     base_rows, base_label, base_info = _results(baseline, "baseline")
     cand_rows, cand_label, cand_info = _results(candidate, "candidate")
-    comparison = compare_results(base_rows, cand_rows, base_label=base_label, cand_label=cand_label,
-                                 max_delta=max_delta, by=by, confidence=confidence, evaluations=evaluations,
-                                 max_error_rate=max_error_rate, id_column=id_column)
+    options = dict(max_delta=max_delta, by=by, confidence=confidence, evaluations=evaluations,
+                   max_error_rate=max_error_rate, id_column=id_column)
+    if isinstance(base_rows, ResultsFolder) or isinstance(cand_rows, ResultsFolder):
+        sides = [rows if isinstance(rows, ResultsFolder) else ResultsRows(rows, role, label)
+                 for rows, role, label in ((base_rows, "baseline", base_label), (cand_rows, "candidate", cand_label))]
+        comparison = compare_sides(*sides, **options)
+    else:
+        comparison = compare_results(base_rows, cand_rows, base_label=base_label, cand_label=cand_label, **options)
     if base_info is not None or cand_info is not None:  # what changed underneath, beside the deltas
         comparison.changes, comparison.warnings = describe_changes(base_info, cand_info)
     return comparison
 
 
-def _results(side: Any, role: str) -> tuple[list[Mapping[str, Any]], str, dict[str, Any] | None]:
+def _results(side: Any, role: str) -> tuple[Any, str, dict[str, Any] | None]:
+    """(the side's results rows, or a `ResultsFolder` for a results folder; its label; its run record)."""
+    from .results_folder import ResultsFolder, is_results_folder
+    from .runinfo import read_run_info
+
+    if is_results_folder(side):
+        folder = ResultsFolder(side, role)
+        return folder, folder.label, read_run_info(Path(side))  # `out/` -> out.run.json
     if isinstance(side, (str, Path)):
         side = Dataset.from_results(side)
     if not isinstance(side, Dataset):
-        raise TypeError(f"{role} must be a Dataset or a results file path, got {type(side).__name__}")
+        raise TypeError(f"{role} must be a Dataset or a results file or folder path, got {type(side).__name__}")
     if side.results is None:
         raise ValueError(f"the {role} dataset has no results: run() it first")
     checkpoints = list(dict.fromkeys(str(r["checkpoint"]) for r in side.results if r.get("checkpoint") is not None))
@@ -504,40 +531,77 @@ def read_json_rows(path: str | Path, strict: bool = False) -> list[dict[str, Any
     """JSONL (one object per line) or, for a file that is one JSON list of objects, that list. A line
     that is not a JSON object becomes a row with only `input_error` (with `strict`, as for a results
     file this project wrote, it is a ValueError naming the line)."""
-    path = Path(path)
-    text = path.read_text(encoding="utf-8-sig")  # a byte-order mark is not JSON
-    stripped = text.lstrip()
-    if stripped.startswith("["):
-        try:
-            data = json.loads(stripped)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{path}: starts with '[' but is not one JSON list of objects ({exc})") from None
-        if not all(isinstance(item, dict) for item in data):
-            raise ValueError(f"{path}: a JSON list of objects (rows) was expected")
-        return data
-    rows: list[dict[str, Any]] = []
-    for number, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:  # kept as an error row: one bad line does not lose the run
-            row = f"{path}:{number}: not JSON ({exc.msg})"
-        else:
-            if not isinstance(row, dict):
-                row = f"{path}:{number}: a JSON object per line was expected, got {type(row).__name__}"
-        if isinstance(row, str):
-            if strict:
-                raise ValueError(row)
-            rows.append({INPUT_ERROR: row})
-            continue
-        if not _encodable(json.dumps(row, ensure_ascii=False)):
-            row[INPUT_ERROR] = f"{path}:{number}: text that UTF-8 cannot encode (a lone surrogate)"
-        rows.append(row)
+    rows = list(iter_json_rows(path, strict))
     bad = sum(1 for row in rows if row.get(INPUT_ERROR))
     if rows and bad == len(rows):
         raise ValueError(f"{path}: no line is a usable JSON object ({rows[0][INPUT_ERROR]})")
     return rows
+
+
+def iter_json_rows(path: str | Path, strict: bool = False) -> Iterator[dict[str, Any]]:
+    """`read_json_rows`, one row at a time (a JSONL file is never held whole)."""
+    path = Path(path)
+    with path.open(encoding="utf-8-sig") as fh:  # a byte-order mark is not JSON
+        if fh.read(4096).lstrip().startswith("["):
+            fh.seek(0)
+            try:
+                data = json.load(fh)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"{path}: starts with '[' but is not one JSON list of objects ({exc})") from None
+            if not all(isinstance(item, dict) for item in data):
+                raise ValueError(f"{path}: a JSON list of objects (rows) was expected")
+            yield from data
+            return
+        fh.seek(0)
+        for number, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:  # kept as an error row: one bad line does not lose the run
+                row = f"{path}:{number}: not JSON ({exc.msg})"
+            else:
+                if not isinstance(row, dict):
+                    row = f"{path}:{number}: a JSON object per line was expected, got {type(row).__name__}"
+            if isinstance(row, str):
+                if strict:
+                    raise ValueError(row)
+                yield {INPUT_ERROR: row}
+                continue
+            if not _encodable(json.dumps(row, ensure_ascii=False)):
+                row[INPUT_ERROR] = f"{path}:{number}: text that UTF-8 cannot encode (a lone surrogate)"
+            yield row
+
+
+def iter_csv_rows(path: str | Path, delimiter: str = ",") -> Iterator[dict[str, Any]]:
+    """Every column kept as text, as the file has it (no type guessing); a UTF-8 byte-order mark
+    (as spreadsheet programs write) is not part of the first column's name."""
+    with Path(path).open(newline="", encoding="utf-8-sig") as fh:
+        reader = csv.DictReader(fh, delimiter=delimiter)
+        if not reader.fieldnames:
+            raise ValueError(f"{path}: no header row")
+        yield from reader
+
+
+def iter_parquet_rows(path: str | Path, batch_rows: int = 1024) -> Iterator[dict[str, Any]]:
+    """A Parquet file's rows, a record batch at a time, as plain Python values."""
+    pa = _require_pyarrow()
+    for batch in pa.parquet.ParquetFile(path).iter_batches(batch_size=batch_rows):
+        for record in batch.to_pylist():
+            yield {str(k): _plain(v) for k, v in record.items()}
+
+
+def iter_file_rows(path: str | Path) -> Iterator[dict[str, Any]]:
+    """One dataset file's rows as `Dataset.load` reads them (by suffix), one at a time."""
+    suffix = Path(path).suffix.lower()
+    if suffix in JSONL_SUFFIXES:
+        return iter_json_rows(path)
+    if suffix in (".csv", ".tsv"):
+        return iter_csv_rows(path, delimiter="\t" if suffix == ".tsv" else ",")
+    if suffix == ".parquet":
+        return iter_parquet_rows(path)
+    raise ValueError(f"{path}: unknown dataset format {suffix or '(no suffix)'!r}; "
+                     "use .jsonl, .json, .csv, .tsv or .parquet")
 
 
 def _require_pyarrow() -> Any:
@@ -552,8 +616,9 @@ def _require_pyarrow() -> Any:
 
 def _write_parquet(rows: Sequence[Mapping[str, Any]], path: Path) -> None:
     pa = _require_pyarrow()
-    flat = [{k: (json.dumps(v, ensure_ascii=False, default=_json_default) if k.endswith(".claims") else v)
-             for k, v in row.items()} for row in rows]
+    columns = list(dict.fromkeys(key for row in rows for key in row))  # Arrow would keep the first row's only
+    flat = [{k: (json.dumps(row.get(k), ensure_ascii=False, default=_json_default) if k.endswith(".claims")
+                 and k in row else row.get(k)) for k in columns} for row in rows]
     try:
         table = pa.Table.from_pylist(flat)
     except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:

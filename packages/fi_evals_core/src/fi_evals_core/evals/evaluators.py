@@ -23,11 +23,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable, ClassVar, Iterable, Mapping, Sequence
 
-from .config import EVALUATOR_NAMES
+from .config import EVALUATOR_NAMES, EvalsConfig
 from .profiles import DEFAULT as DEFAULT_PROFILE
 from .profiles import ScoringProfile
 from .result import ClaimResult, EvalResult
-from .scorer import ClaimEvidence, NLIScorer, ScoreRequest, shared_scorer
+from .scorer import ClaimEvidence, NLIScorer, ScoreRequest, is_shared_scorer, shared_scorer
 from .text import has_words
 
 CONTRADICTED = 0.5
@@ -119,6 +119,16 @@ class Evaluator:
     @property
     def inputs(self) -> tuple[str, ...]:
         return self.required + self.optional
+
+    def settings(self) -> dict[str, Any]:
+        """What decides this evaluator's results besides its inputs (the device aside: it changes
+        scores only by rounding); a results folder records them to refuse a different run."""
+        if self._scorer is not None and not is_shared_scorer(self._scorer):
+            return {"evaluator": type(self).__name__, "threshold": self.threshold, "scorer": self._scorer.name}
+        config = EvalsConfig.from_env()
+        return {"evaluator": type(self).__name__, "threshold": self.threshold, "model": self._model or config.model,
+                "dtype": config.dtype, "labels": list(config.labels) if config.labels else None,
+                "profile": self._profile or config.profile}
 
     def evaluate(self, **inputs: Any) -> EvalResult:
         """Score one item. Bad input raises `ValueError` naming the argument."""

@@ -52,12 +52,7 @@ def generate_responses(dataset: Dataset, model: str, prompt_column: str = "promp
     give none, and a compile mode or kernel that breaks determinism shows up as a number. The rows
     keep the first repeat's responses.
     """
-    if max_tokens < 1:
-        raise ValueError(f"max_tokens must be at least 1, got {max_tokens}")
-    if temperature < 0:
-        raise ValueError(f"temperature must be >= 0, got {temperature}")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    check_settings(max_tokens, temperature, batch_size)
     if repeats < 1:
         raise ValueError(f"repeats must be at least 1, got {repeats}")
     if prompt_column not in dataset.columns:
@@ -94,6 +89,16 @@ def generate_responses(dataset: Dataset, model: str, prompt_column: str = "promp
     return generated
 
 
+def check_settings(max_tokens: int, temperature: float, batch_size: int) -> None:
+    """Generation settings refused by name before any engine starts (here and on Ray)."""
+    if max_tokens < 1:
+        raise ValueError(f"max_tokens must be at least 1, got {max_tokens}")
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0, got {temperature}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+
+
 def changed_outputs(runs: Sequence[Sequence[str]]) -> list[int]:
     """Indexes of the prompts whose output is not the same in every repeat."""
     return [i for i in range(len(runs[0])) if len({run[i] for run in runs}) > 1]
@@ -125,22 +130,27 @@ class _VllmEngine:
         return [output.outputs[0].text for output in outputs]
 
     def facts(self) -> dict[str, Any]:
-        import vllm
+        return vllm_engine_facts(getattr(self.llm.llm_engine, "vllm_config", None))
 
-        from ..telemetry.fingerprint import vllm_runtime
 
-        config = getattr(self.llm.llm_engine, "vllm_config", None)
-        model_config = getattr(config, "model_config", None)
-        runtime = vllm_runtime(config)  # what the request spans carry too (traceai_vllm)
-        return {
-            "engine_version": vllm.__version__,
-            "dtype": str(getattr(model_config, "dtype", "")).removeprefix("torch.") or None,
-            "quantization": getattr(model_config, "quantization", None) or _quantization(
-                getattr(model_config, "hf_config", None)),
-            "kv_cache_dtype": runtime.get("kv_cache_dtype"),
-            "attention": runtime.get("attention_backend"),
-            "compile": {"mode": runtime.get("compile_mode"), "cuda_graphs": runtime.get("cuda_graphs")},
-        }
+def vllm_engine_facts(config: Any) -> dict[str, Any]:
+    """The generator facts of a vLLM engine, from its `VllmConfig` (the offline engine's here, the
+    one each Ray actor's engine builds in `ray_generate`)."""
+    import vllm
+
+    from ..telemetry.fingerprint import vllm_runtime
+
+    model_config = getattr(config, "model_config", None)
+    runtime = vllm_runtime(config)  # what the request spans carry too (traceai_vllm)
+    return {
+        "engine_version": vllm.__version__,
+        "dtype": str(getattr(model_config, "dtype", "")).removeprefix("torch.") or None,
+        "quantization": getattr(model_config, "quantization", None) or _quantization(
+            getattr(model_config, "hf_config", None)),
+        "kv_cache_dtype": runtime.get("kv_cache_dtype"),
+        "attention": runtime.get("attention_backend"),
+        "compile": {"mode": runtime.get("compile_mode"), "cuda_graphs": runtime.get("cuda_graphs")},
+    }
 
 
 class _TransformersEngine:
@@ -197,12 +207,20 @@ class _TransformersEngine:
 
 
 def check_prompt(index: int, prompt: Any, column: str) -> str | list[dict[str, Any]]:
+    problem = prompt_problem(prompt, column)
+    if problem:
+        raise ValueError(f"row {index}: {problem}")
+    return prompt
+
+
+def prompt_problem(prompt: Any, column: str) -> str | None:
+    """Why `prompt` cannot be generated from (None when it can): non-empty text, or a non-empty
+    list of {role, content} messages."""
     if isinstance(prompt, str) and prompt.strip():
-        return prompt
+        return None
     if isinstance(prompt, list) and prompt and all(isinstance(m, dict) and "content" in m for m in prompt):
-        return prompt
-    raise ValueError(f"row {index}: {column} must be non-empty text or a list of {{role, content}} "
-                     f"messages, got {prompt!r:.60}")
+        return None
+    return f"{column} must be non-empty text or a list of {{role, content}} messages, got {prompt!r:.60}"
 
 
 def prompt_token_ids(tokenizer: Any, prompt: str | Sequence[Mapping[str, Any]], use_chat: bool) -> list[int]:

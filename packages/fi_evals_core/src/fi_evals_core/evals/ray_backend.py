@@ -19,6 +19,8 @@ import json
 import os
 from typing import Any, Callable, Mapping, Sequence
 
+from .scorer import is_shared_scorer
+
 LOOPBACK = "127.0.0.1"
 #: a cluster on this machine talks to nothing else: Ray otherwise replaces a loopback address with the
 #: machine's outward one (where a packet to the internet would leave from) and reports usage statistics
@@ -47,18 +49,17 @@ def connect(address: str | None = None) -> bool:
     if ray.is_initialized():
         return False
     # a driver joining another machine's cluster must be reachable from it: its own address then
-    ray.init(address=address or None, _node_ip_address=LOOPBACK if local else None, include_dashboard=False,
+    # "local": a Ray of this run's own, never one that happens to run on this machine (ray.init's default)
+    ray.init(address=address or "local", _node_ip_address=LOOPBACK if local else None, include_dashboard=False,
              log_to_driver=False)
     return True
 
 
 def _shippable(evaluation: Any) -> Any:
     """The evaluation without a loaded model: each actor loads its own from the same settings."""
-    from .scorer import _shared
-
     evaluator = evaluation.evaluator
     loaded = getattr(evaluator, "_scorer", None)
-    if loaded is not None and not any(loaded is shared for shared in _shared.values()):
+    if loaded is not None and not is_shared_scorer(loaded):
         raise ValueError(f"evaluation {evaluation.name!r}: its evaluator was given a scorer object, which cannot be "
                          "sent to Ray actors; build it with model=, device= and profile= instead")
     evaluator = copy.copy(evaluator)
@@ -67,8 +68,9 @@ def _shippable(evaluation: Any) -> Any:
 
 
 class ScorerActor:
-    """One model per actor; called with batches of {"index", "row" (JSON)}. `score` is the local run's
-    `dataset.score_rows` and `default` its JSON encoder for odd values (passed in, by reference)."""
+    """One model per actor; called with batches whose `row` column holds each row as JSON, it adds
+    a `columns` column (the result columns as JSON) and passes the others through. `score` is the
+    local run's `dataset.score_rows` and `default` its JSON encoder for odd values (passed in)."""
 
     def __init__(self, evaluations: Sequence[Any], environ: Mapping[str, str], score: Callable,
                  default: Callable) -> None:
@@ -86,7 +88,7 @@ class ScorerActor:
             for out, scored in zip(columns, self.score(evaluation, rows)):
                 out.update(scored)
         encoded = np.array([json.dumps(c, ensure_ascii=False, default=self.default) for c in columns], dtype=object)
-        return {"index": np.asarray(batch["index"]), "columns": encoded}
+        return {**{name: np.asarray(values) for name, values in batch.items()}, "columns": encoded}
 
 
 def pool_size(actors: int | None, resources: Mapping[str, float]) -> tuple[int, float]:
@@ -98,25 +100,34 @@ def pool_size(actors: int | None, resources: Mapping[str, float]) -> tuple[int, 
     return (actors or default), (1.0 if gpus else 0.0)
 
 
+def scoring_stage(rows: Any, evaluations: Sequence[Any], *, score: Callable, default: Callable, batch_size: int,
+                  actors: int | None = None) -> Any:
+    """`rows` (a Ray Dataset with a `row` JSON column) mapped through a pool of scorer actors."""
+    ray = _require_ray()
+    shipped = [_shippable(e) for e in evaluations]
+    size, gpus = pool_size(actors, ray.cluster_resources())
+    environ = {k: v for k, v in os.environ.items() if k.startswith(_SHIPPED_ENVIRONMENT)}
+    return rows.map_batches(  # Ray Data restarts a dead actor and retries its batches (its default)
+        ScorerActor, fn_constructor_kwargs={"evaluations": shipped, "environ": environ, "score": score,
+                                            "default": default},
+        batch_size=batch_size, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=size), num_cpus=1,
+        num_gpus=gpus)
+
+
 def score_on_ray(results: list[dict[str, Any]], evaluations: Sequence[Any], *, score: Callable,
                  default: Callable, batch_size: int, address: str | None = None, actors: int | None = None,
                  progress: bool = True) -> list[dict[str, Any]]:
     """Score `results` (prepared rows, updated in place and returned) on Ray Data, each batch with
     `score(evaluation, rows)` in an actor; `default` encodes what JSON cannot."""
-    shipped = [_shippable(e) for e in evaluations]
+    [_shippable(e) for e in evaluations]  # refused before a cluster starts
     ray = _require_ray()
     started = connect(address)
     try:
-        context = ray.data.DataContext.get_current()
-        context.enable_progress_bars = progress
-        size, gpus = pool_size(actors, ray.cluster_resources())
-        environ = {k: v for k, v in os.environ.items() if k.startswith(_SHIPPED_ENVIRONMENT)}
+        ray.data.DataContext.get_current().enable_progress_bars = progress
         records = [{"index": i, "row": json.dumps(row, ensure_ascii=False, default=default)}
                    for i, row in enumerate(results)]
-        scored = ray.data.from_items(records).map_batches(
-            ScorerActor, fn_constructor_kwargs={"evaluations": shipped, "environ": environ, "score": score,
-                                                "default": default},
-            batch_size=batch_size, batch_format="numpy", concurrency=size, num_cpus=1, num_gpus=gpus)
+        scored = scoring_stage(ray.data.from_items(records), evaluations, score=score, default=default,
+                               batch_size=batch_size, actors=actors)
         seen = [False] * len(results)
         for batch in scored.iter_batches(batch_size=None, batch_format="numpy"):
             for index, encoded in zip(batch["index"], batch["columns"]):

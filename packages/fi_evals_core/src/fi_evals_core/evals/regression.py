@@ -59,7 +59,7 @@ import math
 from collections import Counter
 from dataclasses import asdict, dataclass
 from statistics import NormalDist
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 METHOD = "Newcombe hybrid score interval (Wilson, no continuity correction)"
 PAIRED_METHOD = "Newcombe paired square-and-add interval (Wilson, phi-corrected) and McNemar's exact test"
@@ -78,8 +78,7 @@ def error_summary(rows: Sequence[Mapping[str, Any]], name: str) -> tuple[int, in
     for row in rows:
         if row.get(f"{name}.passed") is None:
             errors += 1
-            reason = " ".join(str(row.get(f"{name}.reason") or "").split())  # one line
-            cause = f"{row.get(f'{name}.error_type') or 'error'}: {reason}".strip()
+            cause = error_cause(row.get(f"{name}.error_type"), row.get(f"{name}.reason"))
             causes[cause] = causes.get(cause, 0) + 1
     return errors, len(rows), max(causes, key=causes.__getitem__) if causes else None
 
@@ -87,12 +86,27 @@ def error_summary(rows: Sequence[Mapping[str, Any]], name: str) -> tuple[int, in
 def check_error_rate(rows: Sequence[Mapping[str, Any]], name: str, max_error_rate: float, what: str) -> None:
     """BrokenResults when more than `max_error_rate` of `rows` errored in evaluation `name`."""
     errors, total, cause = error_summary(rows, name)
+    check_error_counts(errors, total, lambda: cause, name, max_error_rate, what)
+
+
+def check_error_counts(errors: int, total: int, cause: Callable[[], str | None], name: str, max_error_rate: float,
+                       what: str) -> None:
+    """BrokenResults when more than `max_error_rate` of `total` rows errored in evaluation `name`; the
+    most common cause is asked for only then (a results folder finds it with a filtered scan)."""
     if total == 0:
         raise BrokenResults(f"{what}: no rows of evaluation {name!r}")
     if errors / total > max_error_rate:
         raise BrokenResults(f"{what}: {errors} of {total} rows of evaluation {name!r} errored "
                             f"({errors / total:.1%}, more than the {max_error_rate:.1%} allowed by "
-                            f"--max-error-rate); most common cause: {cause}")
+                            f"--max-error-rate); most common cause: {cause()}")
+
+
+def error_cause(error_type: Any, reason: Any) -> str:
+    """An errored row's cause as counted by `error_summary`: "Type: reason" on one line."""
+    reason = " ".join(str(reason or "").split())
+    return f"{error_type or 'error'}: {reason}".strip()
+
+
 OVERALL = "(all)"
 MISSING = "(missing)"
 
@@ -193,6 +207,20 @@ class Side:
     @property
     def pass_rate(self) -> float | None:
         return self.passed / self.n if self.n else None
+
+
+@dataclass(frozen=True)
+class CohortCounts:
+    """What the statistics need of one evaluation in one cohort (`column` None: all rows): both
+    sides' counts and, when paired, the matched verdicts. Results rows (`compare_results`) and a
+    results folder's Arrow aggregation (results_folder.py) both come down to these."""
+
+    evaluation: str
+    column: str | None
+    value: Any
+    baseline: Side
+    candidate: Side
+    pairs: Pairs | None = None
 
 
 @dataclass(frozen=True)
@@ -355,22 +383,39 @@ def match_rows(base_rows: Sequence[Mapping[str, Any]], cand_rows: Sequence[Mappi
         side_keys = [row.get(column) for row in rows]
         without = sum(key is None for key in side_keys)
         if without:
-            return None, (f"unpaired: {without} {side} row(s) have no {column!r} "
-                          f"(results written before row ids, or no such column; see --id-column)")
+            return None, unpaired_without_key(without, side, column)
         side_keys = [cohort_key(key) for key in side_keys]
         repeated = len(side_keys) - len(set(side_keys))
         if repeated:
             first = next(k for k, n in Counter(side_keys).items() if n > 1)
-            return None, f"unpaired: {repeated} repeated {column!r} value(s) in the {side} (e.g. {first!r})"
+            return None, unpaired_repeated_key(repeated, side, column, first)
         keys.append(side_keys)
     base_keys, cand_keys = keys
     by_key = dict(zip(cand_keys, cand_rows))
     only_base = sum(key not in by_key for key in base_keys)
     only_cand = len(cand_keys) - (len(base_keys) - only_base)
     if only_base or only_cand:
-        return None, (f"unpaired: the rows do not match by {column!r} ({only_base} baseline row(s) without a "
-                      f"candidate row, {only_cand} candidate row(s) without a baseline row)")
-    return [by_key[key] for key in base_keys], f"paired by {column!r} ({len(base_keys)} rows)"
+        return None, unpaired_mismatch(column, only_base, only_cand)
+    return [by_key[key] for key in base_keys], paired_by(column, len(base_keys))
+
+
+# The pairing as `Comparison.pairing` says it, whichever path matched the rows.
+def unpaired_without_key(without: int, side: str, column: str) -> str:
+    return (f"unpaired: {without} {side} row(s) have no {column!r} "
+            f"(results written before row ids, or no such column; see --id-column)")
+
+
+def unpaired_repeated_key(repeated: int, side: str, column: str, example: Any) -> str:
+    return f"unpaired: {repeated} repeated {column!r} value(s) in the {side} (e.g. {example!r})"
+
+
+def unpaired_mismatch(column: str, only_base: int, only_cand: int) -> str:
+    return (f"unpaired: the rows do not match by {column!r} ({only_base} baseline row(s) without a "
+            f"candidate row, {only_cand} candidate row(s) without a baseline row)")
+
+
+def paired_by(column: str, n: int) -> str:
+    return f"paired by {column!r} ({n} rows)"
 
 
 def _pair_counts(base_rows: Sequence[Mapping[str, Any]], cand_rows: Sequence[Mapping[str, Any]], name: str) -> Pairs:
@@ -391,14 +436,44 @@ def compare_results(base_rows: Sequence[Mapping[str, Any]], cand_rows: Sequence[
     (`dataset.compare` takes Datasets or results files). Evaluations default to those present on
     both sides. Errored rows count as failures; a side with more than `max_error_rate` of an
     evaluation's rows errored raises `BrokenResults` (see the module docstring). Cohorts of paired
-    rows follow the baseline row's value."""
+    rows follow the baseline row's value, in order of first appearance."""
+    check_compare_options(max_delta, max_error_rate, confidence)
+    columns = cohort_columns(by)
+    names, skipped = pick_evaluations(evaluation_names(base_rows), evaluation_names(cand_rows), evaluations)
+    for column in columns:
+        for side, rows in (("baseline", base_rows), ("candidate", cand_rows)):
+            if not any(column in row for row in rows):
+                raise ValueError(f"column {column!r} not in the {side} results")
+
+    if id_column is not None:
+        for side, rows in (("baseline", base_rows), ("candidate", cand_rows)):
+            if not any(id_column in row for row in rows):
+                raise ValueError(f"id column {id_column!r} not in the {side} results")
+
+    for name in names:
+        check_error_rate(base_rows, name, max_error_rate, f"the baseline ({base_label})")
+        check_error_rate(cand_rows, name, max_error_rate, f"the candidate ({cand_label})")
+    matched, pairing = match_rows(base_rows, cand_rows, id_column)
+    return comparison_from_counts(_row_counts(base_rows, cand_rows, matched, names, columns), max_delta=max_delta,
+                                  confidence=confidence, base_label=base_label, cand_label=cand_label,
+                                  skipped=skipped, pairing=pairing)
+
+
+def check_compare_options(max_delta: float, max_error_rate: float, confidence: float) -> None:
     if isinstance(max_delta, bool) or not isinstance(max_delta, (int, float)) or not 0 <= max_delta < 1:
         raise ValueError(f"max_delta must be a number from 0 to 1 (0.02 = 2 points), got {max_delta!r}")
     if isinstance(max_error_rate, bool) or not isinstance(max_error_rate, (int, float)) or not 0 <= max_error_rate <= 1:
         raise ValueError(f"max_error_rate must be a number from 0 to 1 (0.01 = 1 %), got {max_error_rate!r}")
     z_value(confidence)
-    columns = [by] if isinstance(by, str) else list(by or [])
-    base_names, cand_names = evaluation_names(base_rows), evaluation_names(cand_rows)
+
+
+def cohort_columns(by: str | Sequence[str] | None) -> list[str]:
+    return [by] if isinstance(by, str) else list(by or [])
+
+
+def pick_evaluations(base_names: Sequence[str], cand_names: Sequence[str],
+                     evaluations: Sequence[str] | None) -> tuple[list[str], list[str]]:
+    """(the evaluations to compare, those present on one side only that are left out)."""
     if evaluations is None:
         names = [n for n in base_names if n in cand_names]
         if not names:
@@ -410,48 +485,47 @@ def compare_results(base_rows: Sequence[Mapping[str, Any]], cand_rows: Sequence[
             for side, present in (("baseline", base_names), ("candidate", cand_names)):
                 if name not in present:
                     raise ValueError(f"no evaluation {name!r} in the {side} results")
-    skipped = [n for n in dict.fromkeys(base_names + cand_names) if n not in names]
-    for column in columns:
-        for side, rows in (("baseline", base_rows), ("candidate", cand_rows)):
-            if not any(column in row for row in rows):
-                raise ValueError(f"column {column!r} not in the {side} results")
+    return names, [n for n in dict.fromkeys([*base_names, *cand_names]) if n not in names]
 
-    if id_column is not None:
-        for side, rows in (("baseline", base_rows), ("candidate", cand_rows)):
-            if not any(id_column in row for row in rows):
-                raise ValueError(f"id column {id_column!r} not in the {side} results")
 
+def comparison_from_counts(counts: Iterable[CohortCounts], *, max_delta: float, confidence: float,
+                           base_label: str, cand_label: str, skipped: Sequence[str], pairing: str) -> Comparison:
+    """The comparison of counted cohorts, in the order given; a candidate with fewer rows of an
+    evaluation than the baseline (its all-rows cohort) is a problem."""
     problems: list[str] = []
-    for name in names:
-        check_error_rate(base_rows, name, max_error_rate, f"the baseline ({base_label})")
-        check_error_rate(cand_rows, name, max_error_rate, f"the candidate ({cand_label})")
-    matched, pairing = match_rows(base_rows, cand_rows, id_column)
     out: list[ComparisonRow] = []
+    for c in counts:
+        if c.column is None and c.candidate.n < c.baseline.n:
+            problems.append(f"{c.evaluation}: the candidate has {c.candidate.n} rows, the baseline {c.baseline.n} "
+                            f"({c.baseline.n - c.candidate.n} missing)")
+        out.append(compare_counts(c.evaluation, c.column, c.value, c.baseline, c.candidate, max_delta, confidence,
+                                  c.pairs))
+    return Comparison(out, max_delta=float(max_delta), confidence=confidence, baseline_label=base_label,
+                      candidate_label=cand_label, skipped_evaluations=skipped, problems=problems, pairing=pairing)
+
+
+def _row_counts(base_rows: Sequence[Mapping[str, Any]], cand_rows: Sequence[Mapping[str, Any]],
+                matched: Sequence[Mapping[str, Any]] | None, names: Sequence[str],
+                columns: Sequence[str]) -> Iterable[CohortCounts]:
+    """Per evaluation the all-rows cohort, then each value of each column (first appearance first);
+    `matched` is the candidate rows in the baseline's order when paired."""
     for name in names:
         base_all, cand_all = _count(base_rows, name), _count(cand_rows, name)
-        if cand_all.n < base_all.n:
-            problems.append(f"{name}: the candidate has {cand_all.n} rows, the baseline {base_all.n} "
-                            f"({base_all.n - cand_all.n} missing)")
-        if matched is not None:
-            out.append(compare_counts(name, None, OVERALL, base_all, cand_all, max_delta, confidence,
-                                      _pair_counts(base_rows, matched, name)))
-        else:
-            out.append(compare_counts(name, None, OVERALL, base_all, cand_all, max_delta, confidence))
+        pairs = _pair_counts(base_rows, matched, name) if matched is not None else None
+        yield CohortCounts(name, None, OVERALL, base_all, cand_all, pairs)
         for column in columns:
             if matched is not None:  # a pair's cohort is its baseline row's
                 groups = _groups(range(len(base_rows)), column, base_rows)
                 for value, indexes in groups.items():
                     base_group = [base_rows[i] for i in indexes]
                     cand_group = [matched[i] for i in indexes]
-                    out.append(compare_counts(name, column, value, _count(base_group, name), _count(cand_group, name),
-                                              max_delta, confidence, _pair_counts(base_group, cand_group, name)))
+                    yield CohortCounts(name, column, value, _count(base_group, name), _count(cand_group, name),
+                                       _pair_counts(base_group, cand_group, name))
                 continue
             base_groups, cand_groups = _groups(base_rows, column), _groups(cand_rows, column)
             for value in dict.fromkeys([*base_groups, *cand_groups]):
-                out.append(compare_counts(name, column, value, _count(base_groups.get(value, []), name),
-                                          _count(cand_groups.get(value, []), name), max_delta, confidence))
-    return Comparison(out, max_delta=float(max_delta), confidence=confidence, baseline_label=base_label,
-                      candidate_label=cand_label, skipped_evaluations=skipped, problems=problems, pairing=pairing)
+                yield CohortCounts(name, column, value, _count(base_groups.get(value, []), name),
+                                   _count(cand_groups.get(value, []), name))
 
 
 def evaluation_names(rows: Sequence[Mapping[str, Any]]) -> list[str]:

@@ -22,7 +22,8 @@ It holds, in order:
 Input is the results format described in dataset.py: one JSON object per row with the row's own columns,
 `checkpoint`, and per evaluation N the columns `N.score`, `N.passed`, `N.label`, `N.reason`,
 `N.error_type`, `N.claims`. Evaluations are found by the `.score` suffix. A row's checkpoint is
-its `checkpoint` value, else its file's stem. `.parquet` files are read when pyarrow is installed.
+its `checkpoint` value, else its file's stem. `.parquet` files are read when pyarrow is installed, and so is a results
+folder of Parquet parts (`run --ray`), whose rows are all loaded (results_folder.py).
 
 Pass rate = passed / rows, as in `fi-evals compare`: a row that errored or was not scored is a
 failure (the gate fails closed), and is counted apart under errors; it is left out of the mean
@@ -67,13 +68,15 @@ def _clean(value: Any) -> Any:
 
 
 def load_rows(paths: Iterable[str | Path]) -> list[dict[str, Any]]:
-    """All rows of the results files, each with `checkpoint` set (its value, else the file's stem)."""
-    from .dataset import Dataset  # reads JSONL or Parquet (claims parsed back from JSON text)
+    """All rows of the results files, each with `checkpoint` set (its value, else the file's stem).
+    A results folder (Parquet parts) is loaded whole, its rows sorted by `row_id` (results_folder.py):
+    the report shows rows, so it holds them."""
+    from .dataset import Dataset  # reads JSONL, Parquet or a folder (claims parsed back from JSON text)
 
     out: list[dict[str, Any]] = []
     for p in paths:
         path = Path(p)
-        if not path.is_file():
+        if not path.exists():
             raise ValueError(f"results file not found: {path}")
         for row in Dataset.from_results(path).results:
             row = {k: _clean(v) for k, v in row.items()}
@@ -985,7 +988,7 @@ def write_report(
     sources = [Path(p).name for p in results_paths]
     from .runinfo import read_run_info
 
-    run_infos = [(Path(p).name, read_run_info(p)) for p in results_paths]
+    run_infos = [(Path(p).name, read_run_info(Path(p))) for p in results_paths]  # `out/`: out.run.json
     html = render_report(rows, by=by, title=title, sources=sources, worst_n=worst_n, label_column=label_column,
                          run_infos=run_infos,
                          dev_fraction=dev_fraction)

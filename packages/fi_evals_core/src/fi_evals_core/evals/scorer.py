@@ -470,3 +470,10 @@ def shared_scorer(model: str | None = None, device: str | None = None, dtype: st
             _shared[key] = NLIScorer.from_pretrained(key[0], device=key[1], dtype=key[2], labels=key[3],
                                                      profile=key[4])
         return _shared[key]
+
+
+def is_shared_scorer(scorer: Any) -> bool:
+    """Whether `scorer` is one `shared_scorer` loaded from settings (which any process can load again),
+    not an object the caller built."""
+    with _shared_lock:
+        return any(scorer is shared for shared in _shared.values())
