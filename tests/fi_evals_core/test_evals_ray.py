@@ -338,3 +338,41 @@ def test_cli_streams_a_glob_into_a_folder_that_compare_and_report_read(cluster, 
     assert f"paired by 'row_id' ({len(read)} rows)" in compared.stdout
     report = fi_evals("report", tmp_path / "local.jsonl", folder, "-o", tmp_path / "r.html")
     assert report.returncode == 0 and "factual_consistency" in (tmp_path / "r.html").read_text()
+
+
+def test_trace_files_are_streamed_as_their_captured_generations(cluster, nli_checkpoint, tmp_path):
+    """A folder of two trace files (this project's JSONL spans) scored on Ray: the rows of
+    `Dataset.from_traces` over each file, scored as a local run scores them; a span without
+    captured content is no row."""
+    import json
+
+    from fi_evals_core.evals.ray_stream import score_files_on_ray
+
+    def span(span_id: str, prompt: str | None, completion: str | None) -> dict:
+        parts = lambda role, text: json.dumps([{"role": role, "parts": [{"type": "text", "content": text}]}])  # noqa: E731
+        content = {} if prompt is None else {"gen_ai.input.messages": parts("user", prompt),
+                                             "gen_ai.output.messages": parts("assistant", completion)}
+        return {"name": "chat m", "trace_id": "ab" * 16, "span_id": span_id, "parent_span_id": None, "kind": "CLIENT",
+                "start_time_unix_nano": 1, "end_time_unix_nano": 2, "status": {"code": "UNSET", "description": None},
+                "attributes": {"gen_ai.operation.name": "chat", "gen_ai.request.model": "m", **content},
+                "events": [], "resource": {"service.name": "app"}, "scope": {"name": "x", "version": "1"}}
+
+    (tmp_path / "traces").mkdir()
+    for name, first in (("day1.jsonl", 0), ("day2.jsonl", 10)):
+        spans = [span(f"{first + i:016x}", f"The river is {first + i} miles long.", f"It is {i} miles long.")
+                 for i in range(4)] + [span(f"{first + 99:016x}", None, None)]
+        (tmp_path / "traces" / name).write_text("".join(json.dumps(s) + "\n" for s in spans))
+    model = nli_checkpoint("bert")
+    read = [row for name in ("day1.jsonl", "day2.jsonl") for row in Dataset.from_traces(tmp_path / "traces" / name).rows]
+    mapping = {"reference": "prompt", "response": "completion"}
+    local = Dataset(read).add_evaluation(FactualConsistency(model=model, device="cpu"), mapping, name="fc").run(
+        progress=False)
+    evaluations = Dataset(read[:1]).add_evaluation(FactualConsistency(model=model, device="cpu"), mapping,
+                                                   name="fc").evaluations
+    run = score_files_on_ray(tmp_path / "traces", evaluations, tmp_path / "out", batch_size=2, actors=2,
+                             progress=False, traces=True)
+    assert run.rows == len(read) == 8
+    mine = _folder_rows(tmp_path / "out")
+    theirs = {row["row_id"]: {k: v for k, v in row.items() if v is not None} for row in local}
+    assert mine.keys() == theirs.keys()
+    assert [row_id for row_id in theirs if not _same(mine[row_id], theirs[row_id])] == []

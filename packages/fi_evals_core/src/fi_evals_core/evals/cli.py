@@ -286,21 +286,22 @@ def _run_into_folder(args: argparse.Namespace, mapping: dict[str, str]) -> int:
     its responses generated there first with --model."""
     from itertools import islice
 
-    from .dataset import Dataset, iter_file_rows
-    from .ray_stream import input_files, score_files_on_ray
+    from .dataset import Dataset
+    from .ray_stream import file_rows, input_files, score_files_on_ray
     from ..telemetry.fingerprint import runtime_versions
     from .regression import check_error_counts
     from .results_folder import ResultsFolder
     from .runinfo import write_run_info
 
-    for flag, given in (("--traces", args.traces), ("--label-column", args.label_column), ("--repeat", args.repeat > 1),
+    for flag, given in (("--sample", args.sample is not None), ("--label-column", args.label_column),
+                        ("--repeat", args.repeat > 1),
                         ("--backend transformers", args.model and args.backend == "transformers")):
         if given:
             raise UsageError(f"{flag} is not available with a results folder; write a .jsonl or .parquet output")
     if args.rows_per_file < 1:
         raise UsageError(f"--rows-per-file must be at least 1, got {args.rows_per_file}")
     files = input_files(args.dataset)
-    sample = Dataset(islice(iter_file_rows(files[0]), 100))  # the columns, to check --map and --id-column
+    sample = Dataset(islice(file_rows(str(files[0]), args.traces), 100))  # the columns, to check --map, --id-column
     if args.id_column and args.id_column not in sample.columns:
         raise UsageError(f"--id-column {args.id_column}: no such column in {files[0]}; "
                          f"columns are {', '.join(sample.columns)}")
@@ -315,7 +316,7 @@ def _run_into_folder(args: argparse.Namespace, mapping: dict[str, str]) -> int:
     run = score_files_on_ray(args.dataset, sample.evaluations, args.output, checkpoint=args.checkpoint,
                              id_column=args.id_column, batch_size=args.batch_size, rows_per_file=args.rows_per_file,
                              address=args.ray or None, actors=args.actors, progress=not args.no_progress,
-                             generate=generate)
+                             generate=generate, traces=args.traces)
     write_run_info(run.folder, {"versions": runtime_versions(), "generator": run.generation,
                                 "scorers": {e.name: e.evaluator.settings() for e in sample.evaluations},
                                 "checkpoint": args.checkpoint or args.model})

@@ -79,7 +79,8 @@ def input_files(source: str | Path) -> list[Path]:
 
 
 def manifest(files: Sequence[Path], evaluations: Sequence[Any], checkpoint: str | None,
-             id_column: str | None, generation: Mapping[str, Any] | None = None) -> dict[str, Any]:
+             id_column: str | None, generation: Mapping[str, Any] | None = None,
+             traces: bool = False) -> dict[str, Any]:
     """What decides a results folder's rows: the input files' contents and the run's settings."""
     inputs = []
     for path in files:
@@ -89,7 +90,7 @@ def manifest(files: Sequence[Path], evaluations: Sequence[Any], checkpoint: str 
                 digest.update(chunk)
         inputs.append({"name": str(path), "bytes": path.stat().st_size, "sha256": digest.hexdigest()})
     return {"format": FORMAT, "inputs": inputs, "checkpoint": checkpoint, "id_column": id_column,
-            "generation": dict(generation) if generation else None,
+            "generation": dict(generation) if generation else None, "traces": traces,
             "evaluations": [{"name": e.name, "inputs": dict(sorted(e.mapping.items())), **e.evaluator.settings()}
                             for e in evaluations]}
 
@@ -128,7 +129,7 @@ def _differences(found: Mapping[str, Any], expected: Mapping[str, Any]) -> list[
     if [(i["bytes"], i["sha256"]) for i in found["inputs"]] != [(i["bytes"], i["sha256"]) for i in expected["inputs"]]:
         names = ", ".join(i["name"] for i in found["inputs"][:3]) + (", ..." if len(found["inputs"]) > 3 else "")
         out.append(f"a different dataset: {len(found['inputs'])} file(s) {names}, not these contents")
-    for key in ("checkpoint", "id_column", "generation", "evaluations"):
+    for key in ("checkpoint", "id_column", "generation", "traces", "evaluations"):
         if found.get(key) != expected.get(key):
             out.append(f"{key} {json.dumps(found.get(key), default=str)}, not {json.dumps(expected.get(key), default=str)}")
     return out
@@ -137,14 +138,25 @@ def _differences(found: Mapping[str, Any], expected: Mapping[str, Any]) -> list[
 # -- the stages (run in Ray tasks) ---------------------------------------------------------------
 
 
-def _read_files(batch: Mapping[str, Any], rows_per_block: int = _READ_BLOCK_ROWS) -> Iterator[dict[str, Any]]:
+def file_rows(path: str, traces: bool = False) -> Iterator[dict[str, Any]]:
+    """One input file's rows: a data file's as `Dataset.load` reads them, or a trace file's captured
+    generations as `Dataset.from_traces` reads them (a trace file is read whole)."""
+    if traces:
+        from .traces import read_trace_rows
+
+        return iter(read_trace_rows(path)[0])
+    return iter_file_rows(path)
+
+
+def _read_files(batch: Mapping[str, Any], traces: bool = False,
+                rows_per_block: int = _READ_BLOCK_ROWS) -> Iterator[dict[str, Any]]:
     """Each file's rows as JSON text with (file, position), a block at a time."""
     import numpy as np
 
     for index, path in zip(batch["file"], batch["path"]):
         positions: list[int] = []
         texts: list[str] = []
-        for position, row in enumerate(iter_file_rows(str(path))):
+        for position, row in enumerate(file_rows(str(path), traces)):
             positions.append(position)
             texts.append(json.dumps(row, ensure_ascii=True, default=_json_default))
             if len(texts) == rows_per_block:
@@ -291,7 +303,7 @@ def score_files_on_ray(source: str | Path, evaluations: Sequence[Any], output: s
                        checkpoint: str | None = None, id_column: str | None = None, batch_size: int = 64,
                        rows_per_file: int = DEFAULT_ROWS_PER_FILE, address: str | None = None,
                        actors: int | None = None, progress: bool = True,
-                       generate: Mapping[str, Any] | None = None) -> FolderRun:
+                       generate: Mapping[str, Any] | None = None, traces: bool = False) -> FolderRun:
     """Score the rows of `source` (file, folder or glob) with `evaluations` into the results folder
     `output`, on the Ray cluster at `address` (None: a local one on 127.0.0.1).
 
@@ -299,7 +311,8 @@ def score_files_on_ray(source: str | Path, evaluations: Sequence[Any], output: s
     (`ray_generate.generate_on_ray`'s keyword arguments: `model`, `prompt_column`, `output_column`,
     `max_tokens`, `actors` (engines, default 1)...); the scorers then default to the cluster's
     CPUs or GPUs less the engines'. The checkpoint label defaults to the model. The generator's facts
-    are in `FolderRun.generation`."""
+    are in `FolderRun.generation`. `traces`: the files are trace files (JSONL spans or OTLP JSON),
+    each row a captured generation (traces.py)."""
     if not evaluations:
         raise ValueError("no evaluation given")
     if batch_size < 1 or rows_per_file < 1:
@@ -308,7 +321,7 @@ def score_files_on_ray(source: str | Path, evaluations: Sequence[Any], output: s
     folder = Path(output)
     if generate is not None:
         checkpoint = checkpoint or str(generate["model"])
-    parts = open_folder(folder, manifest(files, evaluations, checkpoint, id_column, generate))
+    parts = open_folder(folder, manifest(files, evaluations, checkpoint, id_column, generate, traces))
     ray = _require_ray()
     started = connect(address)
     try:
@@ -317,10 +330,11 @@ def score_files_on_ray(source: str | Path, evaluations: Sequence[Any], output: s
         # reading, keying and writing hold no CPU of their own: the scorer actors take one each, and
         # stages that waited for a free CPU would starve behind them
         keyed = (ray.data.from_items([{"file": i, "path": p} for i, p in enumerate(paths)])
-                 .map_batches(_read_files, batch_size=1, batch_format="numpy", num_cpus=0)
+                 .map_batches(_read_files, batch_size=1, batch_format="numpy", num_cpus=0,
+                              fn_kwargs={"traces": traces})
                  .map_batches(_add_keys, batch_format="numpy", num_cpus=0,
                               fn_kwargs={"columns": key_columns(evaluations), "id_column": id_column, "paths": paths}))
-        total, numbers = _number_repeats(ray, paths, key_columns(evaluations), id_column)
+        total, numbers = _number_repeats(ray, paths, key_columns(evaluations), id_column, traces)
         written = ray.remote(_written_ids).remote([str(p) for p in parts]) if parts else []
         pending = keyed.map_batches(_add_ids, batch_format="numpy", num_cpus=0,
                                     fn_kwargs={"repeat_numbers": ray.put(numbers), "written": written,
@@ -357,19 +371,19 @@ def score_files_on_ray(source: str | Path, evaluations: Sequence[Any], output: s
     return FolderRun(folder, rows, int(sink.written), rows - int(sink.written), counts, generation)
 
 
-def _number_repeats(ray: Any, paths: Sequence[str], columns: Sequence[str],
-                    id_column: str | None) -> tuple[int, dict[tuple[int, int], int]]:
+def _number_repeats(ray: Any, paths: Sequence[str], columns: Sequence[str], id_column: str | None,
+                    traces: bool) -> tuple[int, dict[tuple[int, int], int]]:
     """The dataset's row count, and the number (2, 3...) of every repeat of a digest key, by (file,
     position). A task per file hashes its keys to 64 bits, one task finds the hashes that repeat,
     and a task per file returns the rows behind those: the driver holds refs, the repeats and their
     positions, never a row per row. A repeated id column value is an error naming both rows."""
-    hashes = [ray.remote(num_cpus=0)(_key_hashes).remote(path, columns, id_column) for path in paths]
+    hashes = [ray.remote(num_cpus=0)(_key_hashes).remote(path, columns, id_column, traces) for path in paths]
     total, repeated = ray.get(ray.remote(num_cpus=0)(_repeated_hashes).remote(*hashes))
     if not len(repeated):
         return total, {}
     shared = ray.put(repeated)
     hits = sorted(hit for index, found in enumerate(ray.get([
-        ray.remote(num_cpus=0)(_rows_with_hashes).remote(path, columns, id_column, shared) for path in paths]))
+        ray.remote(num_cpus=0)(_rows_with_hashes).remote(path, columns, id_column, traces, shared) for path in paths]))
         for hit in ((index, *row) for row in found))
     numbers: dict[tuple[int, int], int] = {}
     first: dict[str, tuple[int, int]] = {}
@@ -387,8 +401,9 @@ def _number_repeats(ray: Any, paths: Sequence[str], columns: Sequence[str],
     return total, numbers
 
 
-def _file_keys(path: str, columns: Sequence[str], id_column: str | None) -> Iterator[tuple[int, str, bool]]:
-    for position, row in enumerate(iter_file_rows(path)):
+def _file_keys(path: str, columns: Sequence[str], id_column: str | None,
+               traces: bool) -> Iterator[tuple[int, str, bool]]:
+    for position, row in enumerate(file_rows(path, traces)):
         yield position, row_key(row, columns, id_column, f"{path}:{position + 1}"), numbered(row, id_column)
 
 
@@ -396,10 +411,10 @@ def _hash64(key: str) -> int:
     return int.from_bytes(hashlib.blake2b(key.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "little")
 
 
-def _key_hashes(path: str, columns: Sequence[str], id_column: str | None) -> Any:
+def _key_hashes(path: str, columns: Sequence[str], id_column: str | None, traces: bool) -> Any:
     import numpy as np
 
-    return np.fromiter((_hash64(key) for _, key, _ in _file_keys(path, columns, id_column)), dtype=np.uint64)
+    return np.fromiter((_hash64(key) for _, key, _ in _file_keys(path, columns, id_column, traces)), dtype=np.uint64)
 
 
 def _repeated_hashes(*per_file: Any) -> tuple[int, Any]:
@@ -410,12 +425,12 @@ def _repeated_hashes(*per_file: Any) -> tuple[int, Any]:
     return len(every), values[counts > 1]
 
 
-def _rows_with_hashes(path: str, columns: Sequence[str], id_column: str | None,
+def _rows_with_hashes(path: str, columns: Sequence[str], id_column: str | None, traces: bool,
                       repeated: Any) -> list[tuple[int, str, bool]]:
     import numpy as np
 
     out = []
-    for position, key, is_numbered in _file_keys(path, columns, id_column):
+    for position, key, is_numbered in _file_keys(path, columns, id_column, traces):
         at = int(np.searchsorted(repeated, _hash64(key)))
         if at < len(repeated) and repeated[at] == _hash64(key):
             out.append((position, key, is_numbered))
