@@ -2,7 +2,8 @@
 
     fi-evals run data.jsonl --evaluator factual_consistency --map response=summary \
         --map reference=document [--model CHECKPOINT --prompt-column prompt] -o results.jsonl
-    fi-evals compare baseline.jsonl candidate.jsonl --max-delta 0.02 [--by cohort] [--json]
+    fi-evals run 'golden/*.jsonl' ... --ray [ADDRESS] -o v7/   # streamed on Ray into a resumable results folder
+    fi-evals compare baseline.jsonl candidate.jsonl --max-delta 0.02 [--by cohort] [--json]   # or folders
     fi-evals report results-a.jsonl results-b.jsonl -o report.html [--by cohort]
     fi-evals run|report ... --label-column human_label [--dev-fraction 0.5]   # agreement with human labels
 

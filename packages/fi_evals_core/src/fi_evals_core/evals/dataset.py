@@ -9,7 +9,9 @@ length-sorted batch queue.
 Results file (JSONL, one object per row in dataset order; Parquet with the same columns): every
 original column unchanged, `checkpoint` when known, and per evaluation named N the columns
 `N.score`, `N.passed`, `N.label`, `N.reason`, `N.error_type` and `N.claims` (a list of claim dicts;
-a JSON string in Parquet). A row whose evaluation failed (bad input, scorer error) has
+a JSON string in Parquet). A results folder (written by `run --ray -o FOLDER`, ray_stream.py) holds
+Parquet parts of these columns, in no order; `from_results` and `compare` read it (results_folder.py).
+A row whose evaluation failed (bad input, scorer error) has
 `N.passed` null and `N.error_type` set: it is counted as an error, never as a fail.
 
 A row that cannot be evaluated as read (a JSONL line that is not JSON, text with a lone surrogate
