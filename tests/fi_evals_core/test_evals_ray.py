@@ -247,6 +247,18 @@ def test_a_folder_of_another_run_is_refused_and_left_as_it_was(cluster, nli_chec
     with pytest.raises(ValueError, match="holds no _fi_evals_manifest.json"):
         score_files_on_ray(tmp_path / "data", _evaluations(model), tmp_path / "other", **kwargs)
     assert [p.name for p in (tmp_path / "other").iterdir()] == ["notes.txt"]
+    # an id column missing from a row, or repeated: an error naming the rows, before any part is
+    # written; the corrected run then takes the folder
+    with pytest.raises(ValueError, match=r"row .*a\.jsonl:4 has no 'topic' \(the id column\)"):
+        score_files_on_ray(tmp_path / "data", _evaluations(model), tmp_path / "fresh", id_column="topic", **kwargs)
+    (tmp_path / "dup").mkdir()
+    (tmp_path / "dup" / "d.jsonl").write_text('{"document": "A.", "summary": "A.", "key": 1}\n'
+                                              '{"document": "B.", "summary": "B.", "key": 2}\n'
+                                              '{"document": "C.", "summary": "C.", "key": 1}\n')
+    with pytest.raises(ValueError, match=r"rows .*d\.jsonl:1 and .*d\.jsonl:3 have the same 'key': '1'"):
+        score_files_on_ray(tmp_path / "dup", _evaluations(model), tmp_path / "fresh", id_column="key", **kwargs)
+    assert not list((tmp_path / "fresh").glob("part-*"))
+    assert score_files_on_ray(tmp_path / "data", _evaluations(model), tmp_path / "fresh", **kwargs).written == 9  # 7 + 2 lines
 
 
 def _scorer_actor_pids() -> list[int]:

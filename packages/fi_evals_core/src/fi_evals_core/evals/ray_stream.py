@@ -7,8 +7,10 @@ pass through it:
     read tasks (a file each; every row as JSON text, with its file and position)
       -> row keys (`dataset.row_key`: the id column, the row's own row_id, or a digest of its inputs)
       -> row ids: a key that repeats is numbered `~2`, `~3`... in file order, as a local run numbers it;
-         Ray counts the keys (a group-by), and only the repeated ones come back to the driver
+         a task per file hashes its keys, one task finds the repeated hashes, and only the rows
+         behind those come back to the driver
       -> rows already in the folder dropped (their ids, read by a task, shared through the object store)
+      -> with `generate`: responses from vLLM engines in Ray Data actors (ray_generate.py)
       -> scorer actors (`ray_backend.scoring_stage`, the local run's `score_rows`)
       -> Parquet parts written by Ray's write tasks, each under a hidden temporary name then renamed,
          so a part is whole or absent; a part is named by a digest of its row ids, so a write Ray
@@ -17,7 +19,8 @@ pass through it:
 An interrupted run continued with the same command scores only the rows not yet written and ends
 with the same rows. The folder's `_fi_evals_manifest.json` records the input files (sizes and
 SHA-256) and the settings that decide the rows (evaluations, their inputs and scorer, checkpoint,
-id column): a run into a folder holding anything else is refused, and nothing is written.
+id column): a run into a folder holding another run's parts is refused, and nothing is written
+(a folder with a manifest but no part yet, as a run that failed before writing leaves it, is taken).
 """
 
 from __future__ import annotations
@@ -108,6 +111,9 @@ def open_folder(folder: Path, expected: Mapping[str, Any]) -> list[Path]:
                              "fi-evals; choose an empty or new folder (nothing was written)")
         found = json.loads(record.read_text(encoding="utf-8"))
         differences = _differences(found, dict(expected))
+        if differences and not any(folder.glob("part-*.parquet")):  # nothing written under it yet
+            record.write_text(json.dumps(expected, indent=2, sort_keys=True, default=str) + "\n", encoding="utf-8")
+            differences = []
         if differences:
             raise ValueError(f"output folder {folder} holds the results of another run ({'; '.join(differences)}); "
                              "choose another folder, or remove it to start again (nothing was written)")
