@@ -331,16 +331,28 @@ def score_files_on_ray(source: str | Path, evaluations: Sequence[Any], output: s
     ray = _require_ray()
     started = connect(address)
     try:
-        ray.data.DataContext.get_current().enable_progress_bars = progress
+        context = ray.data.DataContext.get_current()
+        context.enable_progress_bars = progress
         paths = [str(p) for p in files]
-        # reading, keying and writing hold no CPU of their own: the scorer actors take one each, and
-        # stages that waited for a free CPU would starve behind them
-        keyed = (ray.data.from_items([{"file": i, "path": p} for i, p in enumerate(paths)])
-                 .map_batches(_read_files, batch_size=1, batch_format="numpy", num_cpus=0,
-                              fn_kwargs={"traces": traces})
-                 .map_batches(_add_keys, batch_format="numpy", num_cpus=0,
-                              fn_kwargs={"columns": key_columns(evaluations), "id_column": id_column, "paths": paths}))
         total, numbers = _number_repeats(ray, paths, key_columns(evaluations), id_column, traces)
+        # The actor pool hands an actor whole blocks, and the read tasks fuse their output into blocks
+        # of up to 128 MiB: a small dataset would be one block, scored by one actor while the others
+        # idle. Blocks of about a batch each (the input's mean row size x batch_size) spread the rows;
+        # a dataset seals the context it was made under, so the user's context is restored at once.
+        row_bytes = sum(p.stat().st_size for p in files) / max(total, 1)
+        default_block_size = context.target_max_block_size
+        context.target_max_block_size = max(1 << 14, int(row_bytes * batch_size * 1.25))
+        try:
+            # reading, keying and writing hold no CPU of their own: the scorer actors take one each,
+            # and stages that waited for a free CPU would starve behind them
+            keyed = (ray.data.from_items([{"file": i, "path": p} for i, p in enumerate(paths)])
+                     .map_batches(_read_files, batch_size=1, batch_format="numpy", num_cpus=0,
+                                  fn_kwargs={"traces": traces})
+                     .map_batches(_add_keys, batch_format="numpy", num_cpus=0,
+                                  fn_kwargs={"columns": key_columns(evaluations), "id_column": id_column,
+                                             "paths": paths}))
+        finally:
+            context.target_max_block_size = default_block_size
         written = ray.remote(_written_ids).remote([str(p) for p in parts]) if parts else []
         pending = keyed.map_batches(_add_ids, batch_format="numpy", num_cpus=0,
                                     fn_kwargs={"repeat_numbers": ray.put(numbers), "written": written,
