@@ -20,6 +20,7 @@ as its weakest claim and says which passage grounds each claim.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from typing import Any, Callable, ClassVar, Iterable, Mapping, Sequence
 
@@ -119,6 +120,16 @@ class Evaluator:
     @property
     def inputs(self) -> tuple[str, ...]:
         return self.required + self.optional
+
+    def unloaded(self) -> "Evaluator":
+        """A copy without its loaded model, for another process to load its own from the same
+        settings; one built with a scorer object cannot be copied so (ValueError)."""
+        if self._scorer is not None and not is_shared_scorer(self._scorer):
+            raise ValueError("its evaluator was given a scorer object, which cannot be sent to another process; "
+                             "build it with model=, device= and profile= instead")
+        evaluator = copy.copy(self)
+        evaluator._scorer = None
+        return evaluator
 
     def settings(self) -> dict[str, Any]:
         """What decides this evaluator's results besides its inputs (the device aside: it changes

@@ -14,19 +14,16 @@ running. Ray is an extra (`fi-evals-core[ray]`): nothing else in the package imp
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 from typing import Any, Callable, Mapping, Sequence
-
-from .scorer import is_shared_scorer
 
 LOOPBACK = "127.0.0.1"
 #: a cluster on this machine talks to nothing else: Ray otherwise replaces a loopback address with the
 #: machine's outward one (where a packet to the internet would leave from) and reports usage statistics
 LOCAL_ENVIRONMENT = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0"}
 #: environment the actors need to build the same scorer as the driver would
-_SHIPPED_ENVIRONMENT = ("FI_EVALS_", "HF_", "TRANSFORMERS_")
+SHIPPED_ENVIRONMENT = ("FI_EVALS_", "HF_", "TRANSFORMERS_")
 
 
 def _require_ray() -> Any:
@@ -57,13 +54,10 @@ def connect(address: str | None = None) -> bool:
 
 def _shippable(evaluation: Any) -> Any:
     """The evaluation without a loaded model: each actor loads its own from the same settings."""
-    evaluator = evaluation.evaluator
-    loaded = getattr(evaluator, "_scorer", None)
-    if loaded is not None and not is_shared_scorer(loaded):
-        raise ValueError(f"evaluation {evaluation.name!r}: its evaluator was given a scorer object, which cannot be "
-                         "sent to Ray actors; build it with model=, device= and profile= instead")
-    evaluator = copy.copy(evaluator)
-    evaluator._scorer = None
+    try:
+        evaluator = evaluation.evaluator.unloaded()
+    except ValueError as exc:
+        raise ValueError(f"evaluation {evaluation.name!r}: {exc}") from None
     return type(evaluation)(evaluation.name, evaluator, dict(evaluation.mapping))
 
 
@@ -106,7 +100,7 @@ def scoring_stage(rows: Any, evaluations: Sequence[Any], *, score: Callable, def
     ray = _require_ray()
     shipped = [_shippable(e) for e in evaluations]
     size, gpus = pool_size(actors, ray.cluster_resources())
-    environ = {k: v for k, v in os.environ.items() if k.startswith(_SHIPPED_ENVIRONMENT)}
+    environ = {k: v for k, v in os.environ.items() if k.startswith(SHIPPED_ENVIRONMENT)}
     return rows.map_batches(  # Ray Data restarts a dead actor and retries its batches (its default)
         ScorerActor, fn_constructor_kwargs={"evaluations": shipped, "environ": environ, "score": score,
                                             "default": default},
@@ -119,7 +113,8 @@ def score_on_ray(results: list[dict[str, Any]], evaluations: Sequence[Any], *, s
                  progress: bool = True) -> list[dict[str, Any]]:
     """Score `results` (prepared rows, updated in place and returned) on Ray Data, each batch with
     `score(evaluation, rows)` in an actor; `default` encodes what JSON cannot."""
-    [_shippable(e) for e in evaluations]  # refused before a cluster starts
+    for evaluation in evaluations:  # refused before a cluster starts
+        _shippable(evaluation)
     ray = _require_ray()
     started = connect(address)
     try:

@@ -43,13 +43,14 @@ from typing import Any, Mapping
 
 from .dataset import INPUT_ERROR
 from .generate import DEFAULT_MAX_TOKENS, check_settings, prompt_problem, prompt_token_ids, vllm_engine_facts
+from . import ray_backend
 from .ray_backend import _require_ray, connect, pool_size
 
 ERROR_COLUMN = "generation_error"
 CHECKPOINT_COLUMN = "checkpoint"
 DEFAULT_BATCH_SIZE = 16
 #: environment the engine actors take from the caller: telemetry, model hub and engine settings
-SHIPPED_ENVIRONMENT = ("OTEL_", "TRACEAI_", "FI_EVALS_", "HF_", "TRANSFORMERS_", "VLLM_")
+SHIPPED_ENVIRONMENT = (*ray_backend.SHIPPED_ENVIRONMENT, "OTEL_", "TRACEAI_", "VLLM_")
 #: the variable that turns the vLLM plugin (traceai_vllm) on in every vLLM process
 AUTO_INSTRUMENT = "TRACEAI_VLLM_AUTO"
 #: the plugin's export in a child process: off in the actors, whose child processes Ray kills (SIGKILL)

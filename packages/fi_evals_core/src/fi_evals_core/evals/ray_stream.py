@@ -112,7 +112,7 @@ def open_folder(folder: Path, expected: Mapping[str, Any]) -> list[Path]:
         found = json.loads(record.read_text(encoding="utf-8"))
         differences = _differences(found, dict(expected))
         if differences and not any(folder.glob("part-*.parquet")):  # nothing written under it yet
-            record.write_text(json.dumps(expected, indent=2, sort_keys=True, default=str) + "\n", encoding="utf-8")
+            _write_manifest(record, expected)
             differences = []
         if differences:
             raise ValueError(f"output folder {folder} holds the results of another run ({'; '.join(differences)}); "
@@ -124,8 +124,12 @@ def open_folder(folder: Path, expected: Mapping[str, Any]) -> list[Path]:
             logger.warning("%s: removed %d unfinished part(s) of an interrupted run", folder, len(stale))
         return sorted(folder.glob("part-*.parquet"))
     folder.mkdir(parents=True, exist_ok=True)
-    record.write_text(json.dumps(expected, indent=2, sort_keys=True, default=str) + "\n", encoding="utf-8")
+    _write_manifest(record, expected)
     return []
+
+
+def _write_manifest(record: Path, expected: Mapping[str, Any]) -> None:
+    record.write_text(json.dumps(expected, indent=2, sort_keys=True, default=str) + "\n", encoding="utf-8")
 
 
 def _differences(found: Mapping[str, Any], expected: Mapping[str, Any]) -> list[str]:
@@ -172,32 +176,23 @@ def _read_files(batch: Mapping[str, Any], traces: bool = False,
             yield {"file": np.full(len(texts), int(index)), "position": np.array(positions), "row": np.array(texts)}
 
 
-def _add_keys(batch: Mapping[str, Any], columns: Sequence[str], id_column: str | None,
-              paths: Sequence[str]) -> dict[str, Any]:
-    import numpy as np
-
-    keys, repeats_numbered = [], []
-    for file, position, text in zip(batch["file"], batch["position"], batch["row"]):
-        row = json.loads(text)
-        keys.append(row_key(row, columns, id_column, f"{paths[file]}:{position + 1}"))
-        repeats_numbered.append(numbered(row, id_column))
-    return {**batch, "key": np.array(keys), "numbered": np.array(repeats_numbered, dtype=bool)}
-
-
-def _add_ids(batch: Mapping[str, Any], repeat_numbers: Any, written: Any, checkpoint: str | None) -> dict[str, Any]:
-    """Final row ids, `checkpoint` and `row_id` written into each row, rows already written dropped."""
+def _add_ids(batch: Mapping[str, Any], columns: Sequence[str], id_column: str | None, paths: Sequence[str],
+             repeat_numbers: Any, written: Any, checkpoint: str | None) -> dict[str, Any]:
+    """Each row's id (its key, numbered when it repeats), `checkpoint` and `row_id` written into it;
+    rows already in the folder dropped."""
     import numpy as np
     import ray
 
     numbers = ray.get(repeat_numbers) if isinstance(repeat_numbers, ray.ObjectRef) else repeat_numbers
     done = ray.get(written) if isinstance(written, ray.ObjectRef) else written
     ids, texts = [], []
-    for file, position, key, text in zip(batch["file"], batch["position"], batch["key"], batch["row"]):
+    for file, position, text in zip(batch["file"], batch["position"], batch["row"]):
+        row = json.loads(text)
+        key = row_key(row, columns, id_column, f"{paths[file]}:{position + 1}")
         number = numbers.get((int(file), int(position)), 1)
-        row_id = str(key) if number == 1 else f"{key}~{number}"
+        row_id = key if number == 1 else f"{key}~{number}"
         if len(done) and _contains(done, row_id):
             continue
-        row = json.loads(text)
         if checkpoint is not None:
             row["checkpoint"] = checkpoint
         row[ROW_ID] = row_id
@@ -345,18 +340,16 @@ def score_files_on_ray(source: str | Path, evaluations: Sequence[Any], output: s
         try:
             # reading, keying and writing hold no CPU of their own: the scorer actors take one each,
             # and stages that waited for a free CPU would starve behind them
-            keyed = (ray.data.from_items([{"file": i, "path": p} for i, p in enumerate(paths)])
-                     .map_batches(_read_files, batch_size=1, batch_format="numpy", num_cpus=0,
-                                  fn_kwargs={"traces": traces})
-                     .map_batches(_add_keys, batch_format="numpy", num_cpus=0,
-                                  fn_kwargs={"columns": key_columns(evaluations), "id_column": id_column,
-                                             "paths": paths}))
+            written = ray.remote(_written_ids).remote([str(p) for p in parts]) if parts else []
+            pending = (ray.data.from_items([{"file": i, "path": p} for i, p in enumerate(paths)])
+                       .map_batches(_read_files, batch_size=1, batch_format="numpy", num_cpus=0,
+                                    fn_kwargs={"traces": traces})
+                       .map_batches(_add_ids, batch_format="numpy", num_cpus=0,
+                                    fn_kwargs={"columns": key_columns(evaluations), "id_column": id_column,
+                                               "paths": paths, "repeat_numbers": ray.put(numbers),
+                                               "written": written, "checkpoint": checkpoint}))
         finally:
             context.target_max_block_size = default_block_size
-        written = ray.remote(_written_ids).remote([str(p) for p in parts]) if parts else []
-        pending = keyed.map_batches(_add_ids, batch_format="numpy", num_cpus=0,
-                                    fn_kwargs={"repeat_numbers": ray.put(numbers), "written": written,
-                                               "checkpoint": checkpoint})
         generation = None
         if generate is not None:
             from .ray_generate import generate_on_ray
@@ -449,8 +442,9 @@ def _rows_with_hashes(path: str, columns: Sequence[str], id_column: str | None, 
 
     out = []
     for position, key, is_numbered in _file_keys(path, columns, id_column, traces):
-        at = int(np.searchsorted(repeated, _hash64(key)))
-        if at < len(repeated) and repeated[at] == _hash64(key):
+        hashed = _hash64(key)
+        at = int(np.searchsorted(repeated, hashed))
+        if at < len(repeated) and repeated[at] == hashed:
             out.append((position, key, is_numbered))
     return out
 
