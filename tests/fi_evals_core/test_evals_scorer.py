@@ -4,13 +4,16 @@ chunking, batching, bounded inputs, configuration."""
 from __future__ import annotations
 
 import json
+import pickle
 from pathlib import Path
 
 import pytest
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from fi_evals_core.evals import EvalsConfig, LabelError, LabelScheme, NLIScorer, ScoreRequest
+from fi_evals_core.evals import EvalsConfig, FactualConsistency, LabelError, LabelScheme, NLIScorer, ScoreRequest
+from fi_evals_core.evals.evaluators import Planned
+from fi_evals_core.evals.scorer import ScorePlanner
 from fi_evals_core.evals.text import split_sentences
 from fi_evals_core.telemetry.config import ConfigError
 from fi_evals_core.testing.tiny_nli import CROSS_ENCODER_LABELS, MINICHECK_LABELS, NLI_LABELS
@@ -170,6 +173,42 @@ def test_a_100000_word_reference_is_scored_whole_in_bounded_batches(nli_checkpoi
     assert chunks[0].start == 0 and chunks[-1].end == len(reference.rstrip())
     assert len(evidence[0].support) == len(chunks)
     assert max(b for b, _ in batch_shapes) <= 16 and max(n for _, n in batch_shapes) <= scorer.max_length
+
+
+def test_a_planner_without_weights_cuts_as_the_scorer_and_its_plans_score_the_same(nli_checkpoint, monkeypatch):
+    """Ray's CPU tasks plan with the tokenizer and config alone; the scorer actors score those plans
+    (pickled in between): the same claim windows, chunks and scores as `score`, and a plan made with
+    other settings is refused, not scored."""
+    path = nli_checkpoint("roberta", max_positions=64)  # long claims in windows, documents in many chunks
+    scorer = NLIScorer.from_pretrained(path, device="cpu")
+    planner = ScorePlanner.from_pretrained(path)
+    assert type(planner) is ScorePlanner and not hasattr(planner, "model")
+    claim = " ".join(f"the cat number {i} sees the door" for i in range(12)) + "."
+    requests = [ScoreRequest([claim, "A dog."], [QAGS[0]["document"]]),
+                ScoreRequest([QAGS[1]["summary"]], [QAGS[1]["document"], QAGS[2]["document"]])]
+    plans = planner.plan(requests)
+    assert plans == scorer.plan(requests)
+    assert len(plans[0].windows) > 2 and plans[0].window_owner.count(0) == len(plans[0].windows) - 1
+    assert len(plans[1].chunks) > 2 and {c.passage for c in plans[1].chunks} == {0, 1}
+    direct = scorer.score(requests)
+    shipped = scorer.score_plans(pickle.loads(pickle.dumps(plans)))
+    assert [[(e.claim, e.support, e.contradiction, e.windows) for e in r] for r in shipped] == \
+        [[(e.claim, e.support, e.contradiction, e.windows) for e in r] for r in direct]
+    for other in (ScorePlanner.from_pretrained(path, chunk_tokens=32),
+                  ScorePlanner.from_pretrained(path, profile="alignscore")):
+        with pytest.raises(ValueError, match=r"a plan made for .*cannot be scored by this scorer's"):
+            scorer.score_plans(other.plan(requests))
+
+    # an evaluator built from settings plans without loading its model, then scores as evaluate_batch
+    monkeypatch.setenv("FI_EVALS_DEVICE", "cpu")
+    items = [{"response": it["summary"], "reference": it["document"]} for it in QAGS[:3]] + [{"response": None}]
+    unloaded = FactualConsistency(model=path)
+    planned = unloaded.plan_batch(items)
+    assert unloaded._scorer is None and type(unloaded.planner) is ScorePlanner
+    assert [type(p) for p in planned][:3] == [Planned] * 3 and "reference is missing" in planned[3].reason
+    expected = FactualConsistency(scorer=scorer).evaluate_batch(items)
+    got = unloaded.score_planned(pickle.loads(pickle.dumps(planned)))
+    assert [r.to_dict() for r in got] == [r.to_dict() for r in expected]
 
 
 def test_configuration_from_the_environment(nli_checkpoint, monkeypatch):

@@ -294,9 +294,9 @@ class Dataset:
         if backend == "ray":
             from .ray_backend import score_on_ray
 
-            self.results = score_on_ray(results, self.evaluations, score=score_rows, default=_json_default,
-                                        batch_size=batch_size, address=ray_address, actors=actors,
-                                        progress=progress)
+            self.results = score_on_ray(results, self.evaluations, plan=plan_rows, score=scored_columns,
+                                        default=_json_default, batch_size=batch_size, address=ray_address,
+                                        actors=actors, progress=progress)
             return self.results
         from tqdm.auto import tqdm
 
@@ -419,14 +419,26 @@ def repeated_id_message(id_column: str, key: str, first: Any, second: Any) -> st
 
 def score_rows(evaluation: Evaluation, rows: Sequence[Mapping[str, Any]],
                on_progress: Any = None) -> list[dict[str, Any]]:
-    """One evaluation's result columns for each of `rows`, scored in one batch (the local run and
-    each Ray actor run exactly this); a row with an `input_error` gets an error result."""
+    """One evaluation's result columns for each of `rows`, scored in one batch: `plan_rows` then
+    `scored_columns` (the local run calls both here; Ray calls them in a CPU task and a scorer actor)."""
+    return scored_columns(evaluation, plan_rows(evaluation, rows), on_progress)
+
+
+def plan_rows(evaluation: Evaluation, rows: Sequence[Mapping[str, Any]]) -> list[Any]:
+    """Each row's inputs checked and cut into claims and chunks (tokenizer only, no model): a
+    `Planned`, or the error result of a bad row (a row with an `input_error` gets that)."""
     usable = [i for i, row in enumerate(rows) if not row.get(INPUT_ERROR)]
     items = [{key: rows[i].get(col) for key, col in evaluation.mapping.items()} for i in usable]
-    scored = dict(zip(usable, evaluation.evaluator.evaluate_batch(items, on_progress=on_progress) if items else []))
-    return [result_columns(evaluation.name, scored.get(i) or EvalResult.from_error(
-                evaluation.name, InputError(row[INPUT_ERROR]), evaluation.evaluator.threshold))
+    planned = dict(zip(usable, evaluation.evaluator.plan_batch(items) if items else []))
+    return [planned[i] if i in planned else EvalResult.from_error(
+                evaluation.name, InputError(row[INPUT_ERROR]), evaluation.evaluator.threshold)
             for i, row in enumerate(rows)]
+
+
+def scored_columns(evaluation: Evaluation, planned: Sequence[Any], on_progress: Any = None) -> list[dict[str, Any]]:
+    """The result columns of `plan_rows`' output, its planned rows scored in one batch."""
+    return [result_columns(evaluation.name, result)
+            for result in evaluation.evaluator.score_planned(planned, on_progress=on_progress)]
 
 
 def load_results(path: str | Path) -> Dataset:

@@ -28,7 +28,8 @@ from .config import EVALUATOR_NAMES, EvalsConfig
 from .profiles import DEFAULT as DEFAULT_PROFILE
 from .profiles import ScoringProfile
 from .result import ClaimResult, EvalResult
-from .scorer import ClaimEvidence, NLIScorer, ScoreRequest, is_shared_scorer, shared_scorer
+from .scorer import (ClaimEvidence, NLIScorer, RequestPlan, ScorePlanner, ScoreRequest, is_shared_scorer,
+                     shared_planner, shared_scorer)
 from .text import has_words
 
 CONTRADICTED = 0.5
@@ -42,6 +43,14 @@ class Task:
     claims: list[str]
     premises: list[str]
     mode: str = ""
+
+
+@dataclass
+class Planned:
+    """An item checked and cut for the model (`Evaluator.plan_batch`), waiting to be scored."""
+
+    task: Task
+    plan: RequestPlan
 
 
 def require_text(name: str, value: Any) -> str:
@@ -118,6 +127,14 @@ class Evaluator:
         return self._scorer
 
     @property
+    def planner(self) -> ScorePlanner:
+        """What cuts inputs into claims and chunks: the scorer once loaded, else its checkpoint's
+        tokenizer and config alone (so CPU tasks plan rows without loading a model)."""
+        if self._scorer is not None:
+            return self._scorer
+        return shared_planner(self._model, profile=self._profile)
+
+    @property
     def inputs(self) -> tuple[str, ...]:
         return self.required + self.optional
 
@@ -143,8 +160,9 @@ class Evaluator:
 
     def evaluate(self, **inputs: Any) -> EvalResult:
         """Score one item. Bad input raises `ValueError` naming the argument."""
+        scorer = self.scorer
         task = self.prepare(inputs)
-        return self.judge_task(task, self.scorer.score([ScoreRequest(task.claims, task.premises)])[0])
+        return self.judge_task(task, scorer.score([ScoreRequest(task.claims, task.premises)])[0])
 
     def evaluate_batch(self, items: Iterable[Mapping[str, Any]],
                        on_progress: Callable[[int, int], None] | None = None) -> list[EvalResult]:
@@ -153,10 +171,20 @@ class Evaluator:
         `on_progress(done, total)`: the (chunk, claim) pairs scored so far, after each model batch."""
         items = list(items)
         try:
-            scorer = self.scorer
+            self.scorer  # noqa: B018 - loaded first: it plans too
         except Exception as exc:  # noqa: BLE001 - no model: every item gets this error
             return [EvalResult.from_error(self.name, exc, self.threshold) for _ in items]
-        prepared: list[Task | EvalResult] = []
+        return self.score_planned(self.plan_batch(items), on_progress)
+
+    def plan_batch(self, items: Iterable[Mapping[str, Any]]) -> list[Planned | EvalResult]:
+        """Each item checked and cut into claims and chunks by the planner (no model): a `Planned`, or
+        the error result of a bad item (every item's, when the planner cannot load)."""
+        items = list(items)
+        try:
+            planner = self.planner
+        except Exception as exc:  # noqa: BLE001 - no tokenizer: every item gets this error
+            return [EvalResult.from_error(self.name, exc, self.threshold) for _ in items]
+        prepared: list[Any] = []
         for item in items:
             try:
                 prepared.append(self.prepare(item))
@@ -164,25 +192,38 @@ class Evaluator:
                 prepared.append(EvalResult.from_error(self.name, exc, self.threshold))
         tasks = [(i, t) for i, t in enumerate(prepared) if isinstance(t, Task)]
         requests = [ScoreRequest(t.claims, t.premises) for _, t in tasks]
+        try:
+            plans: list[Any] = planner.plan(requests)
+        except Exception:  # noqa: BLE001 - find the item that fails, plan the rest
+            plans = [_alone(planner.plan, r) for r in requests]
+        for (index, task), plan in zip(tasks, plans):
+            prepared[index] = (EvalResult.from_error(self.name, plan, self.threshold)
+                               if isinstance(plan, BaseException) else Planned(task, plan))
+        return prepared
+
+    def score_planned(self, planned: Sequence[Planned | EvalResult],
+                      on_progress: Callable[[int, int], None] | None = None) -> list[EvalResult]:
+        """The verdicts of planned items, all scored in one batched pass (error results kept as they
+        are; a planned item the scorer fails on gets its error)."""
+        results: list[Any] = list(planned)
+        todo = [(i, p) for i, p in enumerate(results) if isinstance(p, Planned)]
+        try:
+            scorer = self.scorer
+        except Exception as exc:  # noqa: BLE001 - no model: every planned item gets this error
+            for index, _ in todo:
+                results[index] = EvalResult.from_error(self.name, exc, self.threshold)
+            return results
         evidence: list[Any]
         try:
-            evidence = scorer.score(requests, on_progress)
+            evidence = scorer.score_plans([p.plan for _, p in todo], on_progress)
         except Exception:  # noqa: BLE001 - find the item that fails, score the rest
-            evidence = [self._score_alone(scorer, r) for r in requests]
-        results: list[Any] = list(prepared)
-        for (index, task), item_evidence in zip(tasks, evidence):
+            evidence = [_alone(scorer.score_plans, p.plan) for _, p in todo]
+        for (index, item), item_evidence in zip(todo, evidence):
             if isinstance(item_evidence, BaseException):
                 results[index] = EvalResult.from_error(self.name, item_evidence, self.threshold)
             else:
-                results[index] = self.judge_task(task, item_evidence)
+                results[index] = self.judge_task(item.task, item_evidence)
         return results
-
-    @staticmethod
-    def _score_alone(scorer: NLIScorer, request: ScoreRequest) -> list[ClaimEvidence] | BaseException:
-        try:
-            return scorer.score([request])[0]
-        except Exception as exc:  # noqa: BLE001 - becomes this item's error result
-            return exc
 
     def prepare(self, inputs: Mapping[str, Any]) -> Task:
         unknown = sorted(set(inputs) - set(self.inputs))
@@ -211,7 +252,7 @@ class Evaluator:
 
     def claims(self, name: str, value: Any) -> list[str]:
         """The claims `value` (checked as text) is scored as, by the scorer's profile."""
-        return self.scorer.profile.claims(require_text(name, value))
+        return self.planner.profile.claims(require_text(name, value))
 
     def passes(self, score: float) -> bool:
         return self.profile.passes(score, self.threshold)
@@ -314,7 +355,7 @@ class TaskCompletion(Evaluator):
         response = require_text("response", response)
         if expected is not None:
             return Task(self.claims("expected", expected), [response], mode="expected")
-        if self.scorer.labels.contradiction is None:
+        if self.planner.labels.contradiction is None:
             raise ValueError("expected is missing: without an expected output TaskCompletion needs a "
                              "3-way NLI checkpoint (this one has no contradiction class)")
         return Task(self.claims("response", response), [task], mode="task")
@@ -336,6 +377,14 @@ class TaskCompletion(Evaluator):
             reason = (f"no expected output given; strongest conflict with the task: {quote(claims[worst].claim)} "
                       f"(contradiction {strongest[worst]:.2f})")
         return self._result(score, self.passes(score), reason, claims)
+
+
+def _alone(step: Callable[[list[Any]], list[Any]], item: Any) -> Any:
+    """`step` on one item alone: its result, or the exception it raised (that item's error)."""
+    try:
+        return step([item])[0]
+    except Exception as exc:  # noqa: BLE001 - becomes this item's error result
+        return exc
 
 
 def _by(claim: ClaimResult) -> str:

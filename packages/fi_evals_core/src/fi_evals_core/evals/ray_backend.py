@@ -1,11 +1,13 @@
 """Scoring on Ray Data: the batches a local run scores, in a pool of scorer actors.
 
 `Dataset.run(backend="ray")` (and `fi-evals run --ray [ADDRESS]`) hands the prepared results rows
-(row ids and checkpoint already written, in the driver) to Ray Data as (index, JSON) records; each
-actor of the pool holds one NLI model (one GPU each where the cluster has GPUs, one CPU otherwise)
-and scores its batches with the same function the local run calls (`dataset.score_rows`), so a row's
-scores, labels and claims are the local run's. The driver merges the result columns back by index,
-and checks that every row came back exactly once.
+(row ids and checkpoint already written, in the driver) to Ray Data as (index, JSON) records. Two
+stages run the two halves of the local run's `dataset.score_rows`, so a row's scores, labels and
+claims are the local run's: CPU tasks check each row's inputs and cut it into claims and premise
+chunks (`dataset.plan_rows`: the tokenizer, no model), then a pool of scorer actors, each holding one
+NLI model (one GPU each where the cluster has GPUs, one CPU otherwise), scores the plans
+(`dataset.scored_columns`). The driver merges the result columns back by index, and checks that
+every row came back exactly once.
 
 Without an address, Ray is started here, on 127.0.0.1 only, without its dashboard, and stopped at
 the end; with one (`127.0.0.1:6379`, `ray://...`, `auto`), the run joins that cluster and leaves it
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 from typing import Any, Callable, Mapping, Sequence
 
 LOOPBACK = "127.0.0.1"
@@ -61,10 +64,27 @@ def _shippable(evaluation: Any) -> Any:
     return type(evaluation)(evaluation.name, evaluator, dict(evaluation.mapping))
 
 
+def plan_batch(batch: Mapping[str, Any], evaluations: Sequence[Any], environ: Mapping[str, str],
+               plan: Callable) -> dict[str, Any]:
+    """The planning stage (a CPU task): each row of the `row` JSON column planned for every evaluation
+    with `plan` (the local run's `dataset.plan_rows`), added as a pickled `plans` column."""
+    import numpy as np
+
+    os.environ.update(environ)  # the evaluators' model settings (FI_EVALS_*), as the driver has them
+    rows = [json.loads(text) for text in batch["row"]]
+    per_row: list[dict[str, Any]] = [{} for _ in rows]
+    for evaluation in evaluations:
+        for out, planned in zip(per_row, plan(evaluation, rows)):
+            out[evaluation.name] = planned
+    plans = np.array([pickle.dumps(p, protocol=pickle.HIGHEST_PROTOCOL) for p in per_row], dtype=object)
+    return {**{name: np.asarray(values) for name, values in batch.items()}, "plans": plans}
+
+
 class ScorerActor:
-    """One model per actor; called with batches whose `row` column holds each row as JSON, it adds
-    a `columns` column (the result columns as JSON) and passes the others through. `score` is the
-    local run's `dataset.score_rows` and `default` its JSON encoder for odd values (passed in)."""
+    """One model per actor; called with batches whose `plans` column holds each row's plans (from
+    `plan_batch`), it adds a `columns` column (the result columns as JSON), drops `plans` and passes the
+    other columns through. `score` is the local run's `dataset.scored_columns` and `default` its JSON
+    encoder for odd values (passed in)."""
 
     def __init__(self, evaluations: Sequence[Any], environ: Mapping[str, str], score: Callable,
                  default: Callable) -> None:
@@ -76,13 +96,14 @@ class ScorerActor:
     def __call__(self, batch: Mapping[str, Any]) -> dict[str, Any]:
         import numpy as np
 
-        rows = [json.loads(text) for text in batch["row"]]
-        columns: list[dict[str, Any]] = [{} for _ in rows]
+        plans = [pickle.loads(data) for data in batch["plans"]]
+        columns: list[dict[str, Any]] = [{} for _ in plans]
         for evaluation in self.evaluations:
-            for out, scored in zip(columns, self.score(evaluation, rows)):
+            for out, scored in zip(columns, self.score(evaluation, [p[evaluation.name] for p in plans])):
                 out.update(scored)
         encoded = np.array([json.dumps(c, ensure_ascii=False, default=self.default) for c in columns], dtype=object)
-        return {**{name: np.asarray(values) for name, values in batch.items()}, "columns": encoded}
+        passed = {name: np.asarray(values) for name, values in batch.items() if name != "plans"}
+        return {**passed, "columns": encoded}
 
 
 def pool_size(actors: int | None, resources: Mapping[str, float]) -> tuple[int, float]:
@@ -94,25 +115,39 @@ def pool_size(actors: int | None, resources: Mapping[str, float]) -> tuple[int, 
     return (actors or default), (1.0 if gpus else 0.0)
 
 
-def scoring_stage(rows: Any, evaluations: Sequence[Any], *, score: Callable, default: Callable, batch_size: int,
-                  actors: int | None = None) -> Any:
-    """`rows` (a Ray Dataset with a `row` JSON column) mapped through a pool of scorer actors."""
+def scoring_stage(rows: Any, evaluations: Sequence[Any], *, plan: Callable, score: Callable, default: Callable,
+                  batch_size: int, actors: int | None = None, held_cpus: int = 0) -> Any:
+    """`rows` (a Ray Dataset with a `row` JSON column) planned in CPU tasks, then scored by a pool of
+    scorer actors.
+
+    The planning tasks hold a CPU each where the actors leave CPUs free (a GPU cluster, or fewer
+    actors than CPUs); where the actors hold every CPU (the CPU-only default, one actor per CPU) they
+    hold none, else they would never be scheduled, and share the actors' cores (their tokenizer work
+    is a small part of a row's cost). `held_cpus`: CPUs that other actors of the pipeline hold (the
+    generation engines)."""
     ray = _require_ray()
     shipped = [_shippable(e) for e in evaluations]
-    size, gpus = pool_size(actors, ray.cluster_resources())
+    resources = ray.cluster_resources()
+    size, gpus = pool_size(actors, resources)
+    free_cpus = int(resources.get("CPU", 0)) - size - held_cpus
     environ = {k: v for k, v in os.environ.items() if k.startswith(SHIPPED_ENVIRONMENT)}
-    return rows.map_batches(  # Ray Data restarts a dead actor and retries its batches (its default)
+    planned = rows.map_batches(
+        plan_batch, fn_kwargs={"evaluations": shipped, "environ": environ, "plan": plan}, batch_size=batch_size,
+        batch_format="numpy", num_cpus=1 if free_cpus >= 1 else 0,
+        concurrency=max(1, free_cpus if free_cpus >= 1 else int(resources.get("CPU", 1))))
+    return planned.map_batches(  # Ray Data restarts a dead actor and retries its batches (its default)
         ScorerActor, fn_constructor_kwargs={"evaluations": shipped, "environ": environ, "score": score,
                                             "default": default},
         batch_size=batch_size, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=size), num_cpus=1,
         num_gpus=gpus)
 
 
-def score_on_ray(results: list[dict[str, Any]], evaluations: Sequence[Any], *, score: Callable,
+def score_on_ray(results: list[dict[str, Any]], evaluations: Sequence[Any], *, plan: Callable, score: Callable,
                  default: Callable, batch_size: int, address: str | None = None, actors: int | None = None,
                  progress: bool = True) -> list[dict[str, Any]]:
-    """Score `results` (prepared rows, updated in place and returned) on Ray Data, each batch with
-    `score(evaluation, rows)` in an actor; `default` encodes what JSON cannot."""
+    """Score `results` (prepared rows, updated in place and returned) on Ray Data, each batch planned
+    with `plan(evaluation, rows)` in a CPU task and scored with `score(evaluation, plans)` in an actor;
+    `default` encodes what JSON cannot."""
     for evaluation in evaluations:  # refused before a cluster starts
         _shippable(evaluation)
     ray = _require_ray()
@@ -121,7 +156,7 @@ def score_on_ray(results: list[dict[str, Any]], evaluations: Sequence[Any], *, s
         ray.data.DataContext.get_current().enable_progress_bars = progress
         records = [{"index": i, "row": json.dumps(row, ensure_ascii=False, default=default)}
                    for i, row in enumerate(results)]
-        scored = scoring_stage(ray.data.from_items(records), evaluations, score=score, default=default,
+        scored = scoring_stage(ray.data.from_items(records), evaluations, plan=plan, score=score, default=default,
                                batch_size=batch_size, actors=actors)
         seen = [False] * len(results)
         for batch in scored.iter_batches(batch_size=None, batch_format="numpy"):

@@ -11,7 +11,8 @@ pass through it:
          behind those come back to the driver
       -> rows already in the folder dropped (their ids, read by a task, shared through the object store)
       -> with `generate`: responses from vLLM engines in Ray Data actors (ray_generate.py)
-      -> scorer actors (`ray_backend.scoring_stage`, the local run's `score_rows`)
+      -> CPU tasks cut each row into claims and premise chunks (the local run's `plan_rows`)
+      -> scorer actors score the plans (`ray_backend.scoring_stage`, the local run's `scored_columns`)
       -> Parquet parts written by Ray's write tasks, each under a hidden temporary name then renamed,
          so a part is whole or absent; a part is named by a digest of its row ids, so a write Ray
          retries replaces its own part instead of adding a second copy.
@@ -36,7 +37,7 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
 from .dataset import (INPUT_ERROR, JSONL_SUFFIXES, ROW_ID, _json_default, iter_file_rows, key_columns, numbered,
-                      repeated_id_message, row_key, score_rows, write_results)
+                      plan_rows, repeated_id_message, row_key, scored_columns, write_results)
 from .ray_backend import _require_ray, connect, pool_size, scoring_stage
 
 logger = logging.getLogger(__name__)
@@ -350,7 +351,7 @@ def score_files_on_ray(source: str | Path, evaluations: Sequence[Any], output: s
                                                "written": written, "checkpoint": checkpoint}))
         finally:
             context.target_max_block_size = default_block_size
-        generation = None
+        generation, engines = None, 0
         if generate is not None:
             from .ray_generate import generate_on_ray
 
@@ -365,8 +366,8 @@ def score_files_on_ray(source: str | Path, evaluations: Sequence[Any], output: s
                 **{**generate, "checkpoint": checkpoint, "actors": engines})
             pending = pending.map_batches(_with_response, batch_format="numpy", num_cpus=0,
                                           fn_kwargs={"output_column": generate.get("output_column", "response")})
-        scored = scoring_stage(pending, evaluations, score=score_rows, default=_json_default, batch_size=batch_size,
-                               actors=actors)
+        scored = scoring_stage(pending, evaluations, plan=plan_rows, score=scored_columns, default=_json_default,
+                               batch_size=batch_size, actors=actors, held_cpus=engines)
         sink = _datasink(folder, rows_per_file)
         scored.write_datasink(sink, ray_remote_args={"num_cpus": 0})
     except ray.exceptions.RayTaskError as exc:  # an input problem raised in a task: its own message

@@ -19,6 +19,11 @@ numbers; what they cut is flagged (`ClaimEvidence.truncated`).
 
 Only the current batch's tensors live at once, so a 100,000-word reference is scored whole in
 bounded memory: what grows with its length is the list of chunk offsets.
+
+Cutting needs the tokenizer and the profile, not the model: `ScorePlanner.plan` makes a
+`RequestPlan` per request (its claim windows and chunks, with token counts) and
+`NLIScorer.score_plans` scores plans, so text work can run in CPU tasks apart from the model's
+process (Ray). `NLIScorer` is a planner that also scores; `score` is `score_plans(plan(...))`.
 """
 
 from __future__ import annotations
@@ -77,82 +82,65 @@ class _Pair:
     length: int  # estimated tokens, for sorting
 
 
-class NLIScorer:
-    """Scores claims against premises with a sequence-classification checkpoint."""
+@dataclass
+class RequestPlan:
+    """One request cut for the model (tokenizer only): the texts scored as claims (a long claim's
+    windows), the premises' chunks and what the model reads of each, with token counts. Every
+    (chunk, window) pair is scored; `planned_by` is the planner's `plan_settings`, checked by the scorer."""
 
-    def __init__(self, model: Any, tokenizer: Any, *, labels: LabelScheme | None = None,
-                 batch_size: int = DEFAULT_BATCH_SIZE, chunk_tokens: int = DEFAULT_CHUNK_TOKENS,
-                 max_length: int | None = None, name: str = "",
+    claims: list[str]
+    windows: list[str]
+    window_owner: list[int]  # per window, the index of its claim
+    window_tokens: list[int]
+    chunks: list[Chunk]
+    chunk_texts: list[str]
+    chunk_tokens: list[int]
+    planned_by: tuple
+
+
+class ScorePlanner:
+    """Cuts requests into claim windows and premise chunks: the tokenizer's, config's and profile's
+    work, without the model (`from_pretrained` loads no weights)."""
+
+    def __init__(self, config: Any, tokenizer: Any, *, labels: LabelScheme | None = None,
+                 chunk_tokens: int = DEFAULT_CHUNK_TOKENS, max_length: int | None = None, name: str = "",
                  profile: "str | ScoringProfile | None" = None) -> None:
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         if chunk_tokens < 16:
             raise ValueError(f"chunk_tokens must be at least 16, got {chunk_tokens}")
-        self.model = model
         self.tokenizer = tokenizer
-        self.name = name or getattr(model.config, "_name_or_path", "") or model.config.model_type
-        self.labels = labels or LabelScheme.from_config(model.config.id2label, self.name)
-        self.batch_size = batch_size
+        self.name = name or getattr(config, "_name_or_path", "") or config.model_type
+        self.labels = labels or LabelScheme.from_config(config.id2label, self.name)
         self.chunk_tokens = chunk_tokens
         self.profile = profiles.resolve(profile, self.name)
-        if self.profile.name == "minicheck" and model.config.model_type not in profiles.MINICHECK_MAX_LENGTH:
+        if self.profile.name == "minicheck" and config.model_type not in profiles.MINICHECK_MAX_LENGTH:
             raise ValueError(f"the minicheck profile reproduces MiniCheck's RoBERTa and DeBERTa checkpoints; "
-                             f"{self.name!r} is a {model.config.model_type}")
-        default_length = (profiles.MINICHECK_MAX_LENGTH[model.config.model_type] if self.profile.joined_input
-                          else model_max_length(model.config, tokenizer))
+                             f"{self.name!r} is a {config.model_type}")
+        default_length = (profiles.MINICHECK_MAX_LENGTH[config.model_type] if self.profile.joined_input
+                          else model_max_length(config, tokenizer))
         self.max_length = max_length or default_length
         #: MiniCheck's separator between chunk and claim, inside one sequence.
         self.eos_token = getattr(tokenizer, "eos_token", None) or tokenizer.sep_token
         self.special_tokens = tokenizer.num_special_tokens_to_add(pair=True)
         # Claims are capped so a chunk keeps at least half of the window.
         self.max_claim_tokens = max(8, (self.max_length - self.special_tokens) // 2)
-        # The packed, padding-free Triton encoder (fused/): chosen on CUDA for BERT/RoBERTa-family
-        # checkpoints; FI_EVALS_ACCELERATION=off keeps the PyTorch path.
-        from .fused import use_fused  # light: no torch/triton import
-
-        self.fused = None
-        if use_fused(model, self.device):
-            from .fused import FusedEncoder
-
-            self.fused = FusedEncoder(model)
 
     @classmethod
-    def from_pretrained(cls, name_or_path: str | None = None, *, device: str | None = None,
-                        dtype: str | None = None, labels: Sequence[str] | None = None,
-                        profile: str | None = None, **kwargs: Any) -> "NLIScorer":
-        """Load a checkpoint by hub id or local path (or an AlignScore `.ckpt`, converted once and
-        cached); unset arguments come from FI_EVALS_*."""
-        import torch
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    def from_pretrained(cls, name_or_path: str | None = None, *, labels: Sequence[str] | None = None,
+                        profile: str | None = None, **kwargs: Any) -> "ScorePlanner":
+        """The planner of a checkpoint (its tokenizer and config; no weights); unset arguments come
+        from FI_EVALS_*, as for `NLIScorer.from_pretrained`."""
+        from transformers import AutoConfig, AutoTokenizer
 
-        from .cpu_linear import pack_linears
-        from .deberta_cpu import accelerate_for_cpu
-
-        config = EvalsConfig.from_env()
-        name = name_or_path or config.model
-        _check_local_path(name, "the NLI model" if name_or_path else "FI_EVALS_MODEL")
-        target = resolve_device(parse_device(device or config.device))
-        _check_device(target, "device" if device else "FI_EVALS_DEVICE")
-        torch_dtype = resolve_dtype(dtype or config.dtype, target)
-        chosen = profiles.resolve(profile or config.profile, name, "profile" if profile else "FI_EVALS_PROFILE")
-        weights = name
-        if Path(name).suffix.lower() == ".ckpt":  # AlignScore's Lightning checkpoint
-            from .alignscore import converted_checkpoint
-
-            weights = str(converted_checkpoint(name))
-        tokenizer = AutoTokenizer.from_pretrained(weights)
-        model = AutoModelForSequenceClassification.from_pretrained(weights, dtype=torch_dtype)
-        model.eval().to(target)
-        # On the CPU: DeBERTa-v2/v3's faster attention and oneDNN-packed linears, same maths
-        # (FI_EVALS_ACCELERATION=off turns both off).
-        model = pack_linears(accelerate_for_cpu(model))
-        scheme = LabelScheme.from_config(model.config.id2label, name,
-                                         labels if labels is not None else config.labels)
-        return cls(model, tokenizer, labels=scheme, name=name, profile=chosen, **kwargs)
+        name, weights, chosen, scheme_labels = _checkpoint(name_or_path, profile, labels)
+        config = AutoConfig.from_pretrained(weights)
+        scheme = LabelScheme.from_config(config.id2label, name, scheme_labels)
+        return cls(config, AutoTokenizer.from_pretrained(weights), labels=scheme, name=name, profile=chosen,
+                   **kwargs)
 
     @property
-    def device(self) -> "torch.device":
-        return next(self.model.parameters()).device
+    def plan_settings(self) -> tuple:
+        """What decides a plan: a scorer scores only plans made with its own."""
+        return (self.name, self.profile.name, self.max_length, self.chunk_tokens)
 
     # -- chunking -------------------------------------------------------------------------------
 
@@ -268,47 +256,111 @@ class NLIScorer:
             first = cut
         return windows
 
+    def plan(self, requests: Sequence[ScoreRequest]) -> list[RequestPlan]:
+        """Each request's claim windows (a reference profile keeps a claim whole) and premise chunks,
+        cut to fit beside its longest window; the claims of all requests tokenized in one call."""
+        all_lengths = iter(self.token_lengths([c for r in requests for c in r.claims]))
+        reference = self.profile.name != "default"  # a reference profile scores claims whole
+        plans = []
+        for request in requests:
+            windows = [(owner, window) for owner, claim in enumerate(request.claims)
+                       for window in ([(claim, next(all_lengths))] if reference
+                                      else self.claim_windows(claim, next(all_lengths)))]
+            lengths = [tokens for _, (_, tokens) in windows]
+            budget = self.max_length - self.special_tokens - max(lengths, default=0)
+            sized = self._chunk_with_lengths(request.premises, max(8, min(self.chunk_tokens, budget)))
+            plans.append(RequestPlan(list(request.claims), [text for _, (text, _) in windows],
+                                     [owner for owner, _ in windows], lengths, [chunk for chunk, _, _ in sized],
+                                     [text for _, _, text in sized], [n for _, n, _ in sized], self.plan_settings))
+        return plans
+
+class NLIScorer(ScorePlanner):
+    """Scores claims against premises with a sequence-classification checkpoint (and plans, as its
+    planner)."""
+
+    def __init__(self, model: Any, tokenizer: Any, *, labels: LabelScheme | None = None,
+                 batch_size: int = DEFAULT_BATCH_SIZE, chunk_tokens: int = DEFAULT_CHUNK_TOKENS,
+                 max_length: int | None = None, name: str = "",
+                 profile: "str | ScoringProfile | None" = None) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        super().__init__(model.config, tokenizer, labels=labels, chunk_tokens=chunk_tokens, max_length=max_length,
+                         name=name, profile=profile)
+        self.model = model
+        self.batch_size = batch_size
+        # The packed, padding-free Triton encoder (fused/): chosen on CUDA for BERT/RoBERTa-family
+        # checkpoints; FI_EVALS_ACCELERATION=off keeps the PyTorch path.
+        from .fused import use_fused  # light: no torch/triton import
+
+        self.fused = None
+        if use_fused(model, self.device):
+            from .fused import FusedEncoder
+
+            self.fused = FusedEncoder(model)
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str | None = None, *, device: str | None = None,
+                        dtype: str | None = None, labels: Sequence[str] | None = None,
+                        profile: str | None = None, **kwargs: Any) -> "NLIScorer":
+        """Load a checkpoint by hub id or local path (or an AlignScore `.ckpt`, converted once and
+        cached); unset arguments come from FI_EVALS_*."""
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        from .cpu_linear import pack_linears
+        from .deberta_cpu import accelerate_for_cpu
+
+        config = EvalsConfig.from_env()
+        name, weights, chosen, scheme_labels = _checkpoint(name_or_path, profile, labels)
+        target = resolve_device(parse_device(device or config.device))
+        _check_device(target, "device" if device else "FI_EVALS_DEVICE")
+        torch_dtype = resolve_dtype(dtype or config.dtype, target)
+        tokenizer = AutoTokenizer.from_pretrained(weights)
+        model = AutoModelForSequenceClassification.from_pretrained(weights, dtype=torch_dtype)
+        model.eval().to(target)
+        # On the CPU: DeBERTa-v2/v3's faster attention and oneDNN-packed linears, same maths
+        # (FI_EVALS_ACCELERATION=off turns both off).
+        model = pack_linears(accelerate_for_cpu(model))
+        scheme = LabelScheme.from_config(model.config.id2label, name, scheme_labels)
+        return cls(model, tokenizer, labels=scheme, name=name, profile=chosen, **kwargs)
+
+    @property
+    def device(self) -> "torch.device":
+        return next(self.model.parameters()).device
+
     # -- scoring --------------------------------------------------------------------------------
 
     def score(self, requests: Sequence[ScoreRequest],
               on_progress: Callable[[int, int], None] | None = None) -> list[list[ClaimEvidence]]:
-        """Evidence for every claim of every request; all pairs go through one sorted batch queue.
-        `on_progress(done, total)` is called with the pairs scored so far after each model batch."""
-        claim_texts: list[list[str]] = []  # per request, its claims' windows (a short claim is one)
-        window_owner: list[list[int]] = []  # per request, the claim each window belongs to
-        chunk_lists: list[list[Chunk]] = []
-        model_texts: list[list[str]] = []  # per request, the text the model reads for each chunk
+        """Evidence for every claim of every request: `score_plans(plan(requests))`."""
+        return self.score_plans(self.plan(requests), on_progress)
+
+    def score_plans(self, plans: Sequence[RequestPlan],
+                    on_progress: Callable[[int, int], None] | None = None) -> list[list[ClaimEvidence]]:
+        """Evidence for every claim of every plan; all pairs go through one sorted batch queue.
+        `on_progress(done, total)` is called with the pairs scored so far after each model batch.
+        A plan made with other settings (another checkpoint, profile, window or chunk size) is a
+        ValueError naming both."""
         pairs: list[_Pair] = []
-        all_claims = [c for r in requests for c in r.claims]
-        all_lengths = iter(self.token_lengths(all_claims))
-        reference = self.profile.name != "default"  # a reference profile scores claims whole
-        for r_index, request in enumerate(requests):
-            windows = [(owner, window) for owner, claim in enumerate(request.claims)
-                       for window in ([(claim, next(all_lengths))] if reference
-                                      else self.claim_windows(claim, next(all_lengths)))]
-            claims = [text for _, (text, _) in windows]
-            lengths = [tokens for _, (_, tokens) in windows]
-            window_owner.append([owner for owner, _ in windows])
-            budget = self.max_length - self.special_tokens - max(lengths, default=0)
-            sized = self._chunk_with_lengths(request.premises, max(8, min(self.chunk_tokens, budget)))
-            claim_texts.append(claims)
-            chunk_lists.append([chunk for chunk, _, _ in sized])
-            model_texts.append([text for _, _, text in sized])
-            for c_index, claim_len in enumerate(lengths):
-                for k_index, (_, chunk_len, _) in enumerate(sized):
+        for r_index, plan in enumerate(plans):
+            if tuple(plan.planned_by) != self.plan_settings:
+                raise ValueError(f"a plan made for {tuple(plan.planned_by)} (checkpoint, profile, window, chunk tokens) "
+                                 f"cannot be scored by this scorer's {self.plan_settings}")
+            for c_index, claim_len in enumerate(plan.window_tokens):
+                for k_index, chunk_len in enumerate(plan.chunk_tokens):
                     pairs.append(_Pair(r_index, c_index, k_index, chunk_len + claim_len))
 
         def table() -> list[list[list[float]]]:
-            return [[[0.0] * len(chunks) for _ in claims] for claims, chunks in zip(claim_texts, chunk_lists)]
+            return [[[0.0] * len(plan.chunks) for _ in plan.windows] for plan in plans]
 
+        reference = self.profile.name != "default"
         three_way = self.labels.contradiction is not None
         support, contra = table(), table() if three_way else None
-        cut = [[False] * len(claims) for claims in claim_texts]
+        cut = [[False] * len(plan.windows) for plan in plans]
         pairs.sort(key=lambda p: p.length)
         for first in range(0, len(pairs), self.batch_size):
             batch = pairs[first:first + self.batch_size]
-            premises = [model_texts[p.request][p.chunk] for p in batch]
-            hypotheses = [claim_texts[p.request][p.claim] for p in batch]
+            premises = [plans[p.request].chunk_texts[p.chunk] for p in batch]
+            hypotheses = [plans[p.request].windows[p.claim] for p in batch]
             sup, con = self.score_pairs(premises, hypotheses)
             if reference:  # exact check, on the pairs whose estimated length comes near the window
                 near = [i for i, p in enumerate(batch)
@@ -325,14 +377,14 @@ class NLIScorer:
                 on_progress(first + len(batch), len(pairs))
 
         out: list[list[ClaimEvidence]] = []
-        for r, request in enumerate(requests):
-            per_claim: list[list[int]] = [[] for _ in request.claims]
-            for w, owner in enumerate(window_owner[r]):
+        for r, plan in enumerate(plans):
+            per_claim: list[list[int]] = [[] for _ in plan.claims]
+            for w, owner in enumerate(plan.window_owner):
                 per_claim[owner].append(w)
             evidence = []
-            for claim, windows in zip(request.claims, per_claim):
+            for claim, windows in zip(plan.claims, per_claim):
                 weakest = min(windows, key=lambda w: max(support[r][w], default=0.0))
-                evidence.append(ClaimEvidence(claim, chunk_lists[r], support[r][weakest],
+                evidence.append(ClaimEvidence(claim, plan.chunks, support[r][weakest],
                                               contra[r][weakest] if contra is not None else None, len(windows),
                                               any(cut[r][w] for w in windows)))
             out.append(evidence)
@@ -411,6 +463,22 @@ def model_max_length(config: Any, tokenizer: Any) -> int:
     return min(limits) if limits else 512
 
 
+def _checkpoint(name_or_path: str | None, profile: str | None, labels: Sequence[str] | None
+                ) -> tuple[str, str, ScoringProfile, Sequence[str] | None]:
+    """(name, the path its weights and tokenizer load from, profile, label names) of a checkpoint, unset
+    arguments from FI_EVALS_*: an AlignScore `.ckpt` is converted once and cached."""
+    config = EvalsConfig.from_env()
+    name = name_or_path or config.model
+    _check_local_path(name, "the NLI model" if name_or_path else "FI_EVALS_MODEL")
+    chosen = profiles.resolve(profile or config.profile, name, "profile" if profile else "FI_EVALS_PROFILE")
+    weights = name
+    if Path(name).suffix.lower() == ".ckpt":  # AlignScore's Lightning checkpoint
+        from .alignscore import converted_checkpoint
+
+        weights = str(converted_checkpoint(name))
+    return name, weights, chosen, labels if labels is not None else config.labels
+
+
 def _check_local_path(name: str, what: str) -> None:
     """A name that can only be a local path (a hub id is `name` or `org/name`) must exist: said at
     once, not as the hub's "Repo id must be in the form" error (or a wait on the network)."""
@@ -456,6 +524,7 @@ def resolve_dtype(dtype: str, device: str) -> "torch.dtype":
 
 
 _shared: dict[tuple, NLIScorer] = {}
+_planners: dict[tuple, ScorePlanner] = {}
 _shared_lock = threading.Lock()
 
 
@@ -470,6 +539,21 @@ def shared_scorer(model: str | None = None, device: str | None = None, dtype: st
             _shared[key] = NLIScorer.from_pretrained(key[0], device=key[1], dtype=key[2], labels=key[3],
                                                      profile=key[4])
         return _shared[key]
+
+
+def shared_planner(model: str | None = None, labels: Sequence[str] | None = None,
+                   profile: str | None = None) -> ScorePlanner:
+    """One planner per (model, labels, profile) per process: the shared scorer of those settings when
+    one is loaded here, else the checkpoint's tokenizer and config alone (no weights)."""
+    config = EvalsConfig.from_env()
+    key = (model or config.model, tuple(labels) if labels else config.labels, profile or config.profile)
+    with _shared_lock:
+        for (name, _, _, scheme, chosen), scorer in _shared.items():
+            if (name, scheme, chosen) == key:
+                return scorer
+        if key not in _planners:
+            _planners[key] = ScorePlanner.from_pretrained(key[0], labels=key[1], profile=key[2])
+        return _planners[key]
 
 
 def is_shared_scorer(scorer: Any) -> bool:
