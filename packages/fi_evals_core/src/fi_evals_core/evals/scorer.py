@@ -304,6 +304,10 @@ class NLIScorer(ScorePlanner):
                         profile: str | None = None, **kwargs: Any) -> "NLIScorer":
         """Load a checkpoint by hub id or local path (or an AlignScore `.ckpt`, converted once and
         cached); unset arguments come from FI_EVALS_*."""
+        # torch before transformers: inline evaluation loads this on a thread while the application
+        # imports transformers; in this order the two threads' imports do not interleave (in the
+        # other, `from transformers import pipeline` was seen to fail on a half-imported module)
+        import torch  # noqa: F401
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
         from .cpu_linear import pack_linears
