@@ -265,6 +265,48 @@ def test_report_of_folders_matches_the_report_of_files(tmp_path, runs):
     assert dirs_html.count("<tr><td class=\"num\">") == files_html.count("<tr><td class=\"num\">") == 10  # worst
 
 
+def test_a_folder_report_is_the_files_report_and_reads_whole_only_the_rows_it_shows(tmp_path, monkeypatch):
+    """Distinct scores, human labels and rows in `row_id` order (the order a folder is read in): the
+    report of two folders is the report of the same rows as two files, byte for byte after the header
+    (counts, verdicts, cohorts, agreement, histograms, the worst and errored rows). Of a folder, only the
+    rows shown are read with every column; scans over all rows read the few columns counted."""
+    import fi_evals_core.evals.results_folder as results_folder
+
+    paths = {}
+    for checkpoint, seed in (("v1", 0), ("v2", 1)):
+        rows = results_rows(checkpoint, drop_b=0.6 * seed, seed=seed, n=160)
+        for i, row in enumerate(rows):
+            if row["fc.score"] is not None:
+                row["fc.score"] = round((i * 0.6180339 + seed * 0.01) % 1, 6)
+            row["human"] = None if i % 7 == 0 else (row["fc.score"] or 0) > 0.4 - 0.2 * (i % 2)
+        paths[checkpoint] = (write_results(rows, tmp_path / f"{checkpoint}.jsonl"),
+                             write_folder(tmp_path / checkpoint, rows, parts=3, seed=seed))
+    scans = []
+    real_scan = results_folder._scan
+
+    def recording(dataset, folder, **kwargs):
+        table = real_scan(dataset, folder, **kwargs)
+        scans.append((kwargs.get("columns"), table.num_rows))
+        return table
+
+    monkeypatch.setattr(results_folder, "_scan", recording)
+    options = dict(by=["cohort", "shard"], label_column="human", worst_n=7)
+    from_files = write_report([paths["v1"][0], paths["v2"][0]], tmp_path / "files.html", **options).read_text()
+    assert scans == []
+    from_dirs = write_report([paths["v1"][1], paths["v2"][1]], tmp_path / "dirs.html", **options).read_text()
+    body = [html.split("</header>", 1)[1] for html in (from_files, from_dirs)]
+    assert body[0] == body[1]
+    for part in ('data-cohort="cohort=b" data-regression="true"', 'id="agreement"', 'class="worst"',
+                 'id="errors"', "scorer blew up"):
+        assert part in body[1], part
+    assert body[1].count('<tr><td class="num">') == 7  # the worst rows shown
+    whole = [rows for columns, rows in scans if columns is None]
+    assert whole and sum(whole) <= 2 * (7 + 20)  # per checkpoint: its worst rows and its errored rows
+    counted = {column for columns, rows in scans if columns and rows == 160 for column in columns}
+    assert counted and counted <= {"row_id", "checkpoint", "cohort", "shard", "human", "fc.score", "fc.passed",
+                                   "fc.error_type"}, counted
+
+
 def test_cli_compare_and_report_take_folders(tmp_path, runs):
     same = write_folder(tmp_path / "same", [{**r, "checkpoint": "v1b"} for r in runs["base_rows"]])
     ok = fi_evals("compare", runs["base_dir"], same, "--by", "cohort", "--max-error-rate", "0.05")

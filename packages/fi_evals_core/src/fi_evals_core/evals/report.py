@@ -23,7 +23,8 @@ Input is the results format described in dataset.py: one JSON object per row wit
 `checkpoint`, and per evaluation N the columns `N.score`, `N.passed`, `N.label`, `N.reason`,
 `N.error_type`, `N.claims`. Evaluations are found by the `.score` suffix. A row's checkpoint is
 its `checkpoint` value, else its file's stem. `.parquet` files are read when pyarrow is installed, and so is a results
-folder of Parquet parts (`run --ray`), whose rows are all loaded (results_folder.py).
+folder of Parquet parts (`run --ray`), which is aggregated with Arrow and never loaded whole: only
+the rows the report shows are read (report_views.py).
 
 Pass rate = passed / rows, as in `fi-evals compare`: a row that errored or was not scored is a
 failure (the gate fails closed), and is counted apart under errors; it is left out of the mean
@@ -35,15 +36,16 @@ from __future__ import annotations
 import json
 import math
 from collections import Counter
-from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from html import escape
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from .agreement import DEFAULT_DEV_FRACTION, Agreement, Labelled, check_label_column, labelled_scores, measure, \
+from .agreement import DEFAULT_DEV_FRACTION, Agreement, Labelled, check_label_column, measure, \
     roc_points
-from .regression import BrokenResults, compare_results, error_summary
+from .regression import BrokenResults, compare_results
+from .report_views import (BINS, CheckpointFolder, CheckpointRows, Shown, Stats, bin_of,
+                           checkpoint_views, clean, cohort_name, folder_checkpoints, passed_value)
 
 __all__ = ["PALETTE", "load_rows", "write_report"]
 
@@ -51,26 +53,17 @@ __all__ = ["PALETTE", "load_rows", "write_report"]
 # Okabe-Ito first, then a few more that stay apart from them; beyond that the colours repeat.
 PALETTE = ("#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#8C6D31", "#5D5D5D",
            "#7570B3", "#66A61E", "#E7298A", "#17BECF")
-MISSING = "(missing)"
 MAX_COHORTS = 30
-BINS = 10
 
 
 # --------------------------------------------------------------------------------------------
 # input
 
 
-def _clean(value: Any) -> Any:
-    """NaN (pandas' missing value) reads as None."""
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    return value
-
-
 def load_rows(paths: Iterable[str | Path]) -> list[dict[str, Any]]:
     """All rows of the results files, each with `checkpoint` set (its value, else the file's stem).
-    A results folder (Parquet parts) is loaded whole, its rows sorted by `row_id` (results_folder.py):
-    the report shows rows, so it holds them."""
+    A results folder (Parquet parts) is loaded whole, its rows sorted by `row_id` (results_folder.py);
+    the report itself reads a folder column-wise (`report_views`)."""
     from .dataset import Dataset  # reads JSONL, Parquet or a folder (claims parsed back from JSON text)
 
     out: list[dict[str, Any]] = []
@@ -79,87 +72,55 @@ def load_rows(paths: Iterable[str | Path]) -> list[dict[str, Any]]:
         if not path.exists():
             raise ValueError(f"results file not found: {path}")
         for row in Dataset.from_results(path).results:
-            row = {k: _clean(v) for k, v in row.items()}
+            row = {k: clean(v) for k, v in row.items()}
             ckpt = row.get("checkpoint")
             row["checkpoint"] = str(ckpt) if ckpt not in (None, "") else path.stem
             out.append(row)
     return out
 
 
-def _evaluations(rows: Sequence[dict[str, Any]]) -> list[str]:
+View = CheckpointRows | CheckpointFolder
+
+
+def load_views(paths: Iterable[str | Path]) -> dict[str, View]:
+    """A view per checkpoint of the results: files' rows grouped by checkpoint (several files may
+    hold one), and each results folder's checkpoints read column-wise; a folder's checkpoint found in
+    another input too is a ValueError (its rows cannot be merged with others without loading them)."""
+    from .results_folder import is_results_folder
+
+    order: list[tuple[str, str]] = []  # (checkpoint, where from), in input order
+    folders: dict[str, CheckpointFolder] = {}
+    file_rows: list[dict[str, Any]] = []
+    for p in paths:
+        path = Path(p)
+        if is_results_folder(path):
+            for view in folder_checkpoints(path):
+                order.append((view.name, str(path)))
+                folders[view.name] = view
+        else:
+            rows = load_rows([path])
+            file_rows += rows
+            order += [(name, str(path)) for name in dict.fromkeys(row["checkpoint"] for row in rows)]
+    sources: dict[str, list[str]] = {}
+    for name, source in order:
+        sources.setdefault(name, [])
+        if source not in sources[name]:
+            sources[name].append(source)
+    for name in folders:
+        if len(sources[name]) > 1:
+            raise ValueError(f"checkpoint {name!r} is in {' and '.join(sources[name])}: a results folder's "
+                             f"checkpoint must be in no other input")
+    held = {view.name: view for view in checkpoint_views(file_rows)}
+    return {name: folders.get(name) or held[name] for name in sources}
+
+
+def _evaluations(views: dict[str, View]) -> list[str]:
     names: dict[str, None] = {}
-    for row in rows:
-        for key in row:
+    for view in views.values():
+        for key in view.columns:
             if key.endswith(".score") and len(key) > len(".score"):
                 names.setdefault(key[: -len(".score")], None)
     return list(names)
-
-
-def _score(row: dict[str, Any], ev: str) -> float | None:
-    value = row.get(f"{ev}.score")
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    return float(value)
-
-
-def _passed(row: dict[str, Any], ev: str) -> bool | None:
-    value = row.get(f"{ev}.passed")
-    return value if isinstance(value, bool) else None
-
-
-def _is_error(row: dict[str, Any], ev: str) -> bool:
-    return bool(row.get(f"{ev}.error_type")) or (f"{ev}.score" in row and _score(row, ev) is None)
-
-
-def _cohort(value: Any) -> str:
-    if value is None:
-        return MISSING
-    if isinstance(value, (list, dict)):
-        return json.dumps(value, ensure_ascii=False, sort_keys=True)
-    return str(value)
-
-
-# --------------------------------------------------------------------------------------------
-# statistics
-
-
-@dataclass
-class Stats:
-    rows: int = 0
-    passed: int = 0
-    judged: int = 0  # rows with a verdict
-    errors: int = 0
-    scores: list[float] = field(default_factory=list)
-
-    def add(self, row: dict[str, Any], ev: str) -> None:
-        if f"{ev}.score" not in row:
-            return
-        self.rows += 1
-        verdict = _passed(row, ev)
-        if verdict is not None:
-            self.judged += 1
-            self.passed += verdict
-        if _is_error(row, ev):
-            self.errors += 1
-        score = _score(row, ev)
-        if score is not None:
-            self.scores.append(score)
-
-    @property
-    def pass_rate(self) -> float | None:
-        """Passed over rows: an error is a failure, as in `compare`."""
-        return self.passed / self.rows if self.rows else None
-
-    @property
-    def mean(self) -> float | None:
-        return sum(self.scores) / len(self.scores) if self.scores else None
-
-
-def _stats(rows: Iterable[dict[str, Any]], ev: str) -> Stats:
-    st = Stats()
-    for row in rows:
-        st.add(row, ev)
-    return st
 
 
 def _pct(x: float | None) -> str:
@@ -290,7 +251,7 @@ def _bin_counts(scores: Sequence[float]) -> list[int]:
     """Rows per score bin [0, 0.1), ..., [0.9, 1.0]; scores outside 0..1 go to the end bins."""
     counts = [0] * BINS
     for score in scores:
-        counts[min(BINS - 1, max(0, int(score * BINS)))] += 1
+        counts[bin_of(score)] += 1
     return counts
 
 
@@ -316,8 +277,8 @@ def _share_scale(top: float) -> float:
 
 def _histogram(ev: str, ck: str, st: Stats, colour: str, y_max: float, chart_id: str) -> str:
     """Share of the scored rows per score bin [0, 0.1), ..., [0.9, 1.0]."""
-    counts = _bin_counts(st.scores)
-    total = len(st.scores)
+    counts = st.bins
+    total = st.scored
     left, right, top, bottom = 44, 12, 12, 40
     plot_w, plot_h = 250, 120
     width, height = left + plot_w + right, top + plot_h + bottom
@@ -430,8 +391,8 @@ def _meter(rate: float | None, colour: str) -> str:
     return f'<span class="meter" aria-hidden="true">{bar}</span>'
 
 
-def _summary(rows_by_ck: dict[str, list[dict]], evals: list[str], colours: dict[str, str]) -> str:
-    checkpoints = list(rows_by_ck)
+def _summary(views: dict[str, View], evals: list[str], colours: dict[str, str]) -> str:
+    checkpoints = list(views)
     out = [
         '<table id="summary"><caption class="small">'
         "Pass rate = passed / rows; an error (a row the evaluation could not score) is a failure, as in "
@@ -442,7 +403,7 @@ def _summary(rows_by_ck: dict[str, list[dict]], evals: list[str], colours: dict[
         "<th class=num>Errors</th></tr></thead><tbody>",
     ]
     for ev in evals:
-        stats = [(ck, st) for ck in checkpoints if (st := _stats(rows_by_ck[ck], ev)).rows]
+        stats = [(ck, st) for ck in checkpoints if (st := views[ck].stats(ev)).rows]
         base = stats[0][1].pass_rate if stats and stats[0][0] == checkpoints[0] else None
         for i, (ck, st) in enumerate(stats):
             if ck == checkpoints[0] or base is None or st.pass_rate is None:
@@ -456,7 +417,7 @@ def _summary(rows_by_ck: dict[str, list[dict]], evals: list[str], colours: dict[
             name = f'<td rowspan="{len(stats)}" class="ev"><code>{escape(ev)}</code></td>' if i == 0 else ""
             err = "0"
             if st.errors:
-                cause = error_summary([r for r in rows_by_ck[ck] if f"{ev}.score" in r], ev)[2] or ""
+                cause = views[ck].error_cause(ev) or ""
                 err = (f'<span class="err">{st.errors}</span>'
                        f'<div class="cause small">most: {escape(_short(cause, 160))}</div>')
             out.append(
@@ -515,37 +476,26 @@ def _row_details(row: dict[str, Any], evals: list[str]) -> str:
     return f"<details><summary>row</summary><pre>{escape(chr(10).join(lines))}</pre></details>"
 
 
-ID_COLUMNS = ("id", "item_id", "row_id", "uid", "example_id")
-
-
-def _row_refs(rows_by_ck: dict[str, list[dict]]) -> dict[int, str]:
-    """A label per row, keyed by `id()`: its id column, else `#k` (its place in its checkpoint)."""
-    refs = {}
-    for rows in rows_by_ck.values():
-        for k, row in enumerate(rows, 1):
-            key = next((c for c in ID_COLUMNS if row.get(c) not in (None, "")), None)
-            refs[id(row)] = _short(str(row[key]), 24) if key else f"#{k}"
-    return refs
-
-
-def _worst(rows: list[dict[str, Any]], ev: str, by: list[str], colours: dict[str, str], limit: int,
-           refs: dict[int, str]) -> str:
-    scored = [(i, r) for i, r in enumerate(rows) if _score(r, ev) is not None]
-    scored.sort(key=lambda ir: (_score(ir[1], ev), ir[0]))
-    if not scored:
+def _worst(views: dict[str, View], ev: str, by: list[str], colours: dict[str, str], limit: int) -> str:
+    """The `limit` lowest-scoring rows over all checkpoints (ties: checkpoint order, then row order)."""
+    ranked = sorted((((shown.order[0], ci, shown.order[1:]), shown)
+                     for ci, view in enumerate(views.values()) for shown in view.worst(ev, limit)),
+                    key=lambda item: item[0])
+    if not ranked:
         return '<p class="note">No scored rows.</p>'
     head = "".join(f"<th>{escape(b)}</th>" for b in by)
     out = [f'<div class="scroll"><table class="worst" data-evaluation="{_attr(ev)}"><thead><tr>'
            f"<th class=num>Score</th><th>Verdict</th><th>Checkpoint</th><th>Row</th>{head}<th>Reason</th>"
            "<th>Least-supported claim</th></tr></thead><tbody>"]
-    for _, row in scored[:limit]:
+    for (score, _, _), shown in ranked[:limit]:
+        row = shown.row
         ck = row["checkpoint"]
-        verdict = {True: "pass", False: '<span class="down">fail</span>'}.get(_passed(row, ev), "–")
-        cohorts = "".join(f"<td>{escape(_cohort(row.get(b)))}</td>" for b in by)
+        verdict = {True: "pass", False: '<span class="down">fail</span>'}.get(passed_value(row, ev), "–")
+        cohorts = "".join(f"<td>{escape(cohort_name(row.get(b)))}</td>" for b in by)
         out.append(
-            f'<tr><td class="num">{_score(row, ev):.3f}</td><td>{verdict}</td>'
+            f'<tr><td class="num">{score:.3f}</td><td>{verdict}</td>'
             f"<td>{_swatch(colours[ck])}{escape(ck)}</td>"
-            f'<td class="muted">{escape(refs[id(row)])}</td>{cohorts}'
+            f'<td class="muted">{escape(shown.ref)}</td>{cohorts}'
             f'<td class="reason">{escape(_short(row.get(f"{ev}.reason") or "", 600))}'
             f"{_row_details(row, [ev])}</td>"
             f'<td class="claim">{_claim_cell(_least_supported(row.get(f"{ev}.claims")))}</td></tr>'
@@ -554,35 +504,45 @@ def _worst(rows: list[dict[str, Any]], ev: str, by: list[str], colours: dict[str
     return "".join(out)
 
 
-def _errors(rows: list[dict[str, Any]], evals: list[str], colours: dict[str, str], limit: int,
-            refs: dict[int, str]) -> str:
-    errs = [(ev, r) for ev in evals for r in rows if _is_error(r, ev)]
-    if not errs:
+def _errors(views: dict[str, View], evals: list[str], colours: dict[str, str], limit: int) -> str:
+    kinds: Counter = Counter()
+    shown: list[tuple[str, Shown]] = []
+    for ev in evals:
+        for view in views.values():
+            if view.has_evaluation(ev):
+                counts, rows = view.errors(ev, limit - len(shown))
+                kinds.update({(ev, kind): n for kind, n in counts.items()})
+                shown += [(ev, row) for row in rows]
+    total = sum(kinds.values())
+    if not total:
         return '<p class="note">Every row was scored.</p>'
-    kinds = Counter((ev, r.get(f"{ev}.error_type") or "not scored") for ev, r in errs)
     chips = "".join(f'<span class="chip"><code>{escape(ev)}</code> · {escape(kind)} <b>{n}</b></span>'
                     for (ev, kind), n in kinds.most_common())
     out = [f'<div class="chips" style="margin:0 0 10px">{chips}</div>',
            '<div class="scroll"><table id="errors"><thead><tr><th>Evaluation</th><th>Checkpoint</th>'
            "<th>Row</th><th>Error</th><th>Reason</th></tr></thead><tbody>"]
-    for ev, row in errs[:limit]:
+    for ev, item in shown:
+        row = item.row
         ck = row["checkpoint"]
         out.append(
             f"<tr><td><code>{escape(ev)}</code></td>"
             f"<td>{_swatch(colours[ck])}{escape(ck)}</td>"
-            f'<td class="muted">{escape(refs[id(row)])}</td>'
+            f'<td class="muted">{escape(item.ref)}</td>'
             f'<td class="err">{escape(row.get(f"{ev}.error_type") or "not scored")}</td>'
             f'<td class="reason">{escape(_short(row.get(f"{ev}.reason") or "", 400))}</td></tr>'
         )
     out.append("</tbody></table></div>")
-    if len(errs) > limit:
-        out.append(f'<p class="note">{len(errs) - limit} more not shown.</p>')
+    if total > limit:
+        out.append(f'<p class="note">{total - limit} more not shown.</p>')
     return "".join(out)
 
 
-def _verdicts(rows_by_ck: dict[str, list[dict]], evals: list[str], by: list[str], max_delta: float = 0.02) -> str:
-    """Each later checkpoint against the first, per evaluation, as `fi-evals compare` judges it."""
-    checkpoints = list(rows_by_ck)
+def _verdicts(views: dict[str, View], evals: list[str], by: list[str], max_delta: float = 0.02) -> str:
+    """Each later checkpoint against the first, per evaluation, as `fi-evals compare` judges it (a
+    results folder counted column-wise, as `compare` counts it)."""
+    from .results_folder import ResultsRows, compare_sides
+
+    checkpoints = list(views)
     if len(checkpoints) < 2:
         return '<p class="note">One checkpoint: nothing to compare.</p>'
     out = []
@@ -590,13 +550,18 @@ def _verdicts(rows_by_ck: dict[str, list[dict]], evals: list[str], by: list[str]
     for ck in checkpoints[1:]:
         table, notes, failed, pairing = [], [], False, ""
         for ev in evals:
-            sides = [[r for r in rows_by_ck[c] if f"{ev}.score" in r] for c in (base, ck)]
-            if not all(sides):
+            pair = (views[base], views[ck])
+            if not all(view.has_evaluation(ev) for view in pair):
                 continue
+            sides = [view.compare_side(ev, role) for view, role in zip(pair, ("baseline", "candidate"))]
+            options = dict(max_delta=max_delta, evaluations=[ev],
+                           by=[b for b in by if all(view.has_column(b, ev) for view in pair)])
             try:
-                result = compare_results(*sides, base_label=base, cand_label=ck, max_delta=max_delta,
-                                         evaluations=[ev], by=[b for b in by if all(any(b in r for r in side)
-                                                                                     for side in sides)])
+                if all(isinstance(side, ResultsRows) for side in sides):
+                    result = compare_results(*(side.rows for side in sides), base_label=base, cand_label=ck,
+                                             **options)
+                else:
+                    result = compare_sides(*sides, **options)
             except (BrokenResults, ValueError) as exc:  # too broken to compare: said, and never a pass
                 notes.append(f'<p class="err" data-not-compared="{_attr(ev)}">{escape(ev)} not compared: '
                              f"{escape(str(exc))}</p>")
@@ -657,17 +622,16 @@ def _changes(run_infos: Sequence[tuple[str, dict[str, Any] | None]]) -> list[str
     return out
 
 
-def _cohort_groups(rows_by_ck: dict[str, list[dict]], ev: str, col: str) -> tuple[list, int]:
-    sizes = Counter(_cohort(r.get(col)) for rows in rows_by_ck.values() for r in rows if f"{ev}.score" in r)
+def _cohort_groups(views: dict[str, View], ev: str, col: str) -> tuple[list, int]:
+    per_view = {ck: view.stats_by(ev, col) for ck, view in views.items() if view.has_evaluation(ev)}
+    sizes: Counter = Counter()
+    for groups in per_view.values():
+        for name, st in groups.items():
+            sizes[name] += st.rows
     names = sorted(sizes, key=lambda c: (-sizes[c], c))
     groups = []
     for name in names[:MAX_COHORTS]:
-        per_ck = {}
-        for ck, rows in rows_by_ck.items():
-            st = _stats((r for r in rows if _cohort(r.get(col)) == name), ev)
-            if st.rows:
-                per_ck[ck] = st
-        groups.append((name, per_ck))
+        groups.append((name, {ck: st for ck, by_name in per_view.items() if (st := by_name.get(name)) and st.rows}))
     return groups, max(0, len(names) - MAX_COHORTS)
 
 
@@ -675,13 +639,13 @@ def _swatch(colour: str) -> str:
     return f'<span class="swatch" style="background:{colour}"></span>'
 
 
-def _header(title: str, rows_by_ck: dict[str, list[dict]], evals: list[str], colours: dict[str, str],
+def _header(title: str, views: dict[str, View], evals: list[str], colours: dict[str, str],
             sources: Sequence[str]) -> str:
-    n_rows = sum(len(rows) for rows in rows_by_ck.values())
-    n_ck = len(rows_by_ck)
+    n_rows = sum(view.size for view in views.values())
+    n_ck = len(views)
     now = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    chips = "".join(f'<span class="chip">{_swatch(colours[ck])}<b>{escape(ck)}</b> · {len(rows)} rows</span>'
-                    for ck, rows in rows_by_ck.items())
+    chips = "".join(f'<span class="chip">{_swatch(colours[ck])}<b>{escape(ck)}</b> · {view.size} rows</span>'
+                    for ck, view in views.items())
     src = f'<p class="small">{escape(", ".join(sources))}</p>' if sources else ""
     return (f"<header><h1>{escape(title)}</h1>"
             f"<p>{n_rows} rows · {n_ck} checkpoint{'s' * (n_ck != 1)} · {len(evals)} "
@@ -689,12 +653,12 @@ def _header(title: str, rows_by_ck: dict[str, list[dict]], evals: list[str], col
             f'{src}<div class="chips">{chips}</div></header>')
 
 
-def _cohort_section(rows_by_ck: dict[str, list[dict]], evals: list[str], colours: dict[str, str],
+def _cohort_section(views: dict[str, View], evals: list[str], colours: dict[str, str],
                     col: str, index: int) -> str:
-    checkpoints = list(rows_by_ck)
+    checkpoints = list(views)
     charts = []
     for ei, ev in enumerate(evals):
-        groups, dropped = _cohort_groups(rows_by_ck, ev, col)
+        groups, dropped = _cohort_groups(views, ev, col)
         chart = _bar_chart(f"Pass rate of {ev} per checkpoint, by {col}", groups, checkpoints, colours,
                            col, f"c-{index}-{ei}")
         more = f'<p class="note">{dropped} smaller cohorts not shown.</p>' if dropped else ""
@@ -706,19 +670,18 @@ def _cohort_section(rows_by_ck: dict[str, list[dict]], evals: list[str], colours
             f'<section class="card charts" aria-labelledby="by-{index}">{"".join(charts)}</section>')
 
 
-def _distributions(rows_by_ck: dict[str, list[dict]], evals: list[str], colours: dict[str, str]) -> str:
+def _distributions(views: dict[str, View], evals: list[str], colours: dict[str, str]) -> str:
     out = ['<h2 id="dist-h">Score distributions</h2>'
            '<p class="note">Share of scored rows per score bin of width 0.1; the dashed line marks the mean. '
            "The vertical scale is shared within an evaluation.</p>"]
     for ei, ev in enumerate(evals):
-        stats = {ck: st for ck, rows in rows_by_ck.items() if (st := _stats(rows, ev)).rows}
-        top = max((max(_bin_counts(st.scores)) / len(st.scores) for st in stats.values() if st.scores),
-                  default=1.0)
+        stats = {ck: st for ck, view in views.items() if (st := view.stats(ev)).rows}
+        top = max((max(st.bins) / st.scored for st in stats.values() if st.scored), default=1.0)
         y_max = _share_scale(top)
         cards = []
         for ci, (ck, st) in enumerate(stats.items()):
             svg = _histogram(ev, ck, st, colours[ck], y_max, f"h-{ei}-{ci}")
-            stat = f'<div class="stat">{len(st.scores)} scored · mean {_num(st.mean)}</div>'
+            stat = f'<div class="stat">{st.scored} scored · mean {_num(st.mean)}</div>'
             cards.append(f'<div class="card"><h4>{_swatch(colours[ck])}{escape(ck)}</h4>{stat}{svg}</div>')
         out.append(f'<h3><code>{escape(ev)}</code></h3><div class="grid">{"".join(cards)}</div>')
     return "".join(out)
@@ -859,14 +822,13 @@ def _agreement_table(measured: dict[tuple[str, str], tuple[Labelled, Agreement]]
     return "".join(out)
 
 
-def _agreement_section(rows_by_ck: dict[str, list[dict]], evals: list[str], colours: dict[str, str],
+def _agreement_section(views: dict[str, View], evals: list[str], colours: dict[str, str],
                        label_column: str, dev_fraction: float) -> str:
     measured: dict[tuple[str, str], tuple[Labelled, Agreement]] = {}
     for ev in evals:
-        for ck, rows in rows_by_ck.items():
-            ev_rows = [r for r in rows if f"{ev}.score" in r]
-            if ev_rows:
-                data = labelled_scores(ev_rows, ev, label_column)
+        for ck, view in views.items():
+            if view.has_evaluation(ev) and view.size:
+                data = view.labelled(ev, label_column)
                 measured[ev, ck] = data, measure(data, ev, label_column, dev_fraction=dev_fraction, checkpoint=ck)
     first = next(iter(measured.values()))[1]
     out = ['<h2 id="agree-h">Agreement with human labels</h2>',
@@ -897,8 +859,8 @@ def _agreement_section(rows_by_ck: dict[str, list[dict]], evals: list[str], colo
     return "".join(out)
 
 
-def render_report(
-    rows: list[dict[str, Any]],
+def render_views(
+    views: dict[str, View],
     by: Sequence[str] | None = None,
     title: str | None = None,
     sources: Sequence[str] = (),
@@ -907,30 +869,25 @@ def render_report(
     dev_fraction: float = DEFAULT_DEV_FRACTION,
     run_infos: Sequence[tuple[str, dict[str, Any] | None]] = (),
 ) -> str:
-    """The report's HTML for rows that already carry `checkpoint` (see `load_rows`); with
-    `label_column`, the agreement with those human labels too; with `run_infos` ((file, run
-    record) per results file, runinfo.py), what changed from the first run to each other."""
+    """The report's HTML over a view per checkpoint (`load_views`: rows, or a results folder read
+    column-wise); with `label_column`, the agreement with those human labels too; with `run_infos`
+    ((file, run record) per results file, runinfo.py), what changed from the first run to each other."""
     by = list(by or [])
-    evals = _evaluations(rows)
-    if not rows:
+    if not any(view.size for view in views.values()):
         raise ValueError("no rows in the results files")
+    evals = _evaluations(views)
     if not evals:
         raise ValueError("no evaluations in the results files (no column ends with `.score`)")
-    missing = [b for b in by if not any(b in r for r in rows)]
+    missing = [b for b in by if not any(view.has_column(b) for view in views.values())]
     if missing:
         raise ValueError(f"by: no such column in the results: {', '.join(missing)}")
     if label_column is not None:
-        check_label_column(rows, label_column)
-    rows_by_ck: dict[str, list[dict]] = {}
-    for row in rows:
-        rows_by_ck.setdefault(row["checkpoint"], []).append(row)
-    checkpoints = list(rows_by_ck)
+        check_label_column([dict.fromkeys(view.columns) for view in views.values()], label_column)
+    checkpoints = list(views)
     colours = {ck: PALETTE[i % len(PALETTE)] for i, ck in enumerate(checkpoints)}
-    refs = _row_refs(rows_by_ck)
     title = title or "Evaluation report"
 
-    overall = [(ev, {ck: st for ck, rows in rows_by_ck.items() if (st := _stats(rows, ev)).rows})
-               for ev in evals]
+    overall = [(ev, {ck: st for ck, view in views.items() if (st := view.stats(ev)).rows}) for ev in evals]
     chart = _bar_chart("Pass rate per checkpoint and evaluation", overall, checkpoints, colours, "Evaluation",
                        "c-all")
     parts = [
@@ -938,30 +895,30 @@ def render_report(
         '<html lang="en"><head><meta charset="utf-8">',
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
         f"<title>{escape(title)}</title><style>{CSS}</style></head><body><main>",
-        _header(title, rows_by_ck, evals, colours, sources),
+        _header(title, views, evals, colours, sources),
         '<h2 id="summary-h">Summary</h2>',
         '<section class="card scroll" aria-labelledby="summary-h">',
-        _summary(rows_by_ck, evals, colours),
+        _summary(views, evals, colours),
         "</section>",
         '<h2 id="verdicts-h">Regression verdicts</h2>',
         '<p class="note">Each checkpoint against the first, as <code>fi-evals compare</code> judges it: a '
         "regression is a drop beyond the tolerance whose interval excludes 0. Rows are paired by "
         "<code>row_id</code> when both runs hold the same rows.</p>",
-        f'<section class="card" aria-labelledby="verdicts-h">{_verdicts(rows_by_ck, evals, by)}</section>',
+        f'<section class="card" aria-labelledby="verdicts-h">{_verdicts(views, evals, by)}</section>',
         *_changes(run_infos),
         '<h2 id="pass-h">Pass rate by checkpoint</h2>',
         f'<section class="card scroll" aria-labelledby="pass-h">{chart}</section>',
-        *(_cohort_section(rows_by_ck, evals, colours, col, bi) for bi, col in enumerate(by)),
-        _agreement_section(rows_by_ck, evals, colours, label_column, dev_fraction) if label_column is not None else "",
-        _distributions(rows_by_ck, evals, colours),
+        *(_cohort_section(views, evals, colours, col, bi) for bi, col in enumerate(by)),
+        _agreement_section(views, evals, colours, label_column, dev_fraction) if label_column is not None else "",
+        _distributions(views, evals, colours),
         '<h2 id="worst-h">Worst items</h2>',
         f'<p class="note">Per evaluation, the {worst_n} lowest-scoring rows over all checkpoints, with the '
         "reason and the claim the checkpoint found least supported.</p>",
         *(f'<section class="card" aria-label="Worst items of {_attr(ev)}"><h3><code>{escape(ev)}</code></h3>'
-          f"{_worst(rows, ev, by, colours, worst_n, refs)}</section>" for ev in evals),
+          f"{_worst(views, ev, by, colours, worst_n)}</section>" for ev in evals),
         '<h2 id="errors-h">Errors</h2>',
         '<section class="card" aria-labelledby="errors-h">',
-        _errors(rows, evals, colours, 20, refs),
+        _errors(views, evals, colours, 20),
         "</section>",
         "</main></body></html>\n",
     ]
@@ -978,20 +935,23 @@ def write_report(
     label_column: str | None = None,
     dev_fraction: float = DEFAULT_DEV_FRACTION,
 ) -> Path:
-    """Write one self-contained HTML report of `results_paths` to `output`; returns its path. With
-    `label_column`, it also measures every evaluation against those human labels (agreement.py)."""
+    """Write one self-contained HTML report of `results_paths` (results files or folders) to `output`;
+    returns its path. With `label_column`, it also measures every evaluation against those human
+    labels (agreement.py)."""
     if isinstance(results_paths, (str, Path)):
         results_paths = [results_paths]
     if not results_paths:
         raise ValueError("results_paths: give at least one results file")
-    rows = load_rows(results_paths)
+    for p in results_paths:
+        if not Path(p).exists():
+            raise ValueError(f"results file not found: {p}")
+    views = load_views(results_paths)
     sources = [Path(p).name for p in results_paths]
     from .runinfo import read_run_info
 
     run_infos = [(Path(p).name, read_run_info(Path(p))) for p in results_paths]  # `out/`: out.run.json
-    html = render_report(rows, by=by, title=title, sources=sources, worst_n=worst_n, label_column=label_column,
-                         run_infos=run_infos,
-                         dev_fraction=dev_fraction)
+    html = render_views(views, by=by, title=title, sources=sources, worst_n=worst_n, label_column=label_column,
+                        run_infos=run_infos, dev_fraction=dev_fraction)
     out = Path(output)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(html, encoding="utf-8")

@@ -18,8 +18,9 @@ side is refused for its error rate.
 One difference from two files: a folder's rows have no order, so cohorts are listed by value
 (numbers, then text, missing last) rather than in order of first appearance.
 
-`read_results_rows` loads every row and column (Dataset.from_results and the report need them),
-sorted by `row_id`, so the rows are the same whatever the partitioning.
+`read_results_rows` loads every row and column (`Dataset.from_results` needs them), sorted by
+`row_id`, so the rows are the same whatever the partitioning; the report reads a folder column-wise
+too (report_views.py), one checkpoint at a time (`ResultsFolder(where=...)`).
 
 A folder is refused with a ValueError naming what is wrong: no part file, a part that is not
 readable Parquet (a run cut short), parts whose column types disagree, or a `row_id` in more than
@@ -146,31 +147,41 @@ def read_results_rows(folder: str | Path) -> list[dict[str, Any]]:
 
 
 class ResultsFolder:
-    """One side of a comparison read from a results folder, column by column."""
+    """One side of a comparison read from a results folder, column by column; with `where` (an Arrow
+    filter expression), only its rows that match (one checkpoint of a folder that holds several)."""
 
-    def __init__(self, folder: str | Path, role: str = "results") -> None:
+    def __init__(self, folder: str | Path, role: str = "results", *, where: Any = None,
+                 label: str | None = None) -> None:
         self.folder = Path(folder)
         self.role = role
+        self.where = where
         self.dataset = open_results_folder(self.folder)
         self.columns: list[str] = list(self.dataset.schema.names)
         self.evaluation_names = evaluation_names([dict.fromkeys(self.columns)])
-        self.label = self._label()
+        self.label = label or self._label()
+
+    def _filter(self, where: Any = None) -> Any:
+        if self.where is None or where is None:
+            return where if self.where is None else self.where
+        return self.where & where
 
     def _label(self) -> str:
         """The checkpoint when every row names the same one, else the folder (as for a file)."""
         _, pc, _, _ = _arrow()
         if "checkpoint" not in self.columns:
             return str(self.folder)
-        values = pc.unique(_scan(self.dataset, self.folder, columns=["checkpoint"])["checkpoint"]).to_pylist()
+        values = pc.unique(_scan(self.dataset, self.folder, columns=["checkpoint"],
+                                 filter=self._filter())["checkpoint"]).to_pylist()
         checkpoints = list(dict.fromkeys(str(v) for v in values if v is not None))
         return checkpoints[0] if len(checkpoints) == 1 else str(self.folder)
 
-    def read(self, columns: Sequence[str]) -> Any:
-        """The folder's rows in `columns` (those it has), read with projection; `row_id` always,
-        checked unique."""
-        present = [c for c in dict.fromkeys([ROW_ID, *columns]) if c in self.columns]
-        table = _scan(self.dataset, self.folder, columns=present)
-        if ROW_ID in present:
+    def read(self, columns: Sequence[str] | None, where: Any = None) -> Any:
+        """The folder's rows in `columns` (those it has; None: all), read with projection, only those
+        matching `where` too; `row_id` always, checked unique."""
+        present = (None if columns is None else
+                   [c for c in dict.fromkeys([ROW_ID, *columns]) if c in self.columns])
+        table = _scan(self.dataset, self.folder, columns=present, filter=self._filter(where))
+        if ROW_ID in table.column_names:
             _check_unique_row_ids(table[ROW_ID], self.folder, self.dataset)
         return table
 
@@ -178,10 +189,10 @@ class ResultsFolder:
         """The most common cause among rows whose evaluation `name` errored (ties: first by text)."""
         pa, pc, _, _ = _arrow()
         if f"{name}.passed" not in self.columns:
-            return error_cause(None, None) if self.dataset.count_rows() else None
+            return error_cause(None, None) if self.read([]).num_rows else None
         wanted = [f"{name}.error_type", f"{name}.reason"]
         errored = _scan(self.dataset, self.folder, columns=[c for c in wanted if c in self.columns],
-                        filter=pc.field(f"{name}.passed").is_null())
+                        filter=self._filter(pc.field(f"{name}.passed").is_null()))
         keys = [c for c in errored.column_names if not pa.types.is_null(errored.schema.field(c).type)]
         causes: dict[str, int] = {}
         if keys:
