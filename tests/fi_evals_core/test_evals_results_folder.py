@@ -282,14 +282,20 @@ def test_a_folder_report_is_the_files_report_and_reads_whole_only_the_rows_it_sh
         paths[checkpoint] = (write_results(rows, tmp_path / f"{checkpoint}.jsonl"),
                              write_folder(tmp_path / checkpoint, rows, parts=3, seed=seed))
     scans = []
-    real_scan = results_folder._scan
+    real_scan, real_rows_with_ids = results_folder._scan, ResultsFolder.rows_with_ids
 
     def recording(dataset, folder, **kwargs):
         table = real_scan(dataset, folder, **kwargs)
         scans.append((kwargs.get("columns"), table.num_rows))
         return table
 
+    def recording_rows(side, row_ids):
+        table = real_rows_with_ids(side, row_ids)
+        scans.append((None, table.num_rows))
+        return table
+
     monkeypatch.setattr(results_folder, "_scan", recording)
+    monkeypatch.setattr(ResultsFolder, "rows_with_ids", recording_rows)
     options = dict(by=["cohort", "shard"], label_column="human", worst_n=7)
     from_files = write_report([paths["v1"][0], paths["v2"][0]], tmp_path / "files.html", **options).read_text()
     assert scans == []

@@ -272,13 +272,9 @@ class CheckpointFolder:
 
     def _whole_rows(self, row_ids: Sequence[Any]) -> dict[Any, dict[str, Any]]:
         """The rows with these ids, every column, as the report reads a results file's rows."""
-        from .results_folder import _arrow
-
-        pc = _arrow()[1]
         if not row_ids:
             return {}
-        rows = self.side.read(None, where=pc.field(ROW_ID).isin(list(row_ids))).to_pylist()
-        return {row[ROW_ID]: as_result_row(row, self.name) for row in rows}
+        return {row[ROW_ID]: as_result_row(row, self.name) for row in self.side.rows_with_ids(row_ids).to_pylist()}
 
     def worst(self, ev: str, limit: int) -> list[Shown]:
         from .results_folder import _arrow

@@ -185,6 +185,18 @@ class ResultsFolder:
             _check_unique_row_ids(table[ROW_ID], self.folder, self.dataset)
         return table
 
+    def rows_with_ids(self, row_ids: Sequence[Any]) -> Any:
+        """The rows whose `row_id` is one of `row_ids`, every column: streamed part by part, only the
+        matching rows kept, so memory is one part's, not the folder's."""
+        pa, pc, _, _ = _arrow()
+        wanted = self._filter(pc.field(ROW_ID).isin(list(row_ids)))
+        try:
+            batches = [batch for batch in self.dataset.to_batches(filter=wanted, batch_readahead=1,
+                                                                  fragment_readahead=1) if batch.num_rows]
+        except (pa.ArrowException, OSError) as exc:
+            raise ValueError(f"results folder {self.folder}: cannot read its part files ({exc})") from None
+        return pa.Table.from_batches(batches, schema=self.dataset.schema)
+
     def error_cause(self, name: str) -> str | None:
         """The most common cause among rows whose evaluation `name` errored (ties: first by text)."""
         pa, pc, _, _ = _arrow()
