@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import re
 
 import pytest
 
@@ -185,6 +186,24 @@ def test_files_streamed_into_a_folder_hold_the_local_runs_rows_once(cluster, nli
         "a.jsonl:15: not JSON (Expecting property name enclosed in double quotes)")
     scored = [r for r in local if r["fc.passed"] is not None]
     assert run.evaluations["fc"] == (len(scored), sum(r["fc.passed"] for r in scored), len(local) - len(scored))
+
+
+def test_one_small_file_is_scored_by_every_actor(cluster, nli_checkpoint, tmp_path):
+    """One file of a dozen batches: both scorer actors score some of it, one on each one-CPU node, by
+    Ray Data's own account of the run. (A file used to be one block, which Ray Data hands to one
+    actor: the other sat idle.)"""
+    import json
+
+    from fi_evals_core.evals.ray_stream import score_files_on_ray
+
+    rows = [{"document": doc, "summary": summary, "copy": k} for k in range(8) for doc, summary, _ in DOCS]
+    (tmp_path / "one.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    run = score_files_on_ray(tmp_path / "one.jsonl", _evaluations(nli_checkpoint("bert")), tmp_path / "out",
+                             batch_size=4, actors=2, progress=False)
+    assert run.written == len(rows) >= 12 * 4
+    scorer_stage = next(part for part in run.stats.split("Operator ") if re.match(r"\d+ MapBatches\(ScorerActor\)",
+                                                                                  part))
+    assert re.search(r"Tasks per node: .*; 2 nodes used", scorer_stage), scorer_stage
 
 
 def test_an_interrupted_folder_run_writes_only_what_is_missing(cluster, nli_checkpoint, tmp_path):

@@ -313,6 +313,16 @@ def test_a_folder_report_is_the_files_report_and_reads_whole_only_the_rows_it_sh
                                    "fc.error_type"}, counted
 
 
+def test_a_folder_of_a_checkpoint_another_input_holds_is_shown_apart(tmp_path, runs):
+    """A local run's file and a Ray run's folder of one checkpoint: two sides, the folder's named with
+    it, compared row by row (the same rows: no change), not merged into one checkpoint of twice the rows."""
+    html = write_report([runs["base_file"], runs["base_dir"]], tmp_path / "r.html").read_text()
+    summary = _section(html, "summary")
+    assert 'data-checkpoint="v1"' in summary and 'data-checkpoint="v1 (base)"' in summary
+    assert summary.count('data-col="rows">400<') == 2
+    assert "<h3>v1 (base) against v1</h3>" in html and 'data-verdict="pass"' in html
+
+
 def test_cli_compare_and_report_take_folders(tmp_path, runs):
     same = write_folder(tmp_path / "same", [{**r, "checkpoint": "v1b"} for r in runs["base_rows"]])
     ok = fi_evals("compare", runs["base_dir"], same, "--by", "cohort", "--max-error-rate", "0.05")

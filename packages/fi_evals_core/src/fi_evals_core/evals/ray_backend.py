@@ -135,11 +135,14 @@ def scoring_stage(rows: Any, evaluations: Sequence[Any], *, plan: Callable, scor
         plan_batch, fn_kwargs={"evaluations": shipped, "environ": environ, "plan": plan}, batch_size=batch_size,
         batch_format="numpy", num_cpus=1 if free_cpus >= 1 else 0,
         concurrency=max(1, free_cpus if free_cpus >= 1 else int(resources.get("CPU", 1))))
-    return planned.map_batches(  # Ray Data restarts a dead actor and retries its batches (its default)
+    # Ray Data restarts a dead actor and retries its batches (its default). Two batches in flight per
+    # actor, one scoring and the next one waiting: a batch is seconds of work, and with more queued at
+    # one actor (Ray Data prefers the actor on the node that holds the block) another can sit idle.
+    pool = ray.data.ActorPoolStrategy(size=size, max_tasks_in_flight_per_actor=2)
+    return planned.map_batches(
         ScorerActor, fn_constructor_kwargs={"evaluations": shipped, "environ": environ, "score": score,
                                             "default": default},
-        batch_size=batch_size, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=size), num_cpus=1,
-        num_gpus=gpus)
+        batch_size=batch_size, batch_format="numpy", compute=pool, num_cpus=1, num_gpus=gpus)
 
 
 def score_on_ray(results: list[dict[str, Any]], evaluations: Sequence[Any], *, plan: Callable, score: Callable,

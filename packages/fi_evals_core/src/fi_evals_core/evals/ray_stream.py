@@ -53,7 +53,8 @@ _READ_BLOCK_ROWS = 1024
 @dataclass(frozen=True)
 class FolderRun:
     """What a run into a results folder did: rows in the folder now, written by this run, found
-    already written (skipped), and per evaluation (scored, passed, errors) over the whole folder."""
+    already written (skipped), and per evaluation (scored, passed, errors) over the whole folder;
+    `stats` is Ray Data's summary of the run (per stage: tasks, rows, time, nodes used)."""
 
     folder: Path
     rows: int
@@ -61,6 +62,7 @@ class FolderRun:
     skipped: int
     evaluations: dict[str, tuple[int, int, int]]
     generation: dict[str, Any] | None = None
+    stats: str = ""
 
 
 def input_files(source: str | Path) -> list[Path]:
@@ -370,6 +372,7 @@ def score_files_on_ray(source: str | Path, evaluations: Sequence[Any], output: s
                                batch_size=batch_size, actors=actors, held_cpus=engines)
         sink = _datasink(folder, rows_per_file)
         scored.write_datasink(sink, ray_remote_args={"num_cpus": 0})
+        stats = scored.stats()
     except ray.exceptions.RayTaskError as exc:  # an input problem raised in a task: its own message
         if isinstance(exc.cause, (ValueError, FileNotFoundError)):
             raise exc.cause from None
@@ -380,7 +383,7 @@ def score_files_on_ray(source: str | Path, evaluations: Sequence[Any], output: s
     rows, counts = summarize(folder, [e.name for e in evaluations])
     if rows != total:
         raise RuntimeError(f"{folder} holds {rows} rows, the dataset {total}: rows were lost or repeated")
-    return FolderRun(folder, rows, int(sink.written), rows - int(sink.written), counts, generation)
+    return FolderRun(folder, rows, int(sink.written), rows - int(sink.written), counts, generation, stats)
 
 
 def _number_repeats(ray: Any, paths: Sequence[str], columns: Sequence[str], id_column: str | None,

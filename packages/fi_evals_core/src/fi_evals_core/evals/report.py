@@ -83,35 +83,36 @@ View = CheckpointRows | CheckpointFolder
 
 
 def load_views(paths: Iterable[str | Path]) -> dict[str, View]:
-    """A view per checkpoint of the results: files' rows grouped by checkpoint (several files may
-    hold one), and each results folder's checkpoints read column-wise; a folder's checkpoint found in
-    another input too is a ValueError (its rows cannot be merged with others without loading them)."""
+    """A view per checkpoint of the results, in input order: files' rows grouped by checkpoint (several
+    files may hold one, as `load_rows` merges them), and each results folder's checkpoints read
+    column-wise. A folder's checkpoint that another input holds too (a local run and a Ray run of one
+    checkpoint) is shown apart, named with the folder: `v1 (out)`."""
     from .results_folder import is_results_folder
 
-    order: list[tuple[str, str]] = []  # (checkpoint, where from), in input order
-    folders: dict[str, CheckpointFolder] = {}
+    inputs: list[tuple[Path, list[Any]]] = []  # (path, its checkpoints: names for a file, (name, filter) for a folder)
     file_rows: list[dict[str, Any]] = []
     for p in paths:
         path = Path(p)
         if is_results_folder(path):
-            for view in folder_checkpoints(path):
-                order.append((view.name, str(path)))
-                folders[view.name] = view
+            inputs.append((path, folder_checkpoints(path)))
         else:
             rows = load_rows([path])
             file_rows += rows
-            order += [(name, str(path)) for name in dict.fromkeys(row["checkpoint"] for row in rows)]
-    sources: dict[str, list[str]] = {}
-    for name, source in order:
-        sources.setdefault(name, [])
-        if source not in sources[name]:
-            sources[name].append(source)
-    for name in folders:
-        if len(sources[name]) > 1:
-            raise ValueError(f"checkpoint {name!r} is in {' and '.join(sources[name])}: a results folder's "
-                             f"checkpoint must be in no other input")
-    held = {view.name: view for view in checkpoint_views(file_rows)}
-    return {name: folders.get(name) or held[name] for name in sources}
+            inputs.append((path, list(dict.fromkeys(row["checkpoint"] for row in rows))))
+    held: Counter = Counter(item if isinstance(item, str) else item[0] for _, items in inputs for item in items)
+    files = {view.name: view for view in checkpoint_views(file_rows)}
+    views: dict[str, View] = {}
+    for path, items in inputs:
+        for item in items:
+            if isinstance(item, str):
+                views.setdefault(item, files[item])
+                continue
+            name, where = item
+            shown = name if held[name] == 1 else f"{name} ({path.name})"
+            if shown in views:
+                raise ValueError(f"checkpoint {shown!r} is in two results folders of one name: rename one")
+            views[shown] = CheckpointFolder(path, shown, where)
+    return views
 
 
 def _evaluations(views: dict[str, View]) -> list[str]:

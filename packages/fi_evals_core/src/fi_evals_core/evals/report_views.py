@@ -274,7 +274,8 @@ class CheckpointFolder:
         """The rows with these ids, every column, as the report reads a results file's rows."""
         if not row_ids:
             return {}
-        return {row[ROW_ID]: as_result_row(row, self.name) for row in self.side.rows_with_ids(row_ids).to_pylist()}
+        return {row[ROW_ID]: {**as_result_row(row, self.name), "checkpoint": self.name}
+                for row in self.side.rows_with_ids(row_ids).to_pylist()}
 
     def worst(self, ev: str, limit: int) -> list[Shown]:
         from .results_folder import _arrow
@@ -328,23 +329,23 @@ def as_result_row(row: dict[str, Any], default_checkpoint: str) -> dict[str, Any
     return row
 
 
-def folder_checkpoints(folder: Path) -> list[CheckpointFolder]:
-    """One view per checkpoint of a results folder (by value; rows without one: the folder's name)."""
+def folder_checkpoints(folder: Path) -> list[tuple[str, Any]]:
+    """(name, Arrow filter) of each checkpoint of a results folder, by value; rows without one are the
+    folder's name, as a file's are its stem."""
     from .results_folder import ResultsFolder, _arrow
 
     pc = _arrow()[1]
     side = ResultsFolder(folder)
     if "checkpoint" not in side.columns:
-        return [CheckpointFolder(folder, folder.stem, None)]
+        return [(folder.stem, None)]
     values = pc.unique(side.read(["checkpoint"])["checkpoint"]).to_pylist()
-    views = [CheckpointFolder(folder, str(v), pc.field("checkpoint") == v)
-             for v in sorted(v for v in values if v not in (None, ""))]
+    named = [(str(v), pc.field("checkpoint") == v) for v in sorted(v for v in values if v not in (None, ""))]
     if any(v in (None, "") for v in values):
         unnamed = pc.field("checkpoint").is_null()
         if "" in values:
             unnamed = unnamed | (pc.field("checkpoint") == "")
-        views.append(CheckpointFolder(folder, folder.stem, unnamed))
-    return views
+        named.append((folder.stem, unnamed))
+    return named
 
 
 def checkpoint_views(rows: Iterable[dict[str, Any]]) -> list[CheckpointRows]:
