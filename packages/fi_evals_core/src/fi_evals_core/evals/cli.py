@@ -26,9 +26,9 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Callable, Mapping, Sequence
 
-from .regression import DEFAULT_MAX_ERROR_RATE, BrokenResults, check_error_rate
+from .regression import DEFAULT_MAX_ERROR_RATE, BrokenResults, check_error_counts, error_summary
 
 if TYPE_CHECKING:
     from .dataset import Dataset
@@ -250,16 +250,12 @@ def cmd_run(args: argparse.Namespace) -> int:
                 backend="local" if args.ray is None else "ray", ray_address=args.ray or None, actors=args.actors)
     path = dataset.save(args.output)
     _write_run_record(dataset, path)
-    broken = []
+    rows = dataset.results or []
+    counts = {}
     for name in dataset.evaluation_names:
-        rows = dataset.results or []
         scored = [r[f"{name}.passed"] for r in rows if r.get(f"{name}.passed") is not None]
-        rate = f"{sum(scored) / len(scored):.1%}" if scored else "-"
-        print(f"{name}: pass rate {rate} of {len(scored)} scored, {len(rows) - len(scored)} error(s)")
-        try:
-            check_error_rate(rows, name, args.max_error_rate, "this run")
-        except BrokenResults as exc:
-            broken.append(str(exc))
+        counts[name] = (len(scored), sum(scored), len(rows) - len(scored))
+    broken = _pass_rates(counts, len(rows), lambda name: error_summary(rows, name)[2], args.max_error_rate)
     if args.label_column:
         from .agreement import measure_agreement
 
@@ -290,7 +286,6 @@ def _run_into_folder(args: argparse.Namespace, mapping: dict[str, str]) -> int:
     from .dataset import Dataset
     from .ray_stream import file_rows, input_files, score_files_on_ray
     from ..telemetry.fingerprint import runtime_versions
-    from .regression import check_error_counts
     from .results_folder import ResultsFolder
     from .runinfo import write_run_info
 
@@ -321,19 +316,27 @@ def _run_into_folder(args: argparse.Namespace, mapping: dict[str, str]) -> int:
     write_run_info(run.folder, {"versions": runtime_versions(), "generator": run.generation,
                                 "scorers": {e.name: e.evaluator.settings() for e in sample.evaluations},
                                 "checkpoint": args.checkpoint or args.model})
-    broken = []
-    for name, (scored, passed, errors) in run.evaluations.items():
-        rate = f"{passed / scored:.1%}" if scored else "-"
-        print(f"{name}: pass rate {rate} of {scored} scored, {errors} error(s)")
-        try:
-            check_error_counts(errors, run.rows, lambda: ResultsFolder(run.folder).error_cause(name), name,
-                               args.max_error_rate, "this run")
-        except BrokenResults as exc:
-            broken.append(str(exc))
+    broken = _pass_rates(run.evaluations, run.rows, lambda name: ResultsFolder(run.folder).error_cause(name),
+                         args.max_error_rate)
     print(f"{run.folder}: {run.rows} rows ({run.written} written by this run, {run.skipped} already there)")
     for message in broken:
         print(f"fi-evals: error: {message}", file=sys.stderr)
     return EXIT_ERRORS if broken else EXIT_OK
+
+
+def _pass_rates(counts: Mapping[str, tuple[int, int, int]], rows: int, cause: Callable[[str], str | None],
+                max_error_rate: float) -> list[str]:
+    """Each evaluation's pass-rate line from its (scored, passed, errors); the messages of those with
+    more errors than `max_error_rate` allows (the gate fails closed; `cause(name)` asked only then)."""
+    broken = []
+    for name, (scored, passed, errors) in counts.items():
+        rate = f"{passed / scored:.1%}" if scored else "-"
+        print(f"{name}: pass rate {rate} of {scored} scored, {errors} error(s)")
+        try:
+            check_error_counts(errors, rows, lambda name=name: cause(name), name, max_error_rate, "this run")
+        except BrokenResults as exc:
+            broken.append(str(exc))
+    return broken
 
 
 def _write_run_record(dataset: "Dataset", path: Path) -> None:

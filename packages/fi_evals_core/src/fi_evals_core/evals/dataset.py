@@ -158,10 +158,7 @@ class Dataset:
             lines = _read_parquet(path) if path.suffix.lower() == ".parquet" else read_json_rows(path, strict=True)
         names = evaluation_names(lines)
         for line in lines:
-            for name in names:
-                claims = line.get(f"{name}.claims")
-                if isinstance(claims, str):  # Parquet stores claims as JSON text
-                    line[f"{name}.claims"] = json.loads(claims) if claims else []
+            parse_claims(line, names)
         eval_columns = {f"{n}.{f}" for n in names for f in RESULT_FIELDS}
         dataset = cls([{k: v for k, v in line.items() if k not in eval_columns} for line in lines],
                       source=str(path))
@@ -294,8 +291,7 @@ class Dataset:
         if backend == "ray":
             from .ray_backend import score_on_ray
 
-            self.results = score_on_ray(results, self.evaluations, plan=plan_rows, score=scored_columns,
-                                        default=_json_default, batch_size=batch_size, address=ray_address,
+            self.results = score_on_ray(results, self.evaluations, batch_size=batch_size, address=ray_address,
                                         actors=actors, progress=progress)
             return self.results
         from tqdm.auto import tqdm
@@ -439,6 +435,14 @@ def scored_columns(evaluation: Evaluation, planned: Sequence[Any], on_progress: 
     """The result columns of `plan_rows`' output, its planned rows scored in one batch."""
     return [result_columns(evaluation.name, result)
             for result in evaluation.evaluator.score_planned(planned, on_progress=on_progress)]
+
+
+def parse_claims(row: dict[str, Any], names: Sequence[str]) -> None:
+    """The evaluations' claims of a results row as lists, in place (Parquet stores them as JSON text)."""
+    for name in names:
+        claims = row.get(f"{name}.claims")
+        if isinstance(claims, str):
+            row[f"{name}.claims"] = json.loads(claims) if claims else []
 
 
 def load_results(path: str | Path) -> Dataset:

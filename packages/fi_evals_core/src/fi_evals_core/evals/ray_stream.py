@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
 from .dataset import (INPUT_ERROR, JSONL_SUFFIXES, ROW_ID, _json_default, iter_file_rows, key_columns, numbered,
-                      plan_rows, repeated_id_message, row_key, scored_columns, write_results)
+                      repeated_id_message, row_key, write_results)
 from .ray_backend import _require_ray, connect, pool_size, scoring_stage
 
 logger = logging.getLogger(__name__)
@@ -229,7 +229,7 @@ def _with_response(batch: Mapping[str, Any], output_column: str) -> dict[str, An
     return {ROW_ID: np.asarray(batch[ROW_ID], dtype=object), "row": np.array(texts, dtype=object)}
 
 
-def _contains(sorted_ids: Any, value: str) -> bool:
+def _contains(sorted_ids: Any, value: Any) -> bool:
     import numpy as np
 
     at = int(np.searchsorted(sorted_ids, value))
@@ -368,8 +368,7 @@ def score_files_on_ray(source: str | Path, evaluations: Sequence[Any], output: s
                 **{**generate, "checkpoint": checkpoint, "actors": engines})
             pending = pending.map_batches(_with_response, batch_format="numpy", num_cpus=0,
                                           fn_kwargs={"output_column": generate.get("output_column", "response")})
-        scored = scoring_stage(pending, evaluations, plan=plan_rows, score=scored_columns, default=_json_default,
-                               batch_size=batch_size, actors=actors, held_cpus=engines)
+        scored = scoring_stage(pending, evaluations, batch_size=batch_size, actors=actors, held_cpus=engines)
         sink = _datasink(folder, rows_per_file)
         scored.write_datasink(sink, ray_remote_args={"num_cpus": 0})
         stats = scored.stats()
@@ -442,15 +441,8 @@ def _repeated_hashes(*per_file: Any) -> tuple[int, Any]:
 
 def _rows_with_hashes(path: str, columns: Sequence[str], id_column: str | None, traces: bool,
                       repeated: Any) -> list[tuple[int, str, bool]]:
-    import numpy as np
-
-    out = []
-    for position, key, is_numbered in _file_keys(path, columns, id_column, traces):
-        hashed = _hash64(key)
-        at = int(np.searchsorted(repeated, hashed))
-        if at < len(repeated) and repeated[at] == hashed:
-            out.append((position, key, is_numbered))
-    return out
+    return [(position, key, is_numbered) for position, key, is_numbered in _file_keys(path, columns, id_column, traces)
+            if _contains(repeated, _hash64(key))]
 
 
 def summarize(folder: Path, evaluations: Sequence[str]) -> tuple[int, dict[str, tuple[int, int, int]]]:

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from .agreement import Labelled, labelled_scores
-from .regression import ROW_ID, error_summary
+from .regression import ROW_ID, error_summary, evaluation_names
 
 BINS = 10
 MISSING = "(missing)"
@@ -241,26 +241,25 @@ class CheckpointFolder:
 
     def _grouped(self, ev: str, column: str | None) -> dict[Any, Stats]:
         """Stats per cohort name of `column` (without one: a single group, keyed None), as Arrow sums."""
-        from .results_folder import _arrow, _as_keys
+        from .results_folder import _arrow, _as_keys, _grouped
 
         pa, pc, _, _ = _arrow()
         table = self._columns(ev, [column] if column else [])
         n = table.num_rows
         keys = _as_keys(table[column]) if column in table.column_names else pa.nulls(n, pa.int8())
+        scored = pc.is_valid(table["score"])
         counted = pa.table({"k": keys, "p": pc.cast(pc.fill_null(table["passed"], False), pa.int64()),
                             "j": pc.cast(pc.is_valid(table["passed"]), pa.int64()),
-                            "e": pc.cast(table["error"], pa.int64()), "s": table["score"], "b": table["bin"]})
-        sums = counted.group_by("k", use_threads=False).aggregate(
-            [([], "count_all"), ("p", "sum"), ("j", "sum"), ("e", "sum"), ("s", "count"), ("s", "sum")])
-        scored = counted.filter(pc.is_valid(counted["b"]))
+                            "e": pc.cast(table["error"], pa.int64()), "v": pc.cast(scored, pa.int64()),
+                            "s": pc.fill_null(table["score"], 0.0), "b": table["bin"]})
         bins: dict[Any, list[int]] = {}
-        for g in scored.group_by(["k", "b"], use_threads=False).aggregate([([], "count_all")]).to_pylist():
+        for g in counted.filter(scored).group_by(["k", "b"], use_threads=False).aggregate(
+                [([], "count_all")]).to_pylist():
             bins.setdefault(g["k"], [0] * BINS)[g["b"]] += g["count_all"]
         groups: dict[Any, Stats] = {}
-        for g in sums.to_pylist():
-            st = Stats(g["count_all"], g["p_sum"] or 0, g["j_sum"] or 0, g["e_sum"] or 0, g["s_count"] or 0,
-                       g["s_sum"] or 0.0, bins.get(g["k"], [0] * BINS))
-            key = cohort_name(g["k"]) if column else None
+        for value, g in _grouped(counted, "k", ["p", "j", "e", "v", "s"]).items():
+            st = Stats(g["n"], g["p"], g["j"], g["e"], g["v"], g["s"], bins.get(value, [0] * BINS))
+            key = cohort_name(value) if column else None
             if key in groups:  # two values with one name (a cohort named "(missing)" and a missing one)
                 groups[key].merge(st)
             else:
@@ -317,13 +316,10 @@ class CheckpointFolder:
 def as_result_row(row: dict[str, Any], default_checkpoint: str) -> dict[str, Any]:
     """A results row as the report reads it: NaN as None, claims parsed from JSON text (Parquet),
     `checkpoint` set (its value, else the file's or folder's stem)."""
+    from .dataset import parse_claims
+
     row = {k: clean(v) for k, v in row.items()}
-    for key, value in row.items():
-        if key.endswith(".claims") and isinstance(value, str):
-            try:
-                row[key] = json.loads(value) if value else []
-            except json.JSONDecodeError:
-                pass
+    parse_claims(row, evaluation_names([row]))
     checkpoint = row.get("checkpoint")
     row["checkpoint"] = str(checkpoint) if checkpoint not in (None, "") else default_checkpoint
     return row
