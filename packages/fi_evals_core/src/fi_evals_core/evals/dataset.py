@@ -291,7 +291,8 @@ class Dataset:
         if backend == "ray":
             from .ray_backend import score_on_ray
 
-            self.results = score_on_ray(results, self.evaluations, batch_size=batch_size, address=ray_address,
+            self.results = score_on_ray(results, self.evaluations, plan=plan_rows, score=scored_columns,
+                                        default=_json_default, batch_size=batch_size, address=ray_address,
                                         actors=actors, progress=progress)
             return self.results
         from tqdm.auto import tqdm

@@ -19,9 +19,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
-from typing import Any, Mapping, Sequence
-
-from .dataset import _json_default, plan_rows, scored_columns
+from typing import Any, Callable, Mapping, Sequence
 
 LOOPBACK = "127.0.0.1"
 #: a cluster on this machine talks to nothing else: Ray otherwise replaces a loopback address with the
@@ -66,16 +64,17 @@ def _shippable(evaluation: Any) -> Any:
     return type(evaluation)(evaluation.name, evaluator, dict(evaluation.mapping))
 
 
-def plan_batch(batch: Mapping[str, Any], evaluations: Sequence[Any], environ: Mapping[str, str]) -> dict[str, Any]:
+def plan_batch(batch: Mapping[str, Any], evaluations: Sequence[Any], environ: Mapping[str, str],
+               plan: Callable) -> dict[str, Any]:
     """The planning stage (a CPU task): each row of the `row` JSON column planned for every evaluation
-    with the local run's `dataset.plan_rows`, added as a pickled `plans` column."""
+    with `plan` (the local run's `dataset.plan_rows`), added as a pickled `plans` column."""
     import numpy as np
 
     os.environ.update(environ)  # the evaluators' model settings (FI_EVALS_*), as the driver has them
     rows = [json.loads(text) for text in batch["row"]]
     per_row: list[dict[str, Any]] = [{} for _ in rows]
     for evaluation in evaluations:
-        for out, planned in zip(per_row, plan_rows(evaluation, rows)):
+        for out, planned in zip(per_row, plan(evaluation, rows)):
             out[evaluation.name] = planned
     plans = np.array([pickle.dumps(p, protocol=pickle.HIGHEST_PROTOCOL) for p in per_row], dtype=object)
     return {**{name: np.asarray(values) for name, values in batch.items()}, "plans": plans}
@@ -83,12 +82,16 @@ def plan_batch(batch: Mapping[str, Any], evaluations: Sequence[Any], environ: Ma
 
 class ScorerActor:
     """One model per actor; called with batches whose `plans` column holds each row's plans (from
-    `plan_batch`), it adds a `columns` column (the result columns as JSON, from the local run's
-    `dataset.scored_columns`), drops `plans` and passes the other columns through."""
+    `plan_batch`), it adds a `columns` column (the result columns as JSON), drops `plans` and passes the
+    other columns through. `score` is the local run's `dataset.scored_columns` and `default` its JSON
+    encoder for odd values (passed in: `dataset` imports this module, never the other way)."""
 
-    def __init__(self, evaluations: Sequence[Any], environ: Mapping[str, str]) -> None:
+    def __init__(self, evaluations: Sequence[Any], environ: Mapping[str, str], score: Callable,
+                 default: Callable) -> None:
         os.environ.update(environ)
         self.evaluations = evaluations
+        self.score = score
+        self.default = default
 
     def __call__(self, batch: Mapping[str, Any]) -> dict[str, Any]:
         import numpy as np
@@ -96,9 +99,9 @@ class ScorerActor:
         plans = [pickle.loads(data) for data in batch["plans"]]
         columns: list[dict[str, Any]] = [{} for _ in plans]
         for evaluation in self.evaluations:
-            for out, scored in zip(columns, scored_columns(evaluation, [p[evaluation.name] for p in plans])):
+            for out, scored in zip(columns, self.score(evaluation, [p[evaluation.name] for p in plans])):
                 out.update(scored)
-        encoded = np.array([json.dumps(c, ensure_ascii=False, default=_json_default) for c in columns], dtype=object)
+        encoded = np.array([json.dumps(c, ensure_ascii=False, default=self.default) for c in columns], dtype=object)
         passed = {name: np.asarray(values) for name, values in batch.items() if name != "plans"}
         return {**passed, "columns": encoded}
 
@@ -112,8 +115,8 @@ def pool_size(actors: int | None, resources: Mapping[str, float]) -> tuple[int, 
     return (actors or default), (1.0 if gpus else 0.0)
 
 
-def scoring_stage(rows: Any, evaluations: Sequence[Any], *, batch_size: int, actors: int | None = None,
-                  held_cpus: int = 0) -> Any:
+def scoring_stage(rows: Any, evaluations: Sequence[Any], *, plan: Callable, score: Callable, default: Callable,
+                  batch_size: int, actors: int | None = None, held_cpus: int = 0) -> Any:
     """`rows` (a Ray Dataset with a `row` JSON column) planned in CPU tasks, then scored by a pool of
     scorer actors.
 
@@ -129,7 +132,7 @@ def scoring_stage(rows: Any, evaluations: Sequence[Any], *, batch_size: int, act
     free_cpus = int(resources.get("CPU", 0)) - size - held_cpus
     environ = {k: v for k, v in os.environ.items() if k.startswith(SHIPPED_ENVIRONMENT)}
     planned = rows.map_batches(
-        plan_batch, fn_kwargs={"evaluations": shipped, "environ": environ}, batch_size=batch_size,
+        plan_batch, fn_kwargs={"evaluations": shipped, "environ": environ, "plan": plan}, batch_size=batch_size,
         batch_format="numpy", num_cpus=1 if free_cpus >= 1 else 0,
         concurrency=max(1, free_cpus if free_cpus >= 1 else int(resources.get("CPU", 1))))
     # Ray Data restarts a dead actor and retries its batches (its default). Two batches in flight per
@@ -137,23 +140,27 @@ def scoring_stage(rows: Any, evaluations: Sequence[Any], *, batch_size: int, act
     # one actor (Ray Data prefers the actor on the node that holds the block) another can sit idle.
     pool = ray.data.ActorPoolStrategy(size=size, max_tasks_in_flight_per_actor=2)
     return planned.map_batches(
-        ScorerActor, fn_constructor_kwargs={"evaluations": shipped, "environ": environ},
+        ScorerActor, fn_constructor_kwargs={"evaluations": shipped, "environ": environ, "score": score,
+                                            "default": default},
         batch_size=batch_size, batch_format="numpy", compute=pool, num_cpus=1, num_gpus=gpus)
 
 
-def score_on_ray(results: list[dict[str, Any]], evaluations: Sequence[Any], *, batch_size: int,
-                 address: str | None = None, actors: int | None = None, progress: bool = True) -> list[dict[str, Any]]:
-    """Score `results` (prepared rows, updated in place and returned) on Ray Data: each batch planned
-    in a CPU task and scored in an actor, as the local run plans and scores it."""
+def score_on_ray(results: list[dict[str, Any]], evaluations: Sequence[Any], *, plan: Callable, score: Callable,
+                 default: Callable, batch_size: int, address: str | None = None, actors: int | None = None,
+                 progress: bool = True) -> list[dict[str, Any]]:
+    """Score `results` (prepared rows, updated in place and returned) on Ray Data, each batch planned
+    with `plan(evaluation, rows)` in a CPU task and scored with `score(evaluation, plans)` in an actor;
+    `default` encodes what JSON cannot."""
     for evaluation in evaluations:  # refused before a cluster starts
         _shippable(evaluation)
     ray = _require_ray()
     started = connect(address)
     try:
         ray.data.DataContext.get_current().enable_progress_bars = progress
-        records = [{"index": i, "row": json.dumps(row, ensure_ascii=False, default=_json_default)}
+        records = [{"index": i, "row": json.dumps(row, ensure_ascii=False, default=default)}
                    for i, row in enumerate(results)]
-        scored = scoring_stage(ray.data.from_items(records), evaluations, batch_size=batch_size, actors=actors)
+        scored = scoring_stage(ray.data.from_items(records), evaluations, plan=plan, score=score, default=default,
+                               batch_size=batch_size, actors=actors)
         seen = [False] * len(results)
         for batch in scored.iter_batches(batch_size=None, batch_format="numpy"):
             for index, encoded in zip(batch["index"], batch["columns"]):

@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
 from .dataset import (INPUT_ERROR, JSONL_SUFFIXES, ROW_ID, _json_default, iter_file_rows, key_columns, numbered,
-                      repeated_id_message, row_key, write_results)
+                      plan_rows, repeated_id_message, row_key, scored_columns, write_results)
 from .ray_backend import _require_ray, connect, pool_size, scoring_stage
 
 logger = logging.getLogger(__name__)
@@ -368,7 +368,8 @@ def score_files_on_ray(source: str | Path, evaluations: Sequence[Any], output: s
                 **{**generate, "checkpoint": checkpoint, "actors": engines})
             pending = pending.map_batches(_with_response, batch_format="numpy", num_cpus=0,
                                           fn_kwargs={"output_column": generate.get("output_column", "response")})
-        scored = scoring_stage(pending, evaluations, batch_size=batch_size, actors=actors, held_cpus=engines)
+        scored = scoring_stage(pending, evaluations, plan=plan_rows, score=scored_columns, default=_json_default,
+                               batch_size=batch_size, actors=actors, held_cpus=engines)
         sink = _datasink(folder, rows_per_file)
         scored.write_datasink(sink, ray_remote_args={"num_cpus": 0})
         stats = scored.stats()
